@@ -1,0 +1,139 @@
+# One short recipe per target; the work is in `python -m shelfdet <command>`.
+# `make help` lists targets and variables.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+include versions.env
+export
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.stamp
+SHELFDET    := $(PY) -m shelfdet
+
+# ---- variables (defaults) ----------------------------------------------------
+ALGO           ?= faster_rcnn
+DATA_DIR       ?= data
+SRC            ?=
+BUCKET         ?=
+PREFIX         ?= detectron2/data
+REGION         ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION),us-east-2)
+INSTANCE_TYPE  ?=
+INSTANCE_COUNT ?= 1
+SPOT           ?= 0
+WAIT           ?= 0
+DRY_RUN        ?= 0
+HP             ?=
+WEIGHTS        ?=
+RUN_DIR        ?=
+MODEL_DIR      ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
+IMAGE          ?=
+ENDPOINT       ?=
+PREDICTIONS    ?=
+MANIFEST       ?= $(DATA_DIR)/annotations/test.manifest
+CHANNEL        ?= validation
+N              ?= 4
+ROLE           ?=
+MODEL          ?=
+STACK          ?= cpu
+PORT           ?= 8080
+OBJECTIVE      ?= validation:ap
+MAX_JOBS       ?= 8
+MAX_PARALLEL   ?= 2
+PYTEST_ARGS    ?=
+
+AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX)
+
+.PHONY: help setup data upload visualize train serve predict evaluate tune deploy undeploy transform \
+        build build-base build-training build-serving tag push-training push-serving test bench clean
+
+help: ## this list
+	@echo "Targets:"
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (default):"
+	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
+	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
+	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
+	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)"
+	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  STACK=$(STACK) (cpu | cu101 | cu12)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
+	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in README.md)"
+
+# ---- local environment -------------------------------------------------------
+setup: $(SETUP_STAMP) ## create .venv with the pinned stack (implicit in every target)
+
+$(SETUP_STAMP): versions.env tools/setup_venv.sh shared/pyproject.toml
+	@bash tools/setup_venv.sh
+	@touch $@
+
+# ---- data --------------------------------------------------------------------
+data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL) or synthetic
+	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX))
+
+$(DATA_DIR)/report.json:
+	@$(MAKE) --no-print-directory data DATA_DIR=$(DATA_DIR)
+
+upload: $(SETUP_STAMP) ## upload DATA_DIR to s3://BUCKET/PREFIX (resumable)
+	$(SHELFDET) upload --data-dir $(DATA_DIR) $(AWS_FLAGS)
+
+visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL (PREDICTIONS= adds predictions)
+	$(SHELFDET) visualize --data-dir $(DATA_DIR) --channel $(CHANNEL) -n $(N) $(if $(PREDICTIONS),--predictions $(PREDICTIONS))
+
+# ---- training ----------------------------------------------------------------
+train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
+	$(SHELFDET) train --algo $(ALGO) --data-dir $(DATA_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) --stack $(STACK) $(AWS_FLAGS)) \
+	  $(if $(HP),-- $(HP))
+
+tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
+	$(SHELFDET) tune --algo $(ALGO) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --objective $(OBJECTIVE) --max-jobs $(MAX_JOBS) --max-parallel $(MAX_PARALLEL) \
+	  $(if $(filter 0 false no,$(SPOT)),,--spot) --stack $(STACK) $(AWS_FLAGS) $(if $(HP),-- $(HP))
+
+# ---- serving -----------------------------------------------------------------
+serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
+	$(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
+
+predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: JSON + PNG
+	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)")
+
+evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir) against MANIFEST, maxDets 300
+	$(SHELFDET) evaluate --predictions "$(PREDICTIONS)" --manifest "$(MANIFEST)"
+
+deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name)
+	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) --stack $(STACK) $(AWS_FLAGS)
+
+undeploy: $(SETUP_STAMP) ## delete the endpoint, its config and model
+	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
+
+transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, then evaluate
+	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --stack $(STACK) $(AWS_FLAGS)
+
+# ---- images ------------------------------------------------------------------
+build: build-training build-serving ## all images for STACK
+
+build-base: ## the base image for STACK
+	bash tools/images.sh build base $(STACK)
+
+build-training: build-base ## training image for STACK
+	bash tools/images.sh build training $(STACK)
+
+build-serving: build-base ## serving image for STACK
+	bash tools/images.sh build serving $(STACK)
+
+tag: ## print the image tags for STACK
+	bash tools/images.sh tags $(STACK)
+
+push-training: $(SETUP_STAMP) ## push the training image to ECR in REGION
+	$(SHELFDET) push training --stack $(STACK) $(AWS_FLAGS)
+
+push-serving: $(SETUP_STAMP) ## push the serving image to ECR in REGION
+	$(SHELFDET) push serving --stack $(STACK) $(AWS_FLAGS)
+
+# ---- quality -----------------------------------------------------------------
+test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs, else .venv)
+	bash tools/run_tests.sh $(PYTEST_ARGS)
+
+bench: $(SETUP_STAMP) ## benchmarks -> bench/results/*.json and a table
+	$(PY) bench/run.py
+
+clean: ## remove runs/ and generated data (keeps .venv)
+	rm -rf runs $(DATA_DIR)

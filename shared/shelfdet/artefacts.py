@@ -1,0 +1,84 @@
+"""The model folder's contract between training and serving.
+
+Training writes ``artefacts.json`` naming every file it put in the model dir;
+serving reads exactly those files and nothing else (never "the last .pth").
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Any, Dict, List, NamedTuple, Optional
+
+FORMAT = "shelfdet-model/1"
+MANIFEST = "artefacts.json"
+WEIGHTS = "model_final.pth"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+
+
+class ArtefactError(RuntimeError):
+    """The model folder is missing a file or its manifest is malformed."""
+
+
+class ModelArtefacts(NamedTuple):
+    model_dir: str
+    weights: str
+    config: str
+    class_names: List[str]
+    model_type: str
+    manifest: Dict[str, Any]
+
+
+def write_manifest(model_dir: str, class_names: List[str], model_type: str,
+                   hyperparameters: Optional[Dict[str, Any]] = None, extra_files: Optional[Dict[str, str]] = None) -> str:
+    """Writes artefacts.json after checking that the files it names exist."""
+    files = {"weights": WEIGHTS, "config": CONFIG}
+    if os.path.exists(os.path.join(model_dir, METRICS)):
+        files["metrics"] = METRICS
+    files.update(extra_files or {})
+    for role, name in files.items():
+        if not os.path.isfile(os.path.join(model_dir, name)):
+            raise ArtefactError("cannot write {}: {} file {} is missing in {}".format(MANIFEST, role, name, model_dir))
+    manifest = {
+        "format": FORMAT,
+        "files": files,
+        "class_names": list(class_names),
+        "model_type": model_type,
+        "hyperparameters": hyperparameters or {},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = os.path.join(model_dir, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def read(model_dir: str) -> ModelArtefacts:
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise ArtefactError("{} not found: {} is not a model folder written by shelfdet training".format(path, model_dir))
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ArtefactError("{}: not valid JSON ({})".format(path, err)) from None
+    if manifest.get("format") != FORMAT:
+        raise ArtefactError("{}: format {!r}, expected {!r}".format(path, manifest.get("format"), FORMAT))
+    files = manifest.get("files") or {}
+    resolved = {}
+    for role in ("weights", "config"):
+        name = files.get(role)
+        if not name:
+            raise ArtefactError("{}: no '{}' entry in files".format(path, role))
+        full = os.path.join(model_dir, name)
+        if not os.path.isfile(full):
+            raise ArtefactError("{}: {} file {} does not exist".format(path, role, full))
+        resolved[role] = full
+    names = manifest.get("class_names")
+    if not isinstance(names, list) or not names:
+        raise ArtefactError("{}: class_names must be a non-empty list".format(path))
+    return ModelArtefacts(model_dir, resolved["weights"], resolved["config"], names,
+                          manifest.get("model_type", ""), manifest)

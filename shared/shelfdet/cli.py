@@ -1,0 +1,47 @@
+"""``python -m shelfdet <command> ...``: the one front door behind the Makefile.
+
+Each command lives in its own module and is imported only when used, so a
+launcher command does not pay for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+COMMANDS = {
+    "data": ("shelfdet.data.build", "build the dataset (synthetic or SKU-110K) into manifests"),
+    "upload": ("shelfdet.data.upload", "upload a built dataset to S3"),
+    "visualize": ("shelfdet.visualize", "PNGs of ground-truth (and predicted) boxes"),
+    "train": ("shelfdet.local", "train locally in a SageMaker-shaped run folder, or launch on SageMaker"),
+    "sm-train": ("shelfdet.training.entry", "the SageMaker training entrypoint (inside the image)"),
+    "serve": ("shelfdet.serving.server", "run the SageMaker hosting app"),
+    "predict": ("shelfdet.serving.predict", "predict one image (local model or endpoint)"),
+    "evaluate": ("shelfdet.evaluation", "score predictions against a manifest with pycocotools"),
+    "tune": ("shelfdet.launch.tuning", "SageMaker hyperparameter tuning job"),
+    "deploy": ("shelfdet.launch.deploy", "SageMaker real-time endpoint"),
+    "undeploy": ("shelfdet.launch.undeploy", "remove what deploy created"),
+    "transform": ("shelfdet.launch.transform", "SageMaker batch transform over the test channel"),
+    "push": ("shelfdet.launch.push", "build, tag and push an image to ECR"),
+    "hp-table": ("shelfdet.hyperparameters_doc", "print the hyperparameter table (markdown)"),
+}
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: python -m shelfdet <command> [options]", "", "commands:"]
+    lines += ["  {}  {}".format(c.ljust(width), h) for c, (_, h) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print("error: unknown command '{}'\n\n{}".format(name, usage()), file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)

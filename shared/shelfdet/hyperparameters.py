@@ -1,0 +1,215 @@
+"""The one table of training hyperparameters: names, types, defaults, ranges.
+
+SageMaker passes every value as a string (``hyperparameters.json``); the
+launcher, the tuner and ``make train HP='--lr 0.01'`` use the same names.
+Two default columns: ``default`` is for SageMaker GPU jobs starting from the
+model zoo's pretrained weights; ``local`` is for from-scratch CPU runs on this
+kind of laptop, where pretrained weights cannot be downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+ALGORITHMS = ("faster_rcnn", "retinanet")
+# R_18_FPN is not in the model zoo: a from-scratch backbone for CPU runs.
+BACKBONES = ("R_18_FPN", "R_50_C4", "R_50_DC5", "R_50_FPN", "R_101_C4", "R_101_DC5", "R_101_FPN", "X_101_32x8d_FPN")
+RETINANET_BACKBONES = ("R_18_FPN", "R_50_FPN", "R_101_FPN", "X_101_32x8d_FPN")
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter is unknown, malformed or out of range. The message names it."""
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _classes(text: str) -> Optional[List[str]]:
+    if text.strip() in ("", "auto"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = [c.strip() for c in text.split(",") if c.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a JSON list of class names, e.g. [\"SKU\"]")
+    return value
+
+
+def _schedule(text: str) -> str:
+    low = text.strip().lower()
+    low = low if low.endswith("x") else low + "x"
+    if low not in ("1x", "3x"):
+        raise ValueError("expected 1x or 3x")
+    return low
+
+
+class Param(NamedTuple):
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    local: Any
+    help: str
+    choices: Optional[Tuple[str, ...]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    # Tuning range (SPEC §5): (kind, low, high, scaling)
+    tune: Optional[Tuple[str, float, float, str]] = None
+
+
+SAME = object()  # the local default equals the SageMaker default
+
+TABLE: Tuple[Param, ...] = (
+    Param("model-type", str, "faster_rcnn", SAME, "Detector: faster_rcnn or retinanet.", ALGORITHMS),
+    Param("backbone", str, "R_50_FPN", "R_18_FPN", "Backbone from the Detectron2 model zoo (R_18_FPN: from-scratch, BN).", BACKBONES),
+    Param("lr-schedule", _schedule, "1x", SAME, "Model-zoo schedule whose config and weights are used (1x or 3x)."),
+    Param("weights", str, "zoo", "none", "Initial weights: zoo (model-zoo pretrained), none (from scratch), or a .pth/.pkl path or URL."),
+    Param("norm", str, "auto", SAME, "Backbone norm; auto = FrozenBN with pretrained weights, BN from scratch (SyncBN on several GPUs).",
+          ("auto", "FrozenBN", "BN", "SyncBN", "GN")),
+    Param("lr", float, 0.005, 0.02, "Base learning rate (for the whole batch).", low=1e-7, high=1.0, tune=("continuous", 0.0005, 0.1, "Logarithmic")),
+    Param("num-iter", int, 3000, 300, "Training iterations.", low=1, high=10_000_000),
+    Param("warmup-iters", int, 100, 50, "Linear warm-up iterations (capped at a tenth of num-iter).", low=0),
+    Param("lr-steps", str, "0.67,0.89", SAME, "LR decay points as fractions of num-iter (x0.1 each)."),
+    Param("batch-size", int, 16, 4, "Images per iteration over all GPUs and hosts.", low=1, high=4096),
+    Param("num-workers", int, 2, 1, "Data-loader workers per process.", low=0, high=64),
+    Param("num-rpn", int, 512, SAME, "Faster R-CNN: RoIs sampled per image for the box head.", low=16, high=8192),
+    Param("rpn-pos-fraction", float, 0.5, SAME, "Faster R-CNN: positive fraction of the RPN minibatch.", low=0.01, high=1.0, tune=("continuous", 0.1, 0.5, "Linear")),
+    Param("bbox-head-pos-fraction", float, 0.25, SAME, "Faster R-CNN: positive fraction of the RoI minibatch.", low=0.01, high=1.0, tune=("continuous", 0.1, 0.5, "Linear")),
+    Param("reg-loss-type", str, "smooth_l1", SAME, "Box regression loss.", ("smooth_l1", "giou")),
+    Param("bbox-reg-loss-weight", float, 1.0, SAME, "Weight of the box regression loss.", low=0.0, high=100.0),
+    Param("focal-loss-gamma", float, 2.0, SAME, "RetinaNet: focal loss gamma.", low=0.0, high=10.0, tune=("continuous", 2.5, 5.0, "Linear")),
+    Param("focal-loss-alpha", float, 0.25, SAME, "RetinaNet: focal loss alpha.", low=0.0, high=1.0, tune=("continuous", 0.3, 1.0, "Linear")),
+    Param("det-per-img", int, 300, SAME, "Detections kept per image (dense scenes: 100 kills recall).", low=1, high=5000),
+    Param("nms-thr", float, 0.5, SAME, "NMS IoU threshold at inference.", low=0.0, high=1.0),
+    Param("pred-thr", float, 0.05, SAME, "Minimum score kept at inference.", low=0.0, high=1.0),
+    Param("min-size", int, 800, 256, "Shorter image side at test time (and the centre of training scales).", low=32, high=4096),
+    Param("max-size", int, 1333, 320, "Cap on the longer image side.", low=32, high=8192),
+    Param("augment", str, "flip-scale", "flip", "Training augmentation.", ("none", "flip", "flip-scale")),
+    Param("amp", _bool, True, False, "Mixed precision (GPU only; ignored on CPU)."),
+    Param("evaluation-type", str, "coco", SAME, "Final evaluation: coco (pycocotools), fast (Detectron2's compiled COCOeval where built), none.",
+          ("coco", "fast", "none")),
+    Param("eval-period", int, 500, 100, "Iterations between validation-loss passes (0: only at the end).", low=0),
+    Param("val-samples", int, 64, 16, "Fixed validation images used for the validation loss.", low=1),
+    Param("val-ap", _bool, False, SAME, "Also compute validation AP every eval-period (printed as validation_ap: x; tuning objective)."),
+    Param("checkpoint-period", int, 500, 100, "Iterations between checkpoints in the checkpoint dir.", low=1),
+    Param("log-period", int, 20, 10, "Iterations between log lines.", low=1),
+    Param("classes", _classes, None, SAME, "Class names as a JSON list; default: the manifest's class map."),
+    Param("dataset-name", str, "sku110k", SAME, "Prefix of the registered Detectron2 datasets."),
+    Param("label-name", str, "sku", SAME, "Label attribute name in the augmented manifests."),
+    Param("seed", int, 42, SAME, "Random seed (-1: random).", low=-1),
+    Param("dist-port", int, 55555, SAME, "TCP port of the distributed rendezvous on the first host.", low=1024, high=65535),
+)
+BY_NAME: Dict[str, Param] = {p.name: p for p in TABLE}
+
+
+def attr(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def defaults(profile: str = "sagemaker") -> Dict[str, Any]:
+    if profile not in ("sagemaker", "local"):
+        raise ValueError(profile)
+    return {p.name: (p.local if profile == "local" and p.local is not SAME else p.default) for p in TABLE}
+
+
+def _convert(p: Param, raw: Any) -> Any:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raw = json.dumps(raw) if isinstance(raw, list) else str(raw)
+    try:
+        value = p.parse(raw)
+    except (TypeError, ValueError) as err:
+        kind = {int: "an integer", float: "a number"}.get(p.parse, "valid")
+        detail = "" if kind != "valid" else ": {}".format(err)
+        raise HyperparameterError("hyperparameter '{}': {!r} is not {}{}".format(p.name, raw, kind, detail)) from None
+    if p.choices and value not in p.choices:
+        raise HyperparameterError("hyperparameter '{}': {!r} is not one of {}".format(p.name, value, ", ".join(p.choices)))
+    if p.low is not None and value < p.low:
+        raise HyperparameterError("hyperparameter '{}': {} is below its minimum {}".format(p.name, value, p.low))
+    if p.high is not None and value > p.high:
+        raise HyperparameterError("hyperparameter '{}': {} is above its maximum {}".format(p.name, value, p.high))
+    return value
+
+
+def parse(raw: Mapping[str, Any], profile: str = "sagemaker") -> argparse.Namespace:
+    """Validates a mapping of hyperparameter strings; returns a namespace with every name set."""
+    values = defaults(profile)
+    for key, text in raw.items():
+        name = key.replace("_", "-")
+        if key.startswith(("sagemaker_", "_")) or name.startswith("sagemaker-"):
+            continue  # set by SageMaker itself (job name, tuning objective, ...)
+        if name not in BY_NAME:
+            near = difflib.get_close_matches(name, list(BY_NAME), n=1)
+            hint = " (did you mean '{}'?)".format(near[0]) if near else ""
+            raise HyperparameterError("unknown hyperparameter '{}'{}".format(key, hint))
+        values[name] = _convert(BY_NAME[name], text)
+    if values["model-type"] == "retinanet" and values["backbone"] not in RETINANET_BACKBONES:
+        raise HyperparameterError(
+            "hyperparameter 'backbone': {} has no RetinaNet config; use one of {}".format(
+                values["backbone"], ", ".join(RETINANET_BACKBONES)))
+    steps = values["lr-steps"]
+    try:
+        fractions = [float(s) for s in str(steps).split(",") if s.strip()]
+    except ValueError:
+        raise HyperparameterError("hyperparameter 'lr-steps': {!r} is not a list of fractions".format(steps)) from None
+    if any(not 0.0 < f < 1.0 for f in fractions) or fractions != sorted(fractions):
+        raise HyperparameterError("hyperparameter 'lr-steps': {!r} must be increasing fractions inside (0, 1)".format(steps))
+    return argparse.Namespace(**{attr(k): v for k, v in values.items()})
+
+
+def to_strings(values: Mapping[str, Any]) -> Dict[str, str]:
+    """The SageMaker form: every value a string (lists as JSON)."""
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            out[key] = json.dumps(list(value))
+        else:
+            out[key] = str(value)
+    return out
+
+
+def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
+    """``--lr 0.01 --num-iter 500`` or ``lr=0.01`` into a raw mapping (validated later by :func:`parse`)."""
+    raw: Dict[str, str] = {}
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--"):
+            key = item[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+            elif i + 1 < len(items):
+                i += 1
+                value = items[i]
+            else:
+                raise HyperparameterError("hyperparameter '{}' has no value".format(key))
+        elif "=" in item:
+            key, value = item.split("=", 1)
+        else:
+            raise HyperparameterError("cannot read {!r} as a hyperparameter: use --name value or name=value".format(item))
+        raw[key] = value
+        i += 1
+    return raw
+
+
+def markdown_table() -> str:
+    rows = ["| name | SageMaker default | local default | meaning |", "|---|---|---|---|"]
+    for p in TABLE:
+        local = p.default if p.local is SAME else p.local
+        extra = " One of: {}.".format(", ".join(p.choices)) if p.choices else ""
+        rows.append("| `{}` | {} | {} | {}{} |".format(p.name, p.default, local, p.help, extra))
+    return "\n".join(rows)

@@ -1,0 +1,34 @@
+"""Metric lines the training log prints, and the regexes SageMaker scrapes them with.
+
+The launcher sends METRIC_DEFINITIONS; a test runs a real training and checks
+each regex against its log. Numbers may be printed in exponent form by
+Detectron2's printer, hence the optional exponent.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+NUMBER = r"([0-9\.]+(?:e[-+]?[0-9]+)?)"
+TRAIN_LOSSES = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
+
+
+def _defs() -> List[Dict[str, str]]:
+    defs = [{"Name": "training:loss", "Regex": "total_loss: " + NUMBER}]
+    # The leading space keeps "loss_cls" from matching inside "val_loss_cls".
+    defs += [{"Name": "training:" + n, "Regex": " " + n + ": " + NUMBER} for n in TRAIN_LOSSES]
+    defs.append({"Name": "validation:loss", "Regex": "total_val_loss: " + NUMBER})
+    defs += [{"Name": "validation:" + n, "Regex": "val_" + n + ": " + NUMBER} for n in TRAIN_LOSSES]
+    defs.append({"Name": "validation:ap", "Regex": "validation_ap: " + NUMBER})
+    defs.append({"Name": "test:ap", "Regex": "test_ap: " + NUMBER})
+    return defs
+
+
+METRIC_DEFINITIONS: List[Dict[str, str]] = _defs()
+
+
+def format_validation(losses: Dict[str, float]) -> str:
+    """The validation-loss log line: ``total_val_loss: x  val_loss_cls: x ...``."""
+    total = sum(losses.values())
+    parts = ["total_val_loss: {:.6f}".format(total)]
+    parts += ["val_{}: {:.6f}".format(k, v) for k, v in sorted(losses.items())]
+    return "  ".join(parts)
