@@ -54,7 +54,12 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    import warnings
+
     from PIL import Image
+
+    # Detectron2 0.6's model_zoo imports pkg_resources (hence setuptools<81 in versions.env).
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
     # Pillow 10 removed the alias; Detectron2 0.6 uses it as a default argument.
     if not hasattr(Image, "LINEAR"):

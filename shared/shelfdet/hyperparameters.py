@@ -114,10 +114,20 @@ def attr(name: str) -> str:
     return name.replace("-", "_")
 
 
-def defaults(profile: str = "sagemaker") -> Dict[str, Any]:
+def _local(p: Param, algo: str) -> Any:
+    value = p.local
+    if isinstance(value, dict):  # per-algorithm local default
+        value = value.get(algo, SAME)
+    return p.default if value is SAME else value
+
+
+def defaults(profile: str = "sagemaker", algo: str = "faster_rcnn") -> Dict[str, Any]:
+    """Every hyperparameter's default; ``local`` = from-scratch CPU runs, per algorithm."""
     if profile not in ("sagemaker", "local"):
         raise ValueError(profile)
-    return {p.name: (p.local if profile == "local" and p.local is not SAME else p.default) for p in TABLE}
+    out = {p.name: (_local(p, algo) if profile == "local" else p.default) for p in TABLE}
+    out["model-type"] = algo
+    return out
 
 
 def _convert(p: Param, raw: Any) -> Any:
@@ -142,7 +152,8 @@ def _convert(p: Param, raw: Any) -> Any:
 
 def parse(raw: Mapping[str, Any], profile: str = "sagemaker") -> argparse.Namespace:
     """Validates a mapping of hyperparameter strings; returns a namespace with every name set."""
-    values = defaults(profile)
+    algo = str(raw.get("model-type", raw.get("model_type", "faster_rcnn")))
+    values = defaults(profile, algo if algo in ALGORITHMS else "faster_rcnn")
     for key, text in raw.items():
         name = key.replace("_", "-")
         if key.startswith(("sagemaker_", "_")) or name.startswith("sagemaker-"):
@@ -209,7 +220,9 @@ def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
 def markdown_table() -> str:
     rows = ["| name | SageMaker default | local default | meaning |", "|---|---|---|---|"]
     for p in TABLE:
-        local = p.default if p.local is SAME else p.local
+        local = p.local if isinstance(p.local, dict) else _local(p, "faster_rcnn")
+        if isinstance(local, dict):
+            local = ", ".join("{}: {}".format(a, _local(p, a)) for a in ALGORITHMS)
         extra = " One of: {}.".format(", ".join(p.choices)) if p.choices else ""
         rows.append("| `{}` | {} | {} | {}{} |".format(p.name, p.default, local, p.help, extra))
     return "\n".join(rows)

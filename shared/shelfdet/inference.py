@@ -46,10 +46,10 @@ class Detector:
     serialised by a lock (one model, one device), pre/post-processing is not.
     """
 
-    def __init__(self, cfg: CfgNode, weights: str, class_names: Sequence[str]):
+    def __init__(self, cfg: CfgNode, weights: str, class_names: Sequence[str], model: Optional[torch.nn.Module] = None):
         self.cfg = cfg
         self.class_names = list(class_names)
-        self.model = build_model(cfg)
+        self.model = model if model is not None else build_model(cfg)
         self.model.eval()
         if weights:
             DetectionCheckpointer(self.model).load(weights)
@@ -63,6 +63,11 @@ class Detector:
     def from_model_dir(cls, model_dir: str, device: Optional[str] = None) -> "Detector":
         art = artefacts.read(model_dir)
         return cls(load_config(art.config, device), art.weights, art.class_names)
+
+    @classmethod
+    def from_model(cls, cfg: CfgNode, model: torch.nn.Module, class_names: Sequence[str]) -> "Detector":
+        """Wraps a model being trained (switches it to eval mode; the caller switches back)."""
+        return cls(cfg, "", class_names, model=model)
 
     @property
     def device(self) -> str:

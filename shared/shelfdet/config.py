@@ -1,0 +1,149 @@
+"""Hyperparameters (``shelfdet.hyperparameters``) -> a Detectron2 config.
+
+Starts from the model zoo's config for the algorithm/backbone/schedule, then
+applies the hyperparameters. The LR schedule is scaled to ``num-iter`` so the
+decay steps fall inside the run (the reference's steps lay beyond it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import List, Optional, Tuple
+
+from . import compat
+
+compat.apply()
+
+from detectron2 import model_zoo  # noqa: E402
+from detectron2.config import CfgNode, get_cfg  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Schedules the zoo has per (algorithm, backbone); missing ones fall back.
+ZOO_SCHEDULES = {
+    ("faster_rcnn", "R_50_C4"): ("1x", "3x"), ("faster_rcnn", "R_50_DC5"): ("1x", "3x"),
+    ("faster_rcnn", "R_50_FPN"): ("1x", "3x"), ("faster_rcnn", "R_101_C4"): ("3x",),
+    ("faster_rcnn", "R_101_DC5"): ("3x",), ("faster_rcnn", "R_101_FPN"): ("3x",),
+    ("faster_rcnn", "X_101_32x8d_FPN"): ("3x",),
+    ("retinanet", "R_50_FPN"): ("1x", "3x"), ("retinanet", "R_101_FPN"): ("3x",),
+}
+# ResNeXt settings of the zoo's X_101_32x8d_FPN, for RetinaNet (no zoo config of its own).
+_X101 = ["MODEL.RESNETS.DEPTH", 101, "MODEL.RESNETS.NUM_GROUPS", 32, "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
+         "MODEL.RESNETS.STRIDE_IN_1X1", False, "MODEL.PIXEL_STD", [57.375, 57.120, 58.395]]
+_X101_IMAGENET = "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl"
+
+
+class ConfigError(ValueError):
+    """The hyperparameters do not give a buildable model; the message says which."""
+
+
+def zoo_config_name(algo: str, backbone: str, schedule: str) -> Tuple[str, bool]:
+    """The model-zoo config file to start from, and whether its checkpoint matches the model."""
+    if backbone == "R_18_FPN":
+        base = "Base-RetinaNet.yaml" if algo == "retinanet" else "Base-RCNN-FPN.yaml"
+        return base, False
+    key = (algo, backbone)
+    if algo == "retinanet" and backbone == "X_101_32x8d_FPN":
+        return "COCO-Detection/retinanet_R_50_FPN_3x.yaml", False
+    if key not in ZOO_SCHEDULES:
+        raise ConfigError("no model-zoo config for {} with backbone {}".format(algo, backbone))
+    available = ZOO_SCHEDULES[key]
+    if schedule not in available:
+        log.warning("the model zoo has %s %s only with schedule %s; using it", algo, backbone, available[0])
+        schedule = available[0]
+    return "COCO-Detection/{}_{}_{}.yaml".format(algo, backbone, schedule), True
+
+
+def lr_steps(num_iter: int, fractions: str) -> Tuple[int, ...]:
+    steps = sorted({int(round(float(f) * num_iter)) for f in fractions.split(",") if f.strip()})
+    return tuple(s for s in steps if 0 < s < num_iter)
+
+
+def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: str, val_dataset: Optional[str],
+                 output_dir: str, device: str = "cpu", world_size: int = 1) -> CfgNode:
+    cfg = get_cfg()
+    zoo_name, zoo_weights_match = zoo_config_name(hp.model_type, hp.backbone, hp.lr_schedule)
+    cfg.merge_from_file(model_zoo.get_config_file(zoo_name))
+    retina = hp.model_type == "retinanet"
+
+    if hp.backbone == "R_18_FPN":
+        # A light from-scratch model for CPUs: R-18 needs 64 res2 channels;
+        # narrower FPN and box head keep an iteration around a second on 2 cores.
+        cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+                             "MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512])
+    if retina and hp.backbone == "X_101_32x8d_FPN":
+        cfg.merge_from_list(_X101)
+
+    weights = hp.weights
+    if weights == "zoo":
+        if hp.backbone == "R_18_FPN":
+            raise ConfigError("hyperparameter 'weights': R_18_FPN has no model-zoo weights; use none or a file")
+        if zoo_weights_match:
+            weights = model_zoo.get_checkpoint_url(zoo_name)
+        else:
+            weights = _X101_IMAGENET
+    elif weights == "none":
+        weights = ""
+    cfg.MODEL.WEIGHTS = weights
+
+    norm = hp.norm
+    if norm == "auto":
+        norm = "FrozenBN" if weights else ("SyncBN" if world_size > 1 and device == "cuda" else "BN")
+    cfg.MODEL.RESNETS.NORM = norm
+    if not weights:
+        # Frozen stages of a random network never learn.
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+
+    n = len(class_names)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = n
+    cfg.MODEL.RETINANET.NUM_CLASSES = n
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = hp.num_rpn
+    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = hp.bbox_head_pos_fraction
+    cfg.MODEL.RPN.POSITIVE_FRACTION = hp.rpn_pos_fraction
+    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = hp.reg_loss_type
+    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = hp.bbox_reg_loss_weight
+    cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = hp.reg_loss_type
+    cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = hp.reg_loss_type
+    cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = hp.focal_loss_gamma
+    cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = hp.focal_loss_alpha
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = hp.pred_thr
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = hp.nms_thr
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = hp.pred_thr
+    cfg.MODEL.RETINANET.NMS_THRESH_TEST = hp.nms_thr
+    cfg.TEST.DETECTIONS_PER_IMAGE = hp.det_per_img
+    # Dense shelves: keep enough proposals / candidates to fill 300 detections.
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = max(cfg.MODEL.RPN.POST_NMS_TOPK_TEST, 2 * hp.det_per_img)
+    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = max(cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST, 2 * hp.det_per_img)
+
+    cfg.INPUT.MIN_SIZE_TEST = hp.min_size
+    cfg.INPUT.MAX_SIZE_TEST = hp.max_size
+    if hp.augment == "flip-scale":
+        cfg.INPUT.MIN_SIZE_TRAIN = tuple(int(hp.min_size * s) for s in (0.8, 0.9, 1.0, 1.1, 1.2))
+        cfg.INPUT.MAX_SIZE_TRAIN = int(hp.max_size * 1.2)
+    else:
+        cfg.INPUT.MIN_SIZE_TRAIN = (hp.min_size,)
+        cfg.INPUT.MAX_SIZE_TRAIN = hp.max_size
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    cfg.INPUT.RANDOM_FLIP = "none" if hp.augment == "none" else "horizontal"
+
+    cfg.DATASETS.TRAIN = (train_dataset,)
+    cfg.DATASETS.TEST = (val_dataset,) if val_dataset else ()
+    cfg.DATALOADER.NUM_WORKERS = hp.num_workers
+
+    cfg.SOLVER.IMS_PER_BATCH = hp.batch_size
+    cfg.SOLVER.BASE_LR = hp.lr
+    cfg.SOLVER.MAX_ITER = hp.num_iter
+    cfg.SOLVER.STEPS = lr_steps(hp.num_iter, hp.lr_steps)
+    cfg.SOLVER.WARMUP_ITERS = min(hp.warmup_iters, hp.num_iter // 10)
+    cfg.SOLVER.CHECKPOINT_PERIOD = hp.checkpoint_period
+    cfg.SOLVER.AMP.ENABLED = bool(hp.amp and device == "cuda")
+    if not weights:
+        # From scratch, early gradients spike; clipping keeps BN training stable.
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 5.0
+    cfg.TEST.EVAL_PERIOD = hp.eval_period
+    cfg.SEED = hp.seed
+    cfg.MODEL.DEVICE = device
+    cfg.OUTPUT_DIR = output_dir
+    return cfg

@@ -1,0 +1,119 @@
+"""``make train``: the SageMaker training program run locally in a SageMaker-shaped folder.
+
+``runs/<job>/`` mirrors /opt/ml (input/config, input/data/<channel>, model,
+checkpoints, output), so the local run and the training image execute the
+same code on the same layout. With ``--instance-type`` the job goes to
+SageMaker instead (``shelfdet.launch.training``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+from . import hyperparameters
+
+CHANNELS = ("training", "validation", "test")
+
+
+def _split_hp(argv: List[str]):
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def ensure_data(data_dir: str) -> None:
+    if os.path.isfile(os.path.join(data_dir, "report.json")):
+        return
+    print("[train] no dataset in {}: generating the synthetic SKU-110K set (make data)".format(data_dir), flush=True)
+    from .data import build
+
+    rc = build.main(["--data-dir", data_dir])
+    if rc:
+        raise SystemExit(rc)
+
+
+def lay_out(run_dir: str, data_dir: str, hps: Dict[str, str]) -> None:
+    """Creates the /opt/ml-shaped run folder; channels are links to the dataset."""
+    config = os.path.join(run_dir, "input", "config")
+    data = os.path.join(run_dir, "input", "data")
+    for d in (config, data, os.path.join(run_dir, "model"), os.path.join(run_dir, "checkpoints"),
+              os.path.join(run_dir, "output")):
+        os.makedirs(d, exist_ok=True)
+    links = {c: os.path.join(data_dir, c) for c in CHANNELS if os.path.isdir(os.path.join(data_dir, c))}
+    links["annotation"] = os.path.join(data_dir, "annotations")
+    for channel, target in links.items():
+        link = os.path.join(data, channel)
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(target), link)
+    with open(os.path.join(config, "hyperparameters.json"), "w") as f:
+        json.dump(hps, f, indent=2, sort_keys=True)
+    with open(os.path.join(config, "inputdataconfig.json"), "w") as f:
+        json.dump({c: {"ContentType": "application/x-image" if c != "annotation" else "application/json",
+                       "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in links}, f, indent=2)
+    with open(os.path.join(config, "resourceconfig.json"), "w") as f:
+        json.dump({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}, f, indent=2)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--instance-type" in argv:
+        from .launch import training as remote
+
+        return int(remote.main(argv) or 0)
+    own, hp_args = _split_hp(argv)
+    ap = argparse.ArgumentParser(prog="shelfdet train", description=__doc__)
+    ap.add_argument("--algo", default="faster_rcnn", choices=hyperparameters.ALGORITHMS)
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--weights", default=None, help="initial weights file (.pth/.pkl); default: from scratch")
+    ap.add_argument("--run-dir", default=None, help="an existing run folder resumes from its checkpoints")
+    ap.add_argument("--runs", default="runs", help="parent of new run folders")
+    args, unknown = ap.parse_known_args(own)
+    if unknown:
+        print("error: unknown option(s) {}; hyperparameters go after '--' (make train HP='--lr 0.01')".format(
+            " ".join(unknown)), file=sys.stderr)
+        return 2
+    try:
+        raw = hyperparameters.parse_cli(hp_args)
+        raw["model-type"] = args.algo
+        if args.weights:
+            if not os.path.isfile(args.weights):
+                raise hyperparameters.HyperparameterError("WEIGHTS file not found: {}".format(args.weights))
+            raw["weights"] = os.path.abspath(args.weights)
+        hp = hyperparameters.parse(raw, profile="local")
+    except hyperparameters.HyperparameterError as err:
+        print("error: {}".format(err), file=sys.stderr)
+        return 2
+    resolved = hyperparameters.to_strings({k.replace("_", "-"): v for k, v in vars(hp).items()})
+
+    ensure_data(args.data_dir)
+    if args.run_dir:
+        run_dir = args.run_dir
+        print("[train] resuming {}".format(run_dir), flush=True)
+    else:
+        job = "detectron2-{}-{}".format(args.algo.replace("_", "-"), time.strftime("%Y%m%d-%H%M%S"))
+        run_dir = os.path.join(args.runs, job)
+    lay_out(run_dir, args.data_dir, resolved)
+    print("[train] run folder {} (SageMaker layout); hyperparameters in input/config/hyperparameters.json".format(run_dir),
+          flush=True)
+
+    from .training import entry
+
+    start = time.time()
+    rc = entry.run(run_dir)
+    if rc:
+        return rc
+    with open(os.path.join(run_dir, "model", "metrics.json")) as f:
+        m = json.load(f)
+    print("")
+    print("[train] done in {:.1f} min: {} {} on {} ({} images)".format(
+        (time.time() - start) / 60, args.algo, hp.backbone, m.get("eval_channel"), m.get("eval_images")))
+    if "AP" in m:
+        print("[train] AP {AP:.4f}  AP50 {AP50:.4f}  AP75 {AP75:.4f}  AR{max_dets} {AR:.4f}".format(**m))
+    print("[train] model: {}/model   plots: {}/model/plots".format(run_dir, run_dir))
+    print("[train] next: make serve MODEL_DIR={0}/model   make predict IMAGE=<jpg> MODEL_DIR={0}/model".format(run_dir))
+    return 0

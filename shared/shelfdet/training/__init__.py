@@ -1,0 +1,1 @@
+"""The SageMaker training program: environment, trainer, hooks, entrypoint."""

@@ -1,0 +1,194 @@
+"""``train``: the SageMaker training entrypoint (the image runs it; ``make train`` runs it locally).
+
+Reads the job from /opt/ml (or ``--ml-root``), trains with periodic
+checkpoints (a restarted spot job resumes), and on global rank 0 writes the
+model folder: weights, resolved config, class names, metrics, plots and
+``artefacts.json``. Any error ends in one line on stderr, the same line in
+``output/failure``, and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Optional
+
+from .. import artefacts, catalog, hyperparameters
+from .environment import ContractError, Environment, check_channels, load
+
+log = logging.getLogger("shelfdet.training")
+
+# Errors that are the user's to fix: reported in one line, no traceback.
+USER_ERRORS = (ContractError, catalog.ManifestError, hyperparameters.HyperparameterError, artefacts.ArtefactError)
+
+
+def _setup_logging(rank: int = 0) -> None:
+    from .. import compat
+
+    compat.apply()
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(distributed_rank=rank, name="detectron2", abbrev_name="d2")
+    setup_logger(distributed_rank=rank, name="shelfdet", abbrev_name="shelfdet")
+    setup_logger(distributed_rank=rank, name="fvcore")
+
+
+def _channel_images(env: Environment) -> Dict[str, str]:
+    return {c: env.channels[c] for c in ("training", "validation", "test") if c in env.channels}
+
+
+def _register(env: Environment, hp: argparse.Namespace) -> Dict[str, Any]:
+    """Registers every present channel; returns names, class names and the dicts hooks need."""
+    names = catalog.register_channels(hp.dataset_name, env.channels["annotation"], _channel_images(env),
+                                      hp.label_name, hp.classes)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    classes = MetadataCatalog.get(names["training"]).thing_classes
+    val = DatasetCatalog.get(names["validation"])
+    return {"names": names, "classes": classes, "val": val}
+
+
+def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str, float]]:
+    """Runs in every process of the job."""
+    from .. import compat
+
+    compat.apply()
+    import torch
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+
+    from ..config import build_config
+    from .trainer import Trainer
+
+    rank = comm.get_rank()
+    _setup_logging(rank)
+    log.info("host %s, world size %d, rank %d", env.current_host, comm.get_world_size(), rank)
+    reg = _register(env, hp)
+    device = "cuda" if env.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    cfg = build_config(hp, reg["classes"], reg["names"]["training"], reg["names"]["validation"],
+                       env.checkpoint_dir, device=device, world_size=comm.get_world_size())
+    cfg.freeze()
+    seed_all_rng(None if hp.seed < 0 else hp.seed + rank)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    os.makedirs(env.checkpoint_dir, exist_ok=True)
+
+    val_sample = reg["val"][: hp.val_samples]
+    trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period)
+    # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
+    trainer.resume_or_load(resume=True)
+    if trainer.start_iter > 0:
+        log.info("resuming from iteration %d of %d", trainer.start_iter, trainer.max_iter)
+    start = time.time()
+    trainer.train()
+    train_seconds = time.time() - start
+    result = None
+    if comm.is_main_process():
+        result = finish(env, hp, cfg, trainer, reg, train_seconds)
+    comm.synchronize()
+    return result
+
+
+def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg: Dict[str, Any],
+           train_seconds: float) -> Dict[str, float]:
+    """Rank 0 only: model folder, evaluation, plots."""
+    import torch
+
+    from .. import evaluation
+    from ..inference import Detector, load_config
+    from . import report
+
+    os.makedirs(env.model_dir, exist_ok=True)
+    weights = os.path.join(env.model_dir, artefacts.WEIGHTS)
+    torch.save({"model": trainer.bare_model().state_dict()}, weights + ".tmp")
+    os.replace(weights + ".tmp", weights)
+    with open(os.path.join(env.model_dir, artefacts.CONFIG), "w") as f:
+        f.write(cfg.dump())
+
+    metrics: Dict[str, Any] = {"train_seconds": round(train_seconds, 1), "iterations": cfg.SOLVER.MAX_ITER}
+    eval_channel = "test" if "test" in reg["names"] else "validation"
+    history = trainer.validation.history if trainer.validation else []
+    if history:
+        metrics["final_val_loss"] = history[-1]["total_val_loss"]
+    if hp.evaluation_type != "none":
+        from detectron2.data import DatasetCatalog
+
+        dicts = DatasetCatalog.get(reg["names"][eval_channel])
+        # Built from the saved files, exactly as serving will load them.
+        detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE),
+                            weights, reg["classes"])
+        start = time.time()
+        preds = evaluation.predict_dataset(detector, dicts)
+        scores = evaluation.score(dicts, preds, reg["classes"], cfg.TEST.DETECTIONS_PER_IMAGE,
+                                  fast=hp.evaluation_type == "fast")
+        metrics.update(scores)
+        metrics.update({"eval_channel": eval_channel, "eval_images": len(dicts), "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE,
+                        "eval_seconds": round(time.time() - start, 1)})
+        log.info("%s_ap: %.6f", eval_channel, scores["AP"])
+        log.info("evaluation on %s (%d images, maxDets %d): %s", eval_channel, len(dicts),
+                 cfg.TEST.DETECTIONS_PER_IMAGE, evaluation.format_metrics(scores))
+        report.prediction_pngs(dicts[:4], preds, os.path.join(env.model_dir, "plots"))
+    with open(os.path.join(env.model_dir, artefacts.METRICS), "w") as f:
+        json.dump(metrics, f, indent=2)
+    report.loss_curve(os.path.join(env.checkpoint_dir, "metrics.json"), history,
+                      os.path.join(env.model_dir, "plots", "loss_curve.png"))
+    resolved = hyperparameters.to_strings({k.replace("_", "-"): v for k, v in vars(hp).items()})
+    with open(os.path.join(env.model_dir, "hyperparameters.json"), "w") as f:
+        json.dump(resolved, f, indent=2)
+    artefacts.write_manifest(env.model_dir, reg["classes"], hp.model_type, resolved,
+                             extra_files={"hyperparameters": "hyperparameters.json"})
+    return metrics
+
+
+def fail(env_root: str, message: str) -> int:
+    print("error: " + message, file=sys.stderr)
+    out = os.path.join(env_root, "output")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "failure"), "w") as f:
+            f.write(message[:1000] + "\n")
+    except OSError:
+        pass
+    return 1
+
+
+def run(root: Optional[str] = None) -> int:
+    root = root or os.environ.get("SHELFDET_ML_ROOT", "/opt/ml")
+    try:
+        env = load(root)
+        check_channels(env)
+        hp = hyperparameters.parse(env.hyperparameters)
+        # Read every manifest before any process starts: a bad line fails in a second, not after setup.
+        for c, image_dir in _channel_images(env).items():
+            catalog.load_manifest(os.path.join(env.channels["annotation"], c + ".manifest"), image_dir, hp.label_name)
+        from ..config import ConfigError, build_config  # noqa: F401  (validates the combination early)
+
+        try:
+            build_config(hp, hp.classes or ["SKU"], "train", "val", env.checkpoint_dir)
+        except ConfigError as err:
+            raise ContractError(str(err)) from None
+        from .distributed import launch
+
+        _setup_logging()
+        log.info("training %s %s for %d iterations; model dir %s, checkpoints %s", hp.model_type, hp.backbone,
+                 hp.num_iter, env.model_dir, env.checkpoint_dir)
+        launch(train_worker, env.hosts, env.machine_rank, env.num_gpus, hp.dist_port, args=(env, hp))
+    except USER_ERRORS as err:
+        return fail(root, str(err))
+    except KeyboardInterrupt:
+        return fail(root, "interrupted; rerun to resume from the last checkpoint")
+    except Exception as err:  # a bug or an environment problem: keep the traceback for the log
+        traceback.print_exc()
+        return fail(root, "{}: {}".format(type(err).__name__, err))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="shelfdet sm-train", description=__doc__)
+    ap.add_argument("--ml-root", default=None, help="folder shaped like /opt/ml (default: /opt/ml)")
+    args, _ = ap.parse_known_args(argv)  # SageMaker may append "train"
+    return run(args.ml_root)

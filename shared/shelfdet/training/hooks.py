@@ -1,0 +1,109 @@
+"""Training hooks: validation loss over a fixed sample, periodic validation AP."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Sequence
+
+from .. import compat
+
+compat.apply()
+
+import torch  # noqa: E402
+from detectron2.data import DatasetMapper  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.engine import HookBase  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from .. import evaluation, metrics  # noqa: E402
+
+log = logging.getLogger("shelfdet.training")
+
+
+def _is_due(trainer: Any, period: int) -> bool:
+    nxt = trainer.iter + 1
+    return nxt == trainer.max_iter or (period > 0 and nxt % period == 0)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+class ValidationLoss(HookBase):
+    """Mean losses over a fixed validation sample, printed as ``total_val_loss: x  val_loss_cls: x ...``.
+
+    The same images every time (not one random batch) so the tuning objective
+    is comparable across evaluations. Losses need the model in training mode;
+    norm layers are switched to eval so validation does not move BN statistics,
+    and the RNG is forked so proposal sampling is repeatable.
+    """
+
+    def __init__(self, cfg: Any, dataset_dicts: Sequence[Dict[str, Any]], period: int, batch_size: int = 2):
+        self.period = period
+        self.batch_size = batch_size
+        mapper = DatasetMapper(is_train=True, augmentations=[
+            T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
+            image_format=cfg.INPUT.FORMAT)
+        mine = list(dataset_dicts)[comm.get_rank()::comm.get_world_size()]
+        # Mapped once: the sample is small and re-decoding it every period wastes time.
+        self.inputs = [mapper(dict(d)) for d in mine]
+        self.history: List[Dict[str, float]] = []
+
+    def _losses(self) -> Dict[str, float]:
+        model = self.trainer.model
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        sums: Dict[str, float] = {}
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            for m in norms:
+                m.eval()
+            try:
+                for i in range(0, len(self.inputs), self.batch_size):
+                    batch = self.inputs[i:i + self.batch_size]
+                    # Calling the unwrapped module avoids a DDP forward with no backward.
+                    loss_dict = _unwrap(model)(batch)
+                    for k, v in loss_dict.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+            finally:
+                for m in norms:
+                    m.train()
+        counts = comm.all_gather((sums, len(self.inputs)))
+        total = sum(c for _, c in counts)
+        keys = sorted({k for s, _ in counts for k in s})
+        return {k: sum(s.get(k, 0.0) for s, _ in counts) / max(total, 1) for k in keys}
+
+    def after_step(self) -> None:
+        if not _is_due(self.trainer, self.period):
+            return
+        losses = self._losses()
+        if comm.is_main_process():
+            line = metrics.format_validation(losses)
+            self.history.append(dict(losses, iteration=self.trainer.iter + 1, total_val_loss=sum(losses.values())))
+            log.info("iter: %d  %s", self.trainer.iter + 1, line)
+
+
+class ValidationAP(HookBase):
+    """COCO AP on the validation channel, printed as ``validation_ap: x`` (the tuning objective)."""
+
+    def __init__(self, cfg: Any, dataset_dicts: Sequence[Dict[str, Any]], class_names: Sequence[str], period: int):
+        self.cfg = cfg
+        self.dicts = list(dataset_dicts)
+        self.class_names = list(class_names)
+        self.period = period
+
+    def after_step(self) -> None:
+        if not _is_due(self.trainer, self.period):
+            return
+        if comm.is_main_process():
+            from ..inference import Detector
+
+            model = _unwrap(self.trainer.model)
+            detector = Detector.from_model(self.cfg, model, self.class_names)
+            try:
+                preds = evaluation.predict_dataset(detector, self.dicts, log_every=10 ** 9)
+            finally:
+                model.train()
+            result = evaluation.score(self.dicts, preds, self.class_names, self.cfg.TEST.DETECTIONS_PER_IMAGE)
+            log.info("iter: %d  validation_ap: %.6f  validation_ap50: %.6f", self.trainer.iter + 1,
+                     result["AP"], result["AP50"])
+        comm.synchronize()

@@ -1,0 +1,84 @@
+"""Detectron2's DefaultTrainer, made CPU-distributed-aware and given our hooks and writers."""
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Dict, List, Optional, Sequence
+
+from .. import compat
+
+compat.apply()
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from .hooks import ValidationAP, ValidationLoss  # noqa: E402
+
+
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP on GPU (one device per process) and on CPU (gloo; Detectron2 0.6 assumes CUDA)."""
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).is_cuda:
+        return DistributedDataParallel(model, device_ids=[comm.get_local_rank()], broadcast_buffers=False)
+    return DistributedDataParallel(model, broadcast_buffers=False)
+
+
+class Trainer(DefaultTrainer):
+    """Same loop, scheduler and checkpointing as DefaultTrainer; hooks built from our cfg.
+
+    ``val_dicts`` is the fixed validation-loss sample; ``ap_dicts`` (optional)
+    the validation set for periodic AP.
+    """
+
+    def __init__(self, cfg: Any, class_names: Sequence[str], val_dicts: Sequence[Dict[str, Any]],
+                 ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20):
+        TrainerBase.__init__(self)
+        self.class_names = list(class_names)
+        self.val_dicts = list(val_dicts)
+        self.ap_dicts = list(ap_dicts) if ap_dicts else None
+        self.log_period = log_period
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model)
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.validation: Optional[ValidationLoss] = None
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List[Any]:
+        cfg = self.cfg
+        period = cfg.TEST.EVAL_PERIOD
+        ret: List[Any] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            # Two kept checkpoints are enough to resume and halve the S3 sync of spot jobs.
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=2))
+        if self.val_dicts:
+            self.validation = ValidationLoss(cfg, self.val_dicts, period)
+            ret.append(self.validation)
+        if self.ap_dicts:
+            ret.append(ValidationAP(cfg, self.ap_dicts, self.class_names, period))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.log_period))
+        return ret
+
+    def build_writers(self) -> List[Any]:
+        # No TensorBoard writer: SageMaker scrapes the printed lines.
+        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._trainer.model
+
+    def bare_model(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)
