@@ -1,0 +1,121 @@
+"""``python -m shelfdet data``: build DATA_DIR from SRC, or from a generated synthetic SKU-110K.
+
+Cheap to call again: when DATA_DIR/report.json was made from the same source
+and options, it says so and stops (``make train`` calls it every time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import CHANNELS, DEFAULT_LABEL, REPORT, DataError, fetch, sku110k, synthetic
+
+
+def _size(text: str) -> Tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected WIDTHxHEIGHT, e.g. 320x256, got {!r}".format(text)) from None
+    if w < 64 or h < 64:
+        raise argparse.ArgumentTypeError("image size {}x{} is too small (64x64 at least)".format(w, h))
+    return w, h
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shelfdet data", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", required=True, help="output folder (channels, annotations/, report.json)")
+    p.add_argument("--src", help="SKU110K_fixed folder, SKU110K_fixed.tar.gz, or its http(s)/s3 URL; "
+                                 "omitted: generate the synthetic set into DATA_DIR/source")
+    p.add_argument("--bucket", help="manifest source-refs point at s3://BUCKET/PREFIX/<channel>/<image>")
+    p.add_argument("--prefix", default="detectron2/data")
+    p.add_argument("--label", default=DEFAULT_LABEL, help="label attribute name in the manifests")
+    d = synthetic.DEFAULT_IMAGES
+    p.add_argument("--train-images", type=int, default=d["train"], help="synthetic only")
+    p.add_argument("--val-images", type=int, default=d["val"], help="synthetic only")
+    p.add_argument("--test-images", type=int, default=d["test"], help="synthetic only")
+    p.add_argument("--image-size", type=_size, default=synthetic.DEFAULT_SIZE, help="synthetic only, WxH")
+    p.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED, help="synthetic only")
+    p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: CPU count)")
+    p.add_argument("--force", action="store_true", help="rebuild even when report.json is current")
+    return p
+
+
+def _csv_stamp(root: str) -> List[List[Any]]:
+    return [[os.path.basename(c), os.path.getsize(c), int(os.path.getmtime(c))] for c in sku110k.find_csvs(root)]
+
+
+def options(args: argparse.Namespace) -> Dict[str, Any]:
+    opts: Dict[str, Any] = {"bucket": args.bucket, "prefix": args.prefix if args.bucket else None,
+                            "label": args.label}
+    if args.src:
+        opts["src"] = args.src if fetch.is_url(args.src) else os.path.abspath(args.src)
+    else:
+        opts["src"] = "synthetic"
+        opts["synthetic"] = {"version": synthetic.VERSION, "seed": args.seed, "image_size": list(args.image_size),
+                             "images": {"train": args.train_images, "val": args.val_images, "test": args.test_images}}
+    return opts
+
+
+def up_to_date(data_dir: str, opts: Dict[str, Any]) -> bool:
+    try:
+        with open(os.path.join(data_dir, REPORT)) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if report.get("options") != opts:
+        return False
+    if opts["src"] != "synthetic" and not fetch.is_url(opts["src"]):
+        # A local source edited in place must be converted again.
+        root = report.get("source")
+        if not root or not os.path.isdir(root) or _csv_stamp(root) != report.get("source_stamp"):
+            return False
+    return all(os.path.isfile(os.path.join(data_dir, "annotations", c + ".manifest"))
+               for c, v in report.get("channels", {}).items() if v.get("images"))
+
+
+def build(args: argparse.Namespace) -> Dict[str, Any]:
+    data_dir = args.data_dir
+    opts = options(args)
+    if not args.force and up_to_date(data_dir, opts):
+        print("data: {} is up to date ({}); --force rebuilds".format(data_dir, opts["src"]))
+        with open(os.path.join(data_dir, REPORT)) as f:
+            return json.load(f)
+    os.makedirs(data_dir, exist_ok=True)
+    work = os.path.join(data_dir, "source")
+    if args.src:
+        root = fetch.resolve(args.src, work)
+    else:
+        for n in (args.train_images, args.val_images, args.test_images):
+            if n < 1:
+                raise DataError("--train/--val/--test-images must be at least 1, got {}".format(n))
+        # Regenerate from scratch: a smaller set must not inherit the old set's extra images.
+        shutil.rmtree(os.path.join(work, synthetic.ROOT_NAME), ignore_errors=True)
+        gen = synthetic.generate(work, {"train": args.train_images, "val": args.val_images, "test": args.test_images},
+                                 args.image_size, args.seed)
+        root = gen.root
+        print("data: generated synthetic SKU-110K ({} images, {}x{}, seed {}) in {}".format(
+            len(gen.boxes), args.image_size[0], args.image_size[1], args.seed, root))
+    extra = {"options": opts, "source_stamp": _csv_stamp(root)}
+    return sku110k.convert(root, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
+                           workers=args.workers, extra=extra)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        report = build(args)
+    except DataError as err:
+        print("error: {}".format(err), file=sys.stderr)
+        return 2
+    except OSError as err:
+        print("error: {}: {}".format(getattr(err, "filename", None) or "data", err.strerror or err), file=sys.stderr)
+        return 2
+    if not any(report["channels"][c]["images"] for c in CHANNELS):
+        print("error: no usable image in {}; see {}".format(args.src or "the synthetic set",
+                                                           os.path.join(args.data_dir, REPORT)), file=sys.stderr)
+        return 2
+    return 0

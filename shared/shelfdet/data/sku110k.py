@@ -1,0 +1,299 @@
+"""An extracted ``SKU110K_fixed`` folder -> ``DATA_DIR`` with channel folders, manifests and report.json.
+
+Policy (SPEC §2-3, §8), applied in this order and counted per reason:
+- rows that do not parse (column count, numbers, class) are dropped;
+- rows of images that are corrupted, missing, or of no known split are dropped;
+- a box with no area (x2 <= x1 or y2 <= y1) is dropped; one crossing the
+  image border is clipped to it, or dropped when nothing is left inside;
+- the image file's size (after EXIF orientation) is the truth; a CSV size
+  that disagrees is reported and the boxes are checked against the file;
+- an image left without boxes is left out of the manifest (a dense shelf
+  with no labels would teach "background" and fail every detection in eval).
+Nothing is dropped without a line in report.json.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from . import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of, csvrows, images
+
+JOB_NAME = "shelfdet-sku110k"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+FORMAT = "shelfdet-data-report/1"
+
+
+def find_csvs(root: str) -> List[str]:
+    ann = os.path.join(root, "annotations")
+    found = sorted(f for f in os.listdir(ann) if f.startswith("annotations_") and f.endswith(".csv")) \
+        if os.path.isdir(ann) else []
+    if not found:
+        raise DataError("{}: no annotations/annotations_<split>.csv: not a SKU110K_fixed folder".format(root))
+    return [os.path.join(ann, f) for f in found]
+
+
+def _natural(name: str) -> Any:
+    stem = os.path.splitext(name)[0]
+    head, _, num = stem.rpartition("_")
+    return (head, int(num)) if num.isdigit() else (stem, -1)
+
+
+def source_ref(bucket: Optional[str], prefix: str, channel: str, name: str, local_dir: str) -> str:
+    if bucket:
+        parts = [p for p in (prefix.strip("/"), channel, name) if p]
+        return "s3://{}/{}".format(bucket, "/".join(parts))
+    return os.path.join(os.path.abspath(local_dir), channel, name)
+
+
+class _Manifest:
+    """Formats manifest lines with one C-level ``%`` per image instead of one json.dumps per box."""
+
+    BOX = '{"class_id": 0, "left": %s, "top": %s, "width": %s, "height": %s}, '
+
+    def __init__(self, label: str, integral: bool):
+        created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        self.box = self.BOX.replace("%s", "%d") if integral else self.BOX.replace("%s", "%r")
+        self.label = json.dumps(label)
+        self.meta_key = json.dumps(label + "-metadata")
+        self.meta_head = '{"job-name": %s, "class-map": %s, "human-annotated": "yes", "objects": [' % (
+            json.dumps(JOB_NAME), json.dumps(CLASS_MAP))
+        self.meta_tail = '], "type": "groundtruth/object-detection", "creation-date": %s}' % json.dumps(created)
+
+    def line(self, src: str, width: int, height: int, boxes: List[Any]) -> str:
+        n = len(boxes) // 4
+        anns = (self.box * n % tuple(boxes))[:-2]
+        objects = ", ".join(['{"confidence": 1.0}'] * n)
+        return ('{"source-ref": %s, %s: {"annotations": [%s], "image_size": [{"width": %d, "height": %d, '
+                '"depth": 3}]}, %s: %s%s%s}\n') % (json.dumps(src), self.label, anns, width, height,
+                                                   self.meta_key, self.meta_head, objects, self.meta_tail)
+
+
+def _link(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        if os.path.samefile(src, dst):
+            return
+        os.remove(dst)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
+            label: str = DEFAULT_LABEL, sizes_from_csv: bool = False, workers: Optional[int] = None,
+            extra: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Converts and returns the report (also written to DATA_DIR/report.json).
+
+    ``sizes_from_csv`` trusts the CSV's image sizes and neither reads nor
+    links images (the benchmark's CSV-only mode).
+    """
+    t0 = time.time()
+    csvs = find_csvs(root)
+    img_dir = os.path.join(root, "images")
+    rows, problems, n_rows = csvrows.read(csvs)
+    t_csv = time.time()
+
+    names = list(rows.names)
+    index = {n: i for i, n in enumerate(names)}
+    files = [] if sizes_from_csv else sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS)) \
+        if os.path.isdir(img_dir) else []
+    for f in files:
+        if f not in index:
+            index[f] = len(names)
+            names.append(f)
+    n_img = len(names)
+    width = np.zeros(n_img, np.float64)
+    height = np.zeros(n_img, np.float64)
+    # Why an image's rows cannot be used ("" when they can).
+    reason = np.array([""] * n_img, dtype=object)
+    corrupted: List[Dict[str, Any]] = []
+    if sizes_from_csv:
+        first = np.unique(rows.image, return_index=True)[1]
+        width[rows.image[first]] = rows.values[first, 4]
+        height[rows.image[first]] = rows.values[first, 5]
+    else:
+        present = np.zeros(n_img, bool)
+        checked = images.check_all([os.path.join(img_dir, f) for f in files], workers)
+        for f in files:
+            i = index[f]
+            present[i] = True
+            c = checked[os.path.join(img_dir, f)]
+            if c.error:
+                reason[i] = "image_corrupted"
+                corrupted.append({"image": f, "channel": channel_of(f), "reason": c.error})
+            width[i], height[i] = c.width, c.height
+        reason[~present] = "image_missing"
+    channel = [channel_of(n) for n in names]
+    for i, ch in enumerate(channel):
+        if ch is None and not reason[i]:
+            reason[i] = "unknown_split"
+    t_img = time.time()
+
+    img = rows.image
+    x1, y1, x2, y2, csv_w, csv_h = rows.values.T
+    W, H = width[img], height[img]
+    row_reason = reason[img]
+    image_ok = row_reason == ""
+    degenerate = image_ok & ((x2 <= x1) | (y2 <= y1))
+    cx1, cy1 = np.clip(x1, 0, W), np.clip(y1, 0, H)
+    cx2, cy2 = np.clip(x2, 0, W), np.clip(y2, 0, H)
+    outside = image_ok & ~degenerate & ((cx2 <= cx1) | (cy2 <= cy1))
+    kept = image_ok & ~degenerate & ~outside
+    clipped = kept & ((cx1 != x1) | (cy1 != y1) | (cx2 != x2) | (cy2 != y2))
+    mismatch = image_ok & ((csv_w != W) | (csv_h != H))
+
+    def where(i: int) -> Dict[str, Any]:
+        return {"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": names[img[i]]}
+
+    def box_text(i: int) -> str:
+        return "box ({:g},{:g},{:g},{:g})".format(x1[i], y1[i], x2[i], y2[i])
+
+    for i in np.flatnonzero(degenerate):
+        problems.append(csvrows.problem(field="x2" if x2[i] <= x1[i] else "y2", kind="degenerate", action="dropped",
+                                        message=box_text(i) + " has no area", **_w(where(i))))
+    for i in np.flatnonzero(outside):
+        problems.append(csvrows.problem(field="box", kind="outside_image", action="dropped",
+                                        message="{} lies outside the {:g}x{:g} image".format(box_text(i), W[i], H[i]),
+                                        **_w(where(i))))
+    for i in np.flatnonzero(clipped):
+        problems.append(csvrows.problem(field="box", kind="clipped", action="clipped",
+                                        message="{} crosses the {:g}x{:g} image border: clipped to ({:g},{:g},{:g},{:g})".format(
+                                            box_text(i), W[i], H[i], cx1[i], cy1[i], cx2[i], cy2[i]), **_w(where(i))))
+    for kind in ("image_corrupted", "image_missing", "unknown_split"):
+        _per_image(problems, np.flatnonzero(row_reason == kind), img, kind, "dropped", where, names,
+                   {"image_corrupted": "image does not decode: its boxes are dropped",
+                    "image_missing": "no such file in {}: its boxes are dropped".format(img_dir),
+                    "unknown_split": "name has no train_/val_/test_ prefix: its boxes are dropped"}[kind])
+    for i in _first_per_image(np.flatnonzero(mismatch), img):
+        swapped = csv_w[i] == H[i] and csv_h[i] == W[i]
+        problems.append(csvrows.problem(
+            field="image_width" if csv_w[i] != W[i] else "image_height", kind="size_mismatch", action="kept",
+            message="CSV says {:g}x{:g}, the {} is {:g}x{:g}{}; boxes checked against the {}".format(
+                csv_w[i], csv_h[i], "CSV sizes only" if sizes_from_csv else "image file", W[i], H[i],
+                " (swapped: EXIF orientation?)" if swapped else "", "first row" if sizes_from_csv else "file"),
+            rows=int(np.count_nonzero(mismatch & (img == img[i]))), **_w(where(i))))
+
+    # Group kept boxes by image, in CSV order.
+    k = np.flatnonzero(kept)
+    k = k[np.lexsort((rows.line[k], rows.file[k], img[k]))]
+    coords = np.column_stack([cx1[k], cy1[k], cx2[k] - cx1[k], cy2[k] - cy1[k]])
+    integral = bool(np.all(coords == np.round(coords)))
+    flat = (coords.astype(np.int64) if integral else coords).ravel().tolist()
+    counts = np.bincount(img[k], minlength=n_img)
+    offsets = np.concatenate([[0], np.cumsum(counts)]) * 4
+    fmt = _Manifest(label, integral)
+
+    dropped_images: List[Dict[str, Any]] = []
+    per_channel: Dict[str, List[int]] = {c: [] for c in CHANNELS}
+    for i, name in enumerate(names):
+        if reason[i]:
+            dropped_images.append({"image": name, "reason": reason[i]})
+            continue
+        if counts[i] == 0:
+            dropped_images.append({"image": name, "reason": "no_boxes",
+                                   "message": "no usable box in any CSV: left out of the manifest"})
+            continue
+        per_channel[channel[i]].append(i)
+
+    ann_dir = os.path.join(data_dir, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    channels: Dict[str, Dict[str, int]] = {}
+    for ch in CHANNELS:
+        ids = sorted(per_channel[ch], key=lambda i: _natural(names[i]))
+        ch_dir = os.path.join(data_dir, ch)
+        manifest = os.path.join(ann_dir, ch + ".manifest")
+        if not ids:
+            # A missing channel must not leave an old manifest that looks current.
+            if os.path.exists(manifest):
+                os.remove(manifest)
+            channels[ch] = {"images": 0, "boxes": 0}
+            continue
+        tmp = manifest + ".tmp"
+        with open(tmp, "w") as f:
+            for i in ids:
+                src = source_ref(bucket, prefix, ch, names[i], data_dir)
+                f.write(fmt.line(src, int(width[i]), int(height[i]), flat[offsets[i]:offsets[i + 1]]))
+        os.replace(tmp, manifest)
+        if not sizes_from_csv:
+            os.makedirs(ch_dir, exist_ok=True)
+            wanted = {names[i] for i in ids}
+            for old in os.listdir(ch_dir):
+                if old not in wanted:
+                    os.remove(os.path.join(ch_dir, old))
+            for name in wanted:
+                _link(os.path.join(img_dir, name), os.path.join(ch_dir, name))
+        channels[ch] = {"images": len(ids), "boxes": int(counts[ids].sum())}
+
+    by_reason = Counter()
+    for p in problems:
+        if p["action"] == "dropped":
+            by_reason[p["kind"]] += p.get("rows", 1)
+    n_kept = int(kept.sum())
+    report = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": os.path.abspath(root),
+        "data_dir": os.path.abspath(data_dir),
+        "label": label,
+        "source_refs": "s3://{}/{}".format(bucket, prefix.strip("/")) if bucket else "local",
+        "sizes_from": "csv" if sizes_from_csv else "image files",
+        "channels": channels,
+        "boxes": {"rows": int(n_rows), "kept": n_kept, "clipped": int(clipped.sum()),
+                  "dropped": int(n_rows - n_kept), "dropped_by_reason": dict(sorted(by_reason.items()))},
+        "images": {"files": len(files), "in_manifests": sum(c["images"] for c in channels.values()),
+                   "corrupted": corrupted, "dropped": dropped_images},
+        "problems": problems,
+        "seconds": {"csv": round(t_csv - t0, 3), "images": round(t_img - t_csv, 3),
+                    "total": round(time.time() - t0, 3)},
+    }
+    report.update(extra or {})
+    if sum(report["boxes"]["dropped_by_reason"].values()) != report["boxes"]["dropped"]:
+        raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
+    path = os.path.join(data_dir, REPORT)
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(path + ".tmp", path)
+    summarize(report, log)
+    return report
+
+
+def _w(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {"path": d["file"], "line": d["line"], "image": d["image"]}
+
+
+def _first_per_image(idx: np.ndarray, img: np.ndarray) -> List[int]:
+    if not len(idx):
+        return []
+    return [int(idx[j]) for j in np.unique(img[idx], return_index=True)[1]]
+
+
+def _per_image(problems: List[Dict[str, Any]], idx: np.ndarray, img: np.ndarray, kind: str, action: str,
+               where: Callable[[int], Dict[str, Any]], names: List[str], message: str) -> None:
+    counts = Counter(img[idx].tolist())
+    for i in _first_per_image(idx, img):
+        problems.append(csvrows.problem(field="image_name", kind=kind, action=action, message=message,
+                                        rows=counts[int(img[i])], **_w(where(i))))
+
+
+def summarize(report: Dict[str, Any], log: Callable[[str], None] = print, examples: int = 5) -> None:
+    ch = report["channels"]
+    b = report["boxes"]
+    log("data: " + ", ".join("{} {} images / {} boxes".format(c, v["images"], v["boxes"]) for c, v in ch.items()))
+    log("boxes: {} rows, {} kept ({} clipped to the image), {} dropped{}".format(
+        b["rows"], b["kept"], b["clipped"], b["dropped"],
+        "" if not b["dropped"] else " (" + ", ".join("{} {}".format(v, k) for k, v in b["dropped_by_reason"].items()) + ")"))
+    for c in report["images"]["corrupted"]:
+        log("corrupted image dropped: {} ({})".format(c["image"], c["reason"]))
+    probs = [p for p in report["problems"] if p["kind"] != "clipped"]
+    for p in probs[:examples]:
+        log("  {}:{}: {}: {}{}".format(p["file"], p["line"], p["field"], p["message"],
+                                      " ({} rows)".format(p["rows"]) if p.get("rows", 1) > 1 else ""))
+    if len(probs) > examples:
+        log("  ... {} more problems in {}".format(len(probs) - examples, os.path.join(report["data_dir"], REPORT)))
