@@ -1,0 +1,156 @@
+"""``python -m shelfdet upload``: DATA_DIR -> s3://BUCKET/PREFIX/{training,validation,test,annotations}/.
+
+Resumable by construction: objects already there with the same size are
+skipped, so a second run (or one after an interruption) sends only the rest.
+Manifests built without --bucket point at local files; they are rewritten on
+the way up so their source-refs name the uploaded images.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from typing import Dict, List, NamedTuple, Optional
+
+from . import CHANNELS, DataError
+from .sku110k import source_ref
+
+
+class Item(NamedTuple):
+    key: str
+    path: str
+    body: Optional[bytes]  # rewritten content (manifests); None: upload the file as is
+    size: int
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shelfdet upload", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--bucket", help="target bucket (required)")
+    p.add_argument("--prefix", default="detectron2/data")
+    p.add_argument("--region", default=None)
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; call nothing")
+    p.add_argument("--role", help="accepted for the Makefile's common AWS flags; uploads use your credentials")
+    p.add_argument("--concurrency", type=int, default=16)
+    return p
+
+
+def _key(prefix: str, *parts: str) -> str:
+    return "/".join(p for p in (prefix.strip("/"),) + parts if p)
+
+
+def _manifest_body(path: str, bucket: str, prefix: str, channel: str, data_dir: str) -> bytes:
+    out = io.StringIO()
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                name = os.path.basename(rec["source-ref"])
+            except (ValueError, KeyError, TypeError):
+                raise DataError("{}:{}: not a manifest line with a source-ref".format(path, lineno)) from None
+            rec["source-ref"] = source_ref(bucket, prefix, channel, name, data_dir)
+            out.write(json.dumps(rec) + "\n")
+    return out.getvalue().encode()
+
+
+def plan(data_dir: str, bucket: str, prefix: str) -> List[Item]:
+    ann_dir = os.path.join(data_dir, "annotations")
+    items: List[Item] = []
+    for ch in CHANNELS:
+        manifest = os.path.join(ann_dir, ch + ".manifest")
+        ch_dir = os.path.join(data_dir, ch)
+        if not os.path.isfile(manifest):
+            continue
+        for name in sorted(os.listdir(ch_dir)) if os.path.isdir(ch_dir) else []:
+            path = os.path.join(ch_dir, name)
+            items.append(Item(_key(prefix, ch, name), path, None, os.path.getsize(path)))
+        body = _manifest_body(manifest, bucket, prefix, ch, data_dir)
+        items.append(Item(_key(prefix, "annotations", ch + ".manifest"), manifest, body, len(body)))
+    if not items:
+        raise DataError("{}: no annotations/<channel>.manifest; run `make data DATA_DIR={}` first".format(
+            data_dir, data_dir))
+    return items
+
+
+def existing(s3, bucket: str, prefix: str) -> Dict[str, int]:
+    sizes: Dict[str, int] = {}
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.strip("/"))
+    for page in pages:
+        for obj in page.get("Contents", []):
+            sizes[obj["Key"]] = obj["Size"]
+    return sizes
+
+
+def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None, dry_run: bool = False,
+           concurrency: int = 16) -> Dict[str, int]:
+    items = plan(data_dir, bucket, prefix)
+    total = sum(i.size for i in items)
+    if dry_run:
+        for i in items[:5]:
+            print("would upload {} -> s3://{}/{}".format(i.path, bucket, i.key))
+        print("dry run: {} files, {:.1f} MB to s3://{}/{} (nothing called)".format(
+            len(items), total / 1e6, bucket, prefix.strip("/")))
+        return {"files": len(items), "uploaded": 0, "skipped": 0}
+
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    cfg = botocore.config.Config(max_pool_connections=concurrency, retries={"max_attempts": 5, "mode": "standard"})
+    s3 = boto3.client("s3", region_name=region, config=cfg)
+    try:
+        s3.head_bucket(Bucket=bucket)
+        there = existing(s3, bucket, prefix)
+    except botocore.exceptions.NoCredentialsError:
+        raise DataError("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+    except botocore.exceptions.ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchBucket"):
+            raise DataError("bucket {} does not exist (region {}); create it or set BUCKET".format(
+                bucket, region or s3.meta.region_name)) from None
+        if code in ("403", "AccessDenied"):
+            raise DataError("access denied to bucket {}: check your credentials and its policy".format(bucket)) from None
+        raise DataError("bucket {}: {}".format(bucket, err)) from None
+    except botocore.exceptions.EndpointConnectionError as err:
+        raise DataError("cannot reach S3: {}".format(err)) from None
+
+    todo = [i for i in items if there.get(i.key) != i.size]
+    skipped = len(items) - len(todo)
+    send = sum(i.size for i in todo)
+    print("upload: {} files to s3://{}/{}: {} already there, {} to send ({:.1f} MB)".format(
+        len(items), bucket, prefix.strip("/"), skipped, len(todo), send / 1e6))
+    config = TransferConfig(max_concurrency=concurrency, use_threads=True)
+    failures: List[str] = []
+    with create_transfer_manager(s3, config) as tm:
+        futures = [(i, tm.upload(io.BytesIO(i.body) if i.body is not None else i.path, bucket, i.key))
+                   for i in todo]
+        done = 0
+        for n, (item, fut) in enumerate(futures, 1):
+            try:
+                fut.result()
+                done += 1
+            except Exception as err:  # noqa: BLE001 - collect all, report once, rerun resumes
+                failures.append("{}: {}".format(item.key, err))
+            if n % 500 == 0 or n == len(futures):
+                print("upload: {}/{} sent".format(n, len(futures)))
+    if failures:
+        raise DataError("{} uploads failed (rerun to resume), first: {}".format(len(failures), failures[0]))
+    return {"files": len(items), "uploaded": done, "skipped": skipped}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.bucket:
+        print("error: no bucket: make upload BUCKET=<bucket> (or --bucket)", file=sys.stderr)
+        return 2
+    try:
+        upload(args.data_dir, args.bucket, args.prefix, args.region, args.dry_run, args.concurrency)
+    except DataError as err:
+        print("error: {}".format(err), file=sys.stderr)
+        return 2
+    return 0
