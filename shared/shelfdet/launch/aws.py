@@ -1,0 +1,303 @@
+"""AWS session, the lookups every launcher needs, one-line errors, and the dry-run printer.
+
+A launcher builds each request dict once and hands it to :meth:`Aws.send`:
+with ``--dry-run`` it is printed as JSON (stdout, one document per request,
+usable as ``aws ... --cli-input-json``) and nothing is called; otherwise the
+same dict is sent. A dry run makes no AWS call at all, not even read-only
+look-ups, so values only a look-up can give (account, a role found by name)
+print as ``<placeholders>`` unless the flags already determine them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+DEFAULT_PREFIX = "detectron2/data"
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:.*/)?([\w+=,.@-]+)$")
+
+
+class LaunchError(RuntimeError):
+    """A prerequisite is missing; the message is the one line the user sees."""
+
+
+# ---- arguments -------------------------------------------------------------------
+
+def add_common(parser: argparse.ArgumentParser, stack: bool = True) -> None:
+    """The flags the Makefile's AWS_FLAGS (and --stack) pass to every target."""
+    parser.add_argument("--region", required=True, help="AWS region, e.g. us-east-2")
+    parser.add_argument("--dry-run", action="store_true", help="print the API requests as JSON and call nothing")
+    parser.add_argument("--role", help="SageMaker execution role: ARN or name (default: found by name)")
+    parser.add_argument("--bucket", help="S3 bucket holding the uploaded data and the outputs")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix of the uploaded data")
+    if stack:
+        parser.add_argument("--stack", default="cpu", help="image stack: cpu, cu101 or cu12")
+        parser.add_argument("--image-uri", help="use this image instead of ours from ECR")
+
+
+def split_hp(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """argv before ``--`` (launcher flags) and after it (hyperparameters)."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def timestamp() -> str:
+    # Milliseconds keep two launches in the same second apart.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S-") + "{:03d}".format(now.microsecond // 1000)
+
+
+def job_name(*parts: str, limit: int = 63) -> str:
+    """A SageMaker name: letters, digits and hyphens, no leading/trailing hyphen."""
+    name = re.sub(r"[^A-Za-z0-9-]+", "-", "-".join(p for p in parts if p)).strip("-")
+    return re.sub(r"-{2,}", "-", name)[:limit].rstrip("-")
+
+
+def s3_uri(bucket: str, *keys: str) -> str:
+    """s3://bucket/a/b/ (always a trailing slash: these are prefixes)."""
+    path = "/".join(k.strip("/") for k in keys if k and k.strip("/"))
+    return "s3://{}/{}".format(bucket, path + "/" if path else "")
+
+
+def split_s3(uri: str) -> Tuple[str, str]:
+    m = re.match(r"^s3://([^/]+)/?(.*)$", uri)
+    if not m:
+        raise LaunchError("not an S3 URI: {}".format(uri))
+    return m.group(1), m.group(2)
+
+
+def is_gpu_instance(instance_type: str) -> bool:
+    return bool(re.match(r"^ml\.(p\d|g\d)", instance_type))
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@functools.lru_cache(maxsize=1)
+def sagemaker_regions() -> Tuple[str, ...]:
+    import boto3
+
+    session = boto3.session.Session()
+    known = set()  # type: set
+    for partition in session.get_available_partitions():
+        known.update(session.get_available_regions("sagemaker", partition))
+    return tuple(sorted(known))
+
+
+def check_region(region: str) -> None:
+    if region not in sagemaker_regions():
+        raise LaunchError("unknown region '{}': pass REGION=<an AWS region with SageMaker, e.g. us-east-2>".format(region))
+
+
+def make_session(region: str) -> Any:
+    """A boto3 session for the region (tests wrap this to observe the wire)."""
+    import boto3
+
+    return boto3.session.Session(region_name=region)
+
+
+def to_json(request: Dict[str, Any]) -> str:
+    return json.dumps(request, indent=2, default=str)
+
+
+# ---- the session -----------------------------------------------------------------
+
+class Aws:
+    """Clients and look-ups for one region. In dry-run mode it never touches the network."""
+
+    def __init__(self, region: str, dry_run: bool = False) -> None:
+        check_region(region)
+        self.region = region
+        self.dry_run = dry_run
+        self._session = None  # type: Any
+        self._clients = {}  # type: Dict[str, Any]
+        self._account = None  # type: Optional[str]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Aws":
+        return cls(args.region, dry_run=args.dry_run)
+
+    # -- plumbing
+    def client(self, service: str) -> Any:
+        if self.dry_run:
+            raise AssertionError("dry run must not create a {} client".format(service))
+        if self._session is None:
+            self._session = make_session(self.region)
+            if self._session.get_credentials() is None:
+                raise LaunchError("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                                  "AWS_SECRET_ACCESS_KEY, or run `aws configure` / `aws sso login`")
+        if service not in self._clients:
+            self._clients[service] = self._session.client(service)
+        return self._clients[service]
+
+    def send(self, service: str, operation: str, request: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Prints the request (dry run) or sends exactly it. ``operation`` is the boto3 method name."""
+        if self.dry_run:
+            note("# {} {} (dry run: not sent)".format(service, _api_name(operation)))
+            print(to_json(request), flush=True)
+            return None
+        return getattr(self.client(service), operation)(**request)
+
+    # -- look-ups
+    def account(self) -> str:
+        if self._account is None:
+            if self.dry_run:
+                return "<account>"
+            self._account = self.client("sts").get_caller_identity()["Account"]
+        return self._account
+
+    def role_arn(self, role: Optional[str]) -> str:
+        """``--role`` as an ARN or a name, else the SageMaker execution role found by name."""
+        m = ROLE_ARN.match(role or "")
+        if self.dry_run:
+            if m:
+                self._account = self._account or m.group(1)
+                return role  # type: ignore[return-value]
+            if role:
+                return "arn:aws:iam::{}:role/{}".format(self.account(), role)
+            return "<SageMaker execution role, found by name at launch>"
+        iam = self.client("iam")
+        if m and m.group(1) != self.account():
+            return role  # type: ignore[return-value]  # another account's role: IAM here cannot see it
+        if role:
+            name = m.group(2) if m else role
+            try:
+                return iam.get_role(RoleName=name)["Role"]["Arn"]
+            except iam.exceptions.NoSuchEntityException:
+                raise LaunchError("execution role '{}' not found in account {}: pass ROLE=<arn or name> of a role "
+                                  "SageMaker can assume".format(name, self.account())) from None
+        found = find_execution_role(iam)
+        if not found:
+            raise LaunchError("no SageMaker execution role found (none named like '*SageMaker*' that "
+                              "sagemaker.amazonaws.com can assume): pass ROLE=<arn or name>")
+        note("using execution role {} (found by name; ROLE= chooses another)".format(found))
+        return found
+
+    def check_bucket(self, bucket: Optional[str]) -> str:
+        if not bucket:
+            raise LaunchError("no bucket: pass BUCKET=<bucket> (the one `make upload` used)")
+        if self.dry_run:
+            return bucket
+        s3 = self.client("s3")
+        from botocore.exceptions import ClientError
+
+        try:
+            head = s3.head_bucket(Bucket=bucket)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise LaunchError("bucket '{}' does not exist: create it or pass BUCKET=<existing bucket>".format(bucket)) from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise LaunchError("no access to bucket '{}' with these credentials".format(bucket)) from None
+            raise
+        where = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        if where and where != self.region:
+            raise LaunchError("bucket '{}' is in {}, but REGION is {}: SageMaker needs them in one region".format(
+                bucket, where, self.region))
+        return bucket
+
+    def check_prefix(self, uri: str, what: str) -> bool:
+        """Whether anything is stored under an s3:// prefix (always True in a dry run)."""
+        if self.dry_run:
+            return True
+        bucket, key = split_s3(uri)
+        out = self.client("s3").list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return bool(out.get("KeyCount") or out.get("Contents"))
+
+    def image_uri(self, kind: str, stack: str, override: Optional[str] = None) -> str:
+        """Our image's ECR URI for this account and region, checked to be pushed."""
+        from . import images
+
+        try:
+            uri = override or images.image(kind, stack).ecr_uri(self.account(), self.region)
+        except images.ImageError as err:
+            raise LaunchError(str(err)) from None
+        parts = images.parse_ecr_uri(uri)
+        if self.dry_run or parts is None:
+            return uri
+        ecr = self.client("ecr")
+        try:
+            ecr.describe_images(registryId=parts["account"], repositoryName=parts["repo"],
+                                imageIds=[{"imageTag": parts["tag"]}])
+        except (ecr.exceptions.RepositoryNotFoundException, ecr.exceptions.ImageNotFoundException):
+            raise LaunchError("image {} is not in ECR: run `make push-{} REGION={} STACK={}` first".format(
+                uri, kind, self.region, stack)) from None
+        return uri
+
+
+def _api_name(method: str) -> str:
+    return "".join(w.capitalize() for w in method.split("_"))
+
+
+def _trusts_sagemaker(doc: Any) -> bool:
+    if isinstance(doc, str):
+        from urllib.parse import unquote
+
+        try:
+            doc = json.loads(unquote(doc))
+        except ValueError:
+            return False
+    for stmt in (doc or {}).get("Statement", []) if isinstance(doc, dict) else []:
+        service = (stmt.get("Principal") or {}).get("Service", [])
+        services = [service] if isinstance(service, str) else list(service)
+        if stmt.get("Effect") == "Allow" and "sagemaker.amazonaws.com" in services:
+            return True
+    return False
+
+
+def find_execution_role(iam: Any) -> Optional[str]:
+    """The best role named like SageMaker that SageMaker may assume: 'execution' in the name first, then newest."""
+    roles = []
+    for page in iam.get_paginator("list_roles").paginate():
+        roles += page.get("Roles", [])
+    named = [r for r in roles if "sagemaker" in r["RoleName"].lower()]
+    trusted = [r for r in named if _trusts_sagemaker(r.get("AssumeRolePolicyDocument"))]
+    if not trusted:
+        return None
+    trusted.sort(key=lambda r: ("execution" in r["RoleName"].lower(), str(r.get("CreateDate", ""))), reverse=True)
+    return trusted[0]["Arn"]
+
+
+# ---- errors ------------------------------------------------------------------------
+
+def run(body: Callable[[List[str]], int], argv: Sequence[str]) -> int:
+    """Runs a launcher; a missing prerequisite or an AWS error becomes one line on stderr and exit 1."""
+    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
+                                     NoRegionError, PartialCredentialsError)
+
+    from ..hyperparameters import HyperparameterError
+
+    try:
+        return int(body(list(argv)) or 0)
+    except (LaunchError, HyperparameterError) as err:
+        message = str(err)
+    except (NoCredentialsError, PartialCredentialsError):
+        message = ("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                   "or run `aws configure` / `aws sso login`")
+    except NoRegionError:
+        message = "no region: pass REGION=<region>"
+    except EndpointConnectionError as err:
+        message = "cannot reach {} (check REGION and the network)".format(getattr(err, "kwargs", {}).get("endpoint_url", "AWS"))
+    except ClientError as err:
+        info = err.response.get("Error", {})
+        op = getattr(err, "operation_name", "request")
+        code, text = info.get("Code", "Error"), info.get("Message", "")
+        if code in ("InvalidClientTokenId", "UnrecognizedClientException", "ExpiredToken", "ExpiredTokenException",
+                    "SignatureDoesNotMatch"):
+            message = "AWS rejected the credentials ({}): {}; refresh them (`aws sso login`, new keys)".format(code, text)
+        else:
+            message = "{} failed: {}: {}".format(op, code, text)
+    except BotoCoreError as err:
+        message = str(err)
+    except KeyboardInterrupt:
+        message = "interrupted (jobs already created keep running; see the SageMaker console)"
+    print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
+    return 1

@@ -1,0 +1,117 @@
+"""Image names, tags and ECR URIs, from versions.env (the same rule as tools/images.sh)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional
+
+STACKS = ("cpu", "cu101", "cu12")
+KINDS = ("training", "serving")
+# AWS Deep Learning Containers live in this account's registry in every region.
+DLC_ACCOUNT = "763104351884"
+ECR_HOST = re.compile(r"\b(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?\b")
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def versions_path() -> Path:
+    """SHELFDET_VERSIONS_ENV, else versions.env at the repo root or above the working directory."""
+    env = os.environ.get("SHELFDET_VERSIONS_ENV")
+    if env:
+        return Path(env)
+    candidates = [repo_root()] + [Path.cwd()] + list(Path.cwd().parents)
+    for folder in candidates:
+        if (folder / "versions.env").is_file():
+            return folder / "versions.env"
+    raise ImageError("versions.env not found (run from the repository or set SHELFDET_VERSIONS_ENV)")
+
+
+def read_versions(path: Optional[Path] = None) -> Dict[str, str]:
+    path = path or versions_path()
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def git_rev(root: Optional[Path] = None) -> str:
+    """Short HEAD revision, as tools/images.sh computes it; SHELFDET_GIT_REV pins it (CI, tests)."""
+    pinned = os.environ.get("SHELFDET_GIT_REV")
+    if pinned:
+        return pinned
+    try:
+        out = subprocess.run(["git", "-C", str(root or repo_root()), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "nogit"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "nogit"
+
+
+def domain(region: str) -> str:
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+
+
+class Image(NamedTuple):
+    kind: str
+    stack: str
+    repo: str
+    tag: str
+
+    @property
+    def local(self) -> str:
+        return "{}:{}".format(self.repo, self.tag)
+
+    def registry(self, account: str, region: str) -> str:
+        return "{}.dkr.ecr.{}.{}".format(account, region, domain(region))
+
+    def ecr_uri(self, account: str, region: str) -> str:
+        return "{}/{}".format(self.registry(account, region), self.local)
+
+
+def image(kind: str, stack: str, versions: Optional[Dict[str, str]] = None) -> Image:
+    if kind not in KINDS:
+        raise ImageError("unknown image '{}' (one of: {})".format(kind, ", ".join(KINDS)))
+    if stack not in STACKS:
+        raise ImageError("unknown stack '{}' (one of: {})".format(stack, ", ".join(STACKS)))
+    v = versions if versions is not None else read_versions()
+    key = "IMAGE_REPO_" + kind.upper()
+    if key not in v or "IMAGE_VERSION" not in v:
+        raise ImageError("versions.env lacks {} or IMAGE_VERSION".format(key))
+    return Image(kind, stack, v[key], "{}-{}-{}".format(v["IMAGE_VERSION"], stack, git_rev()))
+
+
+def parse_ecr_uri(uri: str) -> Optional[Dict[str, str]]:
+    """account, region, repo, tag of an ECR image URI; None for other registries."""
+    m = re.match(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)(?::([^@]+))?$", uri)
+    if not m:
+        return None
+    return {"account": m.group(1), "region": m.group(2), "repo": m.group(3), "tag": m.group(4) or "latest"}
+
+
+def dlc_registries(stack: str, versions: Optional[Dict[str, str]] = None) -> List[str]:
+    """AWS DLC registries the stack's parent images come from (they need their own login to build).
+
+    Looks at the stack's own keys (STACK_<STACK>_*) and at keys that name no stack.
+    """
+    v = versions if versions is not None else read_versions()
+    others = [s.upper() for s in STACKS if s != stack]
+    found = []
+    for key, value in v.items():
+        if any("_{}_".format(o) in "_{}_".format(key) for o in others):
+            continue
+        for m in ECR_HOST.finditer(value):
+            if m.group(1) == DLC_ACCOUNT and m.group(0) not in found:
+                found.append(m.group(0))
+    return found

@@ -1,0 +1,124 @@
+"""``make push-training|push-serving``: build if missing, tag, create the ECR repository, log in, push.
+
+Docker is run as ``$DOCKER`` (default ``docker``). Registry passwords go to
+``docker login --password-stdin`` through a pipe, never onto a command line
+or into a file of ours (Docker keeps the login in its own credential store).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from typing import List, Optional
+
+from . import aws, images
+from .aws import LaunchError, note
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shelfdet push", description=__doc__.splitlines()[0])
+    p.add_argument("kind", choices=images.KINDS)
+    p.add_argument("--stack", default="cpu", choices=images.STACKS)
+    p.add_argument("--no-build", action="store_true", help="fail instead of building a missing image")
+    aws.add_common(p, stack=False)
+    return p
+
+
+def docker_exe() -> str:
+    return os.environ.get("DOCKER") or "docker"
+
+
+def images_script() -> List[str]:
+    # The images engineer's build script; SHELFDET_IMAGES_SH swaps it (tests).
+    return ["bash", os.environ.get("SHELFDET_IMAGES_SH") or str(images.repo_root() / "tools" / "images.sh")]
+
+
+def docker(args: List[str], stdin: Optional[str] = None, show: bool = True, capture: bool = True) -> "subprocess.CompletedProcess[str]":
+    """Runs Docker; ``capture=False`` lets long steps (push) show their progress."""
+    command = [docker_exe()] + args
+    if show:
+        note("+ " + " ".join(command))
+    out = subprocess.run(command, input=stdin, stdout=subprocess.PIPE if capture else None,
+                         stderr=subprocess.PIPE if capture else None, text=True)
+    if "cannot connect to the docker daemon" in (out.stderr or "").lower():
+        raise LaunchError("the Docker daemon is not running (start it, or set DOCKER=<docker command>)")
+    return out
+
+
+def exists_locally(local: str) -> bool:
+    return docker(["image", "inspect", "--format", "{{.Id}}", local], show=False).returncode == 0
+
+
+def check(out: "subprocess.CompletedProcess[str]", what: str) -> None:
+    if out.returncode != 0:
+        last = (out.stderr or out.stdout or "").strip().splitlines()[-1:] or ["exit {} (see the output above)".format(out.returncode)]
+        raise LaunchError("{} failed: {}".format(what, last[0]))
+
+
+def login(cloud: aws.Aws, registry: str) -> None:
+    """``aws ecr get-login-password | docker login --password-stdin``, in-process."""
+    account, region = registry.split(".")[0], registry.split(".")[3]
+    ecr = (cloud if region == cloud.region else aws.Aws(region)).client("ecr")
+    data = ecr.get_authorization_token(registryIds=[account])["authorizationData"][0]
+    user, password = base64.b64decode(data["authorizationToken"]).decode().split(":", 1)
+    endpoint = data.get("proxyEndpoint") or "https://" + registry
+    check(docker(["login", "--username", user, "--password-stdin", endpoint], stdin=password), "docker login to " + registry)
+
+
+def build(cloud: aws.Aws, image: images.Image) -> None:
+    for registry in images.dlc_registries(image.stack):
+        login(cloud, registry)
+    command = images_script() + ["build", image.kind, image.stack]
+    note("+ " + " ".join(command) + "  ({} is not built yet)".format(image.local))
+    if subprocess.call(command) != 0:
+        raise LaunchError("building {} failed (see the output above)".format(image.local))
+    if not exists_locally(image.local):
+        raise LaunchError("the build finished but {} is not in Docker's images".format(image.local))
+
+
+def repository_request(image: images.Image) -> dict:
+    return {"repositoryName": image.repo, "imageScanningConfiguration": {"scanOnPush": True},
+            "tags": [{"Key": "project", "Value": "shelfdet"}]}
+
+
+def _main(argv: List[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        image = images.image(args.kind, args.stack)
+    except images.ImageError as err:
+        raise LaunchError(str(err)) from None
+    cloud = aws.Aws.from_args(args)
+    if args.dry_run:
+        uri = image.ecr_uri(cloud.account(), args.region)
+        note("# would run: {0} image inspect {1} (build it with tools/images.sh if missing); ECR login to {2}; "
+             "{0} tag {1} {3}; {0} push {3}".format(docker_exe(), image.local, image.registry(cloud.account(), args.region), uri))
+        note("# the request below is sent only when the repository is missing")
+        cloud.send("ecr", "create_repository", repository_request(image))
+        return 0
+    if shutil.which(docker_exe()) is None:
+        raise LaunchError("docker not found (install Docker, or set DOCKER=<docker command>)")
+    account = cloud.account()
+    uri = image.ecr_uri(account, args.region)
+    if not exists_locally(image.local):
+        if args.no_build:
+            raise LaunchError("{} is not built: make build-{} STACK={}".format(image.local, args.kind, args.stack))
+        build(cloud, image)
+    ecr = cloud.client("ecr")
+    try:
+        ecr.describe_repositories(repositoryNames=[image.repo])
+    except ecr.exceptions.RepositoryNotFoundException:
+        note("creating ECR repository {} (scan on push)".format(image.repo))
+        cloud.send("ecr", "create_repository", repository_request(image))
+    login(cloud, image.registry(account, args.region))
+    check(docker(["tag", image.local, uri]), "docker tag")
+    check(docker(["push", uri], capture=False), "docker push")
+    note("pushed {}".format(uri))
+    print(uri, flush=True)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return aws.run(_main, sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,232 @@
+"""``make train INSTANCE_TYPE=ml.*``: a SageMaker training job with our training image.
+
+shelfdet.local hands argv over unchanged when it holds ``--instance-type``.
+The request pieces (channels, hyperparameters, resources) are shared with tuning.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .. import hyperparameters as hp
+from ..metrics import METRIC_DEFINITIONS
+from . import aws
+from .aws import LaunchError, note, s3_uri
+
+CHANNELS = ("training", "validation", "test")
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+WEIGHTS_DIR = "/opt/ml/input/data/weights"
+TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by training and tuning."""
+    parser.add_argument("--algo", default="faster_rcnn", choices=hp.ALGORITHMS)
+    parser.add_argument("--instance-type", required=True)
+    parser.add_argument("--instance-count", type=int, default=1)
+    parser.add_argument("--spot", action="store_true", help="managed spot training (checkpoints resume it)")
+    parser.add_argument("--max-run", type=int, default=24 * 3600, help="seconds of training at most")
+    parser.add_argument("--max-wait", type=int, help="seconds including waiting for spot capacity (default 2 x max-run)")
+    parser.add_argument("--volume-size", type=int, default=100, help="GB of EBS per instance (the data is copied there)")
+    parser.add_argument("--weights", help="initial weights: zoo, none, an https URL or an s3:// URI")
+    parser.add_argument("--output-prefix", default="detectron2/output", help="S3 prefix of model artefacts")
+    parser.add_argument("--checkpoint-prefix", default="detectron2/checkpoints", help="S3 prefix of checkpoints")
+    parser.add_argument("--job-name", help="explicit job name (default: generated, unique)")
+    aws.add_common(parser)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shelfdet train", description=__doc__.splitlines()[0])
+    add_job_flags(p)
+    p.add_argument("--wait", action="store_true", help="follow the job and its logs to the end")
+    # Local-training flags, accepted so the Makefile's argv passes through unchanged.
+    p.add_argument("--data-dir", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    return p
+
+
+def hyperparameters(algo: str, hp_argv: Sequence[str], extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Every hyperparameter of the table, validated, as SageMaker's strings; HP args override defaults."""
+    raw = {k.replace("_", "-"): v for k, v in hp.parse_cli(hp_argv).items()}
+    if raw.get("model-type", algo) != algo:
+        raise LaunchError("HP sets model-type {} but ALGO is {}: set ALGO only".format(raw["model-type"], algo))
+    raw["model-type"] = algo
+    raw.update(extra or {})
+    ns = hp.parse(raw)
+    return hp.to_strings({p.name: getattr(ns, hp.attr(p.name)) for p in hp.TABLE})
+
+
+def channel(name: str, uri: str) -> Dict[str, Any]:
+    return {"ChannelName": name, "InputMode": "File",
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
+                                            "S3DataDistributionType": "FullyReplicated"}}}
+
+
+def data_channels(cloud: aws.Aws, bucket: str, prefix: str) -> List[Dict[str, Any]]:
+    """training/validation/test images and the manifests as ``annotation``; test only when uploaded."""
+    out = []
+    for name in CHANNELS:
+        uri = s3_uri(bucket, prefix, name)
+        if not cloud.check_prefix(uri, name):
+            if name == "test":
+                note("note: nothing under {}: no test channel (the job skips the final test evaluation)".format(uri))
+                continue
+            raise LaunchError("no data under {}: run `make upload BUCKET={} PREFIX={}` first".format(uri, bucket, prefix))
+        out.append(channel(name, uri))
+    manifests = s3_uri(bucket, prefix, "annotations")
+    if not cloud.check_prefix(manifests + "training.manifest", "annotation"):
+        raise LaunchError("no {}training.manifest: run `make upload BUCKET={} PREFIX={}` first".format(manifests, bucket, prefix))
+    out.append(channel("annotation", manifests))
+    return out
+
+
+def weights_input(cloud: aws.Aws, weights: Optional[str]) -> Any:
+    """(extra channel or None, hyperparameter value or None) for ``--weights``."""
+    if not weights:
+        return None, None
+    if weights.startswith("s3://"):
+        if not cloud.check_prefix(weights, "weights"):
+            raise LaunchError("weights {} not found in S3".format(weights))
+        name = weights.rstrip("/").rsplit("/", 1)[-1]
+        return channel("weights", weights), "{}/{}".format(WEIGHTS_DIR, name)
+    if os.path.exists(weights):
+        raise LaunchError("WEIGHTS={} is a local file: upload it (aws s3 cp) and pass its s3:// URI".format(weights))
+    return None, weights
+
+
+def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The parts a training job and a tuning job's definition have in common, and hyperparameters they imply."""
+    if args.instance_count < 1:
+        raise LaunchError("INSTANCE_COUNT must be at least 1")
+    if args.stack == "cpu" and aws.is_gpu_instance(args.instance_type):
+        note("warning: STACK=cpu on GPU instances ({}): the job will not use the GPUs; pass STACK=cu101 or cu12".format(
+            args.instance_type))
+    role = cloud.role_arn(args.role)
+    bucket = cloud.check_bucket(args.bucket)
+    image = cloud.image_uri("training", args.stack, args.image_uri)
+    inputs = data_channels(cloud, bucket, args.prefix)
+    weights_channel, weights_hp = weights_input(cloud, args.weights)
+    if weights_channel:
+        inputs.append(weights_channel)
+    stopping = {"MaxRuntimeInSeconds": args.max_run}
+    if args.spot:
+        max_wait = args.max_wait or 2 * args.max_run
+        if max_wait <= args.max_run:
+            raise LaunchError("--max-wait ({}) must exceed --max-run ({}) for spot training".format(max_wait, args.max_run))
+        stopping["MaxWaitTimeInSeconds"] = max_wait
+    return {
+        "RoleArn": role,
+        # SageMaker runs `docker run IMAGE train`: the image's entrypoint dispatches on it.
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File",
+                                   "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
+        "InputDataConfig": inputs,
+        "OutputDataConfig": {"S3OutputPath": s3_uri(bucket, args.output_prefix)},
+        "ResourceConfig": {"InstanceType": args.instance_type, "InstanceCount": args.instance_count,
+                           "VolumeSizeInGB": args.volume_size},
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": bool(args.spot),
+        "CheckpointConfig": {"S3Uri": s3_uri(bucket, args.checkpoint_prefix, checkpoint_name), "LocalPath": CHECKPOINT_DIR},
+    }, ({"weights": weights_hp} if weights_hp else {})
+
+
+def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+    name = args.job_name or aws.job_name("detectron2", args.algo, aws.timestamp())
+    pieces, implied = job_pieces(args, cloud, name)
+    request = {"TrainingJobName": name}
+    request.update(pieces)
+    request["HyperParameters"] = hyperparameters(args.algo, hp_argv, implied)
+    return request
+
+
+def console_url(region: str, kind: str, name: str) -> str:
+    return "https://{0}.console.aws.amazon.com/sagemaker/home?region={0}#/{1}/{2}".format(region, kind, name)
+
+
+# ---- following a job -------------------------------------------------------------
+
+class LogStreamer:
+    """Prints a job's CloudWatch log lines once each, across its hosts' streams."""
+
+    def __init__(self, cloud: aws.Aws, group: str, job: str) -> None:
+        self.logs = cloud.client("logs")
+        self.group, self.job = group, job
+        self.tokens = {}  # type: Dict[str, Optional[str]]
+
+    def poll(self) -> None:
+        try:
+            streams = self.logs.describe_log_streams(logGroupName=self.group, logStreamNamePrefix=self.job + "/")
+        except self.logs.exceptions.ResourceNotFoundException:
+            return  # no log group yet (or none in this account)
+        for stream in streams.get("logStreams", []):
+            name = stream["logStreamName"]
+            while True:
+                kwargs = {"logGroupName": self.group, "logStreamName": name, "startFromHead": True}
+                if self.tokens.get(name):
+                    kwargs["nextToken"] = self.tokens[name]
+                out = self.logs.get_log_events(**kwargs)
+                for event in out.get("events", []):
+                    host = name[len(self.job) + 1:].split("/")[0]
+                    print("[{}] {}".format(host, event.get("message", "").rstrip()), flush=True)
+                token = out.get("nextForwardToken")
+                if not token or token == self.tokens.get(name):
+                    break
+                self.tokens[name] = token
+
+
+def poll_seconds() -> float:
+    return float(os.environ.get("SHELFDET_POLL_SECONDS", "30"))
+
+
+def wait(cloud: aws.Aws, name: str) -> Dict[str, Any]:
+    """Follows the job (status changes and logs) until it ends; returns the last description."""
+    sm = cloud.client("sagemaker")
+    logs = LogStreamer(cloud, "/aws/sagemaker/TrainingJobs", name)
+    seen = None
+    while True:
+        desc = sm.describe_training_job(TrainingJobName=name)
+        state = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
+        if state != seen:
+            note("[{}] {} / {}".format(name, *state))
+            seen = state
+        logs.poll()
+        if desc["TrainingJobStatus"] in TERMINAL:
+            return desc
+        time.sleep(poll_seconds())
+
+
+def report(desc: Dict[str, Any]) -> None:
+    name, status = desc["TrainingJobName"], desc["TrainingJobStatus"]
+    if status != "Completed":
+        raise LaunchError("training job {} {}: {}".format(name, status.lower(), desc.get("FailureReason", "no reason given")))
+    print("model artefact: {}".format(desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", "?")))
+    metrics = desc.get("FinalMetricDataList", [])
+    for m in metrics:
+        print("metric {}: {}".format(m.get("MetricName"), m.get("Value")))
+    if not metrics:
+        print("metrics: none reported")
+    seconds = desc.get("BillableTimeInSeconds")
+    if seconds is not None:
+        print("billable seconds: {}".format(seconds))
+
+
+def _main(argv: List[str]) -> int:
+    own, hp_argv = aws.split_hp(argv)
+    args = parser().parse_args(own)
+    cloud = aws.Aws.from_args(args)
+    request = build_request(args, hp_argv, cloud)
+    cloud.send("sagemaker", "create_training_job", request)
+    if args.dry_run:
+        return 0
+    name = request["TrainingJobName"]
+    note("started training job {}\n  {}".format(name, console_url(args.region, "jobs", name)))
+    print(name, flush=True)
+    if args.wait:
+        report(wait(cloud, name))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return aws.run(_main, sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,126 @@
+"""``make tune``: a SageMaker hyperparameter tuning job over the table's ``tune`` ranges."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from .. import hyperparameters as hp
+from . import aws, training
+from .aws import LaunchError, note
+
+OBJECTIVES = {"validation:ap": "Maximize", "validation:loss": "Minimize"}
+# Ranges that only mean something for one detector (the table's help says which).
+ONLY_FOR = {"RetinaNet:": "retinanet", "Faster R-CNN:": "faster_rcnn"}
+SHORT = {"faster_rcnn": "frcnn", "retinanet": "retina"}
+RANGE_KEYS = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shelfdet tune", description=__doc__.splitlines()[0])
+    training.add_job_flags(p)
+    p.add_argument("--objective", default="validation:ap", choices=sorted(OBJECTIVES))
+    p.add_argument("--max-jobs", type=int, default=8)
+    p.add_argument("--max-parallel", type=int, default=2)
+    p.add_argument("--early-stopping", default="Auto", choices=("Auto", "Off"))
+    p.add_argument("--strategy", default="Bayesian", choices=("Bayesian", "Random"))
+    p.add_argument("--wait", action="store_true", help="follow the tuning job to the end and print the best job")
+    return p
+
+
+def tuning_name(algo: str) -> str:
+    # Tuning job names are limited to 32 characters: d2-frcnn-251127-223000-123 is 26.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return "d2-{}-{}{:03d}".format(SHORT[algo], now.strftime("%y%m%d-%H%M%S-"), now.microsecond // 1000)
+
+
+def parameter_ranges(algo: str, pinned: Sequence[str]) -> Dict[str, List[Dict[str, str]]]:
+    """The table's tune ranges for this detector, minus those HP pins to a value."""
+    ranges = {key: [] for key in ("ContinuousParameterRanges", "IntegerParameterRanges", "CategoricalParameterRanges")}
+    for p in hp.TABLE:
+        if p.tune is None or p.name in pinned:
+            continue
+        owner = next((a for prefix, a in ONLY_FOR.items() if p.help.startswith(prefix)), algo)
+        if owner != algo:
+            continue
+        kind, low, high, scaling = p.tune
+        ranges[RANGE_KEYS[kind]].append({"Name": p.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": scaling})
+    return ranges
+
+
+def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+    if not 1 <= args.max_parallel <= args.max_jobs:
+        raise LaunchError("MAX_PARALLEL ({}) must be between 1 and MAX_JOBS ({})".format(args.max_parallel, args.max_jobs))
+    name = args.job_name or tuning_name(args.algo)
+    if len(name) > 32:
+        raise LaunchError("tuning job name '{}' is longer than 32 characters".format(name))
+    pinned = [k.replace("_", "-") for k in hp.parse_cli(hp_argv)]
+    extra = {}
+    if args.objective == "validation:ap":
+        if "val-ap" in pinned and not hp.BY_NAME["val-ap"].parse(hp.parse_cli(hp_argv).get("val-ap", "true")):
+            raise LaunchError("OBJECTIVE=validation:ap needs val-ap true (the job prints validation_ap only then)")
+        extra["val-ap"] = "true"
+    pieces, implied = training.job_pieces(args, cloud, name)
+    extra.update(implied)
+    ranges = parameter_ranges(args.algo, pinned)
+    static = training.hyperparameters(args.algo, hp_argv, extra)
+    tuned = [r["Name"] for group in ranges.values() for r in group]
+    definition = {"StaticHyperParameters": {k: v for k, v in static.items() if k not in tuned}}
+    definition.update(pieces)
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobConfig": {
+            "Strategy": args.strategy,
+            "HyperParameterTuningJobObjective": {"Type": OBJECTIVES[args.objective], "MetricName": args.objective},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": args.max_jobs, "MaxParallelTrainingJobs": args.max_parallel},
+            "ParameterRanges": ranges,
+            "TrainingJobEarlyStoppingType": args.early_stopping,
+        },
+        "TrainingJobDefinition": definition,
+    }
+
+
+def wait(cloud: aws.Aws, name: str) -> None:
+    sm = cloud.client("sagemaker")
+    seen = None
+    while True:
+        desc = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        status = desc["HyperParameterTuningJobStatus"]
+        counts = desc.get("TrainingJobStatusCounters", {})
+        if (status, str(counts)) != seen:
+            note("[{}] {} {}".format(name, status, counts))
+            seen = (status, str(counts))
+        if status in ("Completed", "Failed", "Stopped"):
+            break
+        time.sleep(training.poll_seconds())
+    if status != "Completed":
+        raise LaunchError("tuning job {} {}: {}".format(name, status.lower(), desc.get("FailureReason", "no reason given")))
+    best = desc.get("BestTrainingJob") or {}
+    metric = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+    print("best training job: {}".format(best.get("TrainingJobName", "none")))
+    if metric:
+        print("objective {}: {}".format(metric.get("MetricName"), metric.get("Value")))
+    for key, value in sorted((best.get("TunedHyperParameters") or {}).items()):
+        print("  {} = {}".format(key, value))
+
+
+def _main(argv: List[str]) -> int:
+    own, hp_argv = aws.split_hp(argv)
+    args = parser().parse_args(own)
+    cloud = aws.Aws.from_args(args)
+    request = build_request(args, hp_argv, cloud)
+    cloud.send("sagemaker", "create_hyper_parameter_tuning_job", request)
+    if args.dry_run:
+        return 0
+    name = request["HyperParameterTuningJobName"]
+    note("started tuning job {}\n  {}".format(name, training.console_url(args.region, "hyper-tuning-jobs", name)))
+    print(name, flush=True)
+    if args.wait:
+        wait(cloud, name)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return aws.run(_main, sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,142 @@
+"""`make train INSTANCE_TYPE=ml.*` against a moto server: the job read back, and the request as sent."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from shelfdet import hyperparameters as hp
+from shelfdet.launch import training
+from shelfdet.metrics import METRIC_DEFINITIONS
+from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, client, fast_sessions, image_uri, json_docs,  # noqa: F401,E501
+                                 no_network, one_error_line, sent, wire)
+
+BASE = ["--algo", "retinanet", "--data-dir", "data", "--instance-type", "ml.p3.8xlarge", "--instance-count", "2",
+        "--spot", "--stack", "cpu", "--region", REGION, "--bucket", BUCKET, "--prefix", PREFIX]
+
+
+def run(capsys, argv):
+    capsys.readouterr()
+    rc = training.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_training_job_as_created(account, wire, capsys):
+    rc, out, err = run(capsys, BASE + ["--run-dir", "ignored", "--", "--lr", "0.01", "--num-iter", "500"])
+    assert rc == 0, err
+    name = out.strip().splitlines()[-1]
+    assert re.match(r"^detectron2-retinanet-\d{8}-\d{6}-\d{3}$", name)
+    assert "using execution role " + ROLE_ARN in err  # found by name: the other role is not SageMaker's
+
+    job = client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert job["AlgorithmSpecification"]["TrainingImage"] == image_uri("training")
+    assert job["RoleArn"] == ROLE_ARN
+    assert job["ResourceConfig"]["InstanceType"] == "ml.p3.8xlarge"
+    assert job["ResourceConfig"]["InstanceCount"] == 2
+    assert job["EnableManagedSpotTraining"] is True
+    stop = job["StoppingCondition"]
+    assert stop["MaxWaitTimeInSeconds"] > stop["MaxRuntimeInSeconds"]
+    assert job["CheckpointConfig"] == {"S3Uri": "s3://{}/detectron2/checkpoints/{}/".format(BUCKET, name),
+                                       "LocalPath": "/opt/ml/checkpoints"}
+    assert job["OutputDataConfig"]["S3OutputPath"] == "s3://{}/detectron2/output/".format(BUCKET)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in job["InputDataConfig"]}
+    assert set(channels) == {"training", "validation", "test", "annotation"}
+    for name_ in ("training", "validation", "test"):
+        assert channels[name_]["S3DataType"] == "S3Prefix"
+        assert channels[name_]["S3Uri"] == "s3://{}/{}/{}/".format(BUCKET, PREFIX, name_)
+    assert channels["annotation"]["S3Uri"] == "s3://{}/{}/annotations/".format(BUCKET, PREFIX)
+
+    hps = job["HyperParameters"]
+    assert set(hps) == {p.name for p in hp.TABLE if p.default is not None}
+    assert hps["model-type"] == "retinanet" and hps["lr"] == "0.01" and hps["num-iter"] == "500"
+    assert hps["det-per-img"] == "300" and all(isinstance(v, str) for v in hps.values())
+    hp.parse(hps)  # what the container will parse back
+
+    # moto answers DescribeTrainingJob with its own metric list: the request is the truth.
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    assert request["HyperParameters"] == hps
+
+
+def test_dry_run_prints_exactly_what_is_sent_and_calls_nothing(account, wire, capsys, monkeypatch):
+    argv = BASE + ["--role", ROLE_ARN, "--job-name", "detectron2-retinanet-fixed", "--weights", "https://x/y.pkl"]
+    with monkeypatch.context() as m:
+        no_network(m)
+        rc, out, err = run(capsys, argv + ["--dry-run", "--", "--lr", "0.02"])
+    assert rc == 0, err
+    assert wire == []
+    (printed,) = json_docs(out)
+
+    rc, out, err = run(capsys, argv + ["--", "--lr", "0.02"])
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert printed == request
+    assert request["HyperParameters"]["weights"] == "https://x/y.pkl"
+
+
+def test_without_spot_no_max_wait_and_test_channel_optional(account, wire, capsys):
+    s3 = client("s3")
+    s3.delete_object(Bucket=BUCKET, Key=PREFIX + "/test/test_1.jpg")
+    argv = [a for a in BASE if a != "--spot"]
+    rc, out, err = run(capsys, argv)
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["EnableManagedSpotTraining"] is False
+    assert "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["training", "validation", "annotation"]
+    assert "no test channel" in err
+
+
+def test_s3_weights_become_a_channel(account, wire, capsys):
+    client("s3").put_object(Bucket=BUCKET, Key="weights/model_final.pth", Body=b"w")
+    rc, _, err = run(capsys, BASE + ["--weights", "s3://{}/weights/model_final.pth".format(BUCKET)])
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert channels["weights"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://{}/weights/model_final.pth".format(BUCKET)
+    assert request["HyperParameters"]["weights"] == "/opt/ml/input/data/weights/model_final.pth"
+
+
+def test_wait_ends_with_artefact_and_metrics(account, capsys):
+    rc, out, err = run(capsys, BASE + ["--wait"])
+    assert rc == 0, err
+    name = out.strip().splitlines()[0]
+    artefact = client("sagemaker").describe_training_job(TrainingJobName=name)["ModelArtifacts"]["S3ModelArtifacts"]
+    assert "model artefact: {}".format(artefact) in out
+    assert "metric " in out or "metrics: none reported" in out
+    assert "Completed" in err
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("no-credentials", "no AWS credentials found"),
+    ("missing-bucket", "bucket 'no-such-bucket' does not exist"),
+    ("missing-image", "is not in ECR: run `make push-training REGION=us-east-2 STACK=cu12`"),
+    ("missing-role", "execution role 'NoSuchRole' not found"),
+    ("no-role-found", "no SageMaker execution role found"),
+    ("unknown-region", "unknown region 'mars-north-1'"),
+    ("no-data", "no data under s3://{}/elsewhere/training/".format(BUCKET)),
+    ("bad-hp", "unknown hyperparameter 'lrr' (did you mean 'lr'?)"),
+])
+def test_errors_are_one_clear_line(account, capsys, monkeypatch, case, expect):
+    argv = list(BASE)
+    if case == "no-credentials":
+        no_network(monkeypatch)
+    elif case == "missing-bucket":
+        argv[argv.index(BUCKET)] = "no-such-bucket"
+    elif case == "missing-image":
+        argv[argv.index("cpu")] = "cu12"
+    elif case == "missing-role":
+        argv += ["--role", "NoSuchRole"]
+    elif case == "no-role-found":
+        client("iam").delete_role(RoleName=ROLE_ARN.split("/")[-1])
+    elif case == "unknown-region":
+        argv[argv.index(REGION)] = "mars-north-1"
+    elif case == "no-data":
+        argv[argv.index(PREFIX)] = "elsewhere"
+    elif case == "bad-hp":
+        argv += ["--", "--lrr", "0.1"]
+    rc, out, err = run(capsys, argv)
+    assert rc != 0
+    assert expect in one_error_line(err), err
+    assert client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == [] if case != "no-credentials" else True
