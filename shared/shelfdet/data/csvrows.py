@@ -200,6 +200,7 @@ def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
     images, values, files, lines = [], [], [], []
     problems: List[Dict[str, Any]] = []
     seen = 0
+    slow_rows = False
     # numpy releases the GIL in its loops, so blocks parse in parallel threads.
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
         for fid, path in enumerate(paths):
@@ -219,6 +220,7 @@ def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
                             extra_ids.append(index.setdefault(row[0], len(index)))
                             extra_vals.append(v)
                             extra_lines.append(ln)
+                            slow_rows = True
                     images += [ids, np.array(extra_ids, np.int32)]
                     values += [vals, np.array(extra_vals, np.float64).reshape(-1, len(NUMERIC))]
                     lines += [lns, np.array(extra_lines, np.int64)]
@@ -232,4 +234,8 @@ def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
 
     rows = Rows(cat(images, np.int32), cat(values, np.float64, (0, 6)), cat(files, np.int16),
                 cat(lines, np.int32), names, list(paths))
+    if slow_rows:  # they were appended after their block's fast rows: restore file order
+        order = np.lexsort((rows.line, rows.file))
+        rows = rows._replace(image=rows.image[order], values=rows.values[order], file=rows.file[order],
+                             line=rows.line[order])
     return rows, problems, seen

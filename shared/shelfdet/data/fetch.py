@@ -75,12 +75,12 @@ def _http_stream(url: str, offset: int) -> Tuple[Iterator[bytes], Optional[int],
 
 
 def _s3_stream(url: str, offset: int) -> Tuple[Iterator[bytes], Optional[int], bool]:
-    import boto3
+    import boto3.session
     import botocore.exceptions
 
     parsed = urllib.parse.urlparse(url)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    s3 = boto3.client("s3")
+    s3 = boto3.session.Session().client("s3")
     try:
         total = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
         if offset >= total:

@@ -96,13 +96,14 @@ def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None
             len(items), total / 1e6, bucket, prefix.strip("/")))
         return {"files": len(items), "uploaded": 0, "skipped": 0}
 
-    import boto3
+    import boto3.session
     import botocore.config
     import botocore.exceptions
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
     cfg = botocore.config.Config(max_pool_connections=concurrency, retries={"max_attempts": 5, "mode": "standard"})
-    s3 = boto3.client("s3", region_name=region, config=cfg)
+    # A fresh session: credentials are looked up now, not cached from an earlier call.
+    s3 = boto3.session.Session(region_name=region).client("s3", config=cfg)
     try:
         s3.head_bucket(Bucket=bucket)
         there = existing(s3, bucket, prefix)
