@@ -101,8 +101,9 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     data = model_data(cloud, args.model, args.bucket, args.output_prefix)
     if not cloud.dry_run and endpoint_exists(cloud, endpoint):
         raise LaunchError("endpoint {} exists: `make undeploy ENDPOINT={}` first, or choose another ENDPOINT".format(endpoint, endpoint))
-    model_name = aws.job_name(endpoint[:40], "model", stamp)
-    config_name = aws.job_name(endpoint[:40], "config", stamp)
+    # Named after the endpoint (no timestamp) so a dry run prints the names that will be sent.
+    model_name = aws.job_name(endpoint[:56], "model")
+    config_name = aws.job_name(endpoint[:56], "config")
     return [
         ("create_model", model_request(model_name, image, data, role, environment(args.env), tags)),
         ("create_endpoint_config", {

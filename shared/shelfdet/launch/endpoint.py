@@ -21,7 +21,8 @@ def invoke(endpoint: str, region: str, body: bytes, content_type: str = "applica
         out = client.invoke_endpoint(EndpointName=endpoint, ContentType=content_type, Accept="application/json", Body=body)
     except ClientError as err:
         info = err.response.get("Error", {})
-        raise aws.LaunchError("endpoint {}: {}: {}".format(endpoint, info.get("Code", "Error"), info.get("Message", ""))) from None
+        text = " ".join(str(info.get("Message", "")).split())[:300]
+        raise aws.LaunchError("endpoint {}: {}: {}".format(endpoint, info.get("Code", "Error"), text)) from None
     payload = out["Body"].read()
     try:
         return json.loads(payload)
