@@ -1,0 +1,276 @@
+"""The ASGI app: ``/ping``, ``/invocations``, ``/execution-parameters`` (see ``shelfdet.serving``).
+
+The model loads in a background thread so the port answers ``/ping`` (503)
+at once; SageMaker polls it for up to 4 minutes. Decoding, inference and JSON
+encoding run in a thread pool, so the event loop keeps answering ``/ping``
+while a request is computed; the Detector's lock serialises the forward pass.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import contextlib
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from .. import imageio
+from . import limits
+
+log = logging.getLogger("shelfdet.serving")
+
+RAW_TYPES = ("application/x-image", "image/jpeg", "image/jpg", "image/png")
+JSON_TYPE = "application/json"
+ACCEPTED_TYPES = RAW_TYPES + (JSON_TYPE,)
+MAX_BATCH_IMAGES = 64
+# Decoded pixels per request: bounds memory when a small payload holds many
+# highly compressible large images (each is already capped by imageio.MAX_PIXELS).
+MAX_BATCH_PIXELS = 2 * imageio.MAX_PIXELS
+DEFAULT_THREADS = 4
+
+
+class RequestError(Exception):
+    """A client error: becomes ``{"error": message, **extra}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    body = {"error": message}
+    body.update(extra)
+    return JSONResponse(body, status_code=status)
+
+
+def load_detector(model_dir: str, device: Optional[str] = None) -> Any:
+    # Imported here: torch + Detectron2 take seconds to import, and the port
+    # should be open (answering 503) meanwhile.
+    from ..inference import Detector
+
+    return Detector.from_model_dir(model_dir, device)
+
+
+class ModelHolder:
+    """The Detector once loaded, or the reason it failed to load."""
+
+    def __init__(self) -> None:
+        self.detector: Any = None
+        self.error: Optional[str] = None
+        self.loaded_at: Optional[float] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.detector is not None
+
+
+def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[limits.Settings] = None,
+               threads: int = DEFAULT_THREADS, loader: Callable[[str, Optional[str]], Any] = load_detector,
+               on_load_error: Optional[Callable[[str], None]] = None) -> FastAPI:
+    """The hosting app for the model folder ``model_dir`` (read through its artefacts.json).
+
+    ``loader`` builds the predictor (tests inject a slow or failing one);
+    ``on_load_error`` lets the server stop when the model cannot load.
+    """
+    settings = settings or limits.settings_from_env()
+    holder = ModelHolder()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="infer")
+
+    def load() -> None:
+        start = time.time()
+        try:
+            detector = loader(model_dir, device)
+        except Exception as err:  # any failure must surface in /ping and the log, not kill a thread silently
+            holder.error = "model failed to load from {}: {}".format(model_dir, err)
+            log.error(holder.error)
+            if on_load_error is not None:
+                on_load_error(holder.error)
+            return
+        holder.detector = detector
+        holder.loaded_at = time.time()
+        log.info("model loaded from %s on %s in %.1fs (score threshold %g, max %d detections)", model_dir,
+                 getattr(detector, "device", "?"), holder.loaded_at - start,
+                 detector.min_score, detector.max_detections)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load, name="model-loader", daemon=True).start()
+        try:
+            yield
+        finally:
+            # uvicorn has already waited for in-flight requests; this only joins idle threads.
+            pool.shutdown(wait=True)
+
+    app = FastAPI(title="shelfdet", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.model = holder
+    app.state.settings = settings
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error: {}".format(type(exc).__name__))
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        if holder.ready:
+            return Response(status_code=200)
+        if holder.error:
+            return error_response(503, holder.error)
+        return error_response(503, "model is loading")
+
+    @app.get("/execution-parameters")
+    async def execution_parameters() -> JSONResponse:
+        return JSONResponse(settings.execution_parameters())
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        try:
+            kind = _content_kind(request.headers.get("content-type"))
+            _check_accept(request.headers.get("accept"))
+            if not holder.ready:
+                raise RequestError(503, holder.error or "model is loading")
+            detector = holder.detector
+            thr, cap = _request_params(request, detector)
+            body = await _read_body(request, settings.max_payload_bytes)
+            loop = asyncio.get_running_loop()
+            content = await loop.run_in_executor(pool, _handle, detector, kind, body, thr, cap)
+        except RequestError as err:
+            if err.status >= 500:
+                log.warning("invocation refused: %s", err.message)
+            return error_response(err.status, err.message, **err.extra)
+        return Response(content=content, media_type=JSON_TYPE)
+
+    return app
+
+
+def _content_kind(header: Optional[str]) -> str:
+    ctype = (header or "").split(";", 1)[0].strip().lower()
+    if ctype in RAW_TYPES:
+        return "raw"
+    if ctype == JSON_TYPE:
+        return "json"
+    raise RequestError(415, "unsupported Content-Type {!r}".format(header or ""), supported=list(ACCEPTED_TYPES))
+
+
+def _check_accept(header: Optional[str]) -> None:
+    if not header:
+        return
+    for part in header.split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        if media in ("*/*", "application/*", JSON_TYPE):
+            return
+    raise RequestError(406, "cannot answer Accept {!r}: responses are application/json".format(header))
+
+
+def _request_params(request: Request, detector: Any) -> Tuple[Optional[float], Optional[int]]:
+    query = request.query_params
+    unknown = sorted(set(query.keys()) - set(limits.PARAMS))
+    if unknown:
+        raise RequestError(400, "unknown query parameter(s) {}".format(", ".join(unknown)), known=list(limits.PARAMS))
+    # Query parameters win over the header: the header is what invoke_endpoint can carry.
+    params = limits.parse_custom_attributes(request.headers.get(limits.CUSTOM_ATTRIBUTES_HEADER))
+    params.update((k, query[k]) for k in limits.PARAMS if k in query)
+    try:
+        return limits.check_request_limits(params.get("score_threshold"), params.get("max_detections"),
+                                           detector.min_score, detector.max_detections)
+    except limits.LimitError as err:
+        raise RequestError(400, str(err)) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes without buffering them.
+
+    Answering early is safe: uvicorn discards the rest of an unread body.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestError(400, "invalid Content-Length {!r}".format(declared)) from None
+        if size > limit:
+            raise _too_large(size, limit)
+    chunks: List[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(received, limit, at_least=True)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError(400, "client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> RequestError:
+    return RequestError(413, "payload of {}{} bytes exceeds the {} byte limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)".format(
+        "over " if at_least else "", size, limit), limit_bytes=limit)
+
+
+def _handle(detector: Any, kind: str, body: bytes, thr: Optional[float], cap: Optional[int]) -> bytes:
+    """Runs in the thread pool: decode, predict, encode."""
+    if kind == "raw":
+        image = _decode(body, "image")
+        result: Any = detector.predict([image], thr, cap)[0]
+    else:
+        images = _decode_batch(body)
+        # One forward pass per image: Detectron2 pads a batch to its largest
+        # image, so batching would make an image's boxes depend on its neighbours.
+        result = [detector.predict([im], thr, cap)[0] for im in images]
+    return json.dumps(result).encode("utf-8")
+
+
+def _decode(data: bytes, name: str, index: Optional[int] = None) -> Any:
+    extra = {} if index is None else {"index": index}
+    try:
+        return imageio.decode(data, name)
+    except imageio.ImageDecodeError as err:
+        raise RequestError(400, str(err), **extra) from None
+
+
+def _decode_batch(body: bytes) -> List[Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(400, "body is not valid JSON ({})".format(err)) from None
+    items = doc.get("instances") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise RequestError(400, 'expected {"instances": [<base64 image>, ...]} or a list of base64 images')
+    if not 1 <= len(items) <= MAX_BATCH_IMAGES:
+        raise RequestError(400, "a batch holds 1 to {} images, got {}".format(MAX_BATCH_IMAGES, len(items)))
+    images = []
+    pixels = 0
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("b64"), str):
+            item = item["b64"]  # the TF-Serving-style {"b64": ...} wrapper
+        if not isinstance(item, str):
+            raise RequestError(400, "instance {} is a {}, expected a base64 string".format(i, type(item).__name__),
+                               index=i)
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, "instance {} is not valid base64".format(i), index=i) from None
+        image = _decode(data, "instance {}".format(i), i)
+        pixels += image.shape[0] * image.shape[1]
+        if pixels > MAX_BATCH_PIXELS:
+            raise RequestError(413, "batch decodes to over {} pixels at instance {}: send fewer images per request"
+                               .format(MAX_BATCH_PIXELS, i), index=i)
+        images.append(image)
+    return images
+

@@ -1,0 +1,103 @@
+"""Serving settings from the SageMaker environment and per-request limits.
+
+Kept free of web-framework and torch imports: ``make predict`` and the server
+validate the same way.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+
+DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time endpoints' own request limit
+DEFAULT_MAX_CONCURRENT_TRANSFORMS = 1
+BATCH_STRATEGIES = {"singlerecord": "SINGLE_RECORD", "multirecord": "MULTI_RECORD"}
+PARAMS = ("score_threshold", "max_detections")
+CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
+
+
+class LimitError(ValueError):
+    """A setting or request parameter is malformed or outside its allowed range."""
+
+
+class Settings(NamedTuple):
+    max_payload_mb: float
+    max_concurrent_transforms: int
+    batch_strategy: str
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    def execution_parameters(self) -> Dict[str, object]:
+        payload = self.max_payload_mb
+        return {
+            "MaxConcurrentTransforms": self.max_concurrent_transforms,
+            "BatchStrategy": self.batch_strategy,
+            # SageMaker's field is an integer number of MB.
+            "MaxPayloadInMB": int(payload) if float(payload).is_integer() else max(1, int(math.floor(payload))),
+        }
+
+
+def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
+    """Reads ``SAGEMAKER_*``; a malformed value is an error at start-up, not a silent default."""
+    env = os.environ if env is None else env
+    payload = _number(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, float)
+    if not 0 < payload <= 100:  # 100 MB is SageMaker batch transform's maximum
+        raise LimitError("SAGEMAKER_MAX_PAYLOAD_IN_MB={} is outside (0, 100]".format(payload))
+    concurrent = _number(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", DEFAULT_MAX_CONCURRENT_TRANSFORMS, int)
+    if concurrent < 1:
+        raise LimitError("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS={} must be >= 1".format(concurrent))
+    raw = (env.get("SAGEMAKER_BATCH_STRATEGY") or "SINGLE_RECORD").strip()
+    strategy = BATCH_STRATEGIES.get(raw.replace("_", "").replace("-", "").lower())
+    if strategy is None:
+        raise LimitError("SAGEMAKER_BATCH_STRATEGY={!r}: expected SINGLE_RECORD or MULTI_RECORD".format(raw))
+    return Settings(payload, concurrent, strategy)
+
+
+def _number(env: Mapping[str, str], key: str, default, kind):
+    raw = env.get(key)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise LimitError("{}={!r} is not a valid {}".format(key, raw, kind.__name__)) from None
+    if kind is float and not math.isfinite(value):
+        raise LimitError("{}={!r} is not a finite number".format(key, raw))
+    return value
+
+
+def parse_custom_attributes(header: Optional[str]) -> Dict[str, str]:
+    """``k=v;k=v`` -> dict, keeping only our keys: other tools share this header."""
+    out = {}
+    for part in (header or "").split(";"):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if sep and key in PARAMS:
+            out[key] = value.strip()
+    return out
+
+
+def check_request_limits(score_threshold: Optional[str], max_detections: Optional[str], min_score: float,
+                         max_cap: int) -> Tuple[Optional[float], Optional[int]]:
+    """Validates raw parameter strings against the model's limits; None means "the model's own"."""
+    thr = None
+    if score_threshold is not None:
+        try:
+            thr = float(score_threshold)
+        except ValueError:
+            raise LimitError("score_threshold={!r} is not a number".format(score_threshold)) from None
+        if not math.isfinite(thr) or not min_score <= thr <= 1.0:
+            raise LimitError("score_threshold={} is outside [{:g}, 1] (the model's threshold is the minimum)"
+                             .format(score_threshold, min_score))
+    cap = None
+    if max_detections is not None:
+        try:
+            cap = int(max_detections)
+        except ValueError:
+            raise LimitError("max_detections={!r} is not an integer".format(max_detections)) from None
+        if not 1 <= cap <= max_cap:
+            raise LimitError("max_detections={} is outside [1, {}] (the model's detections per image)"
+                             .format(max_detections, max_cap))
+    return thr, cap

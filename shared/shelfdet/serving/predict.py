@@ -1,0 +1,146 @@
+"""``make predict IMAGE=f [MODEL_DIR=d | ENDPOINT=name]``: one image -> JSON + PNG with boxes.
+
+Outputs are named after the whole image file name (``shelf.jpg`` ->
+``shelf.jpg.json``, ``shelf.jpg.png``), like batch transform's
+``shelf.jpg.out``: ``make evaluate`` matches predictions to the manifest by
+image file name, and an output never overwrites its input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from .. import imageio
+from . import limits
+
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
+class PredictError(RuntimeError):
+    """A one-line, user-facing failure."""
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="shelfdet predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--model-dir", default=None, help="local model folder (artefacts.json)")
+    src.add_argument("--endpoint", default=None, help="SageMaker endpoint name")
+    ap.add_argument("--region", default=None, help="AWS region of the endpoint")
+    ap.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
+    ap.add_argument("--score-threshold", default=None, help="only boxes scoring at least this")
+    ap.add_argument("--max-detections", default=None, help="at most this many boxes")
+    ap.add_argument("--device", default=None, help="cpu | cuda for a local model (default: cuda when available)")
+    return ap.parse_args(argv)
+
+
+def predict_local(model_dir: str, image_bgr: Any, score_threshold: Optional[str], max_detections: Optional[str],
+                  device: Optional[str]) -> Dict[str, Any]:
+    from ..artefacts import ArtefactError
+    from ..inference import Detector
+
+    try:
+        detector = Detector.from_model_dir(model_dir, device)
+    except ArtefactError as err:
+        raise PredictError(str(err)) from None
+    try:
+        thr, cap = limits.check_request_limits(score_threshold, max_detections, detector.min_score,
+                                               detector.max_detections)
+    except limits.LimitError as err:
+        raise PredictError(str(err)) from None
+    return detector.predict([image_bgr], thr, cap)[0]
+
+
+def predict_endpoint(endpoint: str, region: Optional[str], data: bytes, content_type: str,
+                     score_threshold: Optional[str], max_detections: Optional[str]) -> Dict[str, Any]:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    request = {"EndpointName": endpoint, "ContentType": content_type, "Accept": "application/json", "Body": data}
+    attrs = ["{}={}".format(k, v) for k, v in (("score_threshold", score_threshold),
+                                               ("max_detections", max_detections)) if v is not None]
+    if attrs:
+        # invoke_endpoint cannot pass query parameters; the app reads this header instead.
+        request["CustomAttributes"] = ";".join(attrs)
+    try:
+        client = boto3.client("sagemaker-runtime", region_name=region)
+        response = client.invoke_endpoint(**request)
+        body = response["Body"].read()
+    except ClientError as err:
+        raise PredictError("endpoint {}: {}".format(endpoint, err.response.get("Error", {}).get("Message", err))) from None
+    except BotoCoreError as err:
+        raise PredictError("endpoint {}: {}".format(endpoint, err)) from None
+    try:
+        result = json.loads(body)
+    except ValueError:
+        raise PredictError("endpoint {} answered {} bytes that are not JSON: {!r}".format(
+            endpoint, len(body), body[:80])) from None
+    if isinstance(result, list) and len(result) == 1:
+        result = result[0]
+    if not isinstance(result, dict) or not all(k in result for k in ("pred_boxes", "scores", "pred_classes")):
+        raise PredictError("endpoint {} answered JSON without pred_boxes/scores/pred_classes".format(endpoint))
+    return result
+
+
+def draw(image_bgr: Any, prediction: Dict[str, Any]) -> Any:
+    """RGB array with the predicted boxes drawn (Detectron2's Visualizer)."""
+    from .. import compat
+
+    compat.apply()
+    import numpy as np
+    from detectron2.utils.visualizer import Visualizer
+
+    names = prediction.get("class_names") or []
+    labels = None
+    if len(prediction["scores"]) <= 50:  # dense scenes: labels on hundreds of boxes are unreadable
+        labels = ["{} {:.0%}".format(names[c] if c < len(names) else c, s)
+                  for c, s in zip(prediction["pred_classes"], prediction["scores"])]
+    vis = Visualizer(image_bgr[:, :, ::-1])
+    boxes = np.asarray(prediction["pred_boxes"], dtype=np.float32).reshape(-1, 4)
+    out = vis.overlay_instances(boxes=boxes, labels=labels)
+    return out.get_image()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        paths = run(args)
+    except (PredictError, imageio.ImageDecodeError) as err:
+        print("error: {}".format(err), file=sys.stderr)
+        return 2
+    print("\n".join(paths))
+    return 0
+
+
+def run(args: argparse.Namespace) -> List[str]:
+    if not args.image:
+        raise PredictError("no image: pass IMAGE=<file>")
+    if not os.path.isfile(args.image):
+        raise PredictError("image not found: {}".format(args.image))
+    if not args.endpoint and not args.model_dir:
+        raise PredictError("no model: pass MODEL_DIR=<run>/model or ENDPOINT=<name>")
+    with open(args.image, "rb") as f:
+        data = f.read()
+    # Decoded here in both modes: the PNG is drawn on the same pixels the server sees.
+    image = imageio.decode(data, args.image)
+    if args.endpoint:
+        ctype = CONTENT_TYPES.get(os.path.splitext(args.image)[1].lower(), "application/x-image")
+        pred = predict_endpoint(args.endpoint, args.region, data, ctype, args.score_threshold, args.max_detections)
+    else:
+        pred = predict_local(args.model_dir, image, args.score_threshold, args.max_detections, args.device)
+
+    from PIL import Image
+
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, os.path.basename(args.image))
+    json_path, png_path = base + ".json", base + ".png"
+    with open(json_path, "w") as f:
+        json.dump(pred, f)
+    Image.fromarray(draw(image, pred)).save(png_path)
+    source = "endpoint " + args.endpoint if args.endpoint else args.model_dir
+    print("{}: {} boxes ({})".format(args.image, len(pred["scores"]), source))
+    return [json_path, png_path]

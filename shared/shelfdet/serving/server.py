@@ -1,0 +1,108 @@
+"""``serve``: the hosting app under uvicorn, one process and one model.
+
+One process because a second would hold a second copy of the model (and on
+GPU, a second CUDA context); concurrency comes from the app's thread pool.
+SIGTERM stops accepting connections, lets in-flight requests finish (up to
+``--graceful-timeout`` seconds) and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import uvicorn
+
+from .. import artefacts
+from . import limits
+
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+
+
+def _default_port() -> str:
+    return os.environ.get("SAGEMAKER_BIND_TO_PORT") or "8080"
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="shelfdet serve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR,
+                    help="model folder with artefacts.json (default: $SM_MODEL_DIR or /opt/ml/model)")
+    ap.add_argument("--port", default=_default_port(), help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="inference thread pool size (default: max(4, MaxConcurrentTransforms))")
+    ap.add_argument("--graceful-timeout", type=float, default=30.0,
+                    help="seconds in-flight requests get to finish after SIGTERM")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--no-access-log", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        port = int(args.port)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        print("error: port {!r} is not a TCP port number (--port or SAGEMAKER_BIND_TO_PORT)".format(args.port),
+              file=sys.stderr)
+        return 2
+    if not args.model_dir:
+        print("error: no model folder: pass MODEL_DIR=<run>/model (make train writes runs/<run>/model)",
+              file=sys.stderr)
+        return 2
+    try:
+        # Fail fast on a folder that is not a model; weights load in the background.
+        artefacts.read(args.model_dir)
+        settings = limits.settings_from_env()
+    except (artefacts.ArtefactError, limits.LimitError) as err:
+        print("error: {}".format(err), file=sys.stderr)
+        return 2
+
+    from .app import create_app
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads = args.threads or max(4, settings.max_concurrent_transforms)
+    failed: List[str] = []
+    server: Optional[_Server] = None
+
+    def on_load_error(message: str) -> None:
+        failed.append(message)
+        if server is not None:
+            server.should_exit = True  # read by uvicorn's main loop; exits with status 1 below
+
+    app = create_app(args.model_dir, device=args.device, settings=settings, threads=threads,
+                     on_load_error=on_load_error)
+    config = uvicorn.Config(app, host=args.host, port=port, workers=1, lifespan="on", log_level=args.log_level,
+                            access_log=not args.no_access_log, timeout_graceful_shutdown=args.graceful_timeout,
+                            log_config=None)
+    server = _Server(config)
+    logging.getLogger("shelfdet.serving").info(
+        "serving %s on %s:%d (%d threads, max payload %g MB, %s)", args.model_dir, args.host, port, threads,
+        settings.max_payload_mb, settings.batch_strategy)
+    server.run()
+    if failed:
+        print("error: {}".format(failed[0]), file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server that exits normally after a signal-triggered graceful shutdown.
+
+    uvicorn >= 0.29 re-raises the captured SIGTERM once it has shut down,
+    which kills the process with status 143; SageMaker and ``docker stop``
+    asked for a stop, so a clean stop is status 0.
+    """
+
+    async def shutdown(self, sockets=None) -> None:
+        await super().shutdown(sockets=sockets)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            del captured[:]

@@ -1,0 +1,242 @@
+"""The hosting app over real HTTP: a real server process with a small real model, driven with httpx."""
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from _serving_support import ServerProcess, encode, make_tiny_model, png_bomb, shelf_image
+
+PAYLOAD_MB = 1  # small, so the 413 cases send little
+LIMIT = PAYLOAD_MB * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    srv = ServerProcess(model_dir, tmp_path_factory.mktemp("serve") / "server.log",
+                        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(PAYLOAD_MB), "OMP_NUM_THREADS": "1",
+                             "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "2", "SAGEMAKER_BATCH_STRATEGY": "MultiRecord"})
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, "server exited with {}:\n{}".format(code, srv.log())
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def detector(model_dir):
+    from shelfdet.inference import Detector
+
+    return Detector.from_model_dir(model_dir, "cpu")
+
+
+JPEG = encode(shelf_image(1))
+PNG = encode(shelf_image(2), "PNG")
+
+
+def direct(detector, data, **kw):
+    from shelfdet import imageio
+
+    return detector.predict([imageio.decode(data)], **kw)[0]
+
+
+def assert_same(served, expected):
+    assert served["image_height"] == expected["image_height"] and served["image_width"] == expected["image_width"]
+    assert served["pred_classes"] == expected["pred_classes"]
+    assert served["pred_class_names"] == expected["pred_class_names"] == ["SKU"] * len(expected["scores"])
+    np.testing.assert_allclose(served["scores"], expected["scores"], atol=1e-5)
+    np.testing.assert_allclose(np.reshape(served["pred_boxes"], (-1, 4)), np.reshape(expected["pred_boxes"], (-1, 4)),
+                               atol=1e-3)
+
+
+def test_ping_and_execution_parameters(client):
+    assert client.get("/ping").status_code == 200
+    r = client.get("/execution-parameters")
+    assert r.status_code == 200
+    assert r.json() == {"MaxConcurrentTransforms": 2, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": PAYLOAD_MB}
+
+
+@pytest.mark.parametrize("ctype,data", [("application/x-image", JPEG), ("image/jpeg", JPEG), ("image/png", PNG),
+                                        ("image/jpeg; charset=binary", JPEG)])
+def test_one_image(client, detector, ctype, data):
+    r = client.post("/invocations", content=data, headers={"Content-Type": ctype})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert isinstance(body, dict) and len(body["scores"]) > 0
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    assert min(body["scores"]) >= detector.min_score
+    assert_same(body, direct(detector, data))
+
+
+def test_per_request_limits_query_and_custom_attributes(client, detector):
+    full = direct(detector, JPEG)
+    thr = full["scores"][len(full["scores"]) // 2]
+    r = client.post("/invocations?score_threshold={}&max_detections=3".format(thr), content=JPEG,
+                    headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert_same(r.json(), direct(detector, JPEG, score_thr=thr, max_detections=3))
+    assert len(r.json()["scores"]) == 3
+    # The header is how invoke_endpoint passes them; unknown keys there belong to other tools.
+    r = client.post("/invocations", content=JPEG, headers={
+        "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "trace=1;max_detections=2"})
+    assert r.status_code == 200 and len(r.json()["scores"]) == 2
+    r = client.post("/invocations?max_detections=1", content=JPEG, headers={
+        "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "max_detections=2"})
+    assert len(r.json()["scores"]) == 1  # the query wins
+
+
+@pytest.mark.parametrize("wrap", ["instances", "list", "b64-objects"])
+def test_batch(client, detector, wrap):
+    images = [JPEG, PNG, encode(shelf_image(3, 120, 80))]
+    b64 = [base64.b64encode(d).decode() for d in images]
+    doc = {"instances": b64} if wrap == "instances" else b64 if wrap == "list" else [{"b64": s} for s in b64]
+    r = client.post("/invocations", json=doc)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body, list) and len(body) == 3
+    for served, data in zip(body, images):
+        assert_same(served, direct(detector, data))
+
+
+def _truncated():
+    return JPEG[: len(JPEG) // 2]
+
+
+BAD = [
+    # name, method, path, headers, body, expected status, substring of the error
+    ("no content type", "POST", "/invocations", {}, JPEG, 415, "Content-Type"),
+    ("text/plain", "POST", "/invocations", {"Content-Type": "text/plain"}, JPEG, 415, "text/plain"),
+    ("csv", "POST", "/invocations", {"Content-Type": "text/csv"}, b"1,2,3", 415, "unsupported"),
+    ("garbage", "POST", "/invocations", {"Content-Type": "application/x-image"}, b"not an image at all", 400,
+     "not a decodable image"),
+    ("truncated jpeg", "POST", "/invocations", {"Content-Type": "image/jpeg"}, _truncated(), 400, "truncated"),
+    ("zero length", "POST", "/invocations", {"Content-Type": "image/jpeg"}, b"", 400, "empty"),
+    ("too large", "POST", "/invocations", {"Content-Type": "image/jpeg"}, b"\xff" * (LIMIT + 1), 413, "exceeds"),
+    ("bomb", "POST", "/invocations", {"Content-Type": "image/png"}, png_bomb(), 400, "pixel"),
+    ("bomb under PIL's limit", "POST", "/invocations", {"Content-Type": "image/png"}, png_bomb(10000, 9000), 400,
+     "exceeds the"),
+    ("threshold > 1", "POST", "/invocations?score_threshold=1.5", {"Content-Type": "image/jpeg"}, JPEG, 400,
+     "score_threshold"),
+    ("threshold below model's", "POST", "/invocations?score_threshold=0.01", {"Content-Type": "image/jpeg"}, JPEG,
+     400, "model's threshold"),
+    ("threshold nan", "POST", "/invocations?score_threshold=nan", {"Content-Type": "image/jpeg"}, JPEG, 400,
+     "score_threshold"),
+    ("max detections 0", "POST", "/invocations?max_detections=0", {"Content-Type": "image/jpeg"}, JPEG, 400,
+     "max_detections"),
+    ("max detections over cap", "POST", "/invocations?max_detections=301", {"Content-Type": "image/jpeg"}, JPEG, 400,
+     "[1, 300]"),
+    ("max detections text", "POST", "/invocations?max_detections=all", {"Content-Type": "image/jpeg"}, JPEG, 400,
+     "not an integer"),
+    ("bad header attribute", "POST", "/invocations",
+     {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "score_threshold=x"}, JPEG, 400,
+     "not a number"),
+    ("unknown query", "POST", "/invocations?treshold=0.5", {"Content-Type": "image/jpeg"}, JPEG, 400, "treshold"),
+    ("bad json", "POST", "/invocations", {"Content-Type": "application/json"}, b"{nope", 400, "not valid JSON"),
+    ("json not a list", "POST", "/invocations", {"Content-Type": "application/json"}, b'{"x": 1}', 400,
+     "instances"),
+    ("empty batch", "POST", "/invocations", {"Content-Type": "application/json"}, b'{"instances": []}', 400,
+     "1 to 64"),
+    ("bad base64", "POST", "/invocations", {"Content-Type": "application/json"}, b'["%%%"]', 400, "base64"),
+    ("number instance", "POST", "/invocations", {"Content-Type": "application/json"}, b"[1]", 400, "base64 string"),
+    ("bad image in batch", "POST", "/invocations", {"Content-Type": "application/json"},
+     json.dumps([base64.b64encode(JPEG).decode(), base64.b64encode(b"junk").decode()]).encode(), 400, "instance 1"),
+    ("wrong accept", "POST", "/invocations", {"Content-Type": "image/jpeg", "Accept": "text/csv"}, JPEG, 406,
+     "application/json"),
+    ("unknown path", "GET", "/nope", {}, None, 404, "Not Found"),
+    ("wrong method", "GET", "/invocations", {}, None, 405, "Method Not Allowed"),
+]
+
+
+@pytest.mark.parametrize("name,method,path,headers,body,status,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(client, name, method, path, headers, body, status, needle):
+    r = client.request(method, path, headers=headers, content=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"], r.json()
+    assert client.get("/ping").status_code == 200
+
+
+def test_batch_error_names_the_instance(client):
+    doc = [base64.b64encode(JPEG).decode(), base64.b64encode(_truncated()).decode()]
+    r = client.post("/invocations", json={"instances": doc})
+    assert r.status_code == 400 and r.json()["index"] == 1
+
+
+def test_too_large_without_content_length(client):
+    """A chunked upload has no Content-Length; the app counts while streaming and stops at the limit."""
+    sent = []
+
+    def chunks():
+        for _ in range(2 * PAYLOAD_MB * 16):
+            sent.append(65536)
+            yield b"\xff" * 65536
+
+    r = client.post("/invocations", content=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413, r.text
+    assert "over" in r.json()["error"]
+    assert client.get("/ping").status_code == 200
+
+
+def _mixed_requests():
+    b64 = base64.b64encode
+    good = [
+        ("POST", "/invocations", {"Content-Type": "image/jpeg"}, JPEG, 200),
+        ("POST", "/invocations", {"Content-Type": "application/x-image"}, PNG, 200),
+        ("POST", "/invocations?max_detections=5&score_threshold=0.5", {"Content-Type": "image/jpeg"}, JPEG, 200),
+        ("POST", "/invocations", {"Content-Type": "application/json"},
+         json.dumps({"instances": [b64(JPEG).decode(), b64(PNG).decode()]}).encode(), 200),
+    ]
+    cheap = [("GET", "/ping", {}, None, 200), ("GET", "/execution-parameters", {}, None, 200)]
+    bad = [(m, p, h, b, s) for _, m, p, h, b, s, _ in BAD]
+    return good, cheap, bad
+
+
+def test_1000_mixed_requests_from_concurrent_clients(server):
+    good, cheap, bad = _mixed_requests()
+    rng = random.Random(7)
+    # About a quarter run the model: the rest exercise every error path at full speed.
+    plan = [rng.choice(good) if rng.random() < 0.25 else rng.choice(cheap if rng.random() < 0.3 else bad)
+            for _ in range(1000)]
+    local = threading.local()
+    failures = []
+
+    def send(req):
+        method, path, headers, body, expected = req
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=server.url, timeout=60)
+        try:
+            r = local.client.request(method, path, headers=headers, content=body)
+        except httpx.HTTPError as err:
+            return (path, "transport error {!r}".format(err))
+        if r.status_code != expected:
+            return (path, r.status_code, expected, r.text[:200])
+        if r.status_code != 200 and "error" not in r.json():
+            return (path, "no JSON error body", r.text[:200])
+        return None
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(send, plan))
+    failures = [r for r in results if r is not None]
+    assert not failures, "{} of 1000 requests failed, e.g. {}".format(len(failures), failures[:5])
+    assert server.proc.poll() is None, server.log()
+    assert httpx.get(server.url + "/ping").status_code == 200
+    log = server.log(tail=None)
+    assert '" 500' not in log and "Traceback" not in log, log[-4000:]
