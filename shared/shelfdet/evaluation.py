@@ -72,13 +72,34 @@ def score(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mappi
             log.warning("evaluation-type fast needs Detectron2's compiled ops; using pycocotools")
     ev = evaluator_cls(gt, dt, "bbox")
     ev.params.maxDets = [1, 10, int(max_dets)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    log.info("pycocotools summary (maxDets %d):\n%s", max_dets, out.getvalue().rstrip())
-    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+    return summarize(ev)
+
+
+def _stat(ev: Any, ap: bool, iou: Optional[float] = None, area: str = "all", max_det: Optional[int] = None) -> float:
+    """pycocotools' _summarize, with the AP row at maxDets[-1]: its summarize() pins the
+    first AP to maxDets=100, which reads -1 when the list is [1, 10, 300]."""
+    p = ev.params
+    a = p.areaRngLbl.index(area)
+    m = p.maxDets.index(max_det if max_det is not None else p.maxDets[-1])
+    arr = ev.eval["precision"] if ap else ev.eval["recall"]
+    if iou is not None:
+        arr = arr[np.where(np.isclose(p.iouThrs, iou))[0]]
+    arr = arr[..., a, m]
+    vals = arr[arr > -1]
+    return float(np.mean(vals)) if vals.size else -1.0
+
+
+def summarize(ev: Any) -> Dict[str, float]:
+    last = ev.params.maxDets[-1]
+    return {
+        "AP": _stat(ev, True), "AP50": _stat(ev, True, iou=0.5), "AP75": _stat(ev, True, iou=0.75),
+        "APs": _stat(ev, True, area="small"), "APm": _stat(ev, True, area="medium"),
+        "APl": _stat(ev, True, area="large"),
+        "AR1": _stat(ev, False, max_det=1), "AR10": _stat(ev, False, max_det=10), "AR": _stat(ev, False, max_det=last),
+    }
 
 
 def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]], batch_size: int = 4,
