@@ -105,7 +105,7 @@ undeploy: $(SETUP_STAMP) ## delete the endpoint, its config and model
 	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
 
 transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, then evaluate
-	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --stack $(STACK) $(AWS_FLAGS)
+	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --stack $(STACK) --manifest "$(MANIFEST)" $(AWS_FLAGS)
 
 # ---- images ------------------------------------------------------------------
 build: build-training build-serving ## all images for STACK

@@ -161,9 +161,9 @@ def no_network(monkeypatch) -> None:
 
 
 def make(*args: str, env: Dict[str, str] = None) -> "subprocess.CompletedProcess[str]":
-    """A Make target for real; -o keeps Make from (re)building .venv."""
+    """A Make target for real; -o keeps Make from (re)building .venv, -s keeps the recipe off stdout."""
     full = dict(os.environ, **(env or {}))
-    return subprocess.run(["make", "--no-print-directory", "-o", ".venv/.stamp"] + list(args), cwd=str(ROOT),
+    return subprocess.run(["make", "-s", "--no-print-directory", "-o", ".venv/.stamp"] + list(args), cwd=str(ROOT),
                           capture_output=True, text=True, env=full, timeout=120)
 
 
