@@ -1,0 +1,137 @@
+"""`make push-*`: ECR against a moto server, Docker observed through a recording `docker` on PATH."""
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+
+import pytest
+
+from shelfdet.launch import images
+from test_launch_support import (ACCOUNT, GIT_REV, REGION, ROOT, cli, client, fast_sessions, json_docs,  # noqa: F401
+                                 make, one_error_line)
+
+RECORDER = r"""#!/usr/bin/env bash
+# A stand-in for docker: records each command line (and login's stdin), plays a daemon
+# whose image store is the file $FAKE_STATE/images.
+log="$FAKE_STATE/docker.log"
+printf '%q ' "$@" >>"$log"; echo >>"$log"
+case "$1" in
+  login) printf '#stdin %s\n' "$(cat)" >>"$log"; echo "Login Succeeded" ;;
+  image) grep -qxF "${@: -1}" "$FAKE_STATE/images" 2>/dev/null || { echo "Error: No such image: ${@: -1}" >&2; exit 1; }
+         echo sha256:0123 ;;
+  push) [ -z "$FAKE_PUSH_FAIL" ] || { echo "denied: not authorized" >&2; exit 1; } ;;
+esac
+"""
+BUILDER = r"""#!/usr/bin/env bash
+# Stand-in for tools/images.sh: records its arguments, "builds" the image it is asked for.
+printf '%q ' "$@" >>"$FAKE_STATE/images.log"; echo >>"$FAKE_STATE/images.log"
+printf '#build %s\n' "$*" >>"$FAKE_STATE/docker.log"
+echo "$FAKE_BUILT" >>"$FAKE_STATE/images"
+"""
+REGISTRY = "{}.dkr.ecr.{}.amazonaws.com".format(ACCOUNT, REGION)
+TAG = "0.1.0-cpu-" + GIT_REV
+
+
+def executable(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.fixture
+def fake_docker(aws_env, monkeypatch, tmp_path):
+    """A `docker` on PATH that records; returns a reader of the calls (argv lists, '#stdin'/'#build' lines)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable(bin_dir / "docker", RECORDER)
+    builder = executable(tmp_path / "images.sh", BUILDER)
+    monkeypatch.setenv("PATH", "{}:{}".format(bin_dir, os.environ["PATH"]))
+    monkeypatch.delenv("DOCKER", raising=False)
+    monkeypatch.setenv("FAKE_STATE", str(tmp_path))
+    monkeypatch.setenv("SHELFDET_IMAGES_SH", str(builder))
+    monkeypatch.setenv("SHELFDET_GIT_REV", GIT_REV)
+
+    def calls(name="docker.log"):
+        path = tmp_path / name
+        if not path.exists():
+            return []
+        return [line if line.startswith("#") else shlex.split(line) for line in path.read_text().splitlines()]
+
+    return calls
+
+
+def test_push_builds_missing_image_creates_repo_logs_in_and_pushes(fake_docker, monkeypatch, capsys):
+    local = "shelfdet-training:" + TAG
+    monkeypatch.setenv("FAKE_BUILT", local)
+    rc, out, err = cli(capsys, "push", "training", "--stack", "cpu", "--region", REGION, "--prefix", "detectron2/data")
+    assert rc == 0, err
+    uri = "{}/{}".format(REGISTRY, local)
+    assert out.strip() == uri
+    assert fake_docker("images.log") == [["build", "training", "cpu"]]
+    assert fake_docker() == [
+        ["image", "inspect", "--format", "{{.Id}}", local],
+        "#build build training cpu",
+        ["image", "inspect", "--format", "{{.Id}}", local],
+        ["login", "--username", "AWS", "--password-stdin", "https://" + REGISTRY],
+        "#stdin {}-auth-token".format(ACCOUNT),  # moto's password, through stdin only
+        ["tag", local, uri],
+        ["push", uri],
+    ]
+    (repo,) = client("ecr").describe_repositories(repositoryNames=["shelfdet-training"])["repositories"]
+    assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
+
+
+def test_make_push_serving_existing_image_and_repo(fake_docker, tmp_path):
+    local = "shelfdet-serving:" + TAG
+    (tmp_path / "images").write_text(local + "\n")
+    client("ecr").create_repository(repositoryName="shelfdet-serving")
+    out = make("push-serving", "REGION=" + REGION, "STACK=cpu")
+    assert out.returncode == 0, out.stderr
+    calls = fake_docker()
+    assert [c[0] for c in calls if isinstance(c, list)] == ["image", "login", "tag", "push"]
+    assert fake_docker("images.log") == []  # nothing built
+    (repo,) = client("ecr").describe_repositories(repositoryNames=["shelfdet-serving"])["repositories"]
+    assert repo["imageScanningConfiguration"] == {"scanOnPush": False}  # existing repository left as it was
+
+
+def test_dlc_base_image_gets_its_own_login_before_the_build(fake_docker, monkeypatch, capsys, tmp_path):
+    versions = tmp_path / "versions.env"
+    dlc = "763104351884.dkr.ecr.us-west-2.amazonaws.com"
+    versions.write_text("\n".join([
+        "IMAGE_VERSION=0.1.0", "IMAGE_REPO_TRAINING=shelfdet-training", "IMAGE_REPO_SERVING=shelfdet-serving",
+        "STACK_CU101_BUILDER_IMAGE={}/pytorch-training:1.6.0-gpu-py36-cu101-ubuntu16.04".format(dlc),
+        "STACK_CU12_BUILDER_IMAGE=nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04", ""]))
+    monkeypatch.setenv("SHELFDET_VERSIONS_ENV", str(versions))
+    assert images.dlc_registries("cu101") == [dlc]
+    assert images.dlc_registries("cu12") == [] and images.dlc_registries("cpu") == []
+
+    local = "shelfdet-training:0.1.0-cu101-" + GIT_REV
+    monkeypatch.setenv("FAKE_BUILT", local)
+    rc, out, err = cli(capsys, "push", "training", "--stack", "cu101", "--region", REGION)
+    assert rc == 0, err
+    steps = [c if isinstance(c, str) else c[-1] for c in fake_docker()
+             if (isinstance(c, str) and c.startswith("#build")) or c[0] == "login"]
+    assert steps == ["https://" + dlc, "#build build training cu101", "https://" + REGISTRY]
+    assert "#stdin 763104351884-auth-token" in fake_docker()
+    assert fake_docker("images.log") == [["build", "training", "cu101"]]
+
+
+def test_dry_run_runs_no_docker_and_prints_the_request(fake_docker, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    rc, out, err = cli(capsys, "push", "serving", "--region", REGION, "--dry-run")
+    assert rc == 0, err
+    assert json_docs(out) == [{"repositoryName": "shelfdet-serving", "imageScanningConfiguration": {"scanOnPush": True},
+                               "tags": [{"Key": "project", "Value": "shelfdet"}]}]
+    assert fake_docker() == [] and fake_docker("images.log") == []
+    assert "<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-serving:" + TAG in err
+
+
+def test_push_failure_is_one_line(fake_docker, monkeypatch, capsys, tmp_path):
+    (tmp_path / "images").write_text("shelfdet-training:{}\n".format(TAG))
+    monkeypatch.setenv("FAKE_PUSH_FAIL", "1")
+    rc, _, err = cli(capsys, "push", "training", "--region", REGION)
+    assert rc != 0 and "docker push failed" in one_error_line(err)
+    monkeypatch.setenv("DOCKER", str(tmp_path / "no-docker-here"))
+    rc, _, err = cli(capsys, "push", "training", "--region", REGION)
+    assert rc != 0 and "docker not found" in one_error_line(err)
