@@ -1,0 +1,213 @@
+"""Start-up, readiness and shutdown of the hosting app, over real HTTP."""
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from _serving_support import ROOT, ServerProcess, encode, make_tiny_model, shelf_image
+from conftest import free_port, wait_for_port
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.getbasetemp())
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(model_dir, tmp_path):
+    """SIGTERM while one request is still uploading and another is computing a batch.
+
+    Both complete with 200, new connections are refused meanwhile, and the
+    process exits 0 (uvicorn alone would re-raise SIGTERM and die with 143).
+    """
+    srv = ServerProcess(model_dir, tmp_path / "server.log", env={"OMP_NUM_THREADS": "1"})
+    try:
+        srv.wait_ready()
+        batch = [base64.b64encode(encode(shelf_image(i, 160, 120))).decode() for i in range(24)]
+        batch_result = {}
+
+        def post_batch():
+            r = httpx.post(srv.url + "/invocations", json={"instances": batch}, timeout=120)
+            batch_result["response"], batch_result["done"] = r, time.time()
+
+        batch_thread = threading.Thread(target=post_batch)
+        batch_thread.start()
+        time.sleep(0.3)  # the batch is being computed
+        data = encode(shelf_image(5))
+        events = {}
+
+        def body():
+            yield data[:100]
+            time.sleep(0.2)  # headers and part of the body have arrived
+            srv.proc.send_signal(signal.SIGTERM)
+            events["sigterm"] = time.time()
+            deadline = time.time() + 10
+            while time.time() < deadline and not _refused(srv.port):
+                time.sleep(0.05)
+            events["refused_new_connections"] = _refused(srv.port)
+            yield data[100:]
+
+        r = httpx.post(srv.url + "/invocations", content=body(), headers={"Content-Type": "image/jpeg"}, timeout=60)
+        batch_thread.join(120)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["scores"]) > 0
+        assert events["refused_new_connections"], "server kept accepting connections after SIGTERM"
+        assert batch_result["response"].status_code == 200, batch_result["response"].text
+        assert len(batch_result["response"].json()) == 24
+        assert batch_result["done"] > events["sigterm"], "the batch finished before SIGTERM: nothing was in flight"
+        assert srv.proc.wait(30) == 0, srv.log()
+        assert "Shutting down" in srv.log(tail=None)
+    finally:
+        srv.stop()
+
+
+def test_not_a_model_folder_fails_fast_with_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "shared"))
+    out = subprocess.run([sys.executable, "-m", "shelfdet", "serve", "--model-dir", str(tmp_path), "--port",
+                          str(free_port())], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and "artefacts.json" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("env,needle", [({"SAGEMAKER_BIND_TO_PORT": "http"}, "not a TCP port"),
+                                        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "lots"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
+                                        ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "SAGEMAKER_BATCH_STRATEGY")])
+def test_bad_environment_fails_fast(model_dir, env, needle):
+    full = dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env)
+    args = [] if "SAGEMAKER_BIND_TO_PORT" in env else ["--port", str(free_port())]
+    out = subprocess.run([sys.executable, "-m", "shelfdet", "serve", "--model-dir", model_dir] + args,
+                         capture_output=True, text=True, timeout=60, env=full)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_port_and_model_dir_from_sagemaker_environment(model_dir, tmp_path):
+    port = free_port()
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": model_dir, "OMP_NUM_THREADS": "1"}
+    log = open(str(tmp_path / "log"), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "shelfdet", "serve"], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env))
+    try:
+        wait_for_port(port, timeout=120, proc=proc)
+        # 0.0.0.0 by default: SageMaker reaches the container from outside.
+        assert "0.0.0.0:{}".format(port) in _wait_log(tmp_path / "log", "Uvicorn running")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log.close()
+
+
+def _wait_log(path, needle, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = path.read_text(errors="replace")
+        if needle in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError("{!r} not in log:\n{}".format(needle, path.read_text(errors="replace")))
+
+
+class _InProcessServer:
+    """The app under uvicorn in a thread, with an injected model loader."""
+
+    def __init__(self, loader, on_load_error=None):
+        import uvicorn
+
+        from shelfdet.serving import limits
+        from shelfdet.serving.app import create_app
+
+        self.port = free_port()
+        self.url = "http://127.0.0.1:{}".format(self.port)
+        app = create_app("unused", settings=limits.settings_from_env({}), loader=loader, on_load_error=on_load_error)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+class _FakeDetector:
+    min_score = 0.1
+    max_detections = 10
+    device = "cpu"
+
+    def predict(self, images, score_thr=None, max_detections=None):
+        return [{"image_height": im.shape[0], "image_width": im.shape[1], "pred_boxes": [], "scores": [],
+                 "pred_classes": [], "pred_class_names": [], "class_names": ["SKU"]} for im in images]
+
+
+def test_ping_is_503_while_loading_and_fast_then_200():
+    release = threading.Event()
+
+    def slow_loader(model_dir, device):
+        release.wait(30)
+        return _FakeDetector()
+
+    with _InProcessServer(slow_loader) as srv:
+        t0 = time.time()
+        r = httpx.get(srv.url + "/ping")
+        assert r.status_code == 503 and r.json()["error"] == "model is loading"
+        assert time.time() - t0 < 1.0
+        r = httpx.post(srv.url + "/invocations", content=encode(shelf_image(1)), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 503
+        assert httpx.get(srv.url + "/execution-parameters").json() == {
+            "MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 6}
+        release.set()
+        deadline = time.time() + 10
+        while httpx.get(srv.url + "/ping").status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        r = httpx.post(srv.url + "/invocations", content=encode(shelf_image(1)), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200 and r.json()["image_width"] == 96
+
+
+def test_load_failure_is_reported_by_ping_and_stops_the_server():
+    reported = []
+
+    def broken_loader(model_dir, device):
+        raise RuntimeError("weights do not match the config")
+
+    with _InProcessServer(broken_loader, on_load_error=reported.append) as srv:
+        deadline = time.time() + 10
+        while not reported:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        r = httpx.get(srv.url + "/ping")
+        assert r.status_code == 503 and "weights do not match" in r.json()["error"]
+    assert "weights do not match" in reported[0]
+
+
+def test_settings_defaults_and_normalisation():
+    from shelfdet.serving import limits
+
+    s = limits.settings_from_env({})
+    assert s.execution_parameters() == {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
+                                        "MaxPayloadInMB": 6}
+    assert s.max_payload_bytes == 6 * 1024 * 1024
+    s = limits.settings_from_env({"SAGEMAKER_BATCH_STRATEGY": "MultiRecord", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "16",
+                                  "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4"})
+    assert s.execution_parameters() == {"MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD",
+                                        "MaxPayloadInMB": 16}
+    for bad in ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "inf"},
+                {"SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "0"}, {"SAGEMAKER_BATCH_STRATEGY": "x"}):
+        with pytest.raises(limits.LimitError):
+            limits.settings_from_env(bad)
