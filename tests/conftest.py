@@ -72,3 +72,37 @@ def aws_env(moto_server, monkeypatch):
 
     urllib.request.urlopen(urllib.request.Request(moto_server + "/moto-api/reset", method="POST")).read()
     return env
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic SKU-110K built by the real pipeline (make data), shared by the session."""
+    from shelfdet.data import build
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    rc = build.main(["--data-dir", str(out), "--train-images", "8", "--val-images", "3", "--test-images", "3",
+                     "--image-size", "160x128", "--workers", "2"])
+    assert rc == 0
+    return out
+
+
+# Hyperparameters for seconds-long real trainings on tiny images.
+TINY_HP = {"num-iter": "4", "batch-size": "2", "min-size": "128", "max-size": "160", "eval-period": "2",
+           "val-samples": "2", "log-period": "1", "checkpoint-period": "2", "num-workers": "0", "warmup-iters": "0"}
+
+
+def make_ml_root(root: Path, data_dir: Path, algo: str = "faster_rcnn", **overrides: str) -> Path:
+    """A SageMaker-shaped /opt/ml folder over a built dataset, as `make train` lays it out."""
+    from shelfdet import hyperparameters, local
+
+    raw = dict(TINY_HP, **{k.replace("_", "-"): v for k, v in overrides.items()})
+    raw["model-type"] = algo
+    hp = hyperparameters.parse(raw, profile="local")
+    local.lay_out(str(root), str(data_dir), hyperparameters.as_strings(hp))
+    return root
+
+
+def run_train(root: Path, env: "dict | None" = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "shelfdet", "sm-train", "--ml-root", str(root)]
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)

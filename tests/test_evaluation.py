@@ -32,9 +32,10 @@ def _scene(rng, n_images=6, n_boxes=40, noise=3.0, misses=0.2):
     return gt, preds
 
 
-def test_summary_matches_pycocotools_at_standard_maxdets():
+@pytest.mark.parametrize("fast", [False, True], ids=["pycocotools", "faster-coco-eval"])
+def test_summary_matches_pycocotools_at_standard_maxdets(fast):
     gt, preds = _scene(np.random.default_rng(0))
-    ours = evaluation.score(gt, preds, ["SKU"], max_dets=100)
+    ours = evaluation.score(gt, preds, ["SKU"], max_dets=100, fast=fast)
     # Reference: pycocotools' own summarize() with its standard [1, 10, 100].
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -57,6 +58,14 @@ def test_summary_matches_pycocotools_at_standard_maxdets():
     for key in evaluation.STAT_NAMES:
         assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
     assert 0.2 < ours["AP"] < 0.95
+
+
+def test_fast_and_reference_agree_at_300():
+    gt, preds = _scene(np.random.default_rng(3), n_images=4, n_boxes=150, misses=0.1)
+    a = evaluation.score(gt, preds, ["SKU"], max_dets=300, fast=True)
+    b = evaluation.score(gt, preds, ["SKU"], max_dets=300, fast=False)
+    for key in evaluation.STAT_NAMES:
+        assert a[key] == pytest.approx(b[key], abs=1e-9), key
 
 
 def test_max_dets_300_counts_beyond_100():

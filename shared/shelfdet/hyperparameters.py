@@ -94,7 +94,7 @@ TABLE: Tuple[Param, ...] = (
     Param("max-size", int, 1333, 320, "Cap on the longer image side.", low=32, high=8192),
     Param("augment", str, "flip-scale", "flip", "Training augmentation.", ("none", "flip", "flip-scale")),
     Param("amp", _bool, True, False, "Mixed precision (GPU only; ignored on CPU)."),
-    Param("evaluation-type", str, "coco", SAME, "Final evaluation: coco (pycocotools), fast (Detectron2's compiled COCOeval where built), none.",
+    Param("evaluation-type", str, "fast", SAME, "Final evaluation: fast (faster-coco-eval, C++), coco (pycocotools; same numbers, slower), none.",
           ("coco", "fast", "none")),
     Param("eval-period", int, 500, 100, "Iterations between validation-loss passes (0: only at the end).", low=0),
     Param("val-samples", int, 64, 16, "Fixed validation images used for the validation loss.", low=1),
@@ -190,6 +190,11 @@ def to_strings(values: Mapping[str, Any]) -> Dict[str, str]:
         else:
             out[key] = str(value)
     return out
+
+
+def as_strings(hp: argparse.Namespace) -> Dict[str, str]:
+    """A parsed namespace back to the hyperparameters.json form."""
+    return to_strings({k.replace("_", "-"): v for k, v in vars(hp).items()})
 
 
 def parse_cli(argv: Sequence[str]) -> Dict[str, str]:

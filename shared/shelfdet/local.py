@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except hyperparameters.HyperparameterError as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
-    resolved = hyperparameters.to_strings({k.replace("_", "-"): v for k, v in vars(hp).items()})
+    resolved = hyperparameters.as_strings(hp)
 
     ensure_data(args.data_dir)
     if args.run_dir:

@@ -136,7 +136,7 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         json.dump(metrics, f, indent=2)
     report.loss_curve(os.path.join(env.checkpoint_dir, "metrics.json"), history,
                       os.path.join(env.model_dir, "plots", "loss_curve.png"))
-    resolved = hyperparameters.to_strings({k.replace("_", "-"): v for k, v in vars(hp).items()})
+    resolved = hyperparameters.as_strings(hp)
     with open(os.path.join(env.model_dir, "hyperparameters.json"), "w") as f:
         json.dump(resolved, f, indent=2)
     artefacts.write_manifest(env.model_dir, reg["classes"], hp.model_type, resolved,

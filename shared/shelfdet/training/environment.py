@@ -73,6 +73,11 @@ def load(root: Optional[str] = None) -> Environment:
     resources = _read_json(os.path.join(config, "resourceconfig.json"), {})
     hosts = resources.get("hosts") or json.loads(os.environ.get("SM_HOSTS", "[]")) or ["algo-1"]
     current = resources.get("current_host") or os.environ.get("SM_CURRENT_HOST") or hosts[0]
+    iface = resources.get("network_interface_name")
+    if iface:
+        # SageMaker names the interface hosts talk over; gloo and NCCL must use it too.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", iface)
     if current not in hosts:
         raise ContractError("current_host {!r} is not in hosts {}".format(current, hosts))
     gpus = os.environ.get("SM_NUM_GPUS")

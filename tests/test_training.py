@@ -1,0 +1,158 @@
+"""The SageMaker training program, run for real on tiny generated data."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, make_ml_root, run_train
+from shelfdet import artefacts
+from shelfdet.metrics import METRIC_DEFINITIONS
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    root = make_ml_root(tmp_path_factory.mktemp("job"), tiny_dataset, val_ap="true")
+    proc = run_train(root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc.stdout + proc.stderr
+
+
+def test_model_folder_is_self_describing(trained):
+    root, _ = trained
+    model = root / "model"
+    art = artefacts.read(str(model))
+    assert art.class_names == ["SKU"]
+    assert art.model_type == "faster_rcnn"
+    manifest = json.loads((model / "artefacts.json").read_text())
+    for name in manifest["files"].values():
+        assert (model / name).is_file(), name
+    metrics = json.loads((model / "metrics.json").read_text())
+    for key in ("AP", "AP50", "AP75", "AR"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+    assert metrics["max_dets"] == 300 and metrics["eval_channel"] == "test" and metrics["iterations"] == 4
+    assert (model / "plots" / "loss_curve.png").stat().st_size > 1000
+    assert list((model / "plots").glob("*_pred.png")), "no prediction PNGs"
+    cfg = (model / "config.yaml").read_text()
+    assert "DETECTIONS_PER_IMAGE: 300" in cfg
+    assert not (root / "output" / "failure").exists()
+
+
+def test_every_metric_regex_matches_the_real_log(trained):
+    _, log = trained
+    for d in METRIC_DEFINITIONS:
+        values = re.findall(d["Regex"], log)
+        assert values, "{} ({}) matches nothing in the training log".format(d["Name"], d["Regex"])
+        for v in values:
+            float(v)
+    # The training regexes must not pick up the validation lines.
+    train_cls = re.findall(next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == "training:loss_cls"), log)
+    val_cls = re.findall(next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == "validation:loss_cls"), log)
+    assert set(train_cls).isdisjoint(val_cls) or len(train_cls) != len(val_cls)
+    assert "eta:" in log  # progress with ETA
+
+
+def test_lr_decays_inside_the_run(trained):
+    root, _ = trained
+    rows = [json.loads(line) for line in (root / "checkpoints" / "metrics.json").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs[0] > lrs[-1], "the learning rate never decayed"
+
+
+def test_interrupted_job_resumes_to_the_same_final_iteration(tiny_dataset, tmp_path):
+    root = make_ml_root(tmp_path / "job", tiny_dataset, num_iter="8", checkpoint_period="2", eval_period="0",
+                        evaluation_type="none")
+    cmd = [sys.executable, "-m", "shelfdet", "sm-train", "--ml-root", str(root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    ckpt = root / "checkpoints" / "model_0000003.pth"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint written"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)  # a spot interruption gives no chance to clean up
+    proc.wait()
+    assert not (root / "model" / "artefacts.json").exists()
+    second = run_train(root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    m = re.search(r"resuming from iteration (\d+) of 8", log)
+    assert m and int(m.group(1)) >= 4, log[-2000:]
+    import torch
+
+    final = torch.load(str(root / "checkpoints" / "model_final.pth"), map_location="cpu", weights_only=False)
+    assert final["iteration"] == 7
+    assert json.loads((root / "model" / "metrics.json").read_text())["iterations"] == 8
+
+
+def test_two_nodes_on_cpu_train_together_and_only_rank0_writes(tiny_dataset, tmp_path):
+    port = str(free_port())
+    hosts = ["127.0.0.1", "localhost"]
+    roots = []
+    for i, host in enumerate(hosts):
+        root = make_ml_root(tmp_path / "host{}".format(i), tiny_dataset, dist_port=port, evaluation_type="none")
+        (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+            {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
+        roots.append(root)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "shelfdet", "sm-train", "--ml-root", str(r)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for r in roots]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[1][-2000:] + logs[0][-2000:]
+    assert "world size 2, rank 0" in logs[0] and "world size 2, rank 1" in logs[1]
+    assert (roots[0] / "model" / "artefacts.json").is_file()
+    assert not any((roots[1] / "model").iterdir()), "rank 1 wrote model artefacts"
+    assert not any((roots[1] / "checkpoints").iterdir()), "rank 1 wrote checkpoints"
+    assert "total_val_loss" in logs[0] and "total_val_loss" not in logs[1]
+
+
+BAD_HP = {"unknown backbone": ("backbone", "R_42_FPN"), "non-numeric lr": ("lr", "fast"), "num-iter 0": ("num-iter", "0")}
+
+
+def _broken(tmp_path, tiny_dataset, what):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data, symlinks=False)
+    root = make_ml_root(tmp_path / "job", data)
+    if what in BAD_HP:
+        # Written raw, the way SageMaker passes hyperparameters.json.
+        hp_file = root / "input" / "config" / "hyperparameters.json"
+        hps = json.loads(hp_file.read_text())
+        key, value = BAD_HP[what]
+        hps[key] = value
+        hp_file.write_text(json.dumps(hps))
+    elif what == "missing channel":
+        os.unlink(root / "input" / "data" / "validation")
+    elif what == "empty manifest":
+        (data / "annotations" / "training.manifest").write_text("")
+    elif what == "missing image":
+        first = json.loads((data / "annotations" / "validation.manifest").read_text().splitlines()[0])
+        os.unlink(data / "validation" / os.path.basename(first["source-ref"]))
+    return root
+
+
+@pytest.mark.parametrize("what,expected", [
+    ("missing channel", "missing channel 'validation'"),
+    ("empty manifest", "manifest is empty"),
+    ("unknown backbone", "'backbone': 'R_42_FPN' is not one of"),
+    ("non-numeric lr", "'lr': 'fast' is not a number"),
+    ("num-iter 0", "'num-iter': 0 is below its minimum 1"),
+    ("missing image", "not found in"),
+])
+def test_bad_input_fails_in_one_clear_line(tmp_path, tiny_dataset, what, expected):
+    root = _broken(tmp_path, tiny_dataset, what)
+    proc = run_train(root)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    failure = (root / "output" / "failure").read_text()
+    assert expected in failure
