@@ -28,6 +28,7 @@ from . import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of,
 JOB_NAME = "shelfdet-sku110k"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FORMAT = "shelfdet-data-report/1"
+IMAGE_REASONS = ("", "image_corrupted", "image_missing", "unknown_split")
 
 
 def find_csvs(root: str) -> List[str]:
@@ -57,9 +58,9 @@ class _Manifest:
 
     BOX = '{"class_id": 0, "left": %s, "top": %s, "width": %s, "height": %s}, '
 
-    def __init__(self, label: str, integral: bool):
+    def __init__(self, label: str):
         created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
-        self.box = self.BOX.replace("%s", "%d") if integral else self.BOX.replace("%s", "%r")
+        self.box = self.BOX
         self.label = json.dumps(label)
         self.meta_key = json.dumps(label + "-metadata")
         self.meta_head = '{"job-name": %s, "class-map": %s, "human-annotated": "yes", "objects": [' % (
@@ -73,6 +74,18 @@ class _Manifest:
         return ('{"source-ref": %s, %s: {"annotations": [%s], "image_size": [{"width": %d, "height": %d, '
                 '"depth": 3}]}, %s: %s%s%s}\n') % (json.dumps(src), self.label, anns, width, height,
                                                    self.meta_key, self.meta_head, objects, self.meta_tail)
+
+
+def _numbers(coords: np.ndarray) -> List[str]:
+    """Coordinates as JSON number strings: ints when all are whole (SKU-110K's are), else floats.
+
+    Whole pixel values go through a lookup table of their strings: about twice
+    as fast as ``%d`` on 7M numbers.
+    """
+    if len(coords) and np.all(coords == np.round(coords)) and 0 <= coords.min() and coords.max() < 1e6:
+        table = np.array([str(i) for i in range(int(coords.max()) + 1)], dtype=object)
+        return table[coords.astype(np.int64).ravel()].tolist()
+    return [repr(v) for v in coords.ravel().tolist()]
 
 
 def _link(src: str, dst: str) -> None:
@@ -112,7 +125,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     width = np.zeros(n_img, np.float64)
     height = np.zeros(n_img, np.float64)
     # Why an image's rows cannot be used ("" when they can).
-    reason = np.array([""] * n_img, dtype=object)
+    reason = np.zeros(n_img, np.int8)  # index into IMAGE_REASONS
     corrupted: List[Dict[str, Any]] = []
     if sizes_from_csv:
         first = np.unique(rows.image, return_index=True)[1]
@@ -126,21 +139,21 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
             present[i] = True
             c = checked[os.path.join(img_dir, f)]
             if c.error:
-                reason[i] = "image_corrupted"
+                reason[i] = IMAGE_REASONS.index("image_corrupted")
                 corrupted.append({"image": f, "channel": channel_of(f), "reason": c.error})
             width[i], height[i] = c.width, c.height
-        reason[~present] = "image_missing"
+        reason[~present] = IMAGE_REASONS.index("image_missing")
     channel = [channel_of(n) for n in names]
     for i, ch in enumerate(channel):
         if ch is None and not reason[i]:
-            reason[i] = "unknown_split"
+            reason[i] = IMAGE_REASONS.index("unknown_split")
     t_img = time.time()
 
     img = rows.image
     x1, y1, x2, y2, csv_w, csv_h = rows.values.T
     W, H = width[img], height[img]
     row_reason = reason[img]
-    image_ok = row_reason == ""
+    image_ok = row_reason == 0
     degenerate = image_ok & ((x2 <= x1) | (y2 <= y1))
     cx1, cy1 = np.clip(x1, 0, W), np.clip(y1, 0, H)
     cx2, cy2 = np.clip(x2, 0, W), np.clip(y2, 0, H)
@@ -152,22 +165,22 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     def where(i: int) -> Dict[str, Any]:
         return {"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": names[img[i]]}
 
-    def box_text(i: int) -> str:
-        return "box ({:g},{:g},{:g},{:g})".format(x1[i], y1[i], x2[i], y2[i])
-
-    for i in np.flatnonzero(degenerate):
-        problems.append(csvrows.problem(field="x2" if x2[i] <= x1[i] else "y2", kind="degenerate", action="dropped",
-                                        message=box_text(i) + " has no area", **_w(where(i))))
-    for i in np.flatnonzero(outside):
-        problems.append(csvrows.problem(field="box", kind="outside_image", action="dropped",
-                                        message="{} lies outside the {:g}x{:g} image".format(box_text(i), W[i], H[i]),
-                                        **_w(where(i))))
-    for i in np.flatnonzero(clipped):
-        problems.append(csvrows.problem(field="box", kind="clipped", action="clipped",
-                                        message="{} crosses the {:g}x{:g} image border: clipped to ({:g},{:g},{:g},{:g})".format(
-                                            box_text(i), W[i], H[i], cx1[i], cy1[i], cx2[i], cy2[i]), **_w(where(i))))
+    for kind, field, action, mask, text in (
+            ("degenerate", None, "dropped", degenerate, "box (%g,%g,%g,%g) has no area"),
+            ("outside_image", "box", "dropped", outside, "box (%g,%g,%g,%g) lies outside the %gx%g image"),
+            ("clipped", "box", "clipped", clipped,
+             "box (%g,%g,%g,%g) crosses the %gx%g image border: clipped to (%g,%g,%g,%g)")):
+        idx = np.flatnonzero(mask)
+        cols = [x1, y1, x2, y2, W, H, cx1, cy1, cx2, cy2][:text.count("%")]
+        # One C-level format for all rows: real data can have 100k+ clipped boxes.
+        values = np.column_stack([c[idx] for c in cols]).ravel().tolist()
+        messages = ((text + "\0") * len(idx) % tuple(values)).split("\0")
+        for j, i in enumerate(idx.tolist()):
+            f = field or ("x2" if x2[i] <= x1[i] else "y2")
+            problems.append({"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": names[img[i]],
+                             "field": f, "kind": kind, "action": action, "message": messages[j]})
     for kind in ("image_corrupted", "image_missing", "unknown_split"):
-        _per_image(problems, np.flatnonzero(row_reason == kind), img, kind, "dropped", where, names,
+        _per_image(problems, np.flatnonzero(row_reason == IMAGE_REASONS.index(kind)), img, kind, "dropped", where, names,
                    {"image_corrupted": "image does not decode: its boxes are dropped",
                     "image_missing": "no such file in {}: its boxes are dropped".format(img_dir),
                     "unknown_split": "name has no train_/val_/test_ prefix: its boxes are dropped"}[kind])
@@ -180,21 +193,21 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                 " (swapped: EXIF orientation?)" if swapped else "", "first row" if sizes_from_csv else "file"),
             rows=int(np.count_nonzero(mismatch & (img == img[i]))), **_w(where(i))))
 
+    t_val = time.time()
     # Group kept boxes by image, in CSV order.
     k = np.flatnonzero(kept)
     k = k[np.lexsort((rows.line[k], rows.file[k], img[k]))]
     coords = np.column_stack([cx1[k], cy1[k], cx2[k] - cx1[k], cy2[k] - cy1[k]])
-    integral = bool(np.all(coords == np.round(coords)))
-    flat = (coords.astype(np.int64) if integral else coords).ravel().tolist()
+    flat = _numbers(coords)
     counts = np.bincount(img[k], minlength=n_img)
     offsets = np.concatenate([[0], np.cumsum(counts)]) * 4
-    fmt = _Manifest(label, integral)
+    fmt = _Manifest(label)
 
     dropped_images: List[Dict[str, Any]] = []
     per_channel: Dict[str, List[int]] = {c: [] for c in CHANNELS}
     for i, name in enumerate(names):
         if reason[i]:
-            dropped_images.append({"image": name, "reason": reason[i]})
+            dropped_images.append({"image": name, "reason": IMAGE_REASONS[reason[i]]})
             continue
         if counts[i] == 0:
             dropped_images.append({"image": name, "reason": "no_boxes",
@@ -231,6 +244,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                 _link(os.path.join(img_dir, name), os.path.join(ch_dir, name))
         channels[ch] = {"images": len(ids), "boxes": int(counts[ids].sum())}
 
+    t_out = time.time()
     by_reason = Counter()
     for p in problems:
         if p["action"] == "dropped":
@@ -251,6 +265,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                    "corrupted": corrupted, "dropped": dropped_images},
         "problems": problems,
         "seconds": {"csv": round(t_csv - t0, 3), "images": round(t_img - t_csv, 3),
+                    "validate": round(t_val - t_img, 3), "manifests": round(t_out - t_val, 3),
                     "total": round(time.time() - t0, 3)},
     }
     report.update(extra or {})
@@ -258,10 +273,19 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
         raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
     path = os.path.join(data_dir, REPORT)
     with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
+        f.write(_dump(report))
     os.replace(path + ".tmp", path)
     summarize(report, log)
     return report
+
+
+def _dump(report: Dict[str, Any]) -> str:
+    """Readable, and fast with 100k problems: json.dump with indent uses the pure-Python encoder."""
+    head = dict(report, problems=[])
+    text = json.dumps(head, indent=1)
+    body = ",\n  ".join(map(json.dumps, report["problems"]))
+    marker = '"problems": []'
+    return text.replace(marker, '"problems": [\n  ' + body + "\n ]" if body else marker, 1) + "\n"
 
 
 def _w(d: Dict[str, Any]) -> Dict[str, Any]:
