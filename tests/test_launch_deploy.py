@@ -7,9 +7,9 @@ import subprocess
 import sys
 import urllib.request
 
-from shelfdet.launch import deploy, endpoint, training
-from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, ROOT, account, cli, client,  # noqa: F401
-                                 fast_sessions, image_uri, json_docs, no_network, one_error_line, sent, wire)
+from shelfdet.launch import endpoint, training
+from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client,  # noqa: F401
+                                 fast_sessions, image_uri, json_docs, no_network, one_error_line, wire)
 
 AWS = ["--region", REGION, "--bucket", BUCKET, "--prefix", PREFIX]
 

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from shelfdet.launch import images
-from test_launch_support import (ACCOUNT, GIT_REV, REGION, ROOT, cli, client, fast_sessions, json_docs,  # noqa: F401
+from test_launch_support import (ACCOUNT, GIT_REV, REGION, cli, client, fast_sessions, json_docs,  # noqa: F401
                                  make, one_error_line)
 
 RECORDER = r"""#!/usr/bin/env bash

@@ -140,3 +140,28 @@ def test_errors_are_one_clear_line(account, capsys, monkeypatch, case, expect):
     assert rc != 0
     assert expect in one_error_line(err), err
     assert client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == [] if case != "no-credentials" else True
+
+
+def test_make_train_on_sagemaker_waits_and_reports(account):
+    from test_launch_support import make
+
+    out = make("train", "ALGO=faster_rcnn", "INSTANCE_TYPE=ml.p3.2xlarge", "INSTANCE_COUNT=2", "SPOT=1", "WAIT=1",
+               "REGION=" + REGION, "BUCKET=" + BUCKET, "STACK=cpu", "HP=--lr 0.01 --num-iter 500")
+    assert out.returncode == 0, out.stderr
+    name = out.stdout.strip().splitlines()[0]
+    job = client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert name.startswith("detectron2-faster-rcnn-")
+    assert job["ResourceConfig"]["InstanceCount"] == 2 and job["EnableManagedSpotTraining"] is True
+    assert job["HyperParameters"]["lr"] == "0.01" and job["HyperParameters"]["model-type"] == "faster_rcnn"
+    assert "model artefact: " + job["ModelArtifacts"]["S3ModelArtifacts"] in out.stdout
+
+
+def test_make_train_dry_run_needs_no_aws(account, monkeypatch):
+    from test_launch_support import make
+
+    no_network(monkeypatch)
+    out = make("train", "INSTANCE_TYPE=ml.p3.2xlarge", "DRY_RUN=1", "REGION=" + REGION, "BUCKET=" + BUCKET)
+    assert out.returncode == 0, out.stderr
+    (request,) = json_docs(out.stdout)
+    assert request["RoleArn"] == "<SageMaker execution role, found by name at launch>"
+    assert request["AlgorithmSpecification"]["TrainingImage"].startswith("<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-training:")

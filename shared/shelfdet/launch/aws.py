@@ -18,6 +18,8 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_PREFIX = "detectron2/data"
+NO_CREDENTIALS = ("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                  "or run `aws configure` / `aws sso login`")
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):role/(?:.*/)?([\w+=,.@-]+)$")
 
 
@@ -132,8 +134,7 @@ class Aws:
         if self._session is None:
             self._session = make_session(self.region)
             if self._session.get_credentials() is None:
-                raise LaunchError("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-                                  "AWS_SECRET_ACCESS_KEY, or run `aws configure` / `aws sso login`")
+                raise LaunchError(NO_CREDENTIALS)
         if service not in self._clients:
             self._clients[service] = self._session.client(service)
         return self._clients[service]
@@ -280,8 +281,7 @@ def run(body: Callable[[List[str]], int], argv: Sequence[str]) -> int:
     except (LaunchError, HyperparameterError) as err:
         message = str(err)
     except (NoCredentialsError, PartialCredentialsError):
-        message = ("no AWS credentials found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                   "or run `aws configure` / `aws sso login`")
+        message = NO_CREDENTIALS
     except NoRegionError:
         message = "no region: pass REGION=<region>"
     except EndpointConnectionError as err:
