@@ -5,7 +5,7 @@
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
 #   bash tools/images.sh rootfs                  # the cpu stack's parent (debootstrap + docker import), cached
-# Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<git short rev>. The build context
+# Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<git short rev> (or $IMAGE_REV). The build context
 # is the repo root (see .dockerignore). Classic builder (BuildKit is not packaged here).
 set -euo pipefail
 set -f
@@ -22,7 +22,10 @@ IMAGES="base training serving test"
 # Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
 STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
 
-rev() { git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo nogit; }
+# IMAGE_REV overrides the revision (make test pins it once, so that a commit
+# landing mid-run cannot split base and training across two tags).
+REV=${IMAGE_REV:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo nogit)}
+rev() { echo "$REV"; }
 
 check_stack() { case " $STACKS " in *" $1 "*) ;; *) die "unknown stack '$1' (one of: $STACKS)";; esac; }
 check_image() { case " $IMAGES " in *" $1 "*) ;; *) die "unknown image '$1' (one of: $IMAGES)";; esac; }

@@ -26,6 +26,8 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
 fi
 
 t0=$SECONDS
+export IMAGE_REV
+IMAGE_REV=$(git rev-parse --short HEAD 2>/dev/null || echo nogit)
 for image in base training serving test; do
   if ! timeout "${SHELFDET_BUILD_TIMEOUT:-1500}" bash tools/images.sh build "$image" "$STACK" >/dev/null; then
     [ "$MODE" = image ] && { echo "error: building the $STACK $image image failed" >&2; exit 1; }

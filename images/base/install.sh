@@ -26,13 +26,16 @@ python)
   flags=()
   [ -z "${TORCH_PIP:-}" ] && flags=(--system-site-packages)
   "$PYTHON" -m venv "${flags[@]}" "$VENV"
-  "${PIP[@]}" install -q "$PIP_PIN"
+  # shellcheck disable=SC2086
+  "${PIP[@]}" install -q $PIP_PIN
   "$VENV/bin/python" -V
   ;;
 deps)
-  # Whatever the parent already provides (Debian's torch, numpy, Pillow...) is
-  # pinned as it is: pip must not replace the numpy that torch was built with.
-  "${PIP[@]}" freeze --all | grep -E '^[A-Za-z0-9_.-]+==' | grep -vE '^(pip|setuptools|wheel)==' >/tmp/constraints.txt || true
+  # The parent's torch stack (cpu: Debian's torch, torchvision, numpy, Pillow)
+  # is pinned as it is: pip must not replace the numpy that torch was built
+  # with. Other parent packages may be shadowed by newer ones in the venv.
+  "${PIP[@]}" freeze --all | grep -iE '^(torch|torchvision|numpy|pillow)==' >/tmp/constraints.txt || true
+  say "kept from the parent: $(tr '\n' ' ' </tmp/constraints.txt)"
   index=()
   case "${TORCH_INDEX:-}" in
     "") ;;
@@ -53,6 +56,7 @@ deps)
     echo "$DETECTRON2_SDIST_SHA256  $tarball" | sha256sum -c --quiet -
     tar -xzf "$tarball" -C "$dl"
     cp -r "$(find "$dl" -mindepth 2 -maxdepth 2 -type d -name detectron2)" "$SITE/detectron2"
+    chmod -R a+rX "$SITE/detectron2"  # the sdist's files are 0640: unreadable for the serving user
     rm -rf "$dl"
     ;;
   git:*)
