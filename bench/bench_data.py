@@ -63,15 +63,20 @@ def bench_convert(tmp: Path) -> dict:
     rows = write_csvs(root)
     t_gen = time.time() - t0
     out = tmp / "out"
-    t0 = time.time()
+    load = os.getloadavg()[0]
+    t0, c0 = time.time(), time.process_time()
     report = sku110k.convert(str(root), str(out), bucket="bench-bucket", sizes_from_csv=True, log=lambda s: None)
-    seconds = time.time() - t0
+    seconds, cpu = time.time() - t0, time.process_time() - c0
     size = sum(p.stat().st_size for p in (root / "annotations").iterdir())
     return {
         "csv_rows": rows, "csv_images": sum(SPLITS.values()), "csv_mb": round(size / 1e6, 1),
         "csv_generate_s": round(t_gen, 2),
         "convert_s": round(seconds, 2), "convert_rows_per_s": int(rows / seconds),
         "convert_parse_s": report["seconds"]["csv"],
+        "convert_manifests_s": report["seconds"]["manifests"],
+        # CPU seconds of all threads: comparable across runs when other jobs share the cores.
+        "convert_cpu_s": round(cpu, 2),
+        "load_avg_before_convert": round(load, 2),
         "boxes_kept": report["boxes"]["kept"], "boxes_clipped": report["boxes"]["clipped"],
         "boxes_dropped": report["boxes"]["dropped"],
         "manifest_mb": round(sum(p.stat().st_size for p in (out / "annotations").iterdir()) / 1e6, 1),
@@ -118,8 +123,10 @@ def main() -> int:
     result = {
         "name": "data",
         "metrics": metrics,
-        "target": "full-size CSV -> manifests (1.73M rows, 11,762 images) under {:.0f} s on 2 cores: {}".format(
-            TARGET_S, "met" if metrics["convert_s"] < TARGET_S else "MISSED"),
+        "target": "full-size CSV -> manifests (1.73M rows, 11,762 images) under {:.0f} s on 2 cores: wall {}, "
+                  "CPU time {} (load average {} before the run)".format(
+                      TARGET_S, "met" if metrics["convert_s"] < TARGET_S else "missed",
+                      "met" if metrics["convert_cpu_s"] < TARGET_S else "missed", metrics["load_avg_before_convert"]),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "load_avg_1m": round(os.getloadavg()[0], 2)},
     }
