@@ -86,25 +86,6 @@ def predict_endpoint(endpoint: str, region: Optional[str], data: bytes, content_
     return result
 
 
-def draw(image_bgr: Any, prediction: Dict[str, Any]) -> Any:
-    """RGB array with the predicted boxes drawn (Detectron2's Visualizer)."""
-    from .. import compat
-
-    compat.apply()
-    import numpy as np
-    from detectron2.utils.visualizer import Visualizer
-
-    names = prediction.get("class_names") or []
-    labels = None
-    if len(prediction["scores"]) <= 50:  # dense scenes: labels on hundreds of boxes are unreadable
-        labels = ["{} {:.0%}".format(names[c] if c < len(names) else c, s)
-                  for c, s in zip(prediction["pred_classes"], prediction["scores"])]
-    vis = Visualizer(image_bgr[:, :, ::-1])
-    boxes = np.asarray(prediction["pred_boxes"], dtype=np.float32).reshape(-1, 4)
-    out = vis.overlay_instances(boxes=boxes, labels=labels)
-    return out.get_image()
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -133,14 +114,14 @@ def run(args: argparse.Namespace) -> List[str]:
     else:
         pred = predict_local(args.model_dir, image, args.score_threshold, args.max_detections, args.device)
 
-    from PIL import Image
+    from ..visualize import draw
 
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, os.path.basename(args.image))
     json_path, png_path = base + ".json", base + ".png"
     with open(json_path, "w") as f:
         json.dump(pred, f)
-    Image.fromarray(draw(image, pred)).save(png_path)
+    draw(image, pred["pred_boxes"], png_path, scores=pred["scores"])
     source = "endpoint " + args.endpoint if args.endpoint else args.model_dir
     print("{}: {} boxes ({})".format(args.image, len(pred["scores"]), source))
     return [json_path, png_path]

@@ -1,0 +1,100 @@
+"""``make predict`` (python -m shelfdet predict): a local model folder or a SageMaker endpoint (moto)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _serving_support import ROOT, encode, make_tiny_model, shelf_image
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "shelf.jpg"
+    path.write_bytes(encode(shelf_image(9, 160, 120)))
+    return path
+
+
+@pytest.fixture
+def ascii_image(tmp_path):
+    """A plain (P3) PPM: moto's server cannot hash a non-UTF-8 request body (HTTP 500)."""
+    rgb = shelf_image(9, 40, 30)
+    path = tmp_path / "shelf.ppm"
+    path.write_text("P3\n40 30\n255\n" + "\n".join(" ".join(str(v) for v in row.ravel()) for row in rgb) + "\n")
+    return path
+
+
+def predict(*args, env=None):
+    full = dict(os.environ, PYTHONPATH=str(ROOT / "shared"), OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "shelfdet", "predict"] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=300, env=full)
+
+
+def test_local_model_writes_json_and_png(model_dir, image, tmp_path):
+    from shelfdet import imageio
+    from shelfdet.inference import Detector
+
+    out = tmp_path / "preds"
+    proc = predict("--image", image, "--model-dir", model_dir, "--out", out, "--max-detections", "20")
+    assert proc.returncode == 0, proc.stderr
+    json_path, png_path = out / "shelf.jpg.json", out / "shelf.jpg.png"
+    assert str(json_path) in proc.stdout and str(png_path) in proc.stdout
+    pred = json.loads(json_path.read_text())
+    assert "20 boxes" in proc.stdout and len(pred["scores"]) == 20
+    expected = Detector.from_model_dir(model_dir, "cpu").predict([imageio.read(str(image))], max_detections=20)[0]
+    np.testing.assert_allclose(pred["pred_boxes"], expected["pred_boxes"], atol=1e-3)
+    assert pred["image_width"] == 160 and pred["image_height"] == 120
+    with Image.open(str(png_path)) as png:
+        assert png.format == "PNG" and png.size[0] / png.size[1] == pytest.approx(160 / 120, rel=0.02)
+
+
+@pytest.mark.parametrize("case,needle", [("missing image", "image not found"), ("no model", "no model"),
+                                         ("not a model", "artefacts.json"), ("corrupt image", "not a decodable image"),
+                                         ("threshold", "score_threshold")])
+def test_errors_are_one_line(model_dir, image, tmp_path, case, needle):
+    args = {"missing image": ["--image", tmp_path / "nope.jpg", "--model-dir", model_dir],
+            "no model": ["--image", image],
+            "not a model": ["--image", image, "--model-dir", tmp_path],
+            "corrupt image": ["--image", tmp_path / "bad.jpg", "--model-dir", model_dir],
+            "threshold": ["--image", image, "--model-dir", model_dir, "--score-threshold", "7"]}[case]
+    (tmp_path / "bad.jpg").write_bytes(image.read_bytes()[:400])
+    proc = predict(*args, "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_endpoint_mode_uses_invoke_endpoint(aws_env, moto_server, ascii_image, tmp_path):
+    served = {"image_height": 30, "image_width": 40, "pred_boxes": [[10.0, 10.0, 50.0, 60.0], [60, 20, 90, 100]],
+              "scores": [0.9, 0.4], "pred_classes": [0, 0], "pred_class_names": ["SKU", "SKU"],
+              "class_names": ["SKU"]}
+    queue = {"region": "us-east-2", "results": [{"Body": json.dumps(served), "ContentType": "application/json"}]}
+    req = urllib.request.Request(moto_server + "/moto-api/static/sagemaker/endpoint-results",
+                                 data=json.dumps(queue).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+    out = tmp_path / "preds"
+    proc = predict("--image", ascii_image, "--endpoint", "shelfdet-ep", "--region", "us-east-2", "--out", out,
+                   "--score-threshold", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 boxes (endpoint shelfdet-ep)" in proc.stdout
+    assert json.loads((out / "shelf.ppm.json").read_text()) == served
+    assert (out / "shelf.ppm.png").stat().st_size > 1000
+
+
+def test_endpoint_answer_that_is_not_a_prediction_is_a_clear_error(aws_env, ascii_image, tmp_path):
+    # moto's default answer is a fixed string, as a misconfigured endpoint might send.
+    proc = predict("--image", ascii_image, "--endpoint", "other-ep", "--region", "us-east-2", "--out", tmp_path / "o")
+    assert proc.returncode == 2, proc.stderr
+    assert "not JSON" in proc.stderr or "without pred_boxes" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
