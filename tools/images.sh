@@ -56,9 +56,15 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
   esac
 }
 
-rootfs() {  # the cpu stack's parent image, made once (skipped when it exists)
+rootfs() {  # the cpu stack's parent image, made once (skipped when it exists with the same recipe)
+  local key
+  key=$(echo "$CPU_ROOTFS_SUITE $CPU_ROOTFS_PACKAGES" | sha256sum | cut -c1-16)
   if docker image inspect "$CPU_ROOTFS_IMAGE" >/dev/null 2>&1; then
-    say "parent $CPU_ROOTFS_IMAGE exists (cached)"; return 0
+    if docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$CPU_ROOTFS_IMAGE" \
+        | grep -qx "SHELFDET_ROOTFS=$key"; then
+      say "parent $CPU_ROOTFS_IMAGE exists (cached)"; return 0
+    fi
+    say "parent $CPU_ROOTFS_IMAGE was made from another package list: making it again"
   fi
   command -v debootstrap >/dev/null 2>&1 || {
     say "installing debootstrap (apt)"
@@ -85,7 +91,7 @@ rootfs() {  # the cpu stack's parent image, made once (skipped when it exists)
   say "debootstrap done in $((SECONDS - t0)) s ($(du -sh "$dir/root" | cut -f1)); docker import"
   t0=$SECONDS
   tar -C "$dir/root" -c . | docker import \
-      -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' \
+      -c 'ENV LANG=C.UTF-8' -c "ENV SHELFDET_ROOTFS=$key" -c 'CMD ["/bin/bash"]' \
       -m "debootstrap --variant=minbase $CPU_ROOTFS_SUITE + $CPU_ROOTFS_PACKAGES" - "$CPU_ROOTFS_IMAGE" >/dev/null
   say "imported $CPU_ROOTFS_IMAGE in $((SECONDS - t0)) s"
   rm -f "$log"

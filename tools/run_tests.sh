@@ -43,8 +43,13 @@ say "cpu images built in $((SECONDS - t0)) s"
 
 t0=$SECONDS
 say "running the suite inside $TEST_IMAGE (= $SHELFDET_TRAINING_IMAGE + test tools; repo mounted at /src)"
-docker run --rm --init -v "$PWD":/src -w /src -e CI -e PYTHONDONTWRITEBYTECODE=1 "$TEST_IMAGE" \
-  python -m pytest -p no:cacheprovider tests --ignore-glob='tests/test_container_*' "$@"
+# VENV: Make targets that tests call use the image's venv (its stamp is touched
+# so that Make never tries to set it up); SHELFDET_VERSIONS_ENV: the launcher
+# code is installed as a wheel there, away from the repo's versions.env.
+docker run --rm --init -v "$PWD":/src -w /src -e CI -e PYTHONDONTWRITEBYTECODE=1 \
+  -e VENV=/opt/venv -e SHELFDET_VERSIONS_ENV=/src/versions.env "$TEST_IMAGE" \
+  bash -c 'touch /opt/venv/.stamp && exec python -m pytest -p no:cacheprovider tests --ignore-glob="tests/test_container_*" "$@"' \
+  pytest "$@"
 rc_suite=$?
 say "suite in $TEST_IMAGE: exit $rc_suite after $((SECONDS - t0)) s"
 
