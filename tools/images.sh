@@ -5,6 +5,7 @@
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
 #   bash tools/images.sh rootfs                  # the cpu stack's parent (debootstrap + docker import), cached
+#   bash tools/images.sh prebuild <stack>        # base, training, serving (+ test for cpu), in order
 # Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<git short rev> (or $IMAGE_REV). The build context
 # is the repo root (see .dockerignore). Classic builder (BuildKit is not packaged here).
 set -euo pipefail
@@ -106,10 +107,19 @@ host_ca() {  # the host's CA bundle for pip in the builder stages (never in a fi
   fi
 }
 
+lock() {  # lock <name>: one build of a kind at a time (CI prebuilds in the background)
+  exec {LOCK_FD}>"${TMPDIR:-/tmp}/shelfdet-images-$1.lock"
+  if ! flock -n "$LOCK_FD"; then
+    say "waiting for another build of $1 (e.g. .ci/run's prebuild) to finish"
+    flock "$LOCK_FD"
+  fi
+}
+
 build() {  # build <image> <stack>
   local image=$1 stack=$2 tag t0=$SECONDS
+  lock "$image-$stack"
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
-  [ "$image" = base ] && [ "$stack" = cpu ] && rootfs
+  if [ "$image" = base ] && [ "$stack" = cpu ]; then ( lock rootfs; rootfs ) || return 1; fi
   host_ca
   tag=$(name "$image" "$stack")
   local -a args=()
@@ -131,6 +141,8 @@ case "${1:-}" in
         for i in base training serving; do name "$i" "$2"; done ;;
   name) check_image "$2"; check_stack "$3"; name "$2" "$3" ;;
   buildargs) check_image "$2"; check_stack "$3"; buildargs "$2" "$3" ;;
-  rootfs) rootfs ;;
-  *) die "usage: $0 build|tags|name|buildargs|rootfs ..." ;;
+  rootfs) lock rootfs; rootfs ;;
+  prebuild) check_stack "$2"
+        for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
+  *) die "usage: $0 build|tags|name|buildargs|rootfs|prebuild ..." ;;
 esac
