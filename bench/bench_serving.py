@@ -1,0 +1,257 @@
+"""Serving throughput and latency: the real server over HTTP vs calling the model directly.
+
+A Faster R-CNN R50-FPN (random weights, biased to answer ~300 boxes per image
+as on SKU-110K shelves, so the JSON is full size) at a 256 px test size, on
+640x480 JPEGs, CPU. The same bytes go
+
+* direct: ``imageio.decode`` + ``Detector.predict`` in this process (the
+  least any caller must do), and
+* served: ``POST /invocations`` (application/x-image) to
+  ``python -m shelfdet serve``.
+
+at concurrency 1 (the two alternating request by request, so both see the
+same load) and 4 (threads, blocks alternated), best round of each kept (the
+machine is shared). Both sides use one intra-op thread: on 2 shared
+cores more threads only add contention noise. Target: server overhead
+<= 10% at batch 1 (p50 latency, concurrency 1).
+Writes bench/results/serving.json. ``--model-dir`` benches a trained model instead.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "shared"))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from shelfdet import artefacts, imageio, inference  # noqa: E402  (inference applies compat first)
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+TEST_SIZE = 256
+
+
+def build_model(model_dir: str) -> str:
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model as build
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.1
+    # Looser than the 0.2 of training so the anchor-shaped boxes give a dense answer (~300 boxes);
+    # 300 proposals keep one CPU forward pass under a second.
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.7
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 300
+    cfg.TEST.DETECTIONS_PER_IMAGE = 300
+    cfg.INPUT.MIN_SIZE_TEST = TEST_SIZE
+    cfg.INPUT.MAX_SIZE_TEST = TEST_SIZE * 2
+    torch.manual_seed(0)
+    model = build(cfg)
+    with torch.no_grad():
+        # Random deep features overflow the box deltas; with zero heads the proposals are the
+        # anchors, every one scores 0.88, and NMS plus the 300 cap decide the count, as on a dense shelf.
+        rpn = model.proposal_generator.rpn_head
+        for layer in (rpn.objectness_logits, rpn.anchor_deltas, model.roi_heads.box_predictor.bbox_pred,
+                      model.roi_heads.box_predictor.cls_score):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([2.0, 0.0]))
+    os.makedirs(model_dir, exist_ok=True)
+    torch.save({"model": model.state_dict()}, os.path.join(model_dir, artefacts.WEIGHTS))
+    with open(os.path.join(model_dir, artefacts.CONFIG), "w") as f:
+        f.write(cfg.dump())
+    artefacts.write_manifest(model_dir, ["SKU"], "faster_rcnn")
+    return model_dir
+
+
+def make_images(n: int = 8):
+    from PIL import Image
+
+    out = []
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        img = np.full((480, 640, 3), 190, np.uint8)
+        for _ in range(60):
+            x, y = int(rng.integers(0, 600)), int(rng.integers(0, 420))
+            img[y:y + int(rng.integers(20, 60)), x:x + int(rng.integers(15, 40))] = rng.integers(0, 255, 3)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def measure(call, images, n: int, concurrency: int) -> dict:
+    """images/s and latency percentiles of ``n`` calls from ``concurrency`` threads."""
+    lat = []
+    lock = threading.Lock()
+
+    def one(i):
+        t = time.perf_counter()
+        call(images[i % len(images)])
+        dt = time.perf_counter() - t
+        with lock:
+            lat.append(dt)
+
+    start = time.perf_counter()
+    if concurrency == 1:
+        for i in range(n):
+            one(i)
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(n)))
+    wall = time.perf_counter() - start
+    ms = np.asarray(lat) * 1000.0
+    return {"images_per_s": n / wall, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def measure_paired(calls, images, n: int) -> dict:
+    """Concurrency 1, the callables alternating request by request: both see the same machine load."""
+    lat = {name: [] for name in calls}
+    wall = {name: 0.0 for name in calls}
+    for i in range(n):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call(images[i % len(images)])
+            dt = time.perf_counter() - t
+            lat[name].append(dt)
+            wall[name] += dt
+    out = {}
+    for name in calls:
+        ms = np.asarray(lat[name]) * 1000.0
+        out[name] = {"images_per_s": n / wall[name], "p50_ms": float(np.percentile(ms, 50)),
+                     "p99_ms": float(np.percentile(ms, 99))}
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: str, log_path: str):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "shared"))
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "shelfdet", "serve", "--model-dir", model_dir, "--port", str(port),
+                             "--host", "127.0.0.1", "--no-access-log"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = "http://127.0.0.1:{}".format(port)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("server exited with {}; log in {}".format(proc.returncode, log_path))
+        try:
+            if httpx.get(url + "/ping", timeout=2).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server not ready after 300 s; log in {}".format(log_path))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", help="a trained model folder (default: build the bench model)")
+    ap.add_argument("--n1", type=int, default=12, help="requests per round at concurrency 1")
+    ap.add_argument("--n4", type=int, default=12, help="requests per round at concurrency 4")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir or build_model(os.path.join(tmp, "model"))
+        images = make_images()
+        detector = inference.Detector.from_model_dir(model_dir, "cpu")
+
+        def direct(data):
+            return detector.predict([imageio.decode(data)])[0]
+
+        proc, url, log = start_server(model_dir, os.path.join(tmp, "server.log"))
+        local = threading.local()
+
+        def served(data):
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(base_url=url, timeout=120)
+            r = local.client.post("/invocations", content=data, headers={"Content-Type": "application/x-image"})
+            r.raise_for_status()
+            return r.content
+
+        try:
+            boxes = len(direct(images[0])["scores"])
+            body = served(images[0])
+            for data in images[:3]:  # warm both paths
+                direct(data)
+                served(data)
+            best = {}
+
+            def keep(key, m):
+                if key not in best or m["p50_ms"] < best[key]["p50_ms"]:
+                    best[key] = m
+
+            for _ in range(args.rounds):
+                for name, m in measure_paired({"direct": direct, "server": served}, images, args.n1).items():
+                    keep(name + "_c1", m)
+                for name, call in (("direct", direct), ("server", served)):
+                    keep(name + "_c4", measure(call, images, args.n4, 4))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            server_exit = proc.wait(60)
+            log.close()
+
+    metrics = {}
+    for key in ("direct_c1", "server_c1", "direct_c4", "server_c4"):
+        for k, v in best[key].items():
+            metrics["{}_{}".format(key, k)] = round(v, 2)
+    overhead_c1 = (best["server_c1"]["p50_ms"] / best["direct_c1"]["p50_ms"] - 1.0) * 100.0
+    overhead_c1_tput = (best["direct_c1"]["images_per_s"] / best["server_c1"]["images_per_s"] - 1.0) * 100.0
+    overhead_c4_tput = (best["direct_c4"]["images_per_s"] / best["server_c4"]["images_per_s"] - 1.0) * 100.0
+    metrics.update({
+        "overhead_pct_c1_p50": round(overhead_c1, 1),
+        "overhead_pct_c1_throughput": round(overhead_c1_tput, 1),
+        "overhead_pct_c4_throughput": round(overhead_c4_tput, 1),
+        "detections_per_image": boxes,
+        "response_kb": round(len(body) / 1024.0, 1),
+        "server_exit_code": server_exit,
+        "bench_s": round(time.time() - t0, 1),
+    })
+    ok = overhead_c1 <= 10.0
+    model = args.model_dir or "Faster R-CNN R50-FPN (random weights), test size {}".format(TEST_SIZE)
+    result = {
+        "name": "serving",
+        "metrics": metrics,
+        "target": "server overhead <= 10% at batch 1 (p50 latency, concurrency 1): {} ({}%)".format(
+            "met" if ok else "MISSED", metrics["overhead_pct_c1_p50"]),
+        "setup": {"model": model, "image": "640x480 JPEG", "device": "cpu", "intra_op_threads": torch.get_num_threads(),
+                  "rounds": args.rounds, "requests_per_round": {"c1": args.n1, "c4": args.n4}},
+        "machine": {"cpus": os.cpu_count(), "processor": platform.machine(), "python": platform.python_version(),
+                    "torch": torch.__version__, "load_avg_1m": round(os.getloadavg()[0], 2)},
+    }
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "serving.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
