@@ -19,7 +19,7 @@ PREFIX         ?= detectron2/data
 REGION         ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION),us-east-2)
 INSTANCE_TYPE  ?=
 INSTANCE_COUNT ?= 1
-SPOT           ?= 0
+SPOT           ?=
 WAIT           ?= 0
 DRY_RUN        ?= 0
 HP             ?=
@@ -34,7 +34,7 @@ CHANNEL        ?= validation
 N              ?= 4
 ROLE           ?=
 MODEL          ?=
-STACK          ?= cpu
+STACK          ?=
 PORT           ?= 8080
 OBJECTIVE      ?= validation:ap
 MAX_JOBS       ?= 8
@@ -55,7 +55,7 @@ help: ## this list
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)"
-	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  STACK=$(STACK) (cpu | cu101 | cu12)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
+	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  STACK=$(STACK) (cpu | cu101 | cu12; default: cpu to build, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in README.md)"
 
 # ---- local environment -------------------------------------------------------
@@ -81,12 +81,12 @@ visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL
 # ---- training ----------------------------------------------------------------
 train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
 	$(SHELFDET) train --algo $(ALGO) --data-dir $(DATA_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
-	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) --stack $(STACK) $(AWS_FLAGS)) \
+	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)) \
 	  $(if $(HP),-- $(HP))
 
 tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 	$(SHELFDET) tune --algo $(ALGO) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --objective $(OBJECTIVE) --max-jobs $(MAX_JOBS) --max-parallel $(MAX_PARALLEL) \
-	  $(if $(filter 0 false no,$(SPOT)),,--spot) --stack $(STACK) $(AWS_FLAGS) $(if $(HP),-- $(HP))
+	  $(if $(filter 0 false no,$(SPOT)),,--spot) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS) $(if $(HP),-- $(HP))
 
 # ---- serving -----------------------------------------------------------------
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
@@ -99,34 +99,34 @@ evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir) against MANIFEST, maxDets 30
 	$(SHELFDET) evaluate --predictions "$(PREDICTIONS)" --manifest "$(MANIFEST)"
 
 deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name)
-	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) --stack $(STACK) $(AWS_FLAGS)
+	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
 
 undeploy: $(SETUP_STAMP) ## delete the endpoint, its config and model
 	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
 
 transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, then evaluate
-	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --stack $(STACK) --manifest "$(MANIFEST)" $(AWS_FLAGS)
+	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) $(if $(STACK),--stack $(STACK)) --manifest "$(MANIFEST)" $(AWS_FLAGS)
 
 # ---- images ------------------------------------------------------------------
 build: build-training build-serving ## all images for STACK
 
 build-base: ## the base image for STACK
-	bash tools/images.sh build base $(STACK)
+	bash tools/images.sh build base $(or $(STACK),cpu)
 
 build-training: build-base ## training image for STACK
-	bash tools/images.sh build training $(STACK)
+	bash tools/images.sh build training $(or $(STACK),cpu)
 
 build-serving: build-base ## serving image for STACK
-	bash tools/images.sh build serving $(STACK)
+	bash tools/images.sh build serving $(or $(STACK),cpu)
 
 tag: ## print the image tags for STACK
-	bash tools/images.sh tags $(STACK)
+	bash tools/images.sh tags $(or $(STACK),cpu)
 
 push-training: $(SETUP_STAMP) ## push the training image to ECR in REGION
-	$(SHELFDET) push training --stack $(STACK) $(AWS_FLAGS)
+	$(SHELFDET) push training --stack $(or $(STACK),cpu) $(AWS_FLAGS)
 
 push-serving: $(SETUP_STAMP) ## push the serving image to ECR in REGION
-	$(SHELFDET) push serving --stack $(STACK) $(AWS_FLAGS)
+	$(SHELFDET) push serving --stack $(or $(STACK),cpu) $(AWS_FLAGS)
 
 # ---- quality -----------------------------------------------------------------
 test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs, else .venv)

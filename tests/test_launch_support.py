@@ -74,7 +74,10 @@ def put_image(kind: str, stack: str = "cpu") -> None:
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                 "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7, "digest": "sha256:" + "a" * 64},
                 "layers": []}
-    ecr.put_image(repositoryName=repo, imageManifest=json.dumps(manifest), imageTag=tag)
+    try:
+        ecr.put_image(repositoryName=repo, imageManifest=json.dumps(manifest), imageTag=tag)
+    except ecr.exceptions.ImageAlreadyExistsException:
+        pass
 
 
 def upload_data(bucket: str = BUCKET, channels=("training", "validation", "test")) -> None:
@@ -86,7 +89,7 @@ def upload_data(bucket: str = BUCKET, channels=("training", "validation", "test"
 
 @pytest.fixture
 def account(aws_env, monkeypatch):
-    """moto holds: bucket with data, execution role, training and serving images (stack cpu)."""
+    """moto holds: bucket with data, execution role, training and serving images (stacks cpu and cu101)."""
     monkeypatch.setenv("SHELFDET_GIT_REV", GIT_REV)
     monkeypatch.setenv("SHELFDET_POLL_SECONDS", "0")
     client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -94,8 +97,9 @@ def account(aws_env, monkeypatch):
     iam = client("iam")
     iam.create_role(RoleName="unrelated-role", AssumeRolePolicyDocument=json.dumps(TRUST))
     iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(TRUST))
-    put_image("training")
-    put_image("serving")
+    for stack in ("cpu", "cu101"):  # cu101: the default for p3/g4dn; cu12 stays missing
+        put_image("training", stack)
+        put_image("serving", stack)
     return aws_env
 
 

@@ -165,3 +165,13 @@ def test_make_train_dry_run_needs_no_aws(account, monkeypatch):
     (request,) = json_docs(out.stdout)
     assert request["RoleArn"] == "<SageMaker execution role, found by name at launch>"
     assert request["AlgorithmSpecification"]["TrainingImage"].startswith("<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-training:")
+
+
+def test_default_stack_follows_the_instance_type():
+    from shelfdet.launch.aws import default_stack
+
+    assert default_stack("ml.p3.8xlarge") == "cu101"  # V100: compute 7.0
+    assert default_stack("ml.g4dn.xlarge") == "cu101"  # T4: 7.5
+    assert default_stack("ml.g5.xlarge") == "cu12"  # A10G: 8.6, not in cu101's arch list
+    assert default_stack("ml.p4d.24xlarge") == "cu12"
+    assert default_stack("ml.m5.xlarge") == "cpu"

@@ -37,7 +37,8 @@ def add_common(parser: argparse.ArgumentParser, stack: bool = True) -> None:
     parser.add_argument("--bucket", help="S3 bucket holding the uploaded data and the outputs")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix of the uploaded data")
     if stack:
-        parser.add_argument("--stack", default="cpu", help="image stack: cpu, cu101 or cu12")
+        parser.add_argument("--stack", default=None,
+                            help="image stack: cpu, cu101 or cu12 (default: from the instance type)")
         parser.add_argument("--image-uri", help="use this image instead of ours from ECR")
 
 
@@ -77,6 +78,17 @@ def split_s3(uri: str) -> Tuple[str, str]:
 
 def is_gpu_instance(instance_type: str) -> bool:
     return bool(re.match(r"^ml\.(p\d|g\d)", instance_type))
+
+
+def default_stack(instance_type: Optional[str]) -> str:
+    """The image stack for an instance type when STACK is not given.
+
+    cu101 is built for Volta and Turing (p3 = V100, g4dn = T4); newer GPUs
+    (g5 A10G, g6 L4, p4d A100, p5 H100) need cu12; CPU instances take cpu.
+    """
+    if not instance_type or not is_gpu_instance(instance_type):
+        return "cpu"
+    return "cu101" if re.match(r"^ml\.(p3|g4dn)\.", instance_type) else "cu12"
 
 
 def note(message: str) -> None:

@@ -97,7 +97,7 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     endpoint = args.endpoint or aws.job_name("detectron2", stamp)
     tags = [{"Key": TAG, "Value": endpoint}]
     role = cloud.role_arn(args.role)
-    image = cloud.image_uri("serving", args.stack, args.image_uri)
+    image = cloud.image_uri("serving", args.stack or aws.default_stack(args.instance_type), args.image_uri)
     data = model_data(cloud, args.model, args.bucket, args.output_prefix)
     if not cloud.dry_run and endpoint_exists(cloud, endpoint):
         raise LaunchError("endpoint {} exists: `make undeploy ENDPOINT={}` first, or choose another ENDPOINT".format(endpoint, endpoint))

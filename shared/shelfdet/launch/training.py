@@ -101,6 +101,7 @@ def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str) -
     """The parts a training job and a tuning job's definition have in common, and hyperparameters they imply."""
     if args.instance_count < 1:
         raise LaunchError("INSTANCE_COUNT must be at least 1")
+    args.stack = args.stack or aws.default_stack(args.instance_type)
     if args.stack == "cpu" and aws.is_gpu_instance(args.instance_type):
         note("warning: STACK=cpu on GPU instances ({}): the job will not use the GPUs; pass STACK=cu101 or cu12".format(
             args.instance_type))

@@ -38,7 +38,7 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     name = args.job_name or aws.job_name("detectron2-transform", aws.timestamp())
     role = cloud.role_arn(args.role)
     bucket = cloud.check_bucket(args.bucket)
-    image = cloud.image_uri("serving", args.stack, args.image_uri)
+    image = cloud.image_uri("serving", args.stack or aws.default_stack(args.instance_type), args.image_uri)
     data = deploy.model_data(cloud, args.model, bucket, args.output_prefix)
     source = aws.s3_uri(bucket, args.prefix, "test")
     if not cloud.check_prefix(source, "test"):
