@@ -81,8 +81,14 @@ def load(root: Optional[str] = None) -> Environment:
     if current not in hosts:
         raise ContractError("current_host {!r} is not in hosts {}".format(current, hosts))
     gpus = os.environ.get("SM_NUM_GPUS")
+    checkpoints = os.path.join(root, "checkpoints")
+    job = os.environ.get("TRAINING_JOB_NAME")
+    if job and root == DEFAULT_ROOT:
+        # Tuning trials may share one checkpoint S3 URI: each resumes only its own
+        # checkpoints (a spot restart keeps the job name).
+        checkpoints = os.path.join(checkpoints, job)
     return Environment(
-        root=root, model_dir=model_dir, checkpoint_dir=os.path.join(root, "checkpoints"),
+        root=root, model_dir=model_dir, checkpoint_dir=checkpoints,
         output_dir=os.path.join(root, "output"), channels=channels, hyperparameters=hps,
         hosts=list(hosts), current_host=current, num_gpus=int(gpus) if gpus else _count_gpus(),
     )
