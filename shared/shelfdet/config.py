@@ -37,6 +37,21 @@ class ConfigError(ValueError):
     """The hyperparameters do not give a buildable model; the message says which."""
 
 
+def _set(cfg: CfgNode, key: str, value: object) -> None:
+    """Sets a key that older Detectron2 releases (the cu101 image's) may lack.
+
+    Missing and left at Detectron2's default: skipped. Missing but asked for: an error.
+    """
+    node = cfg
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = node.get(name) if isinstance(node, CfgNode) else None
+    if isinstance(node, CfgNode) and leaf in node:
+        node[leaf] = value
+    elif value not in (False, "smooth_l1", 1.0):
+        raise ConfigError("this Detectron2 has no config key {} (needed for {!r})".format(key, value))
+
+
 def zoo_config_name(algo: str, backbone: str, schedule: str) -> Tuple[str, bool]:
     """The model-zoo config file to start from, and whether its checkpoint matches the model."""
     if backbone == "R_18_FPN":
@@ -69,8 +84,10 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     if hp.backbone == "R_18_FPN":
         # A light from-scratch model for CPUs: R-18 needs 64 res2 channels;
         # narrower FPN and box head keep an iteration around a second on 2 cores.
+        # A fixed 2x2 RoIAlign sampling grid: the adaptive one makes its CPU backward the top cost.
         cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-                             "MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512])
+                             "MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512,
+                             "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", 2])
     if retina and hp.backbone == "X_101_32x8d_FPN":
         cfg.merge_from_list(_X101)
 
@@ -100,10 +117,10 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = hp.num_rpn
     cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = hp.bbox_head_pos_fraction
     cfg.MODEL.RPN.POSITIVE_FRACTION = hp.rpn_pos_fraction
-    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = hp.reg_loss_type
-    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = hp.bbox_reg_loss_weight
-    cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = hp.reg_loss_type
-    cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE = hp.reg_loss_type
+    _set(cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", hp.reg_loss_type)
+    _set(cfg, "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", hp.bbox_reg_loss_weight)
+    _set(cfg, "MODEL.RPN.BBOX_REG_LOSS_TYPE", hp.reg_loss_type)
+    _set(cfg, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", hp.reg_loss_type)
     cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = hp.focal_loss_gamma
     cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = hp.focal_loss_alpha
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = hp.pred_thr
@@ -136,7 +153,7 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.SOLVER.STEPS = lr_steps(hp.num_iter, hp.lr_steps)
     cfg.SOLVER.WARMUP_ITERS = min(hp.warmup_iters, hp.num_iter // 10)
     cfg.SOLVER.CHECKPOINT_PERIOD = hp.checkpoint_period
-    cfg.SOLVER.AMP.ENABLED = bool(hp.amp and device == "cuda")
+    _set(cfg, "SOLVER.AMP.ENABLED", bool(hp.amp and device == "cuda"))
     if not weights:
         # From scratch, early gradients spike; clipping keeps BN training stable.
         cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True

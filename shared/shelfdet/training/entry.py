@@ -122,7 +122,8 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE),
                             weights, reg["classes"])
         start = time.time()
-        preds = evaluation.predict_dataset(detector, dicts)
+        # One image per forward, as the endpoint runs it: batch padding would shift boxes slightly.
+        preds = evaluation.predict_dataset(detector, dicts, batch_size=1)
         scores = evaluation.score(dicts, preds, reg["classes"], cfg.TEST.DETECTIONS_PER_IMAGE,
                                   fast=hp.evaluation_type == "fast")
         metrics.update(scores)
