@@ -110,6 +110,10 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     if not weights:
         # Frozen stages of a random network never learn.
         cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        if retina:
+            # From scratch, RetinaNet's head needs a norm: measured on the synthetic set
+            # (R-18, 300 iterations), AP 0.04 without, 0.66 with per-level BN.
+            _set(cfg, "MODEL.RETINANET.NORM", "SyncBN" if norm == "SyncBN" else "BN")
 
     n = len(class_names)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = n
@@ -163,4 +167,12 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.SEED = hp.seed
     cfg.MODEL.DEVICE = device
     cfg.OUTPUT_DIR = output_dir
+    opts = hp.d2_opts.split()
+    if opts:
+        if len(opts) % 2:
+            raise ConfigError("hyperparameter 'd2-opts': expected KEY VALUE pairs, got {!r}".format(hp.d2_opts))
+        try:
+            cfg.merge_from_list(opts)
+        except (KeyError, AssertionError, ValueError) as err:
+            raise ConfigError("hyperparameter 'd2-opts': {}".format(err)) from None
     return cfg
