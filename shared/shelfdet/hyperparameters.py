@@ -75,7 +75,7 @@ TABLE: Tuple[Param, ...] = (
     Param("norm", str, "auto", SAME, "Backbone norm; auto = FrozenBN with pretrained weights, BN from scratch (SyncBN on several GPUs).",
           ("auto", "FrozenBN", "BN", "SyncBN", "GN")),
     Param("lr", float, 0.005, {"faster_rcnn": 0.02, "retinanet": 0.01}, "Base learning rate (for the whole batch).", low=1e-7, high=1.0, tune=("continuous", 0.0005, 0.1, "Logarithmic")),
-    Param("num-iter", int, 3000, {"faster_rcnn": 150, "retinanet": 300}, "Training iterations.", low=1, high=10_000_000),
+    Param("num-iter", int, 3000, {"faster_rcnn": 120, "retinanet": 300}, "Training iterations.", low=1, high=10_000_000),
     Param("warmup-iters", int, 100, 50, "Linear warm-up iterations (capped at a tenth of num-iter).", low=0),
     Param("lr-steps", str, "0.67,0.89", SAME, "LR decay points as fractions of num-iter (x0.1 each)."),
     Param("batch-size", int, 16, 4, "Images per iteration over all GPUs and hosts.", low=1, high=4096),

@@ -48,8 +48,11 @@ def loss_curve(train_metrics: str, val_history: Sequence[Mapping[str, float]], o
 
 
 def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
-                    out_dir: str) -> List[str]:
-    """Predicted boxes (and ground truth) drawn on a few images."""
+                    out_dir: str, min_score: float = 0.5) -> List[str]:
+    """Predicted boxes scoring at least ``min_score`` (and ground truth) drawn on a few images.
+
+    Evaluation keeps every box down to pred-thr for AP; drawn, those bury the picture.
+    """
     from .. import imageio
     from ..visualize import draw
 
@@ -62,7 +65,9 @@ def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str
             continue
         gt = [[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in d["annotations"])]
         out = os.path.join(out_dir, os.path.splitext(name)[0] + "_pred.png")
-        draw(imageio.read(d["file_name"]), pred["pred_boxes"], out, scores=pred["scores"], gt_boxes=gt)
+        keep = [i for i, s in enumerate(pred["scores"]) if s >= min_score]
+        draw(imageio.read(d["file_name"]), [pred["pred_boxes"][i] for i in keep], out,
+             scores=[pred["scores"][i] for i in keep], gt_boxes=gt)
         written.append(out)
     if written:
         log.info("prediction PNGs: %s", out_dir)
