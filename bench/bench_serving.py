@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -38,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from _common import write_result  # noqa: E402
 from shelfdet import artefacts, imageio, inference  # noqa: E402  (inference applies compat first)
 
 import httpx  # noqa: E402
@@ -236,20 +235,12 @@ def main(argv=None) -> int:
     })
     ok = overhead_c1 <= 10.0
     model = args.model_dir or "Faster R-CNN R50-FPN (random weights), test size {}".format(TEST_SIZE)
-    result = {
-        "name": "serving",
-        "metrics": metrics,
-        "target": "server overhead <= 10% at batch 1 (p50 latency, concurrency 1): {} ({}%)".format(
-            "met" if ok else "MISSED", metrics["overhead_pct_c1_p50"]),
-        "setup": {"model": model, "image": "640x480 JPEG", "device": "cpu", "intra_op_threads": torch.get_num_threads(),
-                  "rounds": args.rounds, "requests_per_round": {"c1": args.n1, "c4": args.n4}},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "load_avg_1m": round(os.getloadavg()[0], 2)},
-    }
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "serving.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result("serving", metrics,
+                 "server overhead <= 10% at batch 1 (p50 latency, concurrency 1): {} ({}%)".format(
+                     "met" if ok else "MISSED", metrics["overhead_pct_c1_p50"]),
+                 setup={"model": model, "image": "640x480 JPEG", "device": "cpu",
+                        "intra_op_threads": torch.get_num_threads(), "rounds": args.rounds,
+                        "requests_per_round": {"c1": args.n1, "c4": args.n4}})
     return 0
 
 

@@ -10,9 +10,7 @@ Writes bench/results/training.json.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
 
+from _common import write_result  # noqa: E402
 from shelfdet import compat, evaluation, hyperparameters  # noqa: E402
 
 compat.apply()
@@ -138,18 +137,10 @@ def main() -> int:
     metrics["bench_s"] = round(time.time() - t0, 1)
     ok_loop = metrics["overhead_pct"] <= 5.0
     ok_eval = metrics["eval_fast_s"] < 30.0
-    result = {
-        "name": "training",
-        "metrics": metrics,
-        "target": "loop overhead <= 5% vs bare SimpleTrainer: {} ({}%); 2,934 images x 300 dets scored < 30 s: {} ({} s)".format(
-            "met" if ok_loop else "MISSED", metrics["overhead_pct"], "met" if ok_eval else "MISSED", metrics["eval_fast_s"]),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "load_avg_1m": round(os.getloadavg()[0], 2)},
-    }
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench", "results", "training.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result("training", metrics,
+                 "loop overhead <= 5% vs bare SimpleTrainer: {} ({}%); 2,934 images x 300 dets scored < 30 s: {} ({} s)".format(
+                     "met" if ok_loop else "MISSED", metrics["overhead_pct"], "met" if ok_eval else "MISSED",
+                     metrics["eval_fast_s"]))
     return 0
 
 

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback

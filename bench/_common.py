@@ -1,0 +1,33 @@
+"""What every benchmark writes: bench/results/<name>.json with the machine it ran on."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from typing import Any, Dict
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def machine(**extra: Any) -> Dict[str, Any]:
+    info = {"cpus": os.cpu_count(), "processor": platform.machine(), "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    info.update(extra)
+    return info
+
+
+def write_result(name: str, metrics: Dict[str, Any], target: str, **extra: Any) -> Dict[str, Any]:
+    result = {"name": name, "metrics": metrics, "target": target}
+    result.update(extra)
+    result.setdefault("machine", machine())
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, name + ".json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return result
