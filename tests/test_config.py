@@ -48,3 +48,10 @@ def test_keys_missing_from_older_detectron2_are_skipped_only_at_their_default():
     _set(cfg, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "smooth_l1")
     with pytest.raises(ConfigError, match="no config key MODEL.RETINANET.BBOX_REG_LOSS_TYPE"):
         _set(cfg, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou")
+
+
+def test_readme_documents_the_current_hyperparameter_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert H.markdown_table() in readme, "README's table is stale: paste `python -m shelfdet hp-table`"
