@@ -82,6 +82,7 @@ def _time_ours(cfg) -> float:
 def bench_loop(tmp: str) -> dict:
     data = os.path.join(tmp, "data")
     assert build.main(["--data-dir", data, "--train-images", "16", "--val-images", "2", "--test-images", "2"]) == 0
+    os.makedirs(os.path.join(tmp, "out"))
     cfg = _cfg(data, os.path.join(tmp, "out"))
     bare, ours = [], []
     for _ in range(2):
