@@ -16,7 +16,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 
 def _tiny_cfg(algo: str):
-    hp = hyperparameters.parse({"model-type": algo, "min-size": "64", "max-size": "96", "num-rpn": "64"}, profile="local")
+    hp = hyperparameters.parse({"model-type": algo, "min-size": "128", "max-size": "160", "num-rpn": "64"}, profile="local")
     cfg = build_config(hp, ["SKU"], "unused_train", None, "/tmp/unused")
     return cfg
 
@@ -27,15 +27,15 @@ def test_model_trains_one_step_and_infers(algo):
     cfg = _tiny_cfg(algo)
     model = build_model(cfg)
     model.train()
-    image = torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)
+    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8)
     from detectron2.structures import Boxes, Instances
 
-    inst = Instances((64, 96), gt_boxes=Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0], [50.0, 5.0, 90.0, 60.0]])),
+    inst = Instances((128, 160), gt_boxes=Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0], [50.0, 5.0, 90.0, 60.0]])),
                      gt_classes=torch.tensor([0, 0]))
     from detectron2.utils.events import EventStorage
 
     with EventStorage(0):
-        losses = model([{"image": image, "instances": inst, "height": 64, "width": 96}])
+        losses = model([{"image": image, "instances": inst, "height": 128, "width": 160}])
     total = sum(losses.values())
     assert torch.isfinite(total)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
@@ -46,7 +46,7 @@ def test_model_trains_one_step_and_infers(algo):
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), "no parameter moved"
     model.eval()
     with torch.no_grad():
-        out = model([{"image": image, "height": 64, "width": 96}])[0]["instances"]
+        out = model([{"image": image, "height": 128, "width": 160}])[0]["instances"]
     assert out.pred_boxes.tensor.shape[1] == 4
     assert len(out) <= cfg.TEST.DETECTIONS_PER_IMAGE
 
