@@ -80,6 +80,10 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period)
     # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
     trainer.resume_or_load(resume=True)
+    starts = comm.all_gather(trainer.start_iter)
+    if len(set(starts)) > 1:
+        # Each host resumes from its own /opt/ml/checkpoints (SageMaker syncs one S3 URI to all).
+        raise ContractError("hosts would resume from different iterations {}: their checkpoint folders differ".format(starts))
     if trainer.start_iter > 0:
         log.info("resuming from iteration %d of %d", trainer.start_iter, trainer.max_iter)
     start = time.time()
