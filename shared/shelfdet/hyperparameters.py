@@ -226,9 +226,10 @@ def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
 def markdown_table() -> str:
     rows = ["| name | SageMaker default | local default | meaning |", "|---|---|---|---|"]
     for p in TABLE:
-        local = p.local if isinstance(p.local, dict) else _local(p, "faster_rcnn")
-        if isinstance(local, dict):
+        if isinstance(p.local, dict):
             local = ", ".join("{}: {}".format(a, _local(p, a)) for a in ALGORITHMS)
+        else:
+            local = _local(p, "faster_rcnn")
         extra = " One of: {}.".format(", ".join(p.choices)) if p.choices else ""
         rows.append("| `{}` | {} | {} | {}{} |".format(p.name, p.default, local, p.help, extra))
     return "\n".join(rows)

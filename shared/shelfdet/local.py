@@ -15,8 +15,7 @@ import time
 from typing import Dict, List, Optional
 
 from . import hyperparameters
-
-CHANNELS = ("training", "validation", "test")
+from .catalog import CHANNELS
 
 
 def _split_hp(argv: List[str]):

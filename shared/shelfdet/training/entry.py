@@ -38,7 +38,7 @@ def _setup_logging(rank: int = 0) -> None:
 
 
 def _channel_images(env: Environment) -> Dict[str, str]:
-    return {c: env.channels[c] for c in ("training", "validation", "test") if c in env.channels}
+    return {c: env.channels[c] for c in catalog.CHANNELS if c in env.channels}
 
 
 def _register(env: Environment, hp: argparse.Namespace) -> Dict[str, Any]:
@@ -73,7 +73,6 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
                        env.checkpoint_dir, device=device, world_size=comm.get_world_size())
     cfg.freeze()
     seed_all_rng(None if hp.seed < 0 else hp.seed + rank)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     os.makedirs(env.checkpoint_dir, exist_ok=True)
 
     val_sample = reg["val"][: hp.val_samples]
@@ -169,9 +168,9 @@ def run(root: Optional[str] = None) -> int:
         # Read every manifest before any process starts: a bad line fails in a second, not after setup.
         for c, image_dir in _channel_images(env).items():
             catalog.load_manifest(os.path.join(env.channels["annotation"], c + ".manifest"), image_dir, hp.label_name)
-        from ..config import ConfigError, build_config  # noqa: F401  (validates the combination early)
+        from ..config import ConfigError, build_config
 
-        try:
+        try:  # the algorithm/backbone/weights combination, before any process starts
             build_config(hp, hp.classes or ["SKU"], "train", "val", env.checkpoint_dir)
         except ConfigError as err:
             raise ContractError(str(err)) from None
