@@ -29,9 +29,15 @@ class ModelArtefacts(NamedTuple):
     model_type: str
     manifest: Dict[str, Any]
 
+    @property
+    def changed_config_keys(self) -> Optional[List[str]]:
+        """Config keys the model set away from its Detectron2's defaults (None: not recorded)."""
+        return (self.manifest.get("detectron2") or {}).get("changed_config_keys")
+
 
 def write_manifest(model_dir: str, class_names: List[str], model_type: str,
-                   hyperparameters: Optional[Dict[str, Any]] = None, extra_files: Optional[Dict[str, str]] = None) -> str:
+                   hyperparameters: Optional[Dict[str, Any]] = None, extra_files: Optional[Dict[str, str]] = None,
+                   detectron2: Optional[Dict[str, Any]] = None) -> str:
     """Writes artefacts.json after checking that the files it names exist."""
     files = {"weights": WEIGHTS, "config": CONFIG}
     if os.path.exists(os.path.join(model_dir, METRICS)):
@@ -46,6 +52,8 @@ def write_manifest(model_dir: str, class_names: List[str], model_type: str,
         "class_names": list(class_names),
         "model_type": model_type,
         "hyperparameters": hyperparameters or {},
+        # The release that trained it and the config keys it changed (see inference.load_config).
+        "detectron2": detectron2 or {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path = os.path.join(model_dir, MANIFEST)

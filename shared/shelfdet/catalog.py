@@ -109,8 +109,8 @@ def register(name: str, manifest: str, image_dir: str, label: str = "sku",
     names = class_names or names
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
-        if hasattr(MetadataCatalog, "remove"):  # absent from the Detectron2 release of the cu101 stack
-            MetadataCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
     DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
     MetadataCatalog.get(name).set(thing_classes=list(names), manifest=manifest, image_root=image_dir,
                                   evaluator_type="coco")

@@ -17,6 +17,8 @@ compat.apply()
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 
+from .modeling import LEVEL_NORM_RETINANET  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 # Schedules the zoo has per (algorithm, backbone); missing ones fall back.
@@ -27,6 +29,8 @@ ZOO_SCHEDULES = {
     ("faster_rcnn", "X_101_32x8d_FPN"): ("3x",),
     ("retinanet", "R_50_FPN"): ("1x", "3x"), ("retinanet", "R_101_FPN"): ("3x",),
 }
+# Norms that keep batch statistics: RetinaNet's head needs them per pyramid level.
+_BATCH_NORMS = ("BN", "SyncBN", "naiveSyncBN", "nnSyncBN")
 # ResNeXt settings of the zoo's X_101_32x8d_FPN, for RetinaNet (no zoo config of its own).
 _X101 = ["MODEL.RESNETS.DEPTH", 101, "MODEL.RESNETS.NUM_GROUPS", 32, "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
          "MODEL.RESNETS.STRIDE_IN_1X1", False, "MODEL.PIXEL_STD", [57.375, 57.120, 58.395]]
@@ -38,18 +42,10 @@ class ConfigError(ValueError):
 
 
 def _set(cfg: CfgNode, key: str, value: object) -> None:
-    """Sets a key that older Detectron2 releases (the cu101 image's) may lack.
-
-    Missing and left at Detectron2's default: skipped. Missing but asked for: an error.
-    """
-    node = cfg
-    *parents, leaf = key.split(".")
-    for name in parents:
-        node = node.get(name) if isinstance(node, CfgNode) else None
-    if isinstance(node, CfgNode) and leaf in node:
-        node[leaf] = value
-    elif value not in (False, "smooth_l1", 1.0):
-        raise ConfigError("this Detectron2 has no config key {} (needed for {!r})".format(key, value))
+    try:
+        compat.set_key(cfg, key, value)
+    except compat.UnknownConfigKey as err:
+        raise ConfigError(str(err)) from None
 
 
 def zoo_config_name(algo: str, backbone: str, schedule: str) -> Tuple[str, bool]:
@@ -175,4 +171,7 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
             cfg.merge_from_list(opts)
         except (KeyError, AssertionError, ValueError) as err:
             raise ConfigError("hyperparameter 'd2-opts': {}".format(err)) from None
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and cfg.MODEL.RETINANET.NORM in _BATCH_NORMS:
+        # Never a BN shared across levels (v0.4.1's RetinaNetHead): same model, per-level head.
+        cfg.MODEL.META_ARCHITECTURE = LEVEL_NORM_RETINANET
     return cfg

@@ -1,8 +1,9 @@
 """Batched inference on raw images, shared by evaluation, ``make predict`` and serving."""
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -11,22 +12,31 @@ from . import compat
 compat.apply()
 
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+import yaml  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from . import artefacts  # noqa: E402
+from . import artefacts, modeling  # noqa: E402,F401  (modeling registers our architectures)
+from .checkpoint import load_exact  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_config(path: str, device: Optional[str] = None) -> CfgNode:
+def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[Iterable[str]] = None) -> CfgNode:
+    """The saved config on this release's defaults; a key this release lacks is an error
+    unless the model left it at its default (see ``compat.merge_saved_config``)."""
     cfg = get_cfg()
-    cfg.set_new_allowed(True)
-    cfg.merge_from_file(path)
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    skipped = compat.merge_saved_config(cfg, saved, changed_keys, path)
+    if skipped:
+        log.info("%s: skipped %s, left at their defaults by a newer Detectron2 (this is %s)", path,
+                 ", ".join(skipped), compat.detectron2_version())
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device or default_device()
     cfg.freeze()
@@ -52,7 +62,7 @@ class Detector:
         self.model = model if model is not None else build_model(cfg)
         self.model.eval()
         if weights:
-            DetectionCheckpointer(self.model).load(weights)
+            load_exact(self.model, weights)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         self.max_detections = int(cfg.TEST.DETECTIONS_PER_IMAGE)
@@ -62,7 +72,7 @@ class Detector:
     @classmethod
     def from_model_dir(cls, model_dir: str, device: Optional[str] = None) -> "Detector":
         art = artefacts.read(model_dir)
-        return cls(load_config(art.config, device), art.weights, art.class_names)
+        return cls(load_config(art.config, device, art.changed_config_keys), art.weights, art.class_names)
 
     @classmethod
     def from_model(cls, cfg: CfgNode, model: torch.nn.Module, class_names: Sequence[str]) -> "Detector":

@@ -110,6 +110,9 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
     os.replace(weights + ".tmp", weights)
     with open(os.path.join(env.model_dir, artefacts.CONFIG), "w") as f:
         f.write(cfg.dump())
+    from .. import compat
+
+    d2 = {"version": compat.detectron2_version(), "changed_config_keys": compat.changed_config_keys(cfg)}
 
     metrics: Dict[str, Any] = {"train_seconds": round(train_seconds, 1), "iterations": cfg.SOLVER.MAX_ITER}
     eval_channel = "test" if "test" in reg["names"] else "validation"
@@ -121,8 +124,8 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
 
         dicts = DatasetCatalog.get(reg["names"][eval_channel])
         # Built from the saved files, exactly as serving will load them.
-        detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE),
-                            weights, reg["classes"])
+        detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE,
+                                        d2["changed_config_keys"]), weights, reg["classes"])
         start = time.time()
         # One image per forward, as the endpoint runs it: batch padding would shift boxes slightly.
         preds = evaluation.predict_dataset(detector, dicts, batch_size=1)
@@ -143,7 +146,7 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
     with open(os.path.join(env.model_dir, "hyperparameters.json"), "w") as f:
         json.dump(resolved, f, indent=2)
     artefacts.write_manifest(env.model_dir, reg["classes"], hp.model_type, resolved,
-                             extra_files={"hyperparameters": "hyperparameters.json"})
+                             extra_files={"hyperparameters": "hyperparameters.json"}, detectron2=d2)
     return metrics
 
 
