@@ -35,6 +35,27 @@ for image in base training serving test; do
     in_venv "fallback after the failed image build" "$@"
   fi
 done
+# The GPU stacks' CPU twins (tests/test_container_stacks.py) need their pinned
+# Detectron2 source (README, "Detectron2 sources") and one earlier
+# `make build STACK=<twin>`: this rebuilds them for the current code from the
+# layer cache, never a first from-scratch compile. Others skip, saying why.
+for twin in ${SHELFDET_TWINS-cu101cpu cu12}; do
+  pin=${twin%cpu}
+  if ! bash tools/d2_source.sh check "$pin" >/dev/null; then
+    say "twin $twin: $(bash tools/d2_source.sh check "$pin") -> its tests skip"; continue
+  fi
+  if [ -z "$(docker images -q --filter "label=shelfdet.stack=$twin" 2>/dev/null | head -n 1)" ]; then
+    say "twin $twin: never built here (make build STACK=$twin) -> its tests skip"; continue
+  fi
+  t1=$SECONDS
+  for image in base training serving; do
+    if ! timeout "${SHELFDET_BUILD_TIMEOUT:-1500}" bash tools/images.sh build "$image" "$twin" >/dev/null; then
+      echo "error: building the $twin $image image failed" >&2; exit 1
+    fi
+  done
+  say "twin $twin images built in $((SECONDS - t1)) s"
+done
+
 TEST_IMAGE=$(bash tools/images.sh name test "$STACK")
 export SHELFDET_TRAINING_IMAGE SHELFDET_SERVING_IMAGE
 SHELFDET_TRAINING_IMAGE=$(bash tools/images.sh name training "$STACK")

@@ -1,0 +1,162 @@
+"""Each GPU stack's CPU twin runs the container contracts with the stack's own Detectron2.
+
+A twin differs from its GPU stack only where the GPU is involved (README, "Stacks"):
+- ``cu101cpu`` for cu101: Detectron2 v0.4.1 with its C++ ops compiled for the CPU, the
+  stack's requirement pins, on Python 3.9 / torch 1.7.1 (3.8 / 1.6 cannot be had here);
+- ``cu12`` is its own twin: the very image, CUDA ops compiled, run on the CPU.
+
+On each: both algorithms train a few iterations with validation loss and AP, a killed
+run resumes from its checkpoint, the final evaluation runs, the serving image answers
+/ping and /invocations, and batch-transform-shaped outputs score with ``shelfdet
+evaluate`` exactly as the run scored itself. A twin whose pinned Detectron2 source is
+absent (a clean CI machine) skips, saying how to obtain it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _container_support import (NO_DOCKER, ROOT, TINY, docker_answers, docker_run, docker_start, http, image,
+                                 lay_out_opt_ml, serving_container)
+
+pytestmark = pytest.mark.skipif(not docker_answers(), reason=NO_DOCKER)
+
+# twin stack -> (the GPU stack whose Detectron2 source it pins, Detectron2's __version__ there)
+TWINS = {"cu101cpu": ("cu101", "0.4.1"), "cu12": ("cu12", "0.6")}
+ALGOS = ("faster_rcnn", "retinanet")
+STATS = ("AP", "AP50", "AP75", "AR")
+
+
+def _twin_images(stack: str):
+    pin, _ = TWINS[stack]
+    check = subprocess.run(["bash", str(ROOT / "tools" / "d2_source.sh"), "check", pin],
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        pytest.skip("twin {} not tested: Detectron2 source {}".format(stack, check.stdout.strip()))
+    return image("training", stack), image("serving", stack)
+
+
+def _train_killed_then_resumed(training: str, ml: Path, name: str) -> str:
+    """Starts training, kills the container after its first checkpoint, runs it again."""
+    started = docker_start(training, ml, "train", name=name)
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.time() + 600
+        while not list((ml / "checkpoints").glob("model_0*.pth")):
+            running = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],
+                                     capture_output=True, text=True).stdout.strip()
+            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+            assert running == "true", "training ended before its first checkpoint:\n" + logs.stderr[-4000:]
+            assert time.time() < deadline, "no checkpoint after 10 minutes"
+            time.sleep(0.2)
+        subprocess.run(["docker", "kill", name], capture_output=True, check=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    assert not (ml / "model" / "artefacts.json").exists(), "the run finished before it was killed"
+    out = docker_run(training, ml, "train")
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, "resumed run failed:\n" + log[-4000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(stack, algo) -> the /opt/ml folder of a finished, once-killed run; trained on first use."""
+    done = {}
+
+    def get(stack: str, algo: str) -> Path:
+        if (stack, algo) not in done:
+            training, _ = _twin_images(stack)
+            ml = tmp_path_factory.mktemp("{}-{}".format(stack, algo))
+            lay_out_opt_ml(ml, dict(TINY, **{"model-type": algo, "num-iter": 40, "checkpoint-period": 2,
+                                             "eval-period": 20, "val-ap": "true", "log-period": 5}))
+            log = _train_killed_then_resumed(training, ml, "shelfdet-twin-{}-{}-{}".format(stack, algo, os.getpid()))
+            (ml / "train.log").write_text(log)
+            done[stack, algo] = ml
+        return done[stack, algo]
+
+    return get
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("stack", sorted(TWINS))
+def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
+    ml = runs(stack, algo)
+    log = (ml / "train.log").read_text()
+    assert "resuming from iteration" in log, log[-3000:]
+    assert "total_val_loss:" in log and "validation_ap:" in log, log[-3000:]
+    manifest = json.loads((ml / "model" / "artefacts.json").read_text())
+    assert manifest["detectron2"]["version"] == TWINS[stack][1], manifest["detectron2"]
+    for name in manifest["files"].values():
+        assert (ml / "model" / name).is_file(), name
+    metrics = json.loads((ml / "model" / manifest["files"]["metrics"]).read_text())
+    assert metrics["iterations"] == 40 and metrics["eval_channel"] == "test"
+    assert all(0.0 <= metrics[k] <= 1.0 for k in STATS), metrics
+    if algo == "retinanet":
+        config = (ml / "model" / manifest["files"]["config"]).read_text()
+        assert "META_ARCHITECTURE: LevelNormRetinaNet" in config
+
+
+def _transform(base: str, images: Path, out: Path) -> None:
+    """What batch transform stores: the response body of each image as ``<image>.out``."""
+    out.mkdir()
+    for path in sorted(images.glob("*.jpg")):
+        status, body = http(base + "/invocations", data=path.read_bytes(),
+                            headers={"Content-Type": "application/x-image"})
+        assert status == 200, body[:500]
+        (out / (path.name + ".out")).write_bytes(body)
+
+
+def _evaluate(predictions: Path, manifest: Path) -> dict:
+    out = predictions / "metrics.json"
+    proc = subprocess.run([sys.executable, "-m", "shelfdet", "evaluate", "--predictions", str(predictions),
+                           "--manifest", str(manifest), "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT / "shared")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("stack", sorted(TWINS))
+def test_twin_serves_and_transform_output_scores_like_the_run(runs, stack, tmp_path):
+    _, serving = _twin_images(stack)
+    ml = runs(stack, "faster_rcnn")
+    with serving_container(serving, ml / "model", "shelfdet-twin-serve-{}-{}".format(stack, os.getpid())) as base:
+        status, body = http(base + "/invocations", data=b"not an image",
+                            headers={"Content-Type": "application/x-image"})
+        assert 400 <= status < 500, body[:300]
+        _transform(base, ml / "input" / "data" / "test", tmp_path / "out")
+    got = _evaluate(tmp_path / "out", ml / "input" / "data" / "annotation" / "test.manifest")
+    expected = json.loads((ml / "model" / "metrics.json").read_text())
+    for k in STATS:
+        assert abs(got[k] - expected[k]) < 1e-6, (k, got[k], expected[k])
+
+
+@pytest.mark.parametrize("stack", sorted(TWINS))
+def test_a_twin_trained_model_is_served_exactly_by_the_cpu_stack(runs, stack, tmp_path):
+    """Detectron2 0.6 (cpu stack) loads what the twin's release trained, exactly, and scores the same.
+
+    Different torch builds and NMS implementations may reorder near-tied boxes, so
+    the comparison is the scored result and the strongest detections."""
+    cpu_serving = image("serving", "cpu")
+    _, serving = _twin_images(stack)
+    ml = runs(stack, "retinanet")
+    manifest = ml / "input" / "data" / "annotation" / "test.manifest"
+    scored = {}
+    for label, img in (("twin", serving), ("cpu", cpu_serving)):
+        with serving_container(img, ml / "model", "shelfdet-cross-{}-{}-{}".format(label, stack, os.getpid())) as base:
+            _transform(base, ml / "input" / "data" / "test", tmp_path / label)
+        scored[label] = _evaluate(tmp_path / label, manifest)
+        top = {}
+        for p in sorted((tmp_path / label).glob("*.out")):
+            top[p.name] = json.loads(p.read_text())["scores"][:5]
+        scored[label]["top"] = top
+    for k in STATS:
+        assert abs(scored["twin"][k] - scored["cpu"][k]) < 1e-3, (k, scored["twin"][k], scored["cpu"][k])
+    for name, scores in scored["twin"]["top"].items():
+        assert scores == pytest.approx(scored["cpu"]["top"][name], abs=1e-3), name
