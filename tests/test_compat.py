@@ -62,3 +62,13 @@ def test_pillow_linear_alias_and_compiled_op_stub():
     stub = sys.modules["detectron2._C"]
     with pytest.raises(compat.CompiledOpsMissing, match="COCOevalAccumulate"):
         stub.COCOevalAccumulate
+
+
+def test_compiled_op_lookups_at_import_get_named_placeholders():
+    # v0.4.1's detectron2.layers.nms looks up torch.ops.detectron2.nms_rotated at import.
+    if compat.has_compiled_ops():
+        pytest.skip("real compiled Detectron2 ops present")
+    op = torch.ops.detectron2.nms_rotated
+    with pytest.raises(compat.CompiledOpsMissing, match=r"torch\.ops\.detectron2\.nms_rotated is a compiled"):
+        op(torch.zeros(1, 5), torch.zeros(1), 0.5)
+

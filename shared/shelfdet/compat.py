@@ -15,13 +15,11 @@ Call :func:`apply` before importing any ``detectron2`` module.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 import types
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional
 
 _applied = False
-log = logging.getLogger(__name__)
 
 
 class CompiledOpsMissing(RuntimeError):
@@ -120,14 +118,6 @@ def detectron2_version() -> str:
     import detectron2
 
     return str(detectron2.__version__)
-
-
-def version_tuple(version: Optional[str] = None) -> Tuple[int, ...]:
-    parts = []
-    for p in (version or detectron2_version()).split("+")[0].split("."):
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 # --- configs ------------------------------------------------------------------
