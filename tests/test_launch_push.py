@@ -124,14 +124,28 @@ def test_dry_run_runs_no_docker_and_prints_the_request(fake_docker, monkeypatch,
     assert json_docs(out) == [{"repositoryName": "shelfdet-serving", "imageScanningConfiguration": {"scanOnPush": True},
                                "tags": [{"Key": "project", "Value": "shelfdet"}]}]
     assert fake_docker() == [] and fake_docker("images.log") == []
-    assert "<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-serving:" + TAG in err
+    assert "<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-serving:0.1.0-cu101-" + GIT_REV in err
 
 
 def test_push_failure_is_one_line(fake_docker, monkeypatch, capsys, tmp_path):
     (tmp_path / "images").write_text("shelfdet-training:{}\n".format(TAG))
     monkeypatch.setenv("FAKE_PUSH_FAIL", "1")
-    rc, _, err = cli(capsys, "push", "training", "--region", REGION)
+    rc, _, err = cli(capsys, "push", "training", "--stack", "cpu", "--region", REGION)
     assert rc != 0 and "docker push failed" in one_error_line(err)
     monkeypatch.setenv("DOCKER", str(tmp_path / "no-docker-here"))
     rc, _, err = cli(capsys, "push", "training", "--region", REGION)
     assert rc != 0 and "docker not found" in one_error_line(err)
+
+
+@pytest.mark.parametrize("kind", ["training", "serving"])
+def test_card_command_pushes_the_card_stack(fake_docker, monkeypatch, kind):
+    """`make push-training REGION=us-east-2` with no STACK: the design card's cu101 image, built if missing."""
+    local = "shelfdet-{}:0.1.0-cu101-{}".format(kind, GIT_REV)
+    monkeypatch.setenv("FAKE_BUILT", local)
+    out = make("push-" + kind, "REGION=" + REGION)
+    assert out.returncode == 0, out.stderr
+    uri = "{}/{}".format(REGISTRY, local)
+    assert fake_docker("images.log") == [["build", kind, "cu101"]]
+    pushed = [c for c in fake_docker() if isinstance(c, list) and c[0] in ("tag", "push")]
+    assert pushed == [["tag", local, uri], ["push", uri]]
+    assert out.stdout.strip().splitlines()[-1] == uri

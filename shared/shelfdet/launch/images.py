@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 STACKS = ("cpu", "cu101", "cu12")
+# The design card's stack (CUDA 10.1, torch 1.6, Volta/Turing): what `make push-*` pushes by default.
+CARD_STACK = "cu101"
 KINDS = ("training", "serving")
 # AWS Deep Learning Containers live in this account's registry in every region.
 DLC_ACCOUNT = "763104351884"

@@ -21,7 +21,8 @@ from .aws import LaunchError, note
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet push", description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=images.KINDS)
-    p.add_argument("--stack", default="cpu", choices=images.STACKS)
+    p.add_argument("--stack", default=images.CARD_STACK, choices=images.STACKS,
+                   help="image stack (default: {}, the design card's)".format(images.CARD_STACK))
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing image")
     aws.add_common(p, stack=False)
     return p
