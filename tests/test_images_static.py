@@ -16,10 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ("base", "training", "serving", "test")
-STACKS = ("cpu", "cu101", "cu12")
+STACKS = ("cpu", "cu101", "cu12", "cu101cpu")
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "EXPOSE", "CMD", "ENTRYPOINT",
                 "LABEL", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
-GENERATED = {"images/.build/host-ca.crt"}  # written by tools/images.sh before each build
+GENERATED = {"images/.build/host-ca.crt", "images/.build/detectron2-src.tar"}  # written by tools/images.sh before each build
 
 
 def parse_dockerfile(path: Path) -> List[Tuple[str, str, int]]:
@@ -218,3 +218,16 @@ def test_hadolint(image):
     path = ROOT / "images" / image / "Dockerfile"
     out = subprocess.run([exe, "--no-color", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_cu101_twin_differs_from_cu101_only_where_the_gpu_is():
+    pins = env_file()
+    for key in ("DETECTRON2", "REQUIREMENTS"):
+        assert pins["STACK_CU101CPU_" + key] == pins["STACK_CU101_" + key], key
+    assert pins["STACK_CU101CPU_FORCE_CUDA"] == "0" and pins["STACK_CU101CPU_TORCH_CUDA_ARCH_LIST"] == ""
+    # Each GPU stack compiles the Detectron2 commit whose source archive versions.env pins.
+    for stack in ("CU101", "CU12"):
+        assert pins["STACK_{}_DETECTRON2".format(stack)].endswith("@" + pins["D2_{}_COMMIT".format(stack)]), stack
+        assert build_args("base", stack.lower())["DETECTRON2_SRC_SHA256"] == pins["D2_{}_TAR_SHA256".format(stack)]
+    assert build_args("base", "cu101cpu")["DETECTRON2_SRC_SHA256"] == pins["D2_CU101_TAR_SHA256"]
+    assert build_args("base", "cpu")["DETECTRON2_SRC_SHA256"] == ""

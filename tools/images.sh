@@ -4,7 +4,7 @@
 #   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
-#   bash tools/images.sh rootfs                  # the cpu stack's parent (debootstrap + docker import), cached
+#   bash tools/images.sh rootfs [NAME]           # a debootstrap parent (NAME_ROOTFS_*; default CPU), cached
 #   bash tools/images.sh prebuild <stack>        # base, training, serving (+ test for cpu), in order
 # Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<git short rev> (or $IMAGE_REV). The build context
 # is the repo root (see .dockerignore). Classic builder (BuildKit is not packaged here).
@@ -18,7 +18,7 @@ export DOCKER_BUILDKIT=0
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
-STACKS="cpu cu101 cu12"
+STACKS="cpu cu101 cu12 cu101cpu"
 IMAGES="base training serving test"
 # Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
 STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
@@ -51,21 +51,42 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
         printf '%s=%s\n' "$key" "${!var}"
       done
       printf 'DETECTRON2_SDIST=%s\nDETECTRON2_SDIST_SHA256=%s\n' "$DETECTRON2_SDIST" "$DETECTRON2_SDIST_SHA256"
+      printf 'DETECTRON2_SRC_SHA256=%s\n' "$(src_sha "$stack")"
       printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN" ;;
     training|serving) printf 'BASE_IMAGE=%s\n' "$(name base "$stack")" ;;
     test) printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\n' "$(name training "$stack")" "$TEST_REQUIREMENTS" ;;
   esac
 }
 
-rootfs() {  # the cpu stack's parent image, made once (skipped when it exists with the same recipe)
-  local key
-  key=$(echo "$CPU_ROOTFS_SUITE $CPU_ROOTFS_PACKAGES" | sha256sum | cut -c1-16)
-  if docker image inspect "$CPU_ROOTFS_IMAGE" >/dev/null 2>&1; then
-    if docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$CPU_ROOTFS_IMAGE" \
+src_pin() {  # src_pin <stack>: the D2_<PIN>_* source pin of the stack's Detectron2 commit, lowercase (empty: none)
+  local up spec name commit_var
+  up=$(echo "$1" | tr '[:lower:]' '[:upper:]')
+  spec="STACK_${up}_DETECTRON2"
+  for name in $(grep -oE '^D2_[A-Z0-9]+_COMMIT=' versions.env | sed -E 's/^D2_([A-Z0-9]+)_COMMIT=/\1/'); do
+    commit_var="D2_${name}_COMMIT"
+    [ "${!commit_var}" = "${!spec##*@}" ] && { echo "$name" | tr '[:upper:]' '[:lower:]'; return 0; }
+  done
+  return 0
+}
+
+src_sha() {  # src_sha <stack>: the pinned sha256 of that archive (empty: none)
+  local pin sha_var
+  pin=$(src_pin "$1")
+  [ -n "$pin" ] || { echo ""; return 0; }
+  sha_var="D2_$(echo "$pin" | tr '[:lower:]' '[:upper:]')_TAR_SHA256"
+  echo "${!sha_var}"
+}
+
+rootfs() {  # rootfs <NAME>: the parent image <NAME>_ROOTFS_IMAGE, made once (kept while its recipe is unchanged)
+  local suite_var="${1}_ROOTFS_SUITE" pkgs_var="${1}_ROOTFS_PACKAGES" image_var="${1}_ROOTFS_IMAGE"
+  local suite=${!suite_var} packages=${!pkgs_var} image=${!image_var} key
+  key=$(echo "$suite $packages" | sha256sum | cut -c1-16)
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    if docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$image" \
         | grep -qx "SHELFDET_ROOTFS=$key"; then
-      say "parent $CPU_ROOTFS_IMAGE exists (cached)"; return 0
+      say "parent $image exists (cached)"; return 0
     fi
-    say "parent $CPU_ROOTFS_IMAGE was made from another package list: making it again"
+    say "parent $image was made from another package list: making it again"
   fi
   command -v debootstrap >/dev/null 2>&1 || {
     say "installing debootstrap (apt)"
@@ -75,15 +96,15 @@ rootfs() {  # the cpu stack's parent image, made once (skipped when it exists wi
   local dir t0=$SECONDS
   dir=$(mktemp -d "${TMPDIR:-/tmp}/shelfdet-rootfs.XXXXXX")
   trap 'rm -rf "$dir"' RETURN
-  say "debootstrap $CPU_ROOTFS_SUITE minbase + Debian's torch into $dir (about 2 min, once)"
+  say "debootstrap $suite minbase + $packages into $dir (about 2 min, once)"
   # The host's mirror when it names one (apt sources), else debootstrap's default.
   local mirror
   mirror=$(grep -hoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
            | awk '{print $2}' | grep -E '/debian/?$' | head -n 1 || true)
   local log="$dir.log"
   # shellcheck disable=SC2086
-  if ! debootstrap --variant=minbase --include="$(echo $CPU_ROOTFS_PACKAGES | tr ' ' ',')" \
-        "$CPU_ROOTFS_SUITE" "$dir/root" ${mirror:+"$mirror"} >"$log" 2>&1; then
+  if ! debootstrap --variant=minbase --include="$(echo $packages | tr ' ' ',')" \
+        "$suite" "$dir/root" ${mirror:+"$mirror"} >"$log" 2>&1; then
     tail -n 20 "$log" >&2; die "debootstrap failed (log: $log)"
   fi
   # Slim: apt lists and caches, docs and man pages are not needed in the parent.
@@ -93,9 +114,33 @@ rootfs() {  # the cpu stack's parent image, made once (skipped when it exists wi
   t0=$SECONDS
   tar -C "$dir/root" -c . | docker import \
       -c 'ENV LANG=C.UTF-8' -c "ENV SHELFDET_ROOTFS=$key" -c 'CMD ["/bin/bash"]' \
-      -m "debootstrap --variant=minbase $CPU_ROOTFS_SUITE + $CPU_ROOTFS_PACKAGES" - "$CPU_ROOTFS_IMAGE" >/dev/null
-  say "imported $CPU_ROOTFS_IMAGE in $((SECONDS - t0)) s"
+      -m "debootstrap --variant=minbase $suite + $packages" - "$image" >/dev/null
+  say "imported $image in $((SECONDS - t0)) s"
   rm -f "$log"
+}
+
+parents() {  # parents <stack>: makes every debootstrap parent the stack's images start from
+  local up var name seen=" "
+  up=$(echo "$1" | tr '[:lower:]' '[:upper:]')
+  for var in "STACK_${up}_BUILDER_IMAGE" "STACK_${up}_RUNTIME_IMAGE"; do
+    for name in $(grep -oE '^[A-Z0-9]+_ROOTFS_IMAGE=' versions.env | sed 's/_ROOTFS_IMAGE=//'); do
+      local image_var="${name}_ROOTFS_IMAGE"
+      if [ "${!var}" = "${!image_var}" ] && [[ "$seen" != *" $name "* ]]; then
+        seen+="$name "
+        ( lock "rootfs-$name"; rootfs "$name" ) || return 1
+      fi
+    done
+  done
+}
+
+d2_source() {  # d2_source <stack>: the pinned Detectron2 archive into the build context (empty: clone instead)
+  local pin
+  pin=$(src_pin "$1")
+  : >images/.build/detectron2-src.tar
+  if [ -n "$pin" ] && bash tools/d2_source.sh check "$pin" >/dev/null; then
+    cp "$(bash tools/d2_source.sh path "$pin")" images/.build/detectron2-src.tar
+    say "Detectron2 from the pinned archive $(bash tools/d2_source.sh path "$pin")"
+  fi
 }
 
 host_ca() {  # the host's CA bundle for pip in the builder stages (never in a final stage)
@@ -119,8 +164,8 @@ build() {  # build <image> <stack>
   local image=$1 stack=$2 tag t0=$SECONDS
   lock "$image-$stack"
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
-  if [ "$image" = base ] && [ "$stack" = cpu ]; then ( lock rootfs; rootfs ) || return 1; fi
   host_ca
+  if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; fi
   tag=$(name "$image" "$stack")
   local -a args=()
   while IFS= read -r kv; do args+=(--build-arg "$kv"); done < <(buildargs "$image" "$stack")
@@ -141,7 +186,7 @@ case "${1:-}" in
         for i in base training serving; do name "$i" "$2"; done ;;
   name) check_image "$2"; check_stack "$3"; name "$2" "$3" ;;
   buildargs) check_image "$2"; check_stack "$3"; buildargs "$2" "$3" ;;
-  rootfs) lock rootfs; rootfs ;;
+  rootfs) name=${2:-CPU}; lock "rootfs-$name"; rootfs "$name" ;;
   prebuild) check_stack "$2"
         for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
   *) die "usage: $0 build|tags|name|buildargs|rootfs|prebuild ..." ;;

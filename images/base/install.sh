@@ -62,22 +62,39 @@ deps)
   git:*)
     # Compiled from source with the stack's arch list, so that it takes effect.
     spec=${DETECTRON2#git:}; url=${spec%@*}; ref=${spec##*@}
-    say "Detectron2 from $url at $ref, TORCH_CUDA_ARCH_LIST='$TORCH_CUDA_ARCH_LIST' FORCE_CUDA=$FORCE_CUDA"
-    git clone -q "$url" /tmp/detectron2
-    git -C /tmp/detectron2 checkout -q "$ref"
-    say "commit $(git -C /tmp/detectron2 rev-parse HEAD)"
-    TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" FORCE_CUDA="$FORCE_CUDA" MAX_JOBS="${MAX_JOBS:-4}" \
+    if [ -s /tmp/detectron2-src.tar ]; then
+      say "Detectron2 $ref from the pinned archive (sha256 checked)"
+      echo "$DETECTRON2_SRC_SHA256  /tmp/detectron2-src.tar" | sha256sum -c --quiet -
+      mkdir /tmp/detectron2
+      tar -xf /tmp/detectron2-src.tar -C /tmp/detectron2 --strip-components=1
+    else
+      say "Detectron2 from $url at $ref"
+      git clone -q "$url" /tmp/detectron2
+      git -C /tmp/detectron2 checkout -q "$ref"
+      [ "$(git -C /tmp/detectron2 rev-parse HEAD)" = "$ref" ] \
+        || { echo "error: $url at $ref is commit $(git -C /tmp/detectron2 rev-parse HEAD)" >&2; exit 3; }
+    fi
+    rm -f /tmp/detectron2-src.tar
+    say "compiling: TORCH_CUDA_ARCH_LIST='$TORCH_CUDA_ARCH_LIST' FORCE_CUDA=$FORCE_CUDA MAX_JOBS=${MAX_JOBS:-2}"
+    TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" FORCE_CUDA="$FORCE_CUDA" MAX_JOBS="${MAX_JOBS:-2}" \
       "${PIP[@]}" install -q --no-deps --no-build-isolation /tmp/detectron2
     rm -rf /tmp/detectron2
-    # Check that every requested architecture is in the compiled extension.
     so=$(find "$SITE/detectron2" -name '_C*.so' | head -n 1)
     [ -n "$so" ] || { echo "error: Detectron2 was built without its _C extension" >&2; exit 3; }
-    elfs=$(cuobjdump --list-elf "$so")
-    for arch in ${TORCH_CUDA_ARCH_LIST//;/ }; do
-      sm="sm_$(echo "${arch%+PTX}" | tr -d .)"
-      grep -q "$sm" <<<"$elfs" || { echo "error: $so has no code for $sm" >&2; exit 3; }
-    done
-    say "compiled for: $(grep -oE 'sm_[0-9]+' <<<"$elfs" | sort -u | tr '\n' ' ')"
+    if [ "$FORCE_CUDA" = 1 ]; then
+      # Every requested architecture must be in the compiled extension.
+      elfs=$(cuobjdump --list-elf "$so")
+      for arch in ${TORCH_CUDA_ARCH_LIST//;/ }; do
+        sm="sm_$(echo "${arch%+PTX}" | tr -d .)"
+        grep -q "$sm" <<<"$elfs" || { echo "error: $so has no code for $sm" >&2; exit 3; }
+      done
+      say "compiled for: $(grep -oE 'sm_[0-9]+' <<<"$elfs" | sort -u | tr '\n' ' ')"
+      # For the final stage's smoke check, whose runtime parent may have no cuobjdump.
+      mkdir -p "$VENV/share/shelfdet"
+      echo "$elfs" >"$VENV/share/shelfdet/detectron2-archs.txt"
+    else
+      say "compiled ops: cpu only ($so)"
+    fi
     ;;
   *) echo "error: DETECTRON2 must be 'sdist' or 'git:<url>@<ref>', not '$DETECTRON2'" >&2; exit 2 ;;
   esac
