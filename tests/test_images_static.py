@@ -231,3 +231,15 @@ def test_the_cu101_twin_differs_from_cu101_only_where_the_gpu_is():
         assert build_args("base", stack.lower())["DETECTRON2_SRC_SHA256"] == pins["D2_{}_TAR_SHA256".format(stack)]
     assert build_args("base", "cu101cpu")["DETECTRON2_SRC_SHA256"] == pins["D2_CU101_TAR_SHA256"]
     assert build_args("base", "cpu")["DETECTRON2_SRC_SHA256"] == ""
+
+
+def test_a_twin_without_its_source_stops_in_one_line(tmp_path):
+    # Before any lock, parent or Docker call: the sources folder is empty.
+    env = dict(os.environ, SHELFDET_SOURCES=str(tmp_path))
+    out = subprocess.run(["bash", str(ROOT / "tools" / "images.sh"), "build", "base", "cu101cpu"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "git clone https://github.com/facebookresearch/detectron2" in lines[0]
+    assert "bash tools/d2_source.sh cu101 " in lines[0]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and names the project's images from versions.env.
-#   bash tools/images.sh build <base|training|serving|test> <cpu|cu101|cu12>
+#   bash tools/images.sh build <base|training|serving|test> <cpu|cu101|cu12|cu101cpu>
+#   PARENT=nvidia bash tools/images.sh build base cu12   # a stack's parent variant (STACK_CU12_NVIDIA_*)
 #   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
@@ -21,7 +22,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 STACKS="cpu cu101 cu12 cu101cpu"
 IMAGES="base training serving test"
 # Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
-STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
+STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX CUDA_PIP CUDA_DEB DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
+# PARENT=<variant> (e.g. PARENT=nvidia for cu12) takes STACK_<STACK>_<VARIANT>_<KEY>
+# where versions.env has one: the same stack on other parents (NVIDIA's CUDA images).
+PARENT=${PARENT:-}
 
 # IMAGE_REV overrides the revision (make test pins it once, so that a commit
 # landing mid-run cannot split base and training across two tags).
@@ -40,13 +44,30 @@ name() {  # name <image> <stack>
   printf '%s:%s-%s-%s\n' "$repo" "$IMAGE_VERSION" "$2" "$(rev)"
 }
 
+stack_var() {  # stack_var <stack> <KEY>: the versions.env variable that holds it (PARENT's variant first)
+  local up variant
+  up=$(echo "$1" | tr '[:lower:]' '[:upper:]')
+  if [ -n "$PARENT" ]; then
+    variant="STACK_${up}_$(echo "$PARENT" | tr '[:lower:]-' '[:upper:]_')_$2"
+    if [ -n "${!variant+x}" ]; then echo "$variant"; return 0; fi
+  fi
+  echo "STACK_${up}_$2"
+}
+
+check_parent() {  # check_parent <stack>: PARENT names a variant the stack has
+  [ -n "$PARENT" ] || return 0
+  local prefix
+  prefix="STACK_$(echo "$1" | tr '[:lower:]' '[:upper:]')_$(echo "$PARENT" | tr '[:lower:]-' '[:upper:]_')_"
+  grep -q "^${prefix}[A-Z_]*=" versions.env || die "stack $1 has no parent variant '$PARENT' (no ${prefix}* in versions.env)"
+}
+
 buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
   local image=$1 stack=$2 up key var
   up=$(echo "$stack" | tr '[:lower:]' '[:upper:]')
   case $image in
     base)
       for key in $STACK_KEYS; do
-        var="STACK_${up}_${key}"
+        var=$(stack_var "$stack" "$key")
         [ -n "${!var+x}" ] || die "versions.env has no $var"
         printf '%s=%s\n' "$key" "${!var}"
       done
@@ -120,9 +141,8 @@ rootfs() {  # rootfs <NAME>: the parent image <NAME>_ROOTFS_IMAGE, made once (ke
 }
 
 parents() {  # parents <stack>: makes every debootstrap parent the stack's images start from
-  local up var name seen=" "
-  up=$(echo "$1" | tr '[:lower:]' '[:upper:]')
-  for var in "STACK_${up}_BUILDER_IMAGE" "STACK_${up}_RUNTIME_IMAGE"; do
+  local var name seen=" "
+  for var in "$(stack_var "$1" BUILDER_IMAGE)" "$(stack_var "$1" RUNTIME_IMAGE)"; do
     for name in $(grep -oE '^[A-Z0-9]+_ROOTFS_IMAGE=' versions.env | sed 's/_ROOTFS_IMAGE=//'); do
       local image_var="${name}_ROOTFS_IMAGE"
       if [ "${!var}" = "${!image_var}" ] && [[ "$seen" != *" $name "* ]]; then
@@ -141,6 +161,22 @@ d2_source() {  # d2_source <stack>: the pinned Detectron2 archive into the build
     cp "$(bash tools/d2_source.sh path "$pin")" images/.build/detectron2-src.tar
     say "Detectron2 from the pinned archive $(bash tools/d2_source.sh path "$pin")"
   fi
+}
+
+need_source() {  # need_source <stack>: a CPU twin without its archive stops here, in one line
+  local pin force
+  pin=$(src_pin "$1")
+  force=$(stack_var "$1" FORCE_CUDA)
+  [ -n "$pin" ] && [ "${!force}" != 1 ] || return 0
+  bash tools/d2_source.sh check "$pin" >/dev/null && return 0
+  # The twins exist for machines without GitHub (their parents have no git): no clone to fall back on.
+  die "stack $1 needs $(bash tools/d2_source.sh path "$pin") (Detectron2 $(src_ref "$pin"), sha256-pinned): git clone https://github.com/facebookresearch/detectron2 /tmp/d2 && bash tools/d2_source.sh $pin /tmp/d2"
+}
+
+src_ref() {  # src_ref <pin>: its human name (tag or short commit)
+  local ref_var
+  ref_var="D2_$(echo "$1" | tr '[:lower:]' '[:upper:]')_REF"
+  echo "${!ref_var}"
 }
 
 host_ca() {  # the host's CA bundle for pip in the builder stages (never in a final stage)
@@ -162,8 +198,9 @@ lock() {  # lock <name>: one build of a kind at a time (CI prebuilds in the back
 
 build() {  # build <image> <stack>
   local image=$1 stack=$2 tag t0=$SECONDS
-  lock "$image-$stack"
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
+  [ "$image" = base ] && need_source "$stack"
+  lock "$image-$stack"
   host_ca
   if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; fi
   tag=$(name "$image" "$stack")
@@ -175,19 +212,21 @@ build() {  # build <image> <stack>
   say "building $tag (stack $stack)"
   docker build "${net[@]}" -f "images/$image/Dockerfile" -t "$tag" \
       --label "org.opencontainers.image.revision=$(rev)" --label "shelfdet.stack=$stack" \
+      ${PARENT:+--label "shelfdet.parent=$PARENT"} \
       "${args[@]}" . >&2
   say "built $tag in $((SECONDS - t0)) s"
   echo "$tag"
 }
 
 case "${1:-}" in
-  build) [ $# -eq 3 ] || die "usage: $0 build <image> <stack>"; check_image "$2"; check_stack "$3"; build "$2" "$3" ;;
+  build) [ $# -eq 3 ] || die "usage: $0 build <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
+         build "$2" "$3" ;;
   tags) [ $# -eq 2 ] || die "usage: $0 tags <stack>"; check_stack "$2"
         for i in base training serving; do name "$i" "$2"; done ;;
   name) check_image "$2"; check_stack "$3"; name "$2" "$3" ;;
-  buildargs) check_image "$2"; check_stack "$3"; buildargs "$2" "$3" ;;
+  buildargs) check_image "$2"; check_stack "$3"; check_parent "$3"; buildargs "$2" "$3" ;;
   rootfs) name=${2:-CPU}; lock "rootfs-$name"; rootfs "$name" ;;
-  prebuild) check_stack "$2"
+  prebuild) check_stack "$2"; check_parent "$2"
         for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
   *) die "usage: $0 build|tags|name|buildargs|rootfs|prebuild ..." ;;
 esac

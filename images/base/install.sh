@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs inside the base image's builder stage (see Dockerfile): one script for
 # every stack, driven by the build arguments from versions.env.
-#   install.sh python   # system packages + the /opt/venv virtual environment
-#   install.sh deps     # torch (GPU stacks), requirements, Detectron2
-#   install.sh wheel    # the shelfdet wheel from /tmp/shared into /tmp/wheels
+#   install.sh python      # system packages + the /opt/venv virtual environment
+#   install.sh deps        # torch (GPU stacks), requirements
+#   install.sh cuda        # a CUDA_HOME in /opt/cuda where the parent has no compiler (CUDA_PIP, CUDA_DEB)
+#   install.sh detectron2  # Detectron2: the sdist, or compiled from the pinned source
+#   install.sh wheel       # the shelfdet wheel from /tmp/shared into /tmp/wheels
 set -euo pipefail
 set -f
 say() { printf '[base] %s\n' "$*"; }
@@ -12,6 +14,10 @@ VENV=/opt/venv
 # registries); empty when the host has none. Builder stage only.
 if [ -s /tmp/host-ca.crt ]; then export PIP_CERT=/tmp/host-ca.crt GIT_SSL_CAINFO=/tmp/host-ca.crt; fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-cache-dir)
+site() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+# Outside /opt/venv, so that the final stage (which copies the venv) has no compiler.
+ASSEMBLED_CUDA=/opt/cuda
+[ -x "$ASSEMBLED_CUDA/bin/nvcc" ] && export CUDA_HOME=$ASSEMBLED_CUDA PATH=$ASSEMBLED_CUDA/bin:$PATH
 
 case "$1" in
 python)
@@ -45,7 +51,62 @@ deps)
   say "pip: ${TORCH_PIP:-(torch from the parent)} + requirements"
   # shellcheck disable=SC2086
   "${PIP[@]}" install -q "${index[@]}" -c /tmp/constraints.txt $TORCH_PIP $REQUIREMENTS
-  SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  find "$VENV" -name '__pycache__' -prune -exec rm -rf {} +
+  ;;
+cuda)
+  if [ -z "${CUDA_PIP:-}${CUDA_DEB:-}" ]; then
+    [ "$FORCE_CUDA" = 1 ] && say "CUDA compiler: the parent's, $(command -v nvcc || echo 'none found')"
+    exit 0
+  fi
+  # No registry here has a CUDA 12 toolkit in one piece: NVIDIA's PyPI wheels
+  # (CUDA_PIP) bring ptxas, NVVM, libdevice and headers but no nvcc driver,
+  # cicc, cudafe++, fatbinary or nvlink; those come from one Debian package
+  # (CUDA_DEB, "<suite>/<component> <package>=<version>", the same CUDA
+  # release), unpacked, not installed, so that its suite's libraries stay out.
+  # The runtime headers and libcudart are those of torch's own nvidia-* wheels.
+  C=$ASSEMBLED_CUDA SITE=$(site) tmp=/tmp/cuda-parts
+  mkdir -p "$tmp/lists/partial" "$tmp/archives/partial" "$tmp/deb" "$C/bin" "$C/nvvm/bin" "$C/include" "$C/lib64"
+  say "CUDA from PyPI: $CUDA_PIP"
+  # shellcheck disable=SC2086
+  "${PIP[@]}" install -q --no-deps --target "$tmp/pip" $CUDA_PIP
+  read -r suite package <<<"$CUDA_DEB"
+  mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+  echo "deb ${mirror:-http://deb.debian.org/debian} ${suite%%/*} ${suite#*/}" >"$tmp/sources.list"
+  apt_opts=(-o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o Dir::State::Lists="$tmp/lists" -o Dir::Cache::Archives="$tmp/archives"
+            -o APT::Sandbox::User=root)
+  say "CUDA from Debian ${suite%%/*}: $package (apt checks its hash against the signed index)"
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$tmp/deb" && apt-get "${apt_opts[@]}" download -qq "$package")
+  dpkg-deb -x "$(find "$tmp/deb" -name '*.deb')" "$tmp/x"
+  T=$tmp/x N=$tmp/pip/nvidia
+  cp "$T/usr/lib/nvidia-cuda-toolkit/bin/nvcc" "$C/bin/"
+  cp -r "$T/usr/lib/nvidia-cuda-toolkit/bin/crt" "$C/bin/"
+  cp "$T/usr/lib/nvidia-cuda-toolkit/bin/cicc" "$C/nvvm/bin/"
+  for tool in cudafe++ fatbinary nvlink bin2c cuobjdump nvprune; do cp "$T/usr/bin/$tool" "$C/bin/"; done
+  cp "$N/cuda_nvcc/bin/ptxas" "$C/bin/"
+  cp -r "$N/cuda_nvcc/nvvm/lib64" "$N/cuda_nvcc/nvvm/libdevice" "$N/cuda_nvcc/nvvm/include" "$C/nvvm/"
+  set +f
+  for inc in "$N"/*/include "$SITE"/nvidia/*/include; do cp -rn "$inc/." "$C/include/"; done
+  set -f
+  find "$C/include" -name '__init__.py' -delete
+  ln -s "$SITE/nvidia/cuda_runtime/lib/libcudart.so.12" "$C/lib64/libcudart.so"
+  # nvcc reads this beside itself; the layout above is the toolkit's own, less targets/.
+  cat >"$C/bin/nvcc.profile" <<'PROFILE'
+TOP              = $(_HERE_)/..
+NVVMIR_LIBRARY_DIR = $(TOP)/nvvm/libdevice
+LD_LIBRARY_PATH += $(TOP)/lib64:
+PATH            += $(TOP)/nvvm/bin:$(_HERE_):
+INCLUDES        +=  "-I$(TOP)/include" $(_SPACE_)
+LIBRARIES        =+ $(_SPACE_) "-L$(TOP)/lib64"
+CUDAFE_FLAGS    +=
+PTXAS_FLAGS     +=
+PROFILE
+  rm -rf "$tmp"
+  "$C/bin/nvcc" --version | tail -n 1
+  ;;
+detectron2)
+  SITE=$(site)
   case "$DETECTRON2" in
   sdist)
     # The sdist has no C++ sources: fetch it, check its sha256, unpack its package.
@@ -82,16 +143,14 @@ deps)
     so=$(find "$SITE/detectron2" -name '_C*.so' | head -n 1)
     [ -n "$so" ] || { echo "error: Detectron2 was built without its _C extension" >&2; exit 3; }
     if [ "$FORCE_CUDA" = 1 ]; then
-      # Every requested architecture must be in the compiled extension.
+      # Every requested architecture must be in the compiled extension (the final
+      # stage's smoke check reads the same from the file, without cuobjdump).
       elfs=$(cuobjdump --list-elf "$so")
       for arch in ${TORCH_CUDA_ARCH_LIST//;/ }; do
         sm="sm_$(echo "${arch%+PTX}" | tr -d .)"
         grep -q "$sm" <<<"$elfs" || { echo "error: $so has no code for $sm" >&2; exit 3; }
       done
       say "compiled for: $(grep -oE 'sm_[0-9]+' <<<"$elfs" | sort -u | tr '\n' ' ')"
-      # For the final stage's smoke check, whose runtime parent may have no cuobjdump.
-      mkdir -p "$VENV/share/shelfdet"
-      echo "$elfs" >"$VENV/share/shelfdet/detectron2-archs.txt"
     else
       say "compiled ops: cpu only ($so)"
     fi
@@ -104,5 +163,5 @@ wheel)
   "${PIP[@]}" wheel -q --no-deps -w /tmp/wheels /tmp/shared
   ls /tmp/wheels
   ;;
-*) echo "usage: install.sh python|deps|wheel" >&2; exit 2 ;;
+*) echo "usage: install.sh python|deps|cuda|detectron2|wheel" >&2; exit 2 ;;
 esac

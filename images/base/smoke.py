@@ -4,12 +4,14 @@ step and predict through ``shelfdet.inference.Detector``; where Detectron2's ops
 were compiled, they load, and the CUDA architectures inside ``detectron2._C``
 are listed and must include every one in TORCH_CUDA_ARCH_LIST.
 Also handy later: ``docker run IMAGE python /usr/local/lib/shelfdet/smoke.py``."""
+import contextlib
 import glob
 import importlib
 import os
 import pkgutil
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -23,14 +25,22 @@ compat.apply()
 
 import detectron2  # noqa: E402
 
-ARCH_RECORD = os.path.join(sys.prefix, "share", "shelfdet", "detectron2-archs.txt")
-
-
 def import_everything():
-    # __main__ runs the command line when imported: everything it uses is imported here anyway.
-    names = [m.name for m in pkgutil.walk_packages(shelfdet.__path__, "shelfdet.") if not m.name.endswith("__main__")]
+    names = [m.name for m in pkgutil.walk_packages(shelfdet.__path__, "shelfdet.")]
     for name in names:
-        importlib.import_module(name)
+        if name.rsplit(".", 1)[-1] != "__main__":
+            importlib.import_module(name)
+            continue
+        # Importing __main__ runs the command line: give it --help, which must exit 0.
+        argv, sys.argv = sys.argv, [name, "--help"]
+        try:
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                importlib.import_module(name)
+        except SystemExit as done:
+            if done.code not in (0, None):
+                raise SystemExit("smoke: python -m {} --help exited {}".format(name, done.code))
+        finally:
+            sys.argv = argv
     return len(names)
 
 
@@ -65,22 +75,59 @@ def train_step_and_predict(algo):
                                                        len(pred["scores"]))
 
 
+def fatbin_entries(path):
+    """(kind, arch) of each CUDA code object inside an ELF shared library: kind "sm" for
+    machine code, "compute" for PTX. Read from the .nv_fatbin section's fatbinary
+    headers (magic 0xBA55ED50; each entry's kind at offset 0, its arch at offset 28),
+    so that no CUDA tool is needed in the final stage."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + k * shentsize) for k in range(shnum)]
+    names_at = sections[shstrndx][4]
+    entries = []
+    for name, _, _, _, offset, size in sections:
+        if data[names_at + name:names_at + name + 11] != b".nv_fatbin\x00":
+            continue
+        pos, end = offset, offset + size
+        while pos + 16 <= end:
+            magic, _, header, body = struct.unpack_from("<IHHQ", data, pos)
+            if magic != 0xBA55ED50:
+                pos += 8  # containers are 8-byte aligned
+                continue
+            entry, stop = pos + header, pos + header + body
+            while entry < stop:
+                kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+                arch, = struct.unpack_from("<I", data, entry + 28)
+                if kind in (1, 2):
+                    entries.append(("compute" if kind == 1 else "sm", arch))
+                entry += entry_header + payload
+            pos = stop
+    return sorted(set(entries))
+
+
 def compiled_archs():
-    """sm_XX codes inside detectron2._C: cuobjdump when present, else the builder's record."""
+    """The CUDA code inside detectron2._C as names like sm_70 (machine code) and
+    compute_90 (PTX); None where nothing was compiled."""
     so = glob.glob(os.path.join(os.path.dirname(detectron2.__file__), "_C*.so"))
     if not so:
         return None, "no compiled extension"
     importlib.import_module("detectron2._C")  # its libraries (CUDA runtime, torch) resolve
-    tool = shutil.which("cuobjdump")
-    if tool:
-        out = subprocess.run([tool, "--list-elf", so[0]], capture_output=True, text=True).stdout
-        source = "cuobjdump"
-    elif os.path.isfile(ARCH_RECORD):
-        out = open(ARCH_RECORD).read()
-        source = ARCH_RECORD
-    else:
-        out, source = "", "no CUDA code"
-    return sorted(set(re.findall(r"sm_\d+", out))), source
+    found = ["{}_{}".format(kind, arch) for kind, arch in fatbin_entries(so[0])]
+    tool = shutil.which("cuobjdump") or next(iter(glob.glob(os.path.join(
+        sys.prefix, "lib", "python3*", "site-packages", "triton", "backends", "nvidia", "bin", "cuobjdump"))), None)
+    if tool and found:
+        # Cross-check with NVIDIA's own reader where there is one (torch's triton ships it).
+        listed = subprocess.run([tool, "--list-elf", "--list-ptx", so[0]], capture_output=True, text=True).stdout
+        theirs = set(re.findall(r"\.(sm_\d+)\.cubin", listed)) | {
+            "compute_" + m for m in re.findall(r"\.sm_(\d+)\.ptx", listed)}
+        if theirs != set(found):
+            raise SystemExit("smoke: {} lists {}, the fatbin headers {}".format(tool, sorted(theirs), found))
+        return found, "fatbin headers, as cuobjdump lists"
+    return found, "fatbin headers" if found else "no CUDA code in " + os.path.basename(so[0])
 
 
 def main():
@@ -97,8 +144,10 @@ def main():
         print("smoke: compiled ops: cpu only ({})".format(source))
     else:
         print("smoke: compiled ops: CUDA {} ({})".format(" ".join(archs), source))
-    missing = ["sm_" + a.replace("+PTX", "").replace(".", "") for a in wanted]
-    missing = [sm for sm in missing if not archs or sm not in archs]
+    # "9.0+PTX" asks for sm_90 machine code and compute_90 PTX (for GPUs after it).
+    needed = ["sm_" + a.replace("+PTX", "").replace(".", "") for a in wanted]
+    needed += ["compute_" + a.replace("+PTX", "").replace(".", "") for a in wanted if a.endswith("+PTX")]
+    missing = [code for code in needed if not archs or code not in archs]
     if missing:
         raise SystemExit("smoke: detectron2._C lacks {} from TORCH_CUDA_ARCH_LIST={}".format(
             ", ".join(missing), os.environ.get("TORCH_CUDA_ARCH_LIST")))
