@@ -179,7 +179,7 @@ def checkpoint_config_buffers() -> Iterable[str]:
 
 def torch_load(path: str) -> Any:
     """``torch.load`` onto the CPU, tensors and plain containers only where torch can
-    refuse the rest (``weights_only`` arrived in torch 1.13; the twin of cu101 has 1.7)."""
+    refuse the rest (``weights_only`` arrived in torch 1.13; cu101 has 1.6)."""
     import inspect
 
     import torch
