@@ -139,6 +139,34 @@ def test_dockerignore_keeps_data_runs_and_venv_out():
         assert must in ignored, must
 
 
+SUITE_PYTHON = {"bullseye": (3, 9), "bookworm": (3, 11)}  # each Debian release's python3
+TORCH_CUDA = {"2.5.1": "12.4"}  # the CUDA release of torch's default PyPI wheel
+
+
+def stack_values(pins: Dict[str, str], stack: str, parent: str = "") -> Dict[str, str]:
+    """A stack's STACK_<STACK>_<KEY> values, with a PARENT variant's STACK_<STACK>_<PARENT>_<KEY> over them."""
+    base, over = "STACK_{}_".format(stack), "STACK_{}_{}_".format(stack, parent)
+    out = {k[len(base):]: v for k, v in pins.items() if k.startswith(base)}
+    if parent:
+        out.update({k[len(over):]: v for k, v in pins.items() if k.startswith(over)})
+    return out
+
+
+def system_side(pins: Dict[str, str], values: Dict[str, str], side: str):
+    """(distribution packages, debootstrap suite or None) of a stack's builder (BUILD) or
+    final (RUNTIME) stage: its APT_<side> list plus what its debootstrap parent was made with."""
+    image = values["BUILDER_IMAGE" if side == "BUILD" else "RUNTIME_IMAGE"]
+    packages = values["APT_" + side].split()
+    for key, value in pins.items():
+        if key.endswith("_ROOTFS_IMAGE") and value == image:
+            name = key[:-len("_ROOTFS_IMAGE")]
+            return packages + pins[name + "_ROOTFS_PACKAGES"].split(), pins[name + "_ROOTFS_SUITE"]
+    return packages, None
+
+
+GPU_BUILDS = [("CU101", ""), ("CU12", ""), ("CU12", "NVIDIA")]
+
+
 def test_gpu_stacks_python_matches_the_compatibility_check():
     pins = env_file()
     vermin_test = (ROOT / "tests" / "test_py38_compat.py").read_text()
@@ -147,13 +175,24 @@ def test_gpu_stacks_python_matches_the_compatibility_check():
     oldest = (int(target.group(1)), int(target.group(2)))
     assert pins["STACK_CU101_PYTHON"] == "python{}.{}".format(*oldest), \
         "cu101's Python must be the vermin check's target"
-    for stack in ("CU101", "CU12"):
-        m = re.fullmatch(r"python(\d+)\.(\d+)", pins["STACK_{}_PYTHON".format(stack)])
-        assert m and (int(m.group(1)), int(m.group(2))) >= oldest, stack
-        minor = "python{}.{}".format(m.group(1), m.group(2))
-        assert minor + "-dev" in pins["STACK_{}_APT_BUILD".format(stack)].split()
-        assert minor in pins["STACK_{}_APT_RUNTIME".format(stack)].split()
-    assert pins["STACK_CU12_PYTHON"] == "python3.11"
+    for stack, parent in GPU_BUILDS + [("CU101CPU", "")]:
+        values = stack_values(pins, stack, parent)
+        build, suite = system_side(pins, values, "BUILD")
+        runtime, runtime_suite = system_side(pins, values, "RUNTIME")
+        assert suite == runtime_suite, (stack, parent, "builder and final stage on one release")
+        m = re.fullmatch(r"python(\d+)\.(\d+)", values["PYTHON"])
+        if suite is None:  # a pulled parent: the interpreter is an APT package of its own
+            assert m, (stack, parent)
+            version = (int(m.group(1)), int(m.group(2)))
+            minor = "python{}.{}".format(*version)
+            assert minor + "-dev" in build and minor in runtime, (stack, parent)
+        else:  # a debootstrap parent: that release's python3
+            version = SUITE_PYTHON[suite]
+            assert values["PYTHON"] in ("python3", "python{}.{}".format(*version)), (stack, parent)
+            assert "python3-dev" in build and "python3" in runtime, (stack, parent)
+        assert version >= oldest, (stack, parent)
+        if stack == "CU12":
+            assert version == (3, 11), parent
 
 
 def test_gpu_stacks_compile_detectron2_for_their_arches():
@@ -163,14 +202,44 @@ def test_gpu_stacks_compile_detectron2_for_their_arches():
     assert "torchvision==0.7.0+cu101" in pins["STACK_CU101_TORCH_PIP"].split()
     assert "cudnn7" in pins["STACK_CU101_BUILDER_IMAGE"] and ":10.1-" in pins["STACK_CU101_BUILDER_IMAGE"]
     cu12_arches = pins["STACK_CU12_TORCH_CUDA_ARCH_LIST"].replace("+PTX", "").split(";")
-    assert {"8.0", "8.6", "8.9", "9.0"} <= set(cu12_arches)
-    for stack in ("CU101", "CU12"):
-        assert pins["STACK_{}_FORCE_CUDA".format(stack)] == "1"
-        assert pins["STACK_{}_DETECTRON2".format(stack)].startswith("git:"), "GPU stacks compile from source"
-        assert "devel" in pins["STACK_{}_BUILDER_IMAGE".format(stack)]
-        assert "runtime" in pins["STACK_{}_RUNTIME_IMAGE".format(stack)]
+    assert {"7.0", "7.5", "8.0", "8.6", "8.9", "9.0"} <= set(cu12_arches)
+    for stack, parent in GPU_BUILDS:
+        values = stack_values(pins, stack, parent)
+        assert values["FORCE_CUDA"] == "1"
+        assert values["DETECTRON2"].startswith("git:"), "GPU stacks compile from source"
+        build, suite = system_side(pins, values, "BUILD")
+        runtime, _ = system_side(pins, values, "RUNTIME")
+        assert "git" in build, (stack, parent, "the clone fallback where the archive is absent")
+        if suite is None:  # NVIDIA's images: devel to compile, runtime to run
+            assert not values["CUDA_PIP"] and not values["CUDA_DEB"], (stack, parent)
+            assert "devel" in values["BUILDER_IMAGE"] and "runtime" in values["RUNTIME_IMAGE"], (stack, parent)
+        else:  # the compiler is assembled in the builder only; the final stage has none
+            assert values["CUDA_PIP"] and values["CUDA_DEB"], (stack, parent)
+            assert "build-essential" in build and "build-essential" not in runtime, (stack, parent)
+    # cu12's compiler is of the CUDA release its torch was built with (cpp_extension checks).
+    torch_version = re.search(r"torch==([\d.]+)", pins["STACK_CU12_TORCH_PIP"]).group(1)
+    cuda = TORCH_CUDA[torch_version]
+    assert pins["STACK_CU12_TORCH_INDEX"] == "", "PyPI's default torch wheel is the CUDA build"
+    for pin in pins["STACK_CU12_CUDA_PIP"].split():
+        assert re.fullmatch(r"nvidia-cuda-[a-z]+-cu12==" + re.escape(cuda) + r"\.[\w.]+", pin), pin
+    assert re.fullmatch(r"\S+/\S+ nvidia-cuda-toolkit=" + re.escape(cuda) + r"\.\S+", pins["STACK_CU12_CUDA_DEB"])
+    assert ":{}.".format(cuda) in pins["STACK_CU12_NVIDIA_BUILDER_IMAGE"]
     # The cu12 commit is a full hash (a tag could move).
     assert re.search(r"@[0-9a-f]{40}$", pins["STACK_CU12_DETECTRON2"])
+
+
+def test_parent_variant_swaps_only_what_it_names():
+    pins = env_file()
+    env = dict(os.environ, PARENT="nvidia")
+    out = subprocess.run(["bash", str(ROOT / "tools" / "images.sh"), "buildargs", "base", "cu12"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    given = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert given == dict(build_args("base", "cu12"), **{k: v for k, v in stack_values(pins, "CU12", "NVIDIA").items()
+                                                        if "STACK_CU12_NVIDIA_" + k in pins})
+    out = subprocess.run(["bash", str(ROOT / "tools" / "images.sh"), "buildargs", "base", "cu101"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode != 0 and "no parent variant 'nvidia'" in out.stderr
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -243,3 +312,13 @@ def test_a_twin_without_its_source_stops_in_one_line(tmp_path):
     assert len(lines) == 1, out.stderr
     assert "git clone https://github.com/facebookresearch/detectron2" in lines[0]
     assert "bash tools/d2_source.sh cu101 " in lines[0]
+
+
+def test_smoke_check_runs_on_python38():
+    # It runs in every base image, cu101's Python 3.8 included.
+    vermin = Path(sys.executable).with_name("vermin")
+    if not vermin.exists():
+        pytest.skip("vermin is not installed beside this Python")
+    cmd = [str(vermin), "--no-tips", "--violations", "-t=3.8-", str(ROOT / "images" / "base" / "smoke.py")]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
