@@ -35,6 +35,9 @@ N              ?= 4
 ROLE           ?=
 MODEL          ?=
 STACK          ?=
+# Read, not repeated: launch/images.py's CARD_STACK is the one place push's default is set.
+unexport CARD_STACK
+CARD_STACK      = $(shell sed -n 's/^CARD_STACK = "\([a-z0-9]*\)".*/\1/p' shared/shelfdet/launch/images.py)
 PORT           ?= 8080
 OBJECTIVE      ?= validation:ap
 MAX_JOBS       ?= 8
@@ -55,7 +58,7 @@ help: ## this list
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)"
-	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, cu101 to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
+	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in README.md)"
 
 # ---- local environment -------------------------------------------------------
@@ -122,10 +125,10 @@ build-serving: build-base ## serving image for STACK
 tag: ## print the image tags for STACK
 	bash tools/images.sh tags $(or $(STACK),cpu)
 
-push-training: $(SETUP_STAMP) ## push the training image of STACK (default cu101) to ECR in REGION
+push-training: $(SETUP_STAMP) ## push the training image of STACK (default: the card's) to ECR in REGION
 	$(SHELFDET) push training $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
 
-push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default cu101) to ECR in REGION
+push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default: the card's) to ECR in REGION
 	$(SHELFDET) push serving $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
 
 # ---- quality -----------------------------------------------------------------

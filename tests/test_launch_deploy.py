@@ -93,7 +93,7 @@ def test_deploy_and_undeploy_errors(account, capsys, tmp_path):
     rc, _, err = cli(capsys, "deploy", "--model", "s3://{}/missing.tar.gz".format(BUCKET), "--record-dir", str(tmp_path), *AWS)
     assert rc != 0 and "not found in S3" in one_error_line(err)
     rc, _, err = cli(capsys, "deploy", "--model", "s3://x/m.tar.gz", "--stack", "cu12", "--record-dir", str(tmp_path), *AWS)
-    assert rc != 0 and "is not in ECR: run `make push-serving" in one_error_line(err)
+    assert rc != 0 and ": run make push-serving REGION=us-east-2 STACK=cu12" in one_error_line(err)
     rc, _, err = cli(capsys, "undeploy", "--record-dir", str(tmp_path), *AWS)
     assert rc != 0 and "no ENDPOINT given and no deployment recorded" in one_error_line(err)
     assert sm.list_models()["Models"] == []

@@ -146,6 +146,33 @@ def test_card_command_pushes_the_card_stack(fake_docker, monkeypatch, kind):
     assert out.returncode == 0, out.stderr
     uri = "{}/{}".format(REGISTRY, local)
     assert fake_docker("images.log") == [["build", kind, "cu101"]]
-    pushed = [c for c in fake_docker() if isinstance(c, list) and c[0] in ("tag", "push")]
-    assert pushed == [["tag", local, uri], ["push", uri]]
+    # A parent from an AWS Deep Learning Container registry needs its own login before the build.
+    parents = [step for r in images.dlc_registries("cu101")
+               for step in (["login", "--username", "AWS", "--password-stdin", "https://" + r],
+                            "#stdin {}-auth-token".format(r.split(".")[0]))]
+    assert fake_docker() == [["image", "inspect", "--format", "{{.Id}}", local]] + parents + [
+        "#build build {} cu101".format(kind),
+        ["image", "inspect", "--format", "{{.Id}}", local],
+        ["login", "--username", "AWS", "--password-stdin", "https://" + REGISTRY],
+        "#stdin {}-auth-token".format(ACCOUNT),  # get-login-password's token, on stdin only
+        ["tag", local, uri],
+        ["push", uri],
+    ]
     assert out.stdout.strip().splitlines()[-1] == uri
+    assert "STACK not given: the design card's cu101" in out.stderr
+    (repo,) = client("ecr").describe_repositories(repositoryNames=["shelfdet-" + kind])["repositories"]
+    assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
+
+
+def test_make_help_names_the_push_default():
+    out = make("help")
+    assert out.returncode == 0, out.stderr
+    assert "{} to push".format(images.CARD_STACK) in out.stdout
+
+
+def test_the_test_only_twin_is_not_pushed(fake_docker):
+    out = make("push-training", "REGION=" + REGION, "STACK=cu101cpu")
+    assert out.returncode != 0
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+    assert errors == ["error: stack 'cu101cpu' is a CPU twin for tests, never pushed or launched (one of: cpu, cu101, cu12)"]
+    assert fake_docker() == [] and fake_docker("images.log") == []

@@ -111,7 +111,8 @@ def test_wait_ends_with_artefact_and_metrics(account, capsys):
 @pytest.mark.parametrize("case, expect", [
     ("no-credentials", "no AWS credentials found"),
     ("missing-bucket", "bucket 'no-such-bucket' does not exist"),
-    ("missing-image", "is not in ECR: run `make push-training REGION=us-east-2 STACK=cu12`"),
+    ("missing-image", "is not in ECR (123456789012.dkr.ecr.us-east-2.amazonaws.com/shelfdet-training): "
+                      "run make push-training REGION=us-east-2 STACK=cu12"),
     ("missing-role", "execution role 'NoSuchRole' not found"),
     ("no-role-found", "no SageMaker execution role found"),
     ("unknown-region", "unknown region 'mars-north-1'"),

@@ -226,7 +226,11 @@ class Aws:
         return bool(out.get("KeyCount") or out.get("Contents"))
 
     def image_uri(self, kind: str, stack: str, override: Optional[str] = None) -> str:
-        """Our image's ECR URI for this account and region, checked to be pushed."""
+        """Our image's ECR URI for this account and region, checked to be pushed.
+
+        Called before anything is created, so a missing image costs nothing but
+        this one line. A dry run cannot look (no AWS call at all) and says so.
+        """
         from . import images
 
         try:
@@ -234,15 +238,21 @@ class Aws:
         except images.ImageError as err:
             raise LaunchError(str(err)) from None
         parts = images.parse_ecr_uri(uri)
-        if self.dry_run or parts is None:
+        if self.dry_run:
+            if parts is not None or not override:
+                note("# dry run: whether {} is in ECR was not checked".format(uri))
             return uri
+        if parts is None:
+            return uri  # another registry: ECR cannot answer for it
         ecr = self.client("ecr")
         try:
             ecr.describe_images(registryId=parts["account"], repositoryName=parts["repo"],
                                 imageIds=[{"imageTag": parts["tag"]}])
         except (ecr.exceptions.RepositoryNotFoundException, ecr.exceptions.ImageNotFoundException):
-            raise LaunchError("image {} is not in ECR: run `make push-{} REGION={} STACK={}` first".format(
-                uri, kind, self.region, stack)) from None
+            fix = ("push it there, or pass another --image-uri" if override else
+                   "run make push-{} REGION={} STACK={}".format(kind, parts["region"], stack))
+            raise LaunchError("{}:{} is not in ECR ({}/{}): {}".format(
+                parts["repo"], parts["tag"], uri.split("/", 1)[0], parts["repo"], fix)) from None
         return uri
 
 

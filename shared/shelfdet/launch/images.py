@@ -7,9 +7,14 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
+# The stacks that can be pushed and launched.
 STACKS = ("cpu", "cu101", "cu12")
 # The design card's stack (CUDA 10.1, torch 1.6, Volta/Turing): what `make push-*` pushes by default.
+# The only place that default is set: the Makefile passes STACK only when given.
 CARD_STACK = "cu101"
+# tools/images.sh also builds these CPU twins of GPU stacks; they exist to test the
+# GPU stacks' software where there is no GPU, so nothing pushes or launches them.
+TEST_STACKS = ("cu101cpu",)
 KINDS = ("training", "serving")
 # AWS Deep Learning Containers live in this account's registry in every region.
 DLC_ACCOUNT = "763104351884"
@@ -85,6 +90,9 @@ class Image(NamedTuple):
 def image(kind: str, stack: str, versions: Optional[Dict[str, str]] = None) -> Image:
     if kind not in KINDS:
         raise ImageError("unknown image '{}' (one of: {})".format(kind, ", ".join(KINDS)))
+    if stack in TEST_STACKS:
+        raise ImageError("stack '{}' is a CPU twin for tests, never pushed or launched (one of: {})".format(
+            stack, ", ".join(STACKS)))
     if stack not in STACKS:
         raise ImageError("unknown stack '{}' (one of: {})".format(stack, ", ".join(STACKS)))
     v = versions if versions is not None else read_versions()
@@ -108,7 +116,7 @@ def dlc_registries(stack: str, versions: Optional[Dict[str, str]] = None) -> Lis
     Looks at the stack's own keys (STACK_<STACK>_*) and at keys that name no stack.
     """
     v = versions if versions is not None else read_versions()
-    others = [s.upper() for s in STACKS if s != stack]
+    others = [s.upper() for s in STACKS + TEST_STACKS if s != stack]
     found = []
     for key, value in v.items():
         if any("_{}_".format(o) in "_{}_".format(key) for o in others):
