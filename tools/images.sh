@@ -2,6 +2,7 @@
 # Builds and names the project's images from versions.env.
 #   bash tools/images.sh build <base|training|serving|test> <cpu|cu101|cu12|cu101cpu>
 #   PARENT=nvidia bash tools/images.sh build base cu12   # a stack's parent variant (STACK_CU12_NVIDIA_*)
+#   NO_CACHE=1 bash tools/images.sh build base cu12      # every step again (a cold build's time)
 #   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
@@ -212,7 +213,7 @@ build() {  # build <image> <stack>
   say "building $tag (stack $stack)"
   docker build "${net[@]}" -f "images/$image/Dockerfile" -t "$tag" \
       --label "org.opencontainers.image.revision=$(rev)" --label "shelfdet.stack=$stack" \
-      ${PARENT:+--label "shelfdet.parent=$PARENT"} \
+      ${PARENT:+--label "shelfdet.parent=$PARENT"} ${NO_CACHE:+--no-cache} \
       "${args[@]}" . >&2
   say "built $tag in $((SECONDS - t0)) s"
   echo "$tag"
