@@ -40,7 +40,7 @@ def mismatch(where: str, missing: List[str], unexpected: List[str], shapes: List
 
 def _config_buffers_agree(model: torch.nn.Module, state: Dict[str, Any], where: str) -> None:
     """Drops buffers that some releases save and others rebuild from the config, once they agree."""
-    for name in compat.checkpoint_config_buffers():
+    for name in compat.CONFIG_BUFFERS:
         if name in state and name not in model.state_dict():
             own = getattr(model, name, None)
             saved = torch.as_tensor(state[name])
@@ -59,7 +59,7 @@ def load_exact(model: torch.nn.Module, path: str) -> None:
     state = dict(state)
     _config_buffers_agree(model, state, path)
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in state and k not in compat.checkpoint_config_buffers())
+    missing = sorted(k for k in own if k not in state and k not in compat.CONFIG_BUFFERS)
     unexpected = sorted(k for k in state if k not in own)
     shapes = sorted(k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape))
     if missing or unexpected or shapes:
@@ -90,7 +90,7 @@ class Checkpointer(DetectionCheckpointer):
             _config_buffers_agree(model, checkpoint["model"], "checkpoint in " + str(self.save_dir))
         incompatible = super()._load_model(checkpoint)
         if self._exact:
-            missing = [k for k in incompatible.missing_keys if k not in compat.checkpoint_config_buffers()]
+            missing = [k for k in incompatible.missing_keys if k not in compat.CONFIG_BUFFERS]
             shapes = [k for k, *_ in incompatible.incorrect_shapes]
             if missing or incompatible.unexpected_keys or shapes:
                 raise mismatch("the checkpoint in {}".format(self.save_dir), missing,

@@ -171,10 +171,9 @@ def unknown_keys(cfg: Any, leaves: Dict[str, Any]) -> List[str]:
     return sorted(k for k in leaves if not has_key(cfg, k))
 
 
-def checkpoint_config_buffers() -> Iterable[str]:
-    """Model buffers that some releases save in checkpoints and others rebuild from the
-    config (v0.4.1 saves ``pixel_mean``/``pixel_std``; 0.6 does not)."""
-    return ("pixel_mean", "pixel_std")
+# Model buffers that some releases save in checkpoints and others rebuild from the
+# config (v0.4.1 saves pixel_mean/pixel_std; 0.6 does not).
+CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 
 
 def torch_load(path: str) -> Any:
