@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -114,24 +114,33 @@ def summarize(ev: Any) -> Dict[str, float]:
     }
 
 
-def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]], batch_size: int = 4,
+def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
                     log_every: int = 20) -> Dict[str, Dict[str, Any]]:
-    """Runs the detector over every image of a dataset; returns predictions keyed by file name."""
+    """Runs the detector over every image of a dataset; returns predictions keyed by file name.
+
+    One image per forward, as the endpoint runs it: in a batch, padding to the
+    largest image shifts boxes slightly, and validation AP would then disagree
+    with the final evaluation and with serving.
+    """
     from . import imageio
 
     preds: Dict[str, Dict[str, Any]] = {}
     start = time.time()
     total = len(gt_dicts)
-    for i in range(0, total, batch_size):
-        chunk = gt_dicts[i:i + batch_size]
-        images = [imageio.read(d["file_name"]) for d in chunk]
-        for d, p in zip(chunk, detector.predict(images)):
-            preds[os.path.basename(d["file_name"])] = p
-        done = min(i + batch_size, total)
-        if done == total or (done // batch_size) % max(1, log_every // batch_size) == 0:
+    for done, d in enumerate(gt_dicts, 1):
+        preds[os.path.basename(d["file_name"])] = detector.predict([imageio.read(d["file_name"])])[0]
+        if done == total or done % max(1, log_every) == 0:
             rate = done / max(time.time() - start, 1e-9)
             log.info("evaluation: %d/%d images, %.1f img/s, ETA %.0fs", done, total, rate, (total - done) / rate)
     return preds
+
+
+def evaluate(detector: Any, gt_dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str], max_dets: int,
+             fast: bool, log_every: int = 20) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+    """The one model evaluation: validation AP during training and the final evaluation
+    both call it, so the tuning objective and the reported score are the same number."""
+    preds = predict_dataset(detector, gt_dicts, log_every=log_every)
+    return score(gt_dicts, preds, class_names, max_dets, fast=fast), preds
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

@@ -76,7 +76,8 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     os.makedirs(env.checkpoint_dir, exist_ok=True)
 
     val_sample = reg["val"][: hp.val_samples]
-    trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period)
+    trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period,
+                      fast_eval=hp.evaluation_type != "coco")
     # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
     trainer.resume_or_load(resume=True)
     starts = comm.all_gather(trainer.start_iter)
@@ -119,6 +120,9 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
     history = trainer.validation.history if trainer.validation else []
     if history:
         metrics["final_val_loss"] = history[-1]["total_val_loss"]
+    ap_history = trainer.validation_ap.history if trainer.validation_ap else []
+    if ap_history and ap_history[-1]["iteration"] == cfg.SOLVER.MAX_ITER:
+        metrics["validation_ap"] = ap_history[-1]["AP"]
     if hp.evaluation_type != "none":
         from detectron2.data import DatasetCatalog
 
@@ -127,10 +131,8 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE,
                                         d2["changed_config_keys"]), weights, reg["classes"])
         start = time.time()
-        # One image per forward, as the endpoint runs it: batch padding would shift boxes slightly.
-        preds = evaluation.predict_dataset(detector, dicts, batch_size=1)
-        scores = evaluation.score(dicts, preds, reg["classes"], cfg.TEST.DETECTIONS_PER_IMAGE,
-                                  fast=hp.evaluation_type == "fast")
+        scores, preds = evaluation.evaluate(detector, dicts, reg["classes"], cfg.TEST.DETECTIONS_PER_IMAGE,
+                                            fast=hp.evaluation_type == "fast")
         metrics.update(scores)
         metrics.update({"eval_channel": eval_channel, "eval_images": len(dicts), "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE,
                         "eval_seconds": round(time.time() - start, 1)})

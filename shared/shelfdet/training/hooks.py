@@ -1,4 +1,9 @@
-"""Training hooks: validation loss over a fixed sample, periodic validation AP."""
+"""Training hooks: validation loss over a fixed sample, periodic validation AP.
+
+Both run inside their own ``EventStorage``: whatever the model records while
+validating (``fast_rcnn/cls_accuracy``, ``rpn/num_pos_anchors``, ...) stays
+out of the training metrics that the writers print and SageMaker scrapes.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,6 +18,7 @@ from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.engine import HookBase  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
 
 from .. import evaluation, metrics  # noqa: E402
 
@@ -53,7 +59,7 @@ class ValidationLoss(HookBase):
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         sums: Dict[str, float] = {}
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), EventStorage(self.trainer.iter):
             torch.manual_seed(0)
             for m in norms:
                 m.eval()
@@ -85,11 +91,14 @@ class ValidationLoss(HookBase):
 class ValidationAP(HookBase):
     """COCO AP on the validation channel, printed as ``validation_ap: x`` (the tuning objective)."""
 
-    def __init__(self, cfg: Any, dataset_dicts: Sequence[Dict[str, Any]], class_names: Sequence[str], period: int):
+    def __init__(self, cfg: Any, dataset_dicts: Sequence[Dict[str, Any]], class_names: Sequence[str], period: int,
+                 fast: bool = True):
         self.cfg = cfg
         self.dicts = list(dataset_dicts)
         self.class_names = list(class_names)
         self.period = period
+        self.fast = fast
+        self.history: List[Dict[str, float]] = []
 
     def after_step(self) -> None:
         if not _is_due(self.trainer, self.period):
@@ -100,10 +109,12 @@ class ValidationAP(HookBase):
             model = _unwrap(self.trainer.model)
             detector = Detector.from_model(self.cfg, model, self.class_names)
             try:
-                preds = evaluation.predict_dataset(detector, self.dicts, log_every=10 ** 9)
+                with EventStorage(self.trainer.iter):
+                    result, _ = evaluation.evaluate(detector, self.dicts, self.class_names,
+                                                    self.cfg.TEST.DETECTIONS_PER_IMAGE, self.fast, log_every=10 ** 9)
             finally:
                 model.train()
-            result = evaluation.score(self.dicts, preds, self.class_names, self.cfg.TEST.DETECTIONS_PER_IMAGE)
+            self.history.append(dict(result, iteration=self.trainer.iter + 1))
             log.info("iter: %d  validation_ap: %.6f  validation_ap50: %.6f", self.trainer.iter + 1,
                      result["AP"], result["AP50"])
         comm.synchronize()

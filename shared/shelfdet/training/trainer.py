@@ -32,16 +32,19 @@ class Trainer(DefaultTrainer):
     """Same loop, scheduler and checkpointing as DefaultTrainer; hooks built from our cfg.
 
     ``val_dicts`` is the fixed validation-loss sample; ``ap_dicts`` (optional)
-    the validation set for periodic AP.
+    the validation set for periodic AP, scored like the final evaluation
+    (``fast_eval``: faster-coco-eval or pycocotools, the same numbers).
     """
 
     def __init__(self, cfg: Any, class_names: Sequence[str], val_dicts: Sequence[Dict[str, Any]],
-                 ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20):
+                 ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20,
+                 fast_eval: bool = True):
         TrainerBase.__init__(self)
         self.class_names = list(class_names)
         self.val_dicts = list(val_dicts)
         self.ap_dicts = list(ap_dicts) if ap_dicts else None
         self.log_period = log_period
+        self.fast_eval = fast_eval
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -54,6 +57,7 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.validation: Optional[ValidationLoss] = None
+        self.validation_ap: Optional[ValidationAP] = None
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> List[Any]:
@@ -67,7 +71,8 @@ class Trainer(DefaultTrainer):
             self.validation = ValidationLoss(cfg, self.val_dicts, period)
             ret.append(self.validation)
         if self.ap_dicts:
-            ret.append(ValidationAP(cfg, self.ap_dicts, self.class_names, period))
+            self.validation_ap = ValidationAP(cfg, self.ap_dicts, self.class_names, period, self.fast_eval)
+            ret.append(self.validation_ap)
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.log_period))
         return ret
