@@ -12,6 +12,8 @@ SHELFDET    := $(PY) -m shelfdet
 
 # ---- variables (defaults) ----------------------------------------------------
 ALGO           ?= faster_rcnn
+# Passed to `train` only when set: a resumed run (RUN_DIR=) keeps its own algorithm.
+ALGO_GIVEN      = $(filter-out default file,$(origin ALGO))
 DATA_DIR       ?= data
 SRC            ?=
 BUCKET         ?=
@@ -83,7 +85,7 @@ visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL
 
 # ---- training ----------------------------------------------------------------
 train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
-	$(SHELFDET) train --algo $(ALGO) --data-dir $(DATA_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+	$(SHELFDET) train $(if $(ALGO_GIVEN),--algo $(ALGO)) --data-dir $(DATA_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
 	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)) \
 	  $(if $(HP),-- $(HP))
 

@@ -25,6 +25,33 @@ def _split_hp(argv: List[str]):
     return argv, []
 
 
+HP_FILE = os.path.join("input", "config", "hyperparameters.json")
+
+
+def resumed_hyperparameters(run_dir: str, saved_file: str, given: Dict[str, str]):
+    """The run's own hyperparameters; ALGO/HP/WEIGHTS given again must agree with them.
+
+    A resume that silently took today's defaults would train a RetinaNet
+    checkpoint as Faster R-CNN, or stop a 500-iteration run at 120 and call
+    mid-run weights final.
+    """
+    with open(saved_file) as f:
+        saved = json.load(f)
+    hp = hyperparameters.parse(dict(saved, **given))
+    now = hyperparameters.as_strings(hp)
+    source = {"model-type": "ALGO", "weights": "WEIGHTS"}
+    differ = []
+    for key in sorted(k.replace("_", "-") for k in given):
+        if now.get(key) != saved.get(key):
+            differ.append("{} {} is {} in the run".format(source.get(key, "HP --" + key), now.get(key, "(none)"),
+                                                          saved.get(key, "(none)")))
+    if differ:
+        raise hyperparameters.HyperparameterError(
+            "{} resumes with its own hyperparameters ({}): leave out ALGO/HP/WEIGHTS or give the run's values; {}"
+            .format(run_dir, saved_file, "; ".join(differ)))
+    return hp
+
+
 def ensure_data(data_dir: str) -> None:
     if os.path.isfile(os.path.join(data_dir, "report.json")):
         return
@@ -49,8 +76,10 @@ def lay_out(run_dir: str, data_dir: str, hps: Dict[str, str]) -> None:
         link = os.path.join(data, channel)
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(target), link)
-    with open(os.path.join(config, "hyperparameters.json"), "w") as f:
-        json.dump(hps, f, indent=2, sort_keys=True)
+    hp_file = os.path.join(run_dir, HP_FILE)
+    if not os.path.isfile(hp_file):  # a resumed run keeps the file it started with
+        with open(hp_file, "w") as f:
+            json.dump(hps, f, indent=2, sort_keys=True)
     with open(os.path.join(config, "inputdataconfig.json"), "w") as f:
         json.dump({c: {"ContentType": "application/x-image" if c != "annotation" else "application/json",
                        "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in links}, f, indent=2)
@@ -66,24 +95,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(remote.main(argv) or 0)
     own, hp_args = _split_hp(argv)
     ap = argparse.ArgumentParser(prog="shelfdet train", description=__doc__)
-    ap.add_argument("--algo", default="faster_rcnn", choices=hyperparameters.ALGORITHMS)
+    ap.add_argument("--algo", default=None, choices=hyperparameters.ALGORITHMS,
+                    help="faster_rcnn (default for a new run) or retinanet; a resumed run keeps its own")
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--weights", default=None, help="initial weights file (.pth/.pkl); default: from scratch")
-    ap.add_argument("--run-dir", default=None, help="an existing run folder resumes from its checkpoints")
+    ap.add_argument("--run-dir", default=None,
+                    help="an existing run folder resumes from its checkpoints with its own hyperparameters")
     ap.add_argument("--runs", default="runs", help="parent of new run folders")
     args, unknown = ap.parse_known_args(own)
     if unknown:
         print("error: unknown option(s) {}; hyperparameters go after '--' (make train HP='--lr 0.01')".format(
             " ".join(unknown)), file=sys.stderr)
         return 2
+    saved_file = os.path.join(args.run_dir, HP_FILE) if args.run_dir else None
     try:
-        raw = hyperparameters.parse_cli(hp_args)
-        raw["model-type"] = args.algo
+        given = hyperparameters.parse_cli(hp_args)
+        if args.algo:
+            given["model-type"] = args.algo
         if args.weights:
             if not os.path.isfile(args.weights):
                 raise hyperparameters.HyperparameterError("WEIGHTS file not found: {}".format(args.weights))
-            raw["weights"] = os.path.abspath(args.weights)
-        hp = hyperparameters.parse(raw, profile="local")
+            given["weights"] = os.path.abspath(args.weights)
+        if saved_file and os.path.isfile(saved_file):
+            hp = resumed_hyperparameters(args.run_dir, saved_file, given)
+        else:
+            given.setdefault("model-type", "faster_rcnn")
+            hp = hyperparameters.parse(given, profile="local")
     except hyperparameters.HyperparameterError as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
@@ -92,9 +129,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ensure_data(args.data_dir)
     if args.run_dir:
         run_dir = args.run_dir
-        print("[train] resuming {}".format(run_dir), flush=True)
+        print("[train] {} {}".format("resuming" if os.path.isfile(saved_file) else "new run in", run_dir), flush=True)
     else:
-        job = "detectron2-{}-{}".format(args.algo.replace("_", "-"), time.strftime("%Y%m%d-%H%M%S"))
+        job = "detectron2-{}-{}".format(hp.model_type.replace("_", "-"), time.strftime("%Y%m%d-%H%M%S"))
         run_dir = os.path.join(args.runs, job)
     lay_out(run_dir, args.data_dir, resolved)
     print("[train] run folder {} (SageMaker layout); hyperparameters in input/config/hyperparameters.json".format(run_dir),
@@ -110,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         m = json.load(f)
     print("")
     print("[train] done in {:.1f} min: {} {} on {} ({} images)".format(
-        (time.time() - start) / 60, args.algo, hp.backbone, m.get("eval_channel"), m.get("eval_images")))
+        (time.time() - start) / 60, hp.model_type, hp.backbone, m.get("eval_channel"), m.get("eval_images")))
     if "AP" in m:
         print("[train] AP {AP:.4f}  AP50 {AP50:.4f}  AP75 {AP75:.4f}  AR{max_dets} {AR:.4f}".format(**m))
     print("[train] model: {}/model   plots: {}/model/plots".format(run_dir, run_dir))

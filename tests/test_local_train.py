@@ -1,0 +1,68 @@
+"""`make train` on this machine: a run folder keeps its own hyperparameters across resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, TINY_HP
+from shelfdet import artefacts
+
+HP = " ".join("--{} {}".format(k, v) for k, v in dict(TINY_HP, **{
+    "num-iter": "8", "checkpoint-period": "2", "eval-period": "0", "evaluation-type": "none"}).items())
+
+
+def make_train(*args, **popen):
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), "train"] + list(args)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True, **popen)
+
+
+@pytest.fixture(scope="module")
+def interrupted_retinanet_run(tiny_dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "retina"
+    proc = make_train("ALGO=retinanet", "DATA_DIR={}".format(tiny_dataset), "RUN_DIR={}".format(run), "HP=" + HP)
+    ckpt = run / "checkpoints" / "model_0000003.pth"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in 300 s"
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # make and the training under it, no clean-up
+    proc.wait()
+    assert not (run / "model" / "artefacts.json").exists()
+    return run
+
+
+@pytest.mark.parametrize("given, says", [
+    (["ALGO=faster_rcnn"], "ALGO faster_rcnn is retinanet in the run"),
+    (["HP=--num-iter 120"], "HP --num-iter 120 is 8 in the run"),
+])
+def test_resume_refuses_other_hyperparameters_in_one_line(interrupted_retinanet_run, tiny_dataset, given, says):
+    run = interrupted_retinanet_run
+    before = (run / "input" / "config" / "hyperparameters.json").read_text()
+    proc = make_train("DATA_DIR={}".format(tiny_dataset), "RUN_DIR={}".format(run), *given)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, out[-2000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], out[-2000:]
+    assert (run / "input" / "config" / "hyperparameters.json").read_text() == before
+
+
+def test_resume_without_algo_or_hp_finishes_the_run_as_started(interrupted_retinanet_run, tiny_dataset):
+    run = interrupted_retinanet_run
+    proc = make_train("DATA_DIR={}".format(tiny_dataset), "RUN_DIR={}".format(run))
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming from iteration" in out and "of 8" in out, out[-3000:]
+    assert artefacts.read(str(run / "model")).model_type == "retinanet"
+    assert json.loads((run / "model" / "metrics.json").read_text())["iterations"] == 8
+    import torch
+
+    final = torch.load(str(run / "checkpoints" / "model_final.pth"), map_location="cpu", weights_only=False)
+    assert final["iteration"] == 7
+    assert any(k.startswith("head.") for k in final["model"]), "not a RetinaNet checkpoint"
