@@ -1,15 +1,16 @@
-"""`make deploy`, `make undeploy` and the endpoint client against a moto server."""
+"""`make deploy` and `make undeploy` against a moto server (`make predict ENDPOINT=`: test_serving_predict.py)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-import urllib.request
 
-from shelfdet.launch import endpoint, training
+import pytest
+
+from shelfdet.launch import training
 from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client,  # noqa: F401
-                                 fast_sessions, image_uri, json_docs, no_network, one_error_line, wire)
+                                 fast_sessions, image_uri, json_docs, no_network, one_error_line, put_image, sent, wire)
 
 AWS = ["--region", REGION, "--bucket", BUCKET, "--prefix", PREFIX]
 
@@ -112,14 +113,26 @@ def test_deploy_and_undeploy_errors(account, capsys, tmp_path):
     assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
 
 
-def test_invoke_returns_the_endpoints_json(account, moto_server):
-    answer = {"image_height": 10, "image_width": 20, "pred_boxes": [[1, 2, 3, 4]], "scores": [0.9],
-              "pred_classes": [0], "class_names": ["SKU"]}
-    results = {"account_id": "123456789012", "region": REGION,
-               "results": [{"Body": json.dumps(answer), "ContentType": "application/json"}]}
-    req = urllib.request.Request(moto_server + "/moto-api/static/sagemaker/endpoint-results",
-                                 data=json.dumps(results).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req).read()
-    # moto's server cannot hash a non-UTF-8 body (HTTP 500): the image bytes here are ASCII.
-    assert endpoint.invoke("shelf-ep", REGION, b"jpeg bytes", "application/x-image") == answer
+@pytest.mark.parametrize("instance_type, stack", [("ml.m5.large", "cpu"), ("ml.c5.xlarge", "cpu"), ("ml.p3.2xlarge", "cu101"),
+                                                  ("ml.g4dn.xlarge", "cu101"), ("ml.g5.xlarge", "cu12"), ("ml.g6.xlarge", "cu12")])
+def test_default_stack_serving_image_for_each_instance_family(account, wire, capsys, monkeypatch, tmp_path, instance_type, stack):
+    put_image("serving", "cu12")  # every stack pushed: the image named is the launcher's choice alone
+    client("s3").put_object(Bucket=BUCKET, Key="m/model.tar.gz", Body=b"tgz")
+    argv = ["deploy", "--model", "s3://{}/m/model.tar.gz".format(BUCKET), "--endpoint", "ep-stack", "--role", ROLE_ARN,
+            "--instance-type", instance_type, "--record-dir", str(tmp_path)] + AWS
+    if stack == "cu12":
+        # moto refuses endpoint configs on g5/g6 (its instance list predates them): the dry run, which
+        # prints exactly what is sent (test_deploy_newest_job_by_default_and_dry_run_equals_request), stands in.
+        with monkeypatch.context() as m:
+            no_network(m)
+            rc, out, err = cli(capsys, *(argv + ["--dry-run"]))
+        assert rc == 0, err
+        model, config, _ = json_docs(out)
+    else:
+        rc, out, err = cli(capsys, *argv)
+        assert rc == 0, err
+        (model,), (config,) = sent(wire, "CreateModel"), sent(wire, "CreateEndpointConfig")
+        created = client("sagemaker").describe_model(ModelName=model["ModelName"])
+        assert created["PrimaryContainer"]["Image"] == image_uri("serving", stack)
+    assert model["PrimaryContainer"]["Image"] == image_uri("serving", stack)
+    assert config["ProductionVariants"][0]["InstanceType"] == instance_type

@@ -127,6 +127,57 @@ def wire(monkeypatch, fast_sessions) -> List[Tuple[str, Dict[str, Any]]]:
     return sent
 
 
+DESCRIBES = ("DescribeTrainingJob", "DescribeTransformJob", "DescribeHyperParameterTuningJob", "DescribeEndpoint")
+
+
+class Describes:
+    """What the launchers' SageMaker describes answer, scripted ahead of moto's own answer.
+
+    moto ends every job the moment it is created. ``script(op, [changes, ...])``
+    makes the next describes of ``op`` (e.g. DescribeTrainingJob) answer moto's
+    description updated with each change in turn, so a wait sees a job run,
+    then end; past the script, moto's own answer. ``seen[op]`` holds every
+    answer as the launcher (and its waiter) read it.
+    """
+
+    def __init__(self) -> None:
+        self.scripts = {}  # type: Dict[str, List[Dict[str, Any]]]
+        self.seen = {}  # type: Dict[str, List[Dict[str, Any]]]
+        self.naps = []  # type: List[float]
+
+    def script(self, operation: str, changes: List[Dict[str, Any]]) -> None:
+        self.scripts[operation] = list(changes)
+
+    def __call__(self, parsed, model, **_) -> None:
+        script = self.scripts.get(model.name)
+        if script and "Error" not in parsed:
+            parsed.update(script.pop(0))
+        self.seen.setdefault(model.name, []).append(dict(parsed))
+
+
+@pytest.fixture
+def describes(monkeypatch, fast_sessions) -> Describes:
+    """Scripted SageMaker describes (see :class:`Describes`); waiters' sleeps recorded in ``naps``, not slept."""
+    import time
+
+    from shelfdet.launch import aws
+
+    answers = Describes()
+    original = aws.make_session
+
+    def session(region):
+        s = original(region)
+        # Registered on the session, so it runs before any handler a launcher adds to its client
+        # for the same event (botocore runs a more specific event's handlers first: hence each name).
+        for operation in DESCRIBES:
+            s.events.register("after-call.sagemaker." + operation, answers)
+        return s
+
+    monkeypatch.setattr(aws, "make_session", session)
+    monkeypatch.setattr(time, "sleep", answers.naps.append)
+    return answers
+
+
 def sent(wire, operation: str) -> List[Dict[str, Any]]:
     return [body for op, body in wire if op == operation]
 

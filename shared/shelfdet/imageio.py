@@ -6,7 +6,6 @@ the endpoint see identical pixels (EXIF orientation applied, BGR order).
 from __future__ import annotations
 
 import io
-from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -53,11 +52,3 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
 def read(path: str) -> np.ndarray:
     with open(path, "rb") as f:
         return decode(f.read(), path)
-
-
-def size(path: str) -> Tuple[int, int]:
-    """(width, height) after EXIF orientation, reading only the header."""
-    img = _open(path, path)
-    w, h = img.size
-    orientation = img.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
