@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
 from shelfdet import hyperparameters as hp
 from shelfdet.launch import training
 from shelfdet.metrics import METRIC_DEFINITIONS
-from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, client, fast_sessions, image_uri, json_docs,  # noqa: F401,E501
-                                 no_network, one_error_line, sent, wire)
+from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, client, describes, fast_sessions,  # noqa: F401,E501
+                                 image_uri, json_docs, no_network, one_error_line, put_image, sent, wire)
 
 BASE = ["--algo", "retinanet", "--data-dir", "data", "--instance-type", "ml.p3.8xlarge", "--instance-count", "2",
         "--spot", "--stack", "cpu", "--region", REGION, "--bucket", BUCKET, "--prefix", PREFIX]
@@ -102,10 +103,71 @@ def test_wait_ends_with_artefact_and_metrics(account, capsys):
     rc, out, err = run(capsys, BASE + ["--wait"])
     assert rc == 0, err
     name = out.strip().splitlines()[0]
-    artefact = client("sagemaker").describe_training_job(TrainingJobName=name)["ModelArtifacts"]["S3ModelArtifacts"]
-    assert "model artefact: {}".format(artefact) in out
-    assert "metric " in out or "metrics: none reported" in out
-    assert "Completed" in err
+    job = client("sagemaker").describe_training_job(TrainingJobName=name)
+    assert "model artefact: {}".format(job["ModelArtifacts"]["S3ModelArtifacts"]) in out
+    assert job["FinalMetricDataList"]  # moto reports one: each is printed with its value
+    for metric in job["FinalMetricDataList"]:
+        assert "metric {}: {}".format(metric["MetricName"], metric["Value"]) in out.splitlines()
+    assert "metrics: none reported" not in out
+    assert "[{}] Completed / Completed".format(name) in err
+
+
+def test_wait_says_when_no_metrics_came_and_the_billable_time(account, describes, capsys):
+    describes.script("DescribeTrainingJob", [{"FinalMetricDataList": [], "BillableTimeInSeconds": 1234}])
+    rc, out, err = run(capsys, BASE + ["--wait"])
+    assert rc == 0, err
+    assert "metrics: none reported" in out.splitlines() and "metric " not in out
+    assert "billable seconds: 1234" in out.splitlines()
+
+
+def test_wait_follows_status_and_logs_until_the_job_ends(account, describes, capsys, monkeypatch):
+    name = "detectron2-followed"
+    monkeypatch.setenv("SHELFDET_POLL_SECONDS", "0.25")
+    logs = client("logs")
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+    stream = name + "/algo-1-1700000000"
+    logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
+    logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream,
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "iter 10 loss 0.5"}])
+    running = [{"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"},
+               {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"},
+               {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}]
+    describes.script("DescribeTrainingJob", running)
+    rc, out, err = run(capsys, BASE + ["--wait", "--job-name", name])
+    assert rc == 0, err
+    # Three describes of a running job, then moto's Completed one ended the wait; a pause between each.
+    assert [d["TrainingJobStatus"] for d in describes.seen["DescribeTrainingJob"]] == ["InProgress"] * 3 + ["Completed"]
+    assert describes.naps == [0.25] * 3
+    assert [l for l in err.splitlines() if l.startswith("[" + name + "]")] == [
+        "[{}] InProgress / Starting".format(name), "[{}] InProgress / Training".format(name),
+        "[{}] Completed / Completed".format(name)]
+    assert out.splitlines().count("[algo-1-1700000000] iter 10 loss 0.5") == 1  # polled four times, printed once
+    assert out.index("iter 10 loss 0.5") < out.index("model artefact: ")
+
+
+@pytest.mark.parametrize("status, reason, expect", [
+    ("Failed", "AlgorithmError: CUDA out of memory", "training job detectron2-ends failed: AlgorithmError: CUDA out of memory"),
+    ("Stopped", None, "training job detectron2-ends stopped: no reason given"),
+])
+def test_wait_ends_with_the_failure_reason(account, describes, capsys, status, reason, expect):
+    end = {"TrainingJobStatus": status, "SecondaryStatus": status}
+    if reason:
+        end["FailureReason"] = reason
+    describes.script("DescribeTrainingJob", [{"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}, end])
+    rc, out, err = run(capsys, BASE + ["--wait", "--job-name", "detectron2-ends"])
+    assert rc == 1
+    assert one_error_line(err) == "error: " + expect
+    assert len(describes.seen["DescribeTrainingJob"]) == 2  # the waiter stopped at the end state
+    assert "model artefact" not in out
+
+
+def test_wait_for_a_job_that_is_not_there_is_one_line(account, capsys):
+    from shelfdet.launch import aws
+
+    rc = aws.run(lambda _: training.wait(aws.Aws(REGION), "detectron2-nowhere"), [])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert one_error_line(err).startswith("error: DescribeTrainingJob detectron2-nowhere: ValidationException"), err
 
 
 @pytest.mark.parametrize("case, expect", [
@@ -176,3 +238,23 @@ def test_default_stack_follows_the_instance_type():
     assert default_stack("ml.g5.xlarge") == "cu12"  # A10G: 8.6, not in cu101's arch list
     assert default_stack("ml.p4d.24xlarge") == "cu12"
     assert default_stack("ml.m5.xlarge") == "cpu"
+
+
+# The default stack (no --stack) for one instance type of each family, as sent and as created.
+DEFAULT_STACKS = [("ml.m5.xlarge", "cpu"), ("ml.c5.2xlarge", "cpu"), ("ml.p3.2xlarge", "cu101"), ("ml.g4dn.xlarge", "cu101"),
+                  ("ml.g5.xlarge", "cu12"), ("ml.g6.xlarge", "cu12"), ("ml.p4d.24xlarge", "cu12"), ("ml.p5.48xlarge", "cu12")]
+
+
+@pytest.mark.parametrize("instance_type, stack", DEFAULT_STACKS)
+def test_default_stack_image_for_each_instance_family(account, wire, capsys, instance_type, stack):
+    put_image("training", "cu12")  # every stack pushed: the image named is the launcher's choice alone
+    argv = [a for a in BASE if a not in ("--stack", "cpu")]
+    argv[argv.index("ml.p3.8xlarge")] = instance_type
+    rc, out, err = run(capsys, argv)
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["AlgorithmSpecification"]["TrainingImage"] == image_uri("training", stack)
+    assert request["ResourceConfig"]["InstanceType"] == instance_type
+    job = client("sagemaker").describe_training_job(TrainingJobName=out.strip().splitlines()[-1])
+    assert job["AlgorithmSpecification"]["TrainingImage"] == image_uri("training", stack)
+    assert "warning" not in err

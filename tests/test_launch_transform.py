@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from shelfdet.launch import training, transform
-from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client,  # noqa: F401
-                                 fast_sessions, image_uri, json_docs, make, no_network, one_error_line, sent, wire)
+from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client, describes,  # noqa: F401
+                                 fast_sessions, image_uri, json_docs, make, no_network, one_error_line, put_image, sent,
+                                 wire)
 
 AWS = ["--region", REGION, "--bucket", BUCKET, "--prefix", PREFIX]
 PREDICTION = {"image_height": 10, "image_width": 20, "pred_boxes": [[1, 2, 3, 4]], "scores": [0.9],
@@ -67,6 +68,62 @@ def test_transform_downloads_outputs_and_evaluates(account, wire, capsys, manife
     assert sm.list_models()["Models"] == []  # made for this job only, deleted after it
     assert json.loads((download / "test_1.jpg.out").read_text()) == PREDICTION
     assert json.loads(evaluate_calls.read_text()) == ["--predictions", str(download), "--manifest", str(manifest)]
+
+
+def model_and_output(name):
+    """A model artefact and the one .out the job named ``name`` would write (moto runs no container)."""
+    s3 = client("s3")
+    s3.put_object(Bucket=BUCKET, Key="m/model.tar.gz", Body=b"tgz")
+    s3.put_object(Bucket=BUCKET, Key="detectron2/transform/{}/test_1.jpg.out".format(name), Body=json.dumps(PREDICTION).encode())
+    return "s3://{}/m/model.tar.gz".format(BUCKET)
+
+
+def test_transform_waits_for_the_job_then_downloads(account, describes, capsys, monkeypatch, tmp_path):
+    name = "detectron2-transform-w"
+    monkeypatch.setenv("SHELFDET_POLL_SECONDS", "0.5")
+    describes.script("DescribeTransformJob", [{"TransformJobStatus": "InProgress"}] * 2)
+    rc, out, err = cli(capsys, "transform", "--model", model_and_output(name), "--job-name", name, "--no-evaluate",
+                       "--download-dir", str(tmp_path / "p"), *AWS)
+    assert rc == 0, err
+    assert [d["TransformJobStatus"] for d in describes.seen["DescribeTransformJob"]] == ["InProgress"] * 2 + ["Completed"]
+    assert describes.naps == [0.5] * 2
+    assert [l for l in err.splitlines() if l.startswith("[" + name + "]")] == [
+        "[{}] InProgress".format(name), "[{}] Completed".format(name)]
+    assert err.index("] Completed") < err.index("downloaded 1 predictions")
+    assert (tmp_path / "p" / "test_1.jpg.out").exists()
+
+
+@pytest.mark.parametrize("status, reason, expect", [
+    ("Failed", "ClientError: 3 records failed", "failed: ClientError: 3 records failed"),
+    ("Stopped", "", "stopped: no reason given"),
+])
+def test_transform_that_does_not_complete_is_one_line_and_downloads_nothing(account, describes, capsys, tmp_path,
+                                                                             status, reason, expect):
+    name = "detectron2-transform-f"
+    describes.script("DescribeTransformJob", [{"TransformJobStatus": "InProgress"},
+                                              {"TransformJobStatus": status, "FailureReason": reason}])
+    rc, out, err = cli(capsys, "transform", "--model", model_and_output(name), "--job-name", name, "--no-evaluate",
+                       "--download-dir", str(tmp_path / "p"), *AWS)
+    assert rc == 1
+    assert one_error_line(err) == "error: transform job {} {}".format(name, expect)
+    assert len(describes.seen["DescribeTransformJob"]) == 2
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("instance_type, stack", [("ml.m5.xlarge", "cpu"), ("ml.c5.xlarge", "cpu"), ("ml.p3.2xlarge", "cu101"),
+                                                  ("ml.g4dn.xlarge", "cu101"), ("ml.g5.xlarge", "cu12"),
+                                                  ("ml.p4d.24xlarge", "cu12")])
+def test_default_stack_serving_image_for_each_instance_family(account, wire, capsys, instance_type, stack):
+    put_image("serving", "cu12")  # every stack pushed: the image named is the launcher's choice alone
+    client("s3").put_object(Bucket=BUCKET, Key="m/model.tar.gz", Body=b"tgz")
+    rc, out, err = cli(capsys, "transform", "--model", "s3://{}/m/model.tar.gz".format(BUCKET), "--instance-type", instance_type,
+                       "--job-name", "detectron2-transform-s", "--no-wait", *AWS)
+    assert rc == 0, err
+    (model,) = sent(wire, "CreateModel")
+    assert model["PrimaryContainer"]["Image"] == image_uri("serving", stack)
+    assert client("sagemaker").describe_model(ModelName=model["ModelName"])["PrimaryContainer"]["Image"] == image_uri("serving", stack)
+    (job,) = sent(wire, "CreateTransformJob")
+    assert job["TransformResources"]["InstanceType"] == instance_type
 
 
 def test_dry_run_equals_request_multirecord(account, wire, capsys, monkeypatch, manifest):

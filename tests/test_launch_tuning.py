@@ -1,9 +1,11 @@
 """`make tune` against a moto server: ranges from the hyperparameter table, objective, spot, names."""
 from __future__ import annotations
 
+import pytest
+
 from shelfdet.metrics import METRIC_DEFINITIONS
-from test_launch_support import (BUCKET, REGION, ROLE_ARN, account, cli, client, fast_sessions, image_uri,  # noqa: F401,E501
-                                 json_docs, make, no_network, one_error_line, sent, wire)
+from test_launch_support import (BUCKET, REGION, ROLE_ARN, account, cli, client, describes, fast_sessions,  # noqa: F401,E501
+                                 image_uri, json_docs, make, no_network, one_error_line, put_image, sent, wire)
 
 
 def ranges_by_name(config):
@@ -81,3 +83,62 @@ def test_tune_errors(account, capsys):
     rc, _, err = cli(capsys, *(base + ["--job-name", "x" * 33]))
     assert rc != 0 and "longer than 32" in one_error_line(err)
     assert client("sagemaker").list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
+
+
+def counters(completed, running):
+    return {"TrainingJobStatusCounters": {"Completed": completed, "InProgress": running, "RetryableError": 0,
+                                          "NonRetryableError": 0, "Stopped": 0}}
+
+
+TUNE = ["tune", "--instance-type", "ml.m5.xlarge", "--region", REGION, "--bucket", BUCKET, "--job-name", "d2-frcnn-waited"]
+
+
+def test_wait_follows_the_counts_and_prints_the_best_job(account, describes, capsys, monkeypatch):
+    monkeypatch.setenv("SHELFDET_POLL_SECONDS", "0.5")
+    running = dict(counters(0, 2), HyperParameterTuningJobStatus="InProgress")
+    describes.script("DescribeHyperParameterTuningJob", [running, running, dict(running, **counters(1, 1))])
+    rc, out, err = cli(capsys, *(TUNE + ["--wait"]))
+    assert rc == 0, err
+    seen = describes.seen["DescribeHyperParameterTuningJob"]
+    assert [d["HyperParameterTuningJobStatus"] for d in seen] == ["InProgress"] * 3 + ["Completed"]
+    assert describes.naps == [0.5] * 3
+    lines = [l for l in err.splitlines() if l.startswith("[d2-frcnn-waited]")]
+    assert [l.split(" {")[0] for l in lines] == ["[d2-frcnn-waited] InProgress"] * 2 + ["[d2-frcnn-waited] Completed"]
+    assert "'InProgress': 2" in lines[0] and "'Completed': 1, 'InProgress': 1" in lines[1]  # each change of counts once
+    best = seen[-1]["BestTrainingJob"]
+    metric = best["FinalHyperParameterTuningJobObjectiveMetric"]
+    assert "best training job: {}".format(best["TrainingJobName"]) in out.splitlines()
+    assert "objective {}: {}".format(metric["MetricName"], metric["Value"]) in out.splitlines()
+    for key, value in best["TunedHyperParameters"].items():
+        assert "  {} = {}".format(key, value) in out.splitlines()
+
+
+@pytest.mark.parametrize("status, reason, expect", [
+    ("Failed", "All training jobs failed", "failed: All training jobs failed"),
+    ("Stopped", "", "stopped: no reason given"),
+])
+def test_wait_ends_with_the_failure_reason(account, describes, capsys, status, reason, expect):
+    describes.script("DescribeHyperParameterTuningJob", [
+        dict(counters(0, 1), HyperParameterTuningJobStatus="InProgress"),
+        {"HyperParameterTuningJobStatus": status, "FailureReason": reason}])
+    rc, out, err = cli(capsys, *(TUNE + ["--wait"]))
+    assert rc == 1
+    assert one_error_line(err) == "error: tuning job d2-frcnn-waited " + expect
+    assert len(describes.seen["DescribeHyperParameterTuningJob"]) == 2
+    assert "best training job" not in out
+
+
+@pytest.mark.parametrize("instance_type, stack", [("ml.c5.xlarge", "cpu"), ("ml.p3.2xlarge", "cu101"), ("ml.g4dn.xlarge", "cu101"),
+                                                  ("ml.g5.2xlarge", "cu12"), ("ml.p5.48xlarge", "cu12")])
+def test_default_stack_image_for_each_instance_family(account, wire, capsys, instance_type, stack):
+    put_image("training", "cu12")  # every stack pushed: the image named is the launcher's choice alone
+    argv = list(TUNE)
+    argv[argv.index("ml.m5.xlarge")] = instance_type
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateHyperParameterTuningJob")
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == image_uri("training", stack)
+    assert definition["ResourceConfig"]["InstanceType"] == instance_type
+    job = client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="d2-frcnn-waited")
+    assert job["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == image_uri("training", stack)

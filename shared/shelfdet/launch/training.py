@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import hyperparameters as hp
 from ..metrics import METRIC_DEFINITIONS
@@ -20,6 +19,8 @@ CHANNELS = ("training", "validation", "test")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 WEIGHTS_DIR = "/opt/ml/input/data/weights"
 TERMINAL = ("Completed", "Failed", "Stopped")
+# Describes per waiter call (one hour at the default 30 s); follow() calls the waiter again after them.
+WAITER_ATTEMPTS = 120
 
 
 def add_job_flags(parser: argparse.ArgumentParser) -> None:
@@ -178,30 +179,70 @@ class LogStreamer:
 
 
 def poll_seconds() -> float:
+    """Seconds between two describes of a job (the waiters' Delay); tests set SHELFDET_POLL_SECONDS=0."""
     return float(os.environ.get("SHELFDET_POLL_SECONDS", "30"))
+
+
+def follow(cloud: aws.Aws, waiter: str, params: Dict[str, str], status_key: str,
+           show: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    """Waits with boto3's SageMaker waiter ``waiter`` until the job ends; returns its last description.
+
+    The waiter describes the job every poll_seconds() (WaiterConfig Delay), and ``show``
+    sees each of those descriptions as it arrives (status lines, log lines). Completed
+    and Stopped end the waiter, Failed ends it with a WaiterError: either way the caller
+    gets the last description and judges its status. SageMaker ends a job at its own
+    stopping condition, so this wait has no limit: when MaxAttempts run out while the
+    job still runs, the waiter starts again.
+    """
+    from botocore.exceptions import WaiterError
+
+    sm = cloud.client("sagemaker")
+    wait_for = sm.get_waiter(waiter)
+    last = {}  # type: Dict[str, Any]
+
+    def described(parsed: Dict[str, Any], **_: Any) -> None:
+        if "Error" not in parsed:
+            last["desc"] = parsed
+            show(parsed)
+
+    event = "after-call.sagemaker." + wait_for.config.operation
+    sm.meta.events.register(event, described)
+    try:
+        while True:
+            try:
+                wait_for.wait(WaiterConfig={"Delay": poll_seconds(), "MaxAttempts": WAITER_ATTEMPTS}, **params)
+                return last["desc"]
+            except WaiterError as err:
+                response = err.last_response or {}
+                if "Error" in response:
+                    error = response["Error"]
+                    raise LaunchError("{} {}: {}: {}".format(wait_for.config.operation, " ".join(params.values()),
+                                                             error.get("Code", "Error"), error.get("Message", ""))) from None
+                if response.get(status_key) in TERMINAL:
+                    return response  # Failed: the waiter's failure state
+    finally:
+        sm.meta.events.unregister(event, described)
 
 
 def wait(cloud: aws.Aws, name: str) -> Dict[str, Any]:
     """Follows the job (status changes and logs) until it ends; returns the last description."""
-    sm = cloud.client("sagemaker")
     logs = LogStreamer(cloud, "/aws/sagemaker/TrainingJobs", name)
-    seen = None
-    while True:
-        desc = sm.describe_training_job(TrainingJobName=name)
+    seen = []  # type: List[Tuple[str, Optional[str]]]
+
+    def show(desc: Dict[str, Any]) -> None:
         state = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
-        if state != seen:
+        if state not in seen[-1:]:
             note("[{}] {} / {}".format(name, *state))
-            seen = state
+            seen.append(state)
         logs.poll()
-        if desc["TrainingJobStatus"] in TERMINAL:
-            return desc
-        time.sleep(poll_seconds())
+
+    return follow(cloud, "training_job_completed_or_stopped", {"TrainingJobName": name}, "TrainingJobStatus", show)
 
 
 def report(desc: Dict[str, Any]) -> None:
     name, status = desc["TrainingJobName"], desc["TrainingJobStatus"]
     if status != "Completed":
-        raise LaunchError("training job {} {}: {}".format(name, status.lower(), desc.get("FailureReason", "no reason given")))
+        raise LaunchError("training job {} {}: {}".format(name, status.lower(), desc.get("FailureReason") or "no reason given"))
     print("model artefact: {}".format(desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", "?")))
     metrics = desc.get("FinalMetricDataList", [])
     for m in metrics:

@@ -14,8 +14,6 @@ from typing import Any, Dict, List, Optional
 from . import aws, deploy, training
 from .aws import LaunchError, note
 
-TERMINAL = ("Completed", "Failed", "Stopped")
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet transform", description=__doc__.splitlines()[0])
@@ -67,21 +65,18 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
 
 
 def wait(cloud: aws.Aws, name: str) -> Dict[str, Any]:
-    import time
+    """boto3's transform waiter, printing each status change; a job that did not complete is an error."""
+    seen = []  # type: List[str]
 
-    sm = cloud.client("sagemaker")
-    seen = None
-    while True:
-        desc = sm.describe_transform_job(TransformJobName=name)
-        status = desc["TransformJobStatus"]
-        if status != seen:
-            note("[{}] {}".format(name, status))
-            seen = status
-        if status in TERMINAL:
-            break
-        time.sleep(training.poll_seconds())
+    def show(desc: Dict[str, Any]) -> None:
+        if desc["TransformJobStatus"] not in seen[-1:]:
+            note("[{}] {}".format(name, desc["TransformJobStatus"]))
+            seen.append(desc["TransformJobStatus"])
+
+    desc = training.follow(cloud, "transform_job_completed_or_stopped", {"TransformJobName": name}, "TransformJobStatus", show)
+    status = desc["TransformJobStatus"]
     if status != "Completed":
-        raise LaunchError("transform job {} {}: {}".format(name, status.lower(), desc.get("FailureReason", "no reason given")))
+        raise LaunchError("transform job {} {}: {}".format(name, status.lower(), desc.get("FailureReason") or "no reason given"))
     return desc
 
 

@@ -83,6 +83,8 @@ def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.A
 
 
 def wait(cloud: aws.Aws, name: str) -> None:
+    # A loop, not a waiter: botocore's SageMaker waiters (waiters-2.json) have none for
+    # DescribeHyperParameterTuningJob; training and transform use theirs (training.follow).
     sm = cloud.client("sagemaker")
     seen = None
     while True:
@@ -92,11 +94,11 @@ def wait(cloud: aws.Aws, name: str) -> None:
         if (status, str(counts)) != seen:
             note("[{}] {} {}".format(name, status, counts))
             seen = (status, str(counts))
-        if status in ("Completed", "Failed", "Stopped"):
+        if status in training.TERMINAL:
             break
         time.sleep(training.poll_seconds())
     if status != "Completed":
-        raise LaunchError("tuning job {} {}: {}".format(name, status.lower(), desc.get("FailureReason", "no reason given")))
+        raise LaunchError("tuning job {} {}: {}".format(name, status.lower(), desc.get("FailureReason") or "no reason given"))
     best = desc.get("BestTrainingJob") or {}
     metric = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
     print("best training job: {}".format(best.get("TrainingJobName", "none")))
