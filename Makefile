@@ -27,7 +27,8 @@ DRY_RUN        ?= 0
 HP             ?=
 WEIGHTS        ?=
 RUN_DIR        ?=
-MODEL_DIR      ?= $(shell ls -td runs/*/model 2>/dev/null | head -n 1)
+# The newest *complete* model: an interrupted run has no model/artefacts.json.
+MODEL_DIR      ?= $(patsubst %/artefacts.json,%,$(shell ls -t runs/*/model/artefacts.json 2>/dev/null | head -n 1))
 IMAGE          ?=
 ENDPOINT       ?=
 PREDICTIONS    ?=
@@ -97,7 +98,7 @@ tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
 	$(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
 
-predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: JSON + PNG
+predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: predictions/<image file>.json + .png
 	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)")
 
 evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir) against MANIFEST, maxDets 300

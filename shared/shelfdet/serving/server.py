@@ -53,8 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 2
     if not args.model_dir:
-        print("error: no model folder: pass MODEL_DIR=<run>/model (make train writes runs/<run>/model)",
-              file=sys.stderr)
+        print("error: no model folder: MODEL_DIR is empty and no runs/*/model has an artefacts.json; "
+              "make train writes one, make train RUN_DIR=runs/<job> finishes an interrupted run", file=sys.stderr)
         return 2
     try:
         # Fail fast on a folder that is not a model; weights load in the background.
