@@ -103,7 +103,16 @@ def test_port_and_model_dir_from_sagemaker_environment(model_dir, tmp_path):
     try:
         wait_for_port(port, timeout=120, proc=proc)
         # 0.0.0.0 by default: SageMaker reaches the container from outside.
-        assert "0.0.0.0:{}".format(port) in _wait_log(tmp_path / "log", "Uvicorn running")
+        text = _wait_log(tmp_path / "log", "Uvicorn running")
+        assert "0.0.0.0:{}".format(port) in text
+        # What it runs on, before it serves: the first line to read when an endpoint misbehaves.
+        import torch
+
+        from shelfdet import compat
+
+        env_line = next(line for line in text.splitlines() if "environment: " in line)
+        assert "torch " + torch.__version__ in env_line and "detectron2 " + compat.detectron2_version() in env_line
+        assert text.index("environment: ") < text.index("Uvicorn running")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

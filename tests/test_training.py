@@ -53,11 +53,34 @@ def test_every_metric_regex_matches_the_real_log(trained):
         assert values, "{} ({}) matches nothing in the training log".format(d["Name"], d["Regex"])
         for v in values:
             float(v)
-    # The training regexes must not pick up the validation lines.
-    train_cls = re.findall(next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == "training:loss_cls"), log)
-    val_cls = re.findall(next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == "validation:loss_cls"), log)
-    assert set(train_cls).isdisjoint(val_cls) or len(train_cls) != len(val_cls)
-    assert "eta:" in log  # progress with ETA
+    # Each regex reads only its own kind of line: a training regex that also matched
+    # "val_loss_cls: x" would feed validation values into the training curve.
+    kinds = {
+        "training": lambda line: "total_loss: " in line and " lr: " in line,  # CommonMetricPrinter
+        "validation": lambda line: "total_val_loss: " in line or "validation_ap: " in line,
+        "test": lambda line: "test_ap: " in line,
+    }
+    lines = log.splitlines()
+    for d in METRIC_DEFINITIONS:
+        kind = kinds[d["Name"].split(":")[0]]
+        hits = [line for line in lines if re.search(d["Regex"], line)]
+        wrong = [line for line in hits if not kind(line)]
+        assert not wrong, "{} also matches {!r}".format(d["Name"], wrong[0])
+        if d["Name"].startswith("training:"):
+            assert len(hits) == sum(1 for line in lines if kind(line)), d["Name"]
+
+
+def test_log_starts_with_the_environment(trained):
+    _, log = trained
+    import torch
+
+    from shelfdet import compat
+
+    line = next(line for line in log.splitlines() if "environment: " in line)
+    assert "torch " + torch.__version__ in line and "detectron2 " + compat.detectron2_version() in line, line
+    assert "hosts algo-1 (this is algo-1)" in line, line
+    assert "Detectron2 environment:" in log
+    assert log.index("environment: ") < log.index("iter: "), "environment logged after training started"
 
 
 def test_lr_decays_inside_the_run(trained):

@@ -83,6 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                             access_log=not args.no_access_log, timeout_graceful_shutdown=args.graceful_timeout,
                             log_config=None)
     server = _Server(config)
+    from .. import runtime
+
+    logging.getLogger("shelfdet.serving").info(runtime.summary())
     logging.getLogger("shelfdet.serving").info(
         "serving %s on %s:%d (%d threads, max payload %g MB, %s)", args.model_dir, args.host, port, threads,
         settings.max_payload_mb, settings.batch_strategy)

@@ -182,6 +182,10 @@ def run(root: Optional[str] = None) -> int:
         from .distributed import launch
 
         _setup_logging()
+        from .. import runtime
+
+        log.info(runtime.summary(env.hosts, env.current_host))
+        log.info("Detectron2 environment:\n%s", runtime.details())
         log.info("training %s %s for %d iterations; model dir %s, checkpoints %s", hp.model_type, hp.backbone,
                  hp.num_iter, env.model_dir, env.checkpoint_dir)
         launch(train_worker, env.hosts, env.machine_rank, env.num_gpus, hp.dist_port, args=(env, hp))

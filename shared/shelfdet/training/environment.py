@@ -29,10 +29,6 @@ class Environment(NamedTuple):
     def machine_rank(self) -> int:
         return self.hosts.index(self.current_host)
 
-    @property
-    def failure_file(self) -> str:
-        return os.path.join(self.output_dir, "failure")
-
 
 def _read_json(path: str, default: Any) -> Any:
     if not os.path.exists(path):
