@@ -38,10 +38,18 @@ def trained(tmp_path_factory):
 def test_train_writes_the_model_artefacts(trained):
     model = trained / "model"
     assert (model / "artefacts.json").is_file(), sorted(p.name for p in model.iterdir())
-    manifest = json.loads((model / "artefacts.json").read_text())
-    assert manifest, manifest
-    weights = [p for p in model.rglob("*.pth")]
-    assert weights, "no weights in {}: {}".format(model, sorted(p.name for p in model.iterdir()))
+    # Read on the host by the same reader serving uses: every file it names exists.
+    from shelfdet import artefacts
+
+    art = artefacts.read(str(model))
+    assert art.model_type == "faster_rcnn" and art.class_names == ["SKU"], art.manifest
+    names = art.manifest["files"]
+    assert {"weights", "config", "metrics"} <= set(names), names
+    for role, name in names.items():
+        assert (model / name).is_file() and (model / name).stat().st_size > 0, (role, name)
+    assert (model / names["weights"]).stat().st_size > 1_000_000, "weights file too small to be a model"
+    metrics = json.loads((model / names["metrics"]).read_text())
+    assert 0.0 <= metrics["AP"] <= 1.0 and metrics["iterations"] == int(TINY["num-iter"]), metrics
     assert not (trained / "output" / "failure").exists() or not (trained / "output" / "failure").read_text().strip()
     assert list((trained / "checkpoints").iterdir()), "no checkpoints written to /opt/ml/checkpoints"
 
