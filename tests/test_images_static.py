@@ -1,12 +1,18 @@
 """Static checks of the images: Dockerfiles parse, their ARGs come from
 versions.env through tools/images.sh, COPY sources exist, the GPU stacks' Python
-matches the container-code compatibility check, hadolint passes. No Docker needed."""
+matches the container-code compatibility check, each GPU instance family's stack
+compiles for its GPU and the smoke check fails a build that misses one, tags
+follow the content of each image, hadolint passes. No Docker needed (a
+recording stand-in plays it where a build is checked)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
+import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +60,16 @@ def env_file() -> Dict[str, str]:
     return pins
 
 
-def images_sh(*args: str) -> str:
-    out = subprocess.run(["bash", str(ROOT / "tools" / "images.sh")] + list(args),
-                         capture_output=True, text=True, cwd=ROOT)
+def clean_env(**extra: str) -> Dict[str, str]:
+    """This environment without the tag pins (make test exports SHELFDET_IMAGE_NAMES) or a PARENT."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SHELFDET_IMAGE_TAG", "SHELFDET_IMAGE_NAMES", "PARENT")}
+    env.update(extra)
+    return env
+
+
+def images_sh(*args: str, root: Path = ROOT, **env: str) -> str:
+    out = subprocess.run(["bash", str(root / "tools" / "images.sh")] + list(args),
+                         capture_output=True, text=True, cwd=root, env=clean_env(**env))
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -249,8 +262,186 @@ def test_tags_carry_the_stack(stack):
     repos = [pins["IMAGE_REPO_BASE"], pins["IMAGE_REPO_TRAINING"], pins["IMAGE_REPO_SERVING"]]
     assert len(tags) == 3
     for tag, repo in zip(tags, repos):
-        assert re.fullmatch(r"{}:{}-{}-([0-9a-f]{{7,}}|nogit)".format(re.escape(repo), re.escape(pins["IMAGE_VERSION"]),
-                                                                     stack), tag), tag
+        assert re.fullmatch(r"{}:{}-{}-[0-9a-f]{{12}}".format(re.escape(repo), re.escape(pins["IMAGE_VERSION"]),
+                                                             stack), tag), tag
+    assert tags == [images_sh("name", kind, stack).strip() for kind in ("base", "training", "serving")]
+    assert images_sh("name", "training", stack).strip().endswith("-" + images_sh("hash", "training", stack).strip())
+
+
+# What tools/images.sh reads to name the images: a copy of these is a repository as far as tags go.
+IMAGE_INPUTS = ("versions.env", ".dockerignore", "README.md", "tools/images.sh", "tools/image_hash.py", "images", "shared")
+
+
+def copy_of_image_inputs(dest: Path) -> Path:
+    for rel in IMAGE_INPUTS:
+        src, to = ROOT / rel, dest / rel
+        if src.is_dir():
+            shutil.copytree(str(src), str(to), symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".build"))
+        else:
+            to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(str(src), str(to))
+    return dest
+
+
+def tags_of(root: Path, stack: str = "cpu") -> Dict[str, str]:
+    """base, training, serving (and test for cpu) as `tags` and `name` give them."""
+    names = images_sh("tags", stack, root=root).split()
+    if stack == "cpu":  # its parent's name pinned: the base's hash is not computed again
+        names.append(images_sh("name", "test", stack, root=root, SHELFDET_IMAGE_NAMES=" ".join(names)).strip())
+    return dict(zip(IMAGES, names))
+
+
+def changed(before: Dict[str, str], after: Dict[str, str]) -> List[str]:
+    return [kind for kind in before if before[kind] != after[kind]]
+
+
+def test_tags_follow_the_content_of_each_image(tmp_path):
+    repo = copy_of_image_inputs(tmp_path)
+    before = tags_of(repo)
+    assert tags_of(repo) == before, "the same files, the same tags"
+    assert tags_of(ROOT) == before, "the tags depend on content, not on where the checkout is"
+    module = repo / "shared" / "shelfdet" / "__init__.py"
+    text = module.read_text()
+    module.write_text(text + "# an edit not committed anywhere\n")
+    assert changed(before, tags_of(repo)) == ["base", "training", "serving", "test"]  # all FROM base
+    module.write_text(text)
+    assert tags_of(repo) == before, "reverting the edit restores the tags"
+
+    readme = repo / "README.md"
+    readme.write_text(readme.read_text() + "\nMore words.\n")
+    assert tags_of(repo) == before, "README is in no image"
+    cache = repo / "shared" / "shelfdet" / "__pycache__"
+    cache.mkdir()
+    (cache / "cli.cpython-311.pyc").write_bytes(b"\x00" * 16)
+    (repo / "shared" / "shelfdet.egg-info").mkdir()
+    assert tags_of(repo) == before, "what .dockerignore keeps out of the context"
+
+    new = repo / "shared" / "shelfdet" / "new_module.py"
+    new.write_text("X = 1\n")  # untracked: docker build sends it all the same
+    assert changed(before, tags_of(repo)) == ["base", "training", "serving", "test"]
+    new.unlink()
+
+    serve = repo / "images" / "serving" / "serve"
+    text = serve.read_text()
+    serve.write_text(text + "# edited\n")
+    assert changed(before, tags_of(repo)) == ["serving"]
+    serve.write_text(text)
+    train = repo / "images" / "training" / "train"
+    train.chmod(train.stat().st_mode & ~(stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+    assert changed(before, tags_of(repo)) == ["training", "test"], "COPY keeps the mode"
+    train.chmod(train.stat().st_mode | stat.S_IXUSR)
+    dockerfile = repo / "images" / "base" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "# a comment\n")
+    assert changed(before, tags_of(repo)) == ["base", "training", "serving", "test"]
+
+
+def test_a_pin_changes_the_tags_of_the_stacks_that_use_it(tmp_path):
+    repo = copy_of_image_inputs(tmp_path)
+    cpu, cu12, cu101 = tags_of(repo, "cpu"), tags_of(repo, "cu12"), tags_of(repo, "cu101")
+    versions = repo / "versions.env"
+    text = versions.read_text()
+
+    def pin(key: str, value: str) -> None:
+        assert re.search(r"^{}=".format(key), text, re.M), key
+        versions.write_text(re.sub(r"^{}=.*$".format(key), "{}={}".format(key, value), text, flags=re.M))
+
+    pin("STACK_CU12_TORCH_PIP", "torch==2.5.0 torchvision==0.20.0")
+    assert tags_of(repo, "cpu") == cpu and tags_of(repo, "cu101") == cu101, "another stack's pin"
+    assert changed(cu12, tags_of(repo, "cu12")) == ["base", "training", "serving"]
+    pin("STACK_CPU_REQUIREMENTS", re.search(r"^STACK_CPU_REQUIREMENTS=(.*)$", text, re.M).group(1) + " six==1.16.0")
+    assert changed(cpu, tags_of(repo, "cpu")) == ["base", "training", "serving", "test"]
+    assert tags_of(repo, "cu12") == cu12
+    pin("TEST_REQUIREMENTS", "pytest==8.3.4")
+    assert changed(cpu, tags_of(repo, "cpu")) == ["test"]
+    versions.write_text(text)
+    assert tags_of(repo, "cpu") == cpu and tags_of(repo, "cu12") == cu12
+    # PARENT=nvidia builds cu12 on other parents: other build args, so other tags
+    nvidia = dict(zip(IMAGES, images_sh("tags", "cu12", root=repo, PARENT="nvidia").split()))
+    assert changed(cu12, nvidia) == ["base", "training", "serving"]
+
+
+def test_the_tag_pins(tmp_path):
+    pins = env_file()
+    assert images_sh("tags", "cpu", SHELFDET_IMAGE_TAG="t3st").split() == [
+        "{}:{}-cpu-t3st".format(pins[k], pins["IMAGE_VERSION"]) for k in ("IMAGE_REPO_BASE", "IMAGE_REPO_TRAINING",
+                                                                           "IMAGE_REPO_SERVING")]
+    # make test's: names fixed once are used as they are, by the images built FROM them too
+    base = "{}:{}-cpu-0123456789ab".format(pins["IMAGE_REPO_BASE"], pins["IMAGE_VERSION"])
+    names = "{} {}:{}-cu12-ba9876543210".format(base, pins["IMAGE_REPO_TRAINING"], pins["IMAGE_VERSION"])
+    assert images_sh("name", "base", "cpu", SHELFDET_IMAGE_NAMES=names).strip() == base
+    assert images_sh("buildargs", "training", "cpu", SHELFDET_IMAGE_NAMES=names) == "BASE_IMAGE={}\n".format(base)
+    assert images_sh("name", "training", "cpu", SHELFDET_IMAGE_NAMES=names) != images_sh("name", "training", "cpu")
+
+
+def hashed_files(image: str, stack: str = "cpu") -> List[str]:
+    args = images_sh("buildargs", image, stack)
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "image_hash.py"), image, "--list"], input=args,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_the_hash_covers_what_each_dockerfile_copies():
+    shared = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shared").rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p))
+    assert hashed_files("base") == sorted(["images/base/install.sh", "images/base/smoke.py"] + shared)
+    assert hashed_files("training") == ["images/training/train"]
+    assert hashed_files("serving") == ["images/serving/healthcheck", "images/serving/serve"]
+    assert hashed_files("test") == []  # images/.build/host-ca.crt only: written before each build, builder stage only
+
+
+def image_hash_module():
+    spec = importlib.util.spec_from_file_location("image_hash", str(ROOT / "tools" / "image_hash.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dockerignore_is_read_as_docker_reads_it():
+    ignore = image_hash_module().DockerIgnore("\n".join([
+        "# a comment", "__pycache__/", "**/*.pyc", "data/", "/out/", "bench/results/*.png", "!bench/results/keep.png",
+        "docs/**", "  ", "a?c"]))
+    assert ignore.excluded("__pycache__/x.py") and not ignore.excluded("shared/__pycache__/x.py")  # root only
+    assert ignore.excluded("x.pyc") and ignore.excluded("shared/shelfdet/__pycache__/x.pyc")
+    assert ignore.excluded("data/training/1.jpg") and not ignore.excluded("shared/data/build.py")
+    assert ignore.excluded("out") and ignore.excluded("out/x") and not ignore.excluded("outside")
+    assert ignore.excluded("bench/results/a.png") and not ignore.excluded("bench/results/keep.png")
+    assert not ignore.excluded("bench/results/a.json") and not ignore.excluded("bench/results/sub/a.png")
+    assert ignore.excluded("docs/a/b.md") and ignore.excluded("abc") and not ignore.excluded("abbc")
+    real = image_hash_module().DockerIgnore((ROOT / ".dockerignore").read_text())
+    for path in (".venv/bin/python", "data/report.json", "runs/x/model/model_final.pth", ".git/HEAD",
+                 "shared/shelfdet/__pycache__/cli.cpython-311.pyc", "shared/shelfdet.egg-info/PKG-INFO"):
+        assert real.excluded(path), path
+    for path in ("shared/shelfdet/cli.py", "images/base/install.sh", "shared/pyproject.toml"):
+        assert not real.excluded(path), path
+
+
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+# A stand-in for docker: logs each call; `build -t T` adds T to the image store $FAKE_STATE/images.
+printf '%s\n' "$*" >>"$FAKE_STATE/docker.log"
+case "$1" in
+  image) grep -qxF "${@: -1}" "$FAKE_STATE/images" 2>/dev/null ;;
+  build) while [ $# -gt 0 ]; do [ "$1" = -t ] && echo "$2" >>"$FAKE_STATE/images"; shift; done ;;
+esac
+"""
+
+
+def test_build_makes_a_missing_parent_first(tmp_path):
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    env = dict(PATH="{}:{}".format(bin_dir, os.environ["PATH"]), FAKE_STATE=str(tmp_path), TMPDIR=str(tmp_path))
+    names = tags_of(repo)
+    (tmp_path / "images").write_text(names["base"] + "\n")  # the base is built, training is not
+    assert images_sh("build", "test", "cpu", root=repo, **env).strip() == names["test"]
+    builds = [line.split() for line in (tmp_path / "docker.log").read_text().splitlines() if line.startswith("build ")]
+    assert [b[b.index("-t") + 1] for b in builds] == [names["training"], names["test"]]
+    assert "BASE_IMAGE=" + names["base"] in builds[0] and "TRAINING_IMAGE=" + names["training"] in builds[1]
+    (tmp_path / "docker.log").unlink()
+    assert images_sh("build", "test", "cpu", root=repo, **env).strip() == names["test"]
+    builds = [line.split() for line in (tmp_path / "docker.log").read_text().splitlines() if line.startswith("build ")]
+    assert [b[b.index("-t") + 1] for b in builds] == [names["test"]], "its parent is there now"
 
 
 def test_unknown_stack_is_a_clear_error():

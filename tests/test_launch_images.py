@@ -131,7 +131,7 @@ def test_make_with_an_unpushed_stack_prints_the_push_command_and_creates_nothing
 def test_dry_run_asks_aws_nothing_and_says_the_image_was_not_checked(command, wire, capsys, monkeypatch):
     argv, kind, _ = LAUNCHERS[command]
     no_network(monkeypatch)  # any AWS call would now fail
-    monkeypatch.setenv("SHELFDET_GIT_REV", "t3st000")
+    monkeypatch.setenv("SHELFDET_IMAGE_TAG", "t3st000")
     rc, out, err = cli(capsys, *(argv + ["--instance-type", "ml.g5.2xlarge", "--dry-run"] + COMMON))
     assert rc == 0, err
     assert wire == []

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import shlex
 import stat
+import subprocess
 
 import pytest
 
 from shelfdet.launch import images
-from test_launch_support import (ACCOUNT, GIT_REV, REGION, cli, client, fast_sessions, json_docs,  # noqa: F401
+from test_launch_support import (ACCOUNT, IMAGE_TAG, REGION, cli, client, fast_sessions, json_docs,  # noqa: F401
                                  make, one_error_line)
 
 RECORDER = r"""#!/usr/bin/env bash
@@ -30,7 +31,7 @@ printf '#build %s\n' "$*" >>"$FAKE_STATE/docker.log"
 echo "$FAKE_BUILT" >>"$FAKE_STATE/images"
 """
 REGISTRY = "{}.dkr.ecr.{}.amazonaws.com".format(ACCOUNT, REGION)
-TAG = "0.1.0-cpu-" + GIT_REV
+TAG = "0.1.0-cpu-" + IMAGE_TAG
 
 
 def executable(path, text):
@@ -50,7 +51,7 @@ def fake_docker(aws_env, monkeypatch, tmp_path):
     monkeypatch.delenv("DOCKER", raising=False)
     monkeypatch.setenv("FAKE_STATE", str(tmp_path))
     monkeypatch.setenv("SHELFDET_IMAGES_SH", str(builder))
-    monkeypatch.setenv("SHELFDET_GIT_REV", GIT_REV)
+    monkeypatch.setenv("SHELFDET_IMAGE_TAG", IMAGE_TAG)
 
     def calls(name="docker.log"):
         path = tmp_path / name
@@ -82,6 +83,46 @@ def test_push_builds_missing_image_creates_repo_logs_in_and_pushes(fake_docker, 
     assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
 
 
+def test_push_builds_after_an_edit_and_not_after_a_revert(fake_docker, monkeypatch, capsys, tmp_path):
+    """No tag pin: the tag is the hash of what goes into the image (in a copy of the repo's image
+    inputs here). An edit makes a tag Docker does not have, so push builds; a revert or a README
+    edit gives back a tag that is there, so push pushes it as it is."""
+    from test_images_static import copy_of_image_inputs
+
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    for pin in ("SHELFDET_IMAGE_TAG", "SHELFDET_IMAGE_NAMES", "PARENT"):
+        monkeypatch.delenv(pin, raising=False)
+    monkeypatch.setenv("SHELFDET_VERSIONS_ENV", str(repo / "versions.env"))
+
+    def name():
+        return subprocess.run(["bash", str(repo / "tools" / "images.sh"), "name", "training", "cpu"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    def push():
+        rc, out, err = cli(capsys, "push", "training", "--stack", "cpu", "--region", REGION)
+        assert rc == 0, err
+        return out.strip()
+
+    first = name()
+    assert images.image("training", "cpu").local == first, "the launcher's tag is tools/images.sh's"
+    (tmp_path / "images").write_text(first + "\n")  # built
+    assert push() == "{}/{}".format(REGISTRY, first)
+    assert fake_docker("images.log") == []
+    module = repo / "shared" / "shelfdet" / "__init__.py"
+    text = module.read_text()
+    module.write_text(text + "# an edit not committed anywhere\n")
+    edited = name()
+    assert edited != first
+    monkeypatch.setenv("FAKE_BUILT", edited)
+    assert push() == "{}/{}".format(REGISTRY, edited)
+    assert fake_docker("images.log") == [["build", "training", "cpu"]]
+    module.write_text(text)
+    readme = repo / "README.md"
+    readme.write_text(readme.read_text() + "\nMore words.\n")
+    assert push() == "{}/{}".format(REGISTRY, first)
+    assert fake_docker("images.log") == [["build", "training", "cpu"]], "nothing built again"
+
+
 def test_make_push_serving_existing_image_and_repo(fake_docker, tmp_path):
     local = "shelfdet-serving:" + TAG
     (tmp_path / "images").write_text(local + "\n")
@@ -106,7 +147,7 @@ def test_dlc_base_image_gets_its_own_login_before_the_build(fake_docker, monkeyp
     assert images.dlc_registries("cu101") == [dlc]
     assert images.dlc_registries("cu12") == [] and images.dlc_registries("cpu") == []
 
-    local = "shelfdet-training:0.1.0-cu101-" + GIT_REV
+    local = "shelfdet-training:0.1.0-cu101-" + IMAGE_TAG
     monkeypatch.setenv("FAKE_BUILT", local)
     rc, out, err = cli(capsys, "push", "training", "--stack", "cu101", "--region", REGION)
     assert rc == 0, err
@@ -124,7 +165,7 @@ def test_dry_run_runs_no_docker_and_prints_the_request(fake_docker, monkeypatch,
     assert json_docs(out) == [{"repositoryName": "shelfdet-serving", "imageScanningConfiguration": {"scanOnPush": True},
                                "tags": [{"Key": "project", "Value": "shelfdet"}]}]
     assert fake_docker() == [] and fake_docker("images.log") == []
-    assert "<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-serving:0.1.0-cu101-" + GIT_REV in err
+    assert "<account>.dkr.ecr.us-east-2.amazonaws.com/shelfdet-serving:0.1.0-cu101-" + IMAGE_TAG in err
 
 
 def test_push_failure_is_one_line(fake_docker, monkeypatch, capsys, tmp_path):
@@ -140,7 +181,7 @@ def test_push_failure_is_one_line(fake_docker, monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("kind", ["training", "serving"])
 def test_card_command_pushes_the_card_stack(fake_docker, monkeypatch, kind):
     """`make push-training REGION=us-east-2` with no STACK: the design card's cu101 image, built if missing."""
-    local = "shelfdet-{}:0.1.0-cu101-{}".format(kind, GIT_REV)
+    local = "shelfdet-{}:0.1.0-cu101-{}".format(kind, IMAGE_TAG)
     monkeypatch.setenv("FAKE_BUILT", local)
     out = make("push-" + kind, "REGION=" + REGION)
     assert out.returncode == 0, out.stderr

@@ -21,7 +21,7 @@ BUCKET = "shelf-test-bucket"
 PREFIX = "detectron2/data"
 ROLE_NAME = "AmazonSageMaker-ExecutionRole-shelfdet"
 ROLE_ARN = "arn:aws:iam::{}:role/{}".format(ACCOUNT, ROLE_NAME)
-GIT_REV = "t3st000"
+IMAGE_TAG = "t3st000"  # SHELFDET_IMAGE_TAG: the last part of every image tag (no content hash)
 TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 
@@ -60,7 +60,7 @@ def fast_sessions(monkeypatch):
 
 def image_uri(kind: str, stack: str = "cpu") -> str:
     repo = {"training": "shelfdet-training", "serving": "shelfdet-serving"}[kind]
-    return "{}.dkr.ecr.{}.amazonaws.com/{}:0.1.0-{}-{}".format(ACCOUNT, REGION, repo, stack, GIT_REV)
+    return "{}.dkr.ecr.{}.amazonaws.com/{}:0.1.0-{}-{}".format(ACCOUNT, REGION, repo, stack, IMAGE_TAG)
 
 
 def put_image(kind: str, stack: str = "cpu") -> None:
@@ -90,7 +90,7 @@ def upload_data(bucket: str = BUCKET, channels=("training", "validation", "test"
 @pytest.fixture
 def account(aws_env, monkeypatch):
     """moto holds: bucket with data, execution role, training and serving images (stacks cpu and cu101)."""
-    monkeypatch.setenv("SHELFDET_GIT_REV", GIT_REV)
+    monkeypatch.setenv("SHELFDET_IMAGE_TAG", IMAGE_TAG)
     monkeypatch.setenv("SHELFDET_POLL_SECONDS", "0")
     client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     upload_data()

@@ -3,15 +3,22 @@
 #   bash tools/images.sh build <base|training|serving|test> <cpu|cu101|cu12|cu101cpu>
 #   PARENT=nvidia bash tools/images.sh build base cu12   # a stack's parent variant (STACK_CU12_NVIDIA_*)
 #   NO_CACHE=1 bash tools/images.sh build base cu12      # every step again (a cold build's time)
-#   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line
+#   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line (`make tag`)
 #   bash tools/images.sh name <image> <stack>    # one tag
+#   bash tools/images.sh hash <image> <stack>    # its content hash (the tag's last part)
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
 #   bash tools/images.sh rootfs [NAME]           # a debootstrap parent (NAME_ROOTFS_*; default CPU), cached
 #   bash tools/images.sh prebuild <stack>        # base, training, serving (+ test for cpu), in order
-# Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<git short rev> (or $IMAGE_REV). The build context
+# Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<content hash>, the hash of exactly what goes
+# into the image (tools/image_hash.py: its Dockerfile, the context files it copies, its build
+# args, which name the parent's tag), so an uncommitted edit changes it and a README edit does
+# not. `build` of training, serving or test builds a missing parent first. The build context
 # is the repo root (see .dockerignore). Classic builder (BuildKit is not packaged here).
+# Pins, for tests and `make test`: SHELFDET_IMAGE_TAG=<x> ends every tag with x;
+# SHELFDET_IMAGE_NAMES='<name> ...' (full names, e.g. from `tags`) are used as they are.
 set -euo pipefail
 set -f
+shopt -s inherit_errexit
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 # shellcheck disable=SC1091
@@ -28,21 +35,29 @@ STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP T
 # where versions.env has one: the same stack on other parents (NVIDIA's CUDA images).
 PARENT=${PARENT:-}
 
-# IMAGE_REV overrides the revision (make test pins it once, so that a commit
-# landing mid-run cannot split base and training across two tags).
-REV=${IMAGE_REV:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo nogit)}
-rev() { echo "$REV"; }
+command -v python3 >/dev/null 2>&1 || die "python3 is needed to compute image tags (tools/image_hash.py)"
 
 check_stack() { case " $STACKS " in *" $1 "*) ;; *) die "unknown stack '$1' (one of: $STACKS)";; esac; }
 check_image() { case " $IMAGES " in *" $1 "*) ;; *) die "unknown image '$1' (one of: $IMAGES)";; esac; }
 
+content_hash() {  # content_hash <image> <stack>: what tools/image_hash.py makes of the image's inputs
+  local args
+  args=$(buildargs "$1" "$2")
+  printf '%s\n' "$args" | python3 "$ROOT/tools/image_hash.py" --root "$ROOT" "$1"
+}
+
 name() {  # name <image> <stack>
-  local repo
+  local repo prefix pinned suffix
   case $1 in
     base) repo=$IMAGE_REPO_BASE ;; training) repo=$IMAGE_REPO_TRAINING ;;
     serving) repo=$IMAGE_REPO_SERVING ;; test) repo=$IMAGE_REPO_TEST ;;
   esac
-  printf '%s:%s-%s-%s\n' "$repo" "$IMAGE_VERSION" "$2" "$(rev)"
+  prefix="$repo:$IMAGE_VERSION-$2-"
+  for pinned in ${SHELFDET_IMAGE_NAMES:-}; do
+    [[ "$pinned" == "$prefix"* ]] && { echo "$pinned"; return 0; }
+  done
+  if [ -n "${SHELFDET_IMAGE_TAG:-}" ]; then suffix=$SHELFDET_IMAGE_TAG; else suffix=$(content_hash "$1" "$2"); fi
+  printf '%s%s\n' "$prefix" "$suffix"
 }
 
 stack_var() {  # stack_var <stack> <KEY>: the versions.env variable that holds it (PARENT's variant first)
@@ -63,8 +78,7 @@ check_parent() {  # check_parent <stack>: PARENT names a variant the stack has
 }
 
 buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
-  local image=$1 stack=$2 up key var
-  up=$(echo "$stack" | tr '[:lower:]' '[:upper:]')
+  local image=$1 stack=$2 key var parent
   case $image in
     base)
       for key in $STACK_KEYS; do
@@ -75,8 +89,9 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
       printf 'DETECTRON2_SDIST=%s\nDETECTRON2_SDIST_SHA256=%s\n' "$DETECTRON2_SDIST" "$DETECTRON2_SDIST_SHA256"
       printf 'DETECTRON2_SRC_SHA256=%s\n' "$(src_sha "$stack")"
       printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN" ;;
-    training|serving) printf 'BASE_IMAGE=%s\n' "$(name base "$stack")" ;;
-    test) printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\n' "$(name training "$stack")" "$TEST_REQUIREMENTS" ;;
+    training|serving) parent=$(name base "$stack"); printf 'BASE_IMAGE=%s\n' "$parent" ;;
+    test) parent=$(name training "$stack")
+          printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\n' "$parent" "$TEST_REQUIREMENTS" ;;
   esac
 }
 
@@ -197,10 +212,21 @@ lock() {  # lock <name>: one build of a kind at a time (CI prebuilds in the back
   fi
 }
 
+parent_of() { case $1 in training|serving) echo base ;; test) echo training ;; esac; }
+
 build() {  # build <image> <stack>
-  local image=$1 stack=$2 tag t0=$SECONDS
+  local image=$1 stack=$2 tag t0=$SECONDS parent parent_tag
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
   [ "$image" = base ] && need_source "$stack"
+  parent=$(parent_of "$image")
+  if [ -n "$parent" ]; then  # FROM a tag of ours: built first when missing (e.g. after an edit to shared/)
+    parent_tag=$(name "$parent" "$stack")
+    SHELFDET_IMAGE_NAMES="${SHELFDET_IMAGE_NAMES:-} $parent_tag"  # one name for it in this build, even if a file changes
+    if ! docker image inspect "$parent_tag" >/dev/null 2>&1; then
+      say "$parent_tag is not built: building it first"
+      ( build "$parent" "$stack" >/dev/null ) || return 1
+    fi
+  fi
   lock "$image-$stack"
   host_ca
   if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; fi
@@ -212,7 +238,7 @@ build() {  # build <image> <stack>
   [ "$(bash tools/docker_daemon.sh mode 2>/dev/null)" = "vfs, no bridge" ] && net=(--network host)
   say "building $tag (stack $stack)"
   docker build "${net[@]}" -f "images/$image/Dockerfile" -t "$tag" \
-      --label "org.opencontainers.image.revision=$(rev)" --label "shelfdet.stack=$stack" \
+      --label "shelfdet.stack=$stack" \
       ${PARENT:+--label "shelfdet.parent=$PARENT"} ${NO_CACHE:+--no-cache} \
       "${args[@]}" . >&2
   say "built $tag in $((SECONDS - t0)) s"
@@ -222,12 +248,18 @@ build() {  # build <image> <stack>
 case "${1:-}" in
   build) [ $# -eq 3 ] || die "usage: $0 build <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
          build "$2" "$3" ;;
-  tags) [ $# -eq 2 ] || die "usage: $0 tags <stack>"; check_stack "$2"
-        for i in base training serving; do name "$i" "$2"; done ;;
-  name) check_image "$2"; check_stack "$3"; name "$2" "$3" ;;
+  tags) [ $# -eq 2 ] || die "usage: $0 tags <stack>"; check_stack "$2"; check_parent "$2"
+        for i in base training serving; do
+          n=$(name "$i" "$2"); echo "$n"
+          SHELFDET_IMAGE_NAMES="${SHELFDET_IMAGE_NAMES:-} $n"  # the base's hash once, not three times
+        done ;;
+  name) [ $# -eq 3 ] || die "usage: $0 name <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
+        name "$2" "$3" ;;
+  hash) [ $# -eq 3 ] || die "usage: $0 hash <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
+        content_hash "$2" "$3" ;;
   buildargs) check_image "$2"; check_stack "$3"; check_parent "$3"; buildargs "$2" "$3" ;;
   rootfs) name=${2:-CPU}; lock "rootfs-$name"; rootfs "$name" ;;
   prebuild) check_stack "$2"; check_parent "$2"
         for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
-  *) die "usage: $0 build|tags|name|buildargs|rootfs|prebuild ..." ;;
+  *) die "usage: $0 build|tags|name|hash|buildargs|rootfs|prebuild ..." ;;
 esac

@@ -1,4 +1,5 @@
-"""Image names, tags and ECR URIs, from versions.env (the same rule as tools/images.sh)."""
+"""Image names, tags and ECR URIs. The tag is tools/images.sh's: <IMAGE_VERSION>-<stack>-<hash of
+what goes into the image> (tools/image_hash.py computes it; this module asks tools/images.sh)."""
 from __future__ import annotations
 
 import os
@@ -53,17 +54,27 @@ def read_versions(path: Optional[Path] = None) -> Dict[str, str]:
     return values
 
 
-def git_rev(root: Optional[Path] = None) -> str:
-    """Short HEAD revision, as tools/images.sh computes it; SHELFDET_GIT_REV pins it (CI, tests)."""
-    pinned = os.environ.get("SHELFDET_GIT_REV")
-    if pinned:
-        return pinned
+def images_sh() -> Path:
+    """tools/images.sh of the repository whose versions.env is read (else of this checkout)."""
+    for root in (versions_path().resolve().parent, repo_root()):
+        if (root / "tools" / "images.sh").is_file():
+            return root / "tools" / "images.sh"
+    raise ImageError("tools/images.sh not found beside {} (run from the repository, or set SHELFDET_IMAGE_TAG)".format(
+        versions_path()))
+
+
+def local_name(kind: str, stack: str) -> str:
+    """``repo:tag`` as tools/images.sh names (and builds) the image: the tag ends with the hash of
+    the image's content; SHELFDET_IMAGE_TAG pins that last part (tests)."""
+    command = ["bash", str(images_sh()), "name", kind, stack]
     try:
-        out = subprocess.run(["git", "-C", str(root or repo_root()), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "nogit"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "nogit"
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ImageError("{} failed: {}".format(" ".join(command), err)) from None
+    if out.returncode != 0 or not out.stdout.strip():
+        last = (out.stderr.strip().splitlines() or ["exit {}".format(out.returncode)])[-1]
+        raise ImageError("cannot name the {} image of stack {}: {}".format(kind, stack, last.replace("error: ", "")))
+    return out.stdout.strip()
 
 
 def domain(region: str) -> str:
@@ -99,7 +110,15 @@ def image(kind: str, stack: str, versions: Optional[Dict[str, str]] = None) -> I
     key = "IMAGE_REPO_" + kind.upper()
     if key not in v or "IMAGE_VERSION" not in v:
         raise ImageError("versions.env lacks {} or IMAGE_VERSION".format(key))
-    return Image(kind, stack, v[key], "{}-{}-{}".format(v["IMAGE_VERSION"], stack, git_rev()))
+    prefix = "{}-{}-".format(v["IMAGE_VERSION"], stack)
+    pinned = os.environ.get("SHELFDET_IMAGE_TAG")
+    if pinned:
+        return Image(kind, stack, v[key], prefix + pinned)
+    repo, _, tag = local_name(kind, stack).partition(":")
+    if repo != v[key] or not tag.startswith(prefix):
+        raise ImageError("tools/images.sh names the image {}:{}, not {}:{}<hash> as {} says".format(
+            repo, tag, v[key], prefix, versions_path()))
+    return Image(kind, stack, repo, tag)
 
 
 def parse_ecr_uri(uri: str) -> Optional[Dict[str, str]]:
