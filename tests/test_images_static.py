@@ -513,3 +513,43 @@ def test_smoke_check_runs_on_python38():
     cmd = [str(vermin), "--no-tips", "--violations", "-t=3.8-", str(ROOT / "images" / "base" / "smoke.py")]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+FAILING_BUILD = r"""#!/usr/bin/env bash
+# Stands in for tools/images.sh: names the images; every build fails.
+case "$1" in
+  tags) for i in base training serving; do echo "shelfdet-$i:0.1.0-$2-0123456789ab"; done ;;
+  name) echo "shelfdet-$2:0.1.0-$3-0123456789ab" ;;
+  build) echo "E: Unable to locate package python3-torch" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("ci", ["true", "", "false"])
+def test_make_test_fails_in_ci_when_an_image_does_not_build(tmp_path, ci):
+    """tools/run_tests.sh with a Docker daemon that answers and a build that fails: CI=true is an
+    error (exit 1, one error line); a developer gets a loud warning and the suite in .venv."""
+    for rel, text in (("tools/images.sh", FAILING_BUILD), ("bin/docker", "#!/bin/sh\n[ \"$1\" = info ]\n"),
+                      (".venv/bin/python", "#!/bin/sh\nexec {} \"$@\"\n".format(sys.executable)),
+                      ("tests/test_fallback.py", "import os\n\ndef test_ran():\n"
+                                                 "    open(os.environ['FAKE_STATE'] + '/suite-ran', 'w').close()\n")):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+        (tmp_path / rel).chmod(0o755)
+    shutil.copy2(str(ROOT / "tools" / "run_tests.sh"), str(tmp_path / "tools" / "run_tests.sh"))
+    env = clean_env(PATH="{}:{}".format(tmp_path / "bin", os.environ["PATH"]), FAKE_STATE=str(tmp_path), CI=ci)
+    for knob in ("SHELFDET_TEST_IN", "SHELFDET_TWINS", "PYTEST_ADDOPTS"):
+        env.pop(knob, None)
+    out = subprocess.run(["bash", str(tmp_path / "tools" / "run_tests.sh"), "-q", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    if ci == "true":
+        assert out.returncode == 1, out.stdout + out.stderr
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == ["error: building the cpu base image failed (output above); with CI=true and a Docker "
+                          "daemon up, make test needs the images (no fallback to .venv)"], out.stderr
+        assert not (tmp_path / "suite-ran").exists()
+    else:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "[test] WARNING: building the cpu base image failed (output above)." in out.stderr.splitlines()
+        assert "falling back to the suite in .venv" in out.stderr and "1 passed" in out.stdout
+        assert (tmp_path / "suite-ran").exists()

@@ -5,14 +5,31 @@
 #   image with the repo mounted at /src, then the container contract tests
 #   (tests/test_container_*.py: `docker run IMAGE train` / `serve`) from .venv
 #   against the images just built.
-# - No daemon, or the images cannot be built: the suite in .venv (the contract
-#   tests then skip, saying why).
+# - No daemon: the suite in .venv (the contract tests then skip, saying why).
+# - A daemon, but an image does not build: with CI set (CI=true), or with
+#   SHELFDET_TEST_IN=image, an error (exit 1); for a developer, a loud warning
+#   and the suite in .venv.
+# The image names are computed once, at the start (SHELFDET_IMAGE_NAMES): a file
+# edited mid-run cannot split the images of one run across two tags.
 # SHELFDET_TEST_IN=venv|image|auto (default auto) forces one path.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '[test] %s\n' "$*"; }
 MODE=${SHELFDET_TEST_IN:-auto}
 STACK=cpu
+ci() { case "${CI:-}" in "" | 0 | false | False | FALSE | no) return 1 ;; *) return 0 ;; esac; }
+
+build_failed() {  # build_failed <step> [pytest args]: an error in CI (or SHELFDET_TEST_IN=image), else a loud fallback
+  if [ "$MODE" = image ] || ci; then
+    echo "error: $1 failed (output above); with ${CI:+CI=$CI and }a Docker daemon up, make test needs the images (no fallback to .venv)" >&2
+    exit 1
+  fi
+  local bar="[test] ##########################################################################"
+  printf '%s\n' "$bar" "[test] WARNING: $1 failed (output above)." \
+    "[test] WARNING: falling back to the suite in .venv: the container tests (tests/test_container_*.py) SKIP." \
+    "[test] WARNING: the images are NOT tested. In CI (CI=true) this is an error." "$bar" >&2
+  in_venv "fallback after the failed image build" "${@:2}"
+}
 
 in_venv() {
   say "running the suite in .venv ($1)"
@@ -26,13 +43,15 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
 fi
 
 t0=$SECONDS
-export IMAGE_REV
-IMAGE_REV=$(git rev-parse --short HEAD 2>/dev/null || echo nogit)
+export SHELFDET_IMAGE_NAMES
+named=$STACK
+names=$(SHELFDET_IMAGE_NAMES= bash tools/images.sh tags "$STACK") || build_failed "naming the $STACK images" "$@"
+SHELFDET_IMAGE_NAMES=$(echo "$names" | tr '\n' ' ')
+names=$(bash tools/images.sh name test "$STACK") || build_failed "naming the $STACK test image" "$@"
+SHELFDET_IMAGE_NAMES+="$names"
 for image in base training serving test; do
   if ! timeout "${SHELFDET_BUILD_TIMEOUT:-1500}" bash tools/images.sh build "$image" "$STACK" >/dev/null; then
-    [ "$MODE" = image ] && { echo "error: building the $STACK $image image failed" >&2; exit 1; }
-    say "WARNING: building the $STACK $image image failed (output above)."
-    in_venv "fallback after the failed image build" "$@"
+    build_failed "building the $STACK $image image" "$@"
   fi
 done
 # The GPU stacks' CPU twins (tests/test_container_stacks.py) need their pinned
@@ -48,6 +67,9 @@ for twin in ${SHELFDET_TWINS-cu101cpu cu12}; do
     say "twin $twin: never built here (make build STACK=$twin) -> its tests skip"; continue
   fi
   t1=$SECONDS
+  names=$(SHELFDET_IMAGE_NAMES= bash tools/images.sh tags "$twin") || { echo "error: naming the $twin images failed" >&2; exit 1; }
+  SHELFDET_IMAGE_NAMES+=" $(echo "$names" | tr '\n' ' ')"
+  named+=" $twin"
   for image in base training serving; do
     if ! timeout "${SHELFDET_BUILD_TIMEOUT:-1500}" bash tools/images.sh build "$image" "$twin" >/dev/null; then
       echo "error: building the $twin $image image failed" >&2; exit 1
@@ -80,4 +102,19 @@ say "running the container contract tests (.venv -> $SHELFDET_TRAINING_IMAGE, $S
 rc_contract=$?
 [ $rc_contract -eq 5 ] && rc_contract=0   # all deselected by the caller's -k: not a failure
 say "contract tests: exit $rc_contract after $((SECONDS - t0)) s"
+
+# A file that goes into an image changed during the run: the images built then may hold either
+# version under the name computed at the start, so that name is taken off (a tag names its content).
+fresh=
+for stack in $named; do
+  fresh+=" $(SHELFDET_IMAGE_NAMES= bash tools/images.sh tags "$stack" 2>/dev/null | tr '\n' ' ')"
+done
+fresh+=" $(SHELFDET_IMAGE_NAMES="$fresh" bash tools/images.sh name test "$STACK" 2>/dev/null)"
+stale=
+for pinned in $SHELFDET_IMAGE_NAMES; do [[ " $fresh " == *" $pinned "* ]] || stale+=" $pinned"; done
+if [ -n "$stale" ]; then
+  say "WARNING: files that go into the images changed during the run; untagging:$stale (make build rebuilds them)"
+  # shellcheck disable=SC2086
+  docker image rm $stale >/dev/null 2>&1 || true
+fi
 [ $rc_suite -eq 0 ] && [ $rc_contract -eq 0 ]
