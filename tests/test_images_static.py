@@ -208,7 +208,8 @@ def test_gpu_stacks_python_matches_the_compatibility_check():
             assert version == (3, 11), parent
 
 
-def test_gpu_stacks_compile_detectron2_for_their_arches():
+def test_gpu_stack_pins_agree_with_each_other():
+    """The pins alone (nothing compiled here): see the two tests after this one for what the builds do."""
     pins = env_file()
     assert pins["STACK_CU101_TORCH_CUDA_ARCH_LIST"] == "7.0;7.5"
     assert "torch==1.6.0+cu101" in pins["STACK_CU101_TORCH_PIP"].split()
@@ -239,6 +240,100 @@ def test_gpu_stacks_compile_detectron2_for_their_arches():
     assert ":{}.".format(cuda) in pins["STACK_CU12_NVIDIA_BUILDER_IMAGE"]
     # The cu12 commit is a full hash (a tag could move).
     assert re.search(r"@[0-9a-f]{40}$", pins["STACK_CU12_DETECTRON2"])
+
+
+# Each GPU instance family's GPU and its compute capability (AWS's instance pages).
+FAMILY_GPUS = {"p3": ("V100", "7.0"), "g4dn": ("T4", "7.5"), "p4d": ("A100", "8.0"), "p4de": ("A100", "8.0"),
+               "g5": ("A10G", "8.6"), "g6": ("L4", "8.9"), "g6e": ("L40S", "8.9"), "p5": ("H100", "9.0"),
+               "p5e": ("H200", "9.0")}
+
+
+def runs_on(arch_list: str, capability: str) -> List[str]:
+    """The entries of a TORCH_CUDA_ARCH_LIST whose code a GPU of this capability runs: machine code
+    for X.y runs on X.z with z >= y; PTX ("+PTX") on any later GPU, compiled when loaded."""
+    major, minor = map(int, capability.split("."))
+    found = []
+    for entry in (e for e in arch_list.split(";") if e):
+        m, n = map(int, entry.replace("+PTX", "").split("."))
+        if (m == major and n <= minor) or (entry.endswith("+PTX") and (m, n) <= (major, minor)):
+            found.append(entry)
+    return found
+
+
+def test_each_gpu_familys_default_stack_compiles_for_its_gpu():
+    """The stack a launch picks for each GPU family (aws.default_stack) is built, by the build
+    arguments tools/images.sh passes, with CUDA ops that the family's GPU can run."""
+    sys.path.insert(0, str(ROOT / "shared"))
+    try:
+        from shelfdet.launch import aws
+    finally:
+        sys.path.remove(str(ROOT / "shared"))
+    for family, (gpu, capability) in sorted(FAMILY_GPUS.items()):
+        stack = aws.default_stack("ml.{}.xlarge".format(family))
+        given = build_args("base", stack)
+        assert given["FORCE_CUDA"] == "1", (family, stack, "the ops must be compiled for CUDA")
+        assert given["DETECTRON2"].startswith("git:"), (family, stack, "compiled from source")
+        assert runs_on(given["TORCH_CUDA_ARCH_LIST"], capability), \
+            "ml.{}.* ({} {}) gets stack {}, whose TORCH_CUDA_ARCH_LIST={} has no code it runs".format(
+                family, gpu, capability, stack, given["TORCH_CUDA_ARCH_LIST"])
+    assert runs_on("7.0;7.5", "8.6") == [] and runs_on("8.0", "8.6") == ["8.0"] and runs_on("9.0+PTX", "10.0")
+
+
+def fake_extension(path: Path, codes: List[Tuple[str, int]]) -> Path:
+    """A minimal ELF64 object whose .nv_fatbin section is one fatbinary container with an entry
+    per (kind, arch), kind "sm" (machine code, entry kind 2) or "compute" (PTX, kind 1): the
+    headers as NVIDIA's fatbinary writes them and images/base/smoke.py reads them."""
+    entries = b""
+    for kind, arch in codes:
+        header = bytearray(64)
+        struct.pack_into("<HHIQ", header, 0, 2 if kind == "sm" else 1, 0x0101, len(header), 8)
+        struct.pack_into("<I", header, 28, arch)
+        entries += bytes(header) + b"\x00" * 8
+    fatbin = struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(entries)) + entries
+    names = b"\x00.nv_fatbin\x00.shstrtab\x00"
+    fat_at, names_at = 64, 64 + len(fatbin)
+    sections_at = (names_at + len(names) + 7) // 8 * 8
+    elf = bytearray(64)
+    elf[:7] = b"\x7fELF\x02\x01\x01"  # 64-bit, little-endian
+    struct.pack_into("<Q", elf, 0x28, sections_at)
+    struct.pack_into("<HHH", elf, 0x3A, 64, 3, 2)
+
+    def section(name: int, kind: int, offset: int, size: int) -> bytes:
+        return struct.pack("<IIQQQQ", name, kind, 0, 0, offset, size) + b"\x00" * 24
+
+    data = bytes(elf) + fatbin + names
+    data += b"\x00" * (sections_at - len(data))
+    data += section(0, 0, 0, 0) + section(1, 1, fat_at, len(fatbin)) + section(12, 3, names_at, len(names))
+    path.write_bytes(data)
+    return path
+
+
+def test_smoke_check_fails_a_build_whose_ops_miss_an_arch(tmp_path):
+    """The base image's last build step (smoke.py, reading detectron2._C's fatbin headers) passes
+    when every arch of the stack's TORCH_CUDA_ARCH_LIST is compiled in, and fails the build naming
+    the one that is missing."""
+    pytest.importorskip("detectron2")
+    spec = importlib.util.spec_from_file_location("shelfdet_smoke", str(ROOT / "images" / "base" / "smoke.py"))
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+
+    def compiled(codes):
+        so = fake_extension(tmp_path / "_C.so", codes)
+        return ["{}_{}".format(kind, arch) for kind, arch in smoke.fatbin_entries(str(so))]
+
+    for stack in ("cu101", "cu12"):
+        arch_list = build_args("base", stack)["TORCH_CUDA_ARCH_LIST"]
+        entries = arch_list.split(";")
+        codes = [("sm", int(e.replace("+PTX", "").replace(".", ""))) for e in entries]
+        codes += [("compute", int(e.replace("+PTX", "").replace(".", ""))) for e in entries if e.endswith("+PTX")]
+        assert compiled(codes) == sorted("{}_{}".format(k, a) for k, a in codes)
+        smoke.check_archs(arch_list, compiled(codes))  # everything there: the build goes on
+        for dropped in codes:
+            with pytest.raises(SystemExit, match="lacks {}_{} ".format(*dropped)):
+                smoke.check_archs(arch_list, compiled([c for c in codes if c != dropped]))
+        with pytest.raises(SystemExit, match="lacks"):
+            smoke.check_archs(arch_list, None)  # built without CUDA code at all
+    smoke.check_archs("", None)  # cpu: nothing asked, nothing needed
 
 
 def test_parent_variant_swaps_only_what_it_names():

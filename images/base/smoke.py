@@ -130,13 +130,25 @@ def compiled_archs():
     return found, "fatbin headers" if found else "no CUDA code in " + os.path.basename(so[0])
 
 
+def check_archs(arch_list, archs):
+    """Fails the build (SystemExit) when the compiled code lacks an architecture that
+    TORCH_CUDA_ARCH_LIST asks for; "9.0+PTX" asks for sm_90 machine code and compute_90
+    PTX (for GPUs after it). archs: names as compiled_archs() gives them, or None."""
+    wanted = [a for a in arch_list.replace(" ", ";").split(";") if a]
+    needed = ["sm_" + a.replace("+PTX", "").replace(".", "") for a in wanted]
+    needed += ["compute_" + a.replace("+PTX", "").replace(".", "") for a in wanted if a.endswith("+PTX")]
+    missing = [code for code in needed if not archs or code not in archs]
+    if missing:
+        raise SystemExit("smoke: detectron2._C lacks {} from TORCH_CUDA_ARCH_LIST={}".format(
+            ", ".join(missing), arch_list))
+
+
 def main():
     print("smoke: python {} torch {} detectron2 {}".format(sys.version.split()[0], torch.__version__,
                                                           detectron2.__version__), flush=True)
     print("smoke: imported {} shelfdet modules".format(import_everything()), flush=True)
     for algo in ("faster_rcnn", "retinanet"):
         print("smoke: " + train_step_and_predict(algo), flush=True)
-    wanted = [a for a in os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(" ", ";").split(";") if a]
     archs, source = compiled_archs()
     if archs is None:
         print("smoke: compiled ops: none ({}; torchvision's ops serve both models)".format(source))
@@ -144,13 +156,7 @@ def main():
         print("smoke: compiled ops: cpu only ({})".format(source))
     else:
         print("smoke: compiled ops: CUDA {} ({})".format(" ".join(archs), source))
-    # "9.0+PTX" asks for sm_90 machine code and compute_90 PTX (for GPUs after it).
-    needed = ["sm_" + a.replace("+PTX", "").replace(".", "") for a in wanted]
-    needed += ["compute_" + a.replace("+PTX", "").replace(".", "") for a in wanted if a.endswith("+PTX")]
-    missing = [code for code in needed if not archs or code not in archs]
-    if missing:
-        raise SystemExit("smoke: detectron2._C lacks {} from TORCH_CUDA_ARCH_LIST={}".format(
-            ", ".join(missing), os.environ.get("TORCH_CUDA_ARCH_LIST")))
+    check_archs(os.environ.get("TORCH_CUDA_ARCH_LIST", ""), archs)
     print("smoke ok")
 
 
