@@ -241,7 +241,7 @@ def test_default_stack_follows_the_instance_type():
 
 
 # The default stack (no --stack) for one instance type of each family, as sent and as created.
-DEFAULT_STACKS = [("ml.m5.xlarge", "cpu"), ("ml.c5.2xlarge", "cpu"), ("ml.p3.2xlarge", "cu101"), ("ml.g4dn.xlarge", "cu101"),
+DEFAULT_STACKS = [("ml.m5.xlarge", "cpu"), ("ml.c5.2xlarge", "cpu"), ("ml.p3.2xlarge", "cu101"), ("ml.p3dn.24xlarge", "cu101"), ("ml.g4dn.xlarge", "cu101"),
                   ("ml.g5.xlarge", "cu12"), ("ml.g6.xlarge", "cu12"), ("ml.p4d.24xlarge", "cu12"), ("ml.p5.48xlarge", "cu12")]
 
 

@@ -83,12 +83,12 @@ def is_gpu_instance(instance_type: str) -> bool:
 def default_stack(instance_type: Optional[str]) -> str:
     """The image stack for an instance type when STACK is not given.
 
-    cu101 is built for Volta and Turing (p3 = V100, g4dn = T4); newer GPUs
+    cu101 is built for Volta and Turing (p3 and p3dn = V100, g4dn = T4); newer GPUs
     (g5 A10G, g6 L4, p4d A100, p5 H100) need cu12; CPU instances take cpu.
     """
     if not instance_type or not is_gpu_instance(instance_type):
         return "cpu"
-    return "cu101" if re.match(r"^ml\.(p3|g4dn)\.", instance_type) else "cu12"
+    return "cu101" if re.match(r"^ml\.(p3|p3dn|g4dn)\.", instance_type) else "cu12"
 
 
 def note(message: str) -> None:
