@@ -243,9 +243,9 @@ def test_gpu_stack_pins_agree_with_each_other():
 
 
 # Each GPU instance family's GPU and its compute capability (AWS's instance pages).
-FAMILY_GPUS = {"p3": ("V100", "7.0"), "g4dn": ("T4", "7.5"), "p4d": ("A100", "8.0"), "p4de": ("A100", "8.0"),
-               "g5": ("A10G", "8.6"), "g6": ("L4", "8.9"), "g6e": ("L40S", "8.9"), "p5": ("H100", "9.0"),
-               "p5e": ("H200", "9.0")}
+FAMILY_GPUS = {"p3": ("V100", "7.0"), "p3dn": ("V100", "7.0"), "g4dn": ("T4", "7.5"), "p4d": ("A100", "8.0"),
+               "p4de": ("A100", "8.0"), "g5": ("A10G", "8.6"), "g6": ("L4", "8.9"), "g6e": ("L40S", "8.9"),
+               "p5": ("H100", "9.0"), "p5e": ("H200", "9.0")}
 
 
 def runs_on(arch_list: str, capability: str) -> List[str]:
