@@ -136,28 +136,6 @@ def test_make_push_serving_existing_image_and_repo(fake_docker, tmp_path):
     assert repo["imageScanningConfiguration"] == {"scanOnPush": False}  # existing repository left as it was
 
 
-def test_dlc_base_image_gets_its_own_login_before_the_build(fake_docker, monkeypatch, capsys, tmp_path):
-    versions = tmp_path / "versions.env"
-    dlc = "763104351884.dkr.ecr.us-west-2.amazonaws.com"
-    versions.write_text("\n".join([
-        "IMAGE_VERSION=0.1.0", "IMAGE_REPO_TRAINING=shelfdet-training", "IMAGE_REPO_SERVING=shelfdet-serving",
-        "STACK_CU101_BUILDER_IMAGE={}/pytorch-training:1.6.0-gpu-py36-cu101-ubuntu16.04".format(dlc),
-        "STACK_CU12_BUILDER_IMAGE=nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04", ""]))
-    monkeypatch.setenv("SHELFDET_VERSIONS_ENV", str(versions))
-    assert images.dlc_registries("cu101") == [dlc]
-    assert images.dlc_registries("cu12") == [] and images.dlc_registries("cpu") == []
-
-    local = "shelfdet-training:0.1.0-cu101-" + IMAGE_TAG
-    monkeypatch.setenv("FAKE_BUILT", local)
-    rc, out, err = cli(capsys, "push", "training", "--stack", "cu101", "--region", REGION)
-    assert rc == 0, err
-    steps = [c if isinstance(c, str) else c[-1] for c in fake_docker()
-             if (isinstance(c, str) and c.startswith("#build")) or c[0] == "login"]
-    assert steps == ["https://" + dlc, "#build build training cu101", "https://" + REGISTRY]
-    assert "#stdin 763104351884-auth-token" in fake_docker()
-    assert fake_docker("images.log") == [["build", "training", "cu101"]]
-
-
 def test_dry_run_runs_no_docker_and_prints_the_request(fake_docker, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     rc, out, err = cli(capsys, "push", "serving", "--region", REGION, "--dry-run")
@@ -187,11 +165,7 @@ def test_card_command_pushes_the_card_stack(fake_docker, monkeypatch, kind):
     assert out.returncode == 0, out.stderr
     uri = "{}/{}".format(REGISTRY, local)
     assert fake_docker("images.log") == [["build", kind, "cu101"]]
-    # A parent from an AWS Deep Learning Container registry needs its own login before the build.
-    parents = [step for r in images.dlc_registries("cu101")
-               for step in (["login", "--username", "AWS", "--password-stdin", "https://" + r],
-                            "#stdin {}-auth-token".format(r.split(".")[0]))]
-    assert fake_docker() == [["image", "inspect", "--format", "{{.Id}}", local]] + parents + [
+    assert fake_docker() == [["image", "inspect", "--format", "{{.Id}}", local]] + [
         "#build build {} cu101".format(kind),
         ["image", "inspect", "--format", "{{.Id}}", local],
         ["login", "--username", "AWS", "--password-stdin", "https://" + REGISTRY],

@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 # The stacks that can be pushed and launched.
 STACKS = ("cpu", "cu101", "cu12")
@@ -17,9 +17,6 @@ CARD_STACK = "cu101"
 # GPU stacks' software where there is no GPU, so nothing pushes or launches them.
 TEST_STACKS = ("cu101cpu",)
 KINDS = ("training", "serving")
-# AWS Deep Learning Containers live in this account's registry in every region.
-DLC_ACCOUNT = "763104351884"
-ECR_HOST = re.compile(r"\b(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?\b")
 
 
 class ImageError(RuntimeError):
@@ -127,20 +124,3 @@ def parse_ecr_uri(uri: str) -> Optional[Dict[str, str]]:
     if not m:
         return None
     return {"account": m.group(1), "region": m.group(2), "repo": m.group(3), "tag": m.group(4) or "latest"}
-
-
-def dlc_registries(stack: str, versions: Optional[Dict[str, str]] = None) -> List[str]:
-    """AWS DLC registries the stack's parent images come from (they need their own login to build).
-
-    Looks at the stack's own keys (STACK_<STACK>_*) and at keys that name no stack.
-    """
-    v = versions if versions is not None else read_versions()
-    others = [s.upper() for s in STACKS + TEST_STACKS if s != stack]
-    found = []
-    for key, value in v.items():
-        if any("_{}_".format(o) in "_{}_".format(key) for o in others):
-            continue
-        for m in ECR_HOST.finditer(value):
-            if m.group(1) == DLC_ACCOUNT and m.group(0) not in found:
-                found.append(m.group(0))
-    return found

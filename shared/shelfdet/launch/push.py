@@ -70,9 +70,7 @@ def login(cloud: aws.Aws, registry: str) -> None:
     check(docker(["login", "--username", user, "--password-stdin", endpoint], stdin=password), "docker login to " + registry)
 
 
-def build(cloud: aws.Aws, image: images.Image) -> None:
-    for registry in images.dlc_registries(image.stack):
-        login(cloud, registry)
+def build(image: images.Image) -> None:
     command = images_script() + ["build", image.kind, image.stack]
     note("+ " + " ".join(command) + "  ({} is not built yet)".format(image.local))
     if subprocess.call(command) != 0:
@@ -110,7 +108,7 @@ def _main(argv: List[str]) -> int:
     if not exists_locally(image.local):
         if args.no_build:
             raise LaunchError("{} is not built: make build-{} STACK={}".format(image.local, args.kind, args.stack))
-        build(cloud, image)
+        build(image)
     ecr = cloud.client("ecr")
     try:
         ecr.describe_repositories(repositoryNames=[image.repo])
