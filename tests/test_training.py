@@ -39,6 +39,10 @@ def test_model_folder_is_self_describing(trained):
     for key in ("AP", "AP50", "AP75", "AR"):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
     assert metrics["max_dets"] == 300 and metrics["eval_channel"] == "test" and metrics["iterations"] == 4
+    # Count error on test at the threshold fit on validation.
+    for key in ("count_mae", "count_rel_error", "count_threshold", "validation_count_mae"):
+        assert isinstance(metrics[key], float) and metrics[key] >= 0.0, (key, metrics)
+    assert metrics["count_threshold_fit"] == "validation"
     assert (model / "plots" / "loss_curve.png").stat().st_size > 1000
     assert list((model / "plots").glob("*_pred.png")), "no prediction PNGs"
     cfg = (model / "config.yaml").read_text()
@@ -57,8 +61,9 @@ def test_every_metric_regex_matches_the_real_log(trained):
     # "val_loss_cls: x" would feed validation values into the training curve.
     kinds = {
         "training": lambda line: "total_loss: " in line and " lr: " in line,  # CommonMetricPrinter
-        "validation": lambda line: "total_val_loss: " in line or "validation_ap: " in line,
-        "test": lambda line: "test_ap: " in line,
+        "validation": lambda line: ("total_val_loss: " in line or "validation_ap: " in line
+                                    or "validation_count_mae: " in line),
+        "test": lambda line: "test_ap: " in line or "test_count_mae: " in line,
     }
     lines = log.splitlines()
     for d in METRIC_DEFINITIONS:

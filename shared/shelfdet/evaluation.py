@@ -1,4 +1,5 @@
-"""COCO-style scoring with pycocotools, maxDets = detections per image (300 by default).
+"""COCO-style scoring with pycocotools, maxDets = detections per image (300 by default),
+plus per-image count error (shelf counting) and the box matching the error pictures draw.
 
 Used at the end of training (on the model) and by ``make evaluate`` (on
 prediction files from the endpoint or batch transform); both paths feed the
@@ -14,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,13 +50,126 @@ def _backend(fast: bool):
     return COCO, COCOeval
 
 
+def _count_inputs(gt_dicts: Sequence[Mapping[str, Any]],
+                  predictions: Mapping[str, Mapping[str, Any]]) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Ground-truth box count and predicted scores of every image (no prediction entry: no scores)."""
+    gt = np.array([len(d["annotations"]) for d in gt_dicts], dtype=np.int64)
+    scores = []
+    for d in gt_dicts:
+        pred = predictions.get(os.path.basename(d["file_name"]))
+        s = pred.get("scores") if pred else None
+        scores.append(np.asarray(s if s is not None else [], dtype=np.float64).reshape(-1))
+    return gt, scores
+
+
+def count_errors(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
+                 threshold: float) -> Tuple[float, float]:
+    """(MAE, relative error) of the per-image count of boxes scoring >= ``threshold``.
+
+    MAE = mean |count - gt|; relative error = mean |count - gt| / max(gt, 1)
+    (an image without products weighs as one with a single product).
+    """
+    gt, scores = _count_inputs(gt_dicts, predictions)
+    if not len(gt):
+        return 0.0, 0.0
+    counts = np.array([np.count_nonzero(s >= threshold) for s in scores], dtype=np.int64)
+    err = np.abs(counts - gt)
+    return float(err.mean()), float((err / np.maximum(gt, 1)).mean())
+
+
+def fit_count_threshold(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]]) -> float:
+    """The score threshold with the lowest count MAE on these predictions.
+
+    The count only changes at a predicted score, so the candidates are the
+    distinct scores plus one just above them all (count 0 everywhere). Lowering
+    the threshold past the k-th best score of an image with g boxes changes its
+    |count - g| by +1 if k > g, else -1: one sort and a cumulative sum give every
+    candidate's total error (SKU-110K's test set has ~900k scores). Among equal
+    errors the highest threshold wins (fewest boxes).
+    """
+    gt, scores = _count_inputs(gt_dicts, predictions)
+    ranked = [np.sort(s)[::-1] for s in scores]
+    if not any(len(s) for s in ranked):
+        return 1.0  # nothing predicted: every threshold counts zero
+    all_scores = np.concatenate(ranked)
+    delta = np.concatenate([np.where(np.arange(1, len(s) + 1) > g, 1, -1) for s, g in zip(ranked, gt)])
+    order = np.argsort(-all_scores, kind="mergesort")
+    sorted_scores = all_scores[order]
+    total = int(gt.sum()) + np.cumsum(delta[order])
+    # Tied scores enter together: a threshold sits at the last of each run of equal scores.
+    last = np.append(sorted_scores[1:] != sorted_scores[:-1], True)
+    thresholds = np.concatenate([[np.nextafter(sorted_scores[0], np.inf)], sorted_scores[last]])
+    errors = np.concatenate([[int(gt.sum())], total[last]])
+    return float(thresholds[int(np.argmin(errors))])
+
+
+def count_metrics(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
+                  threshold: Optional[float] = None) -> Dict[str, float]:
+    """``count_mae``, ``count_rel_error`` at ``count_threshold`` (fit here with
+    :func:`fit_count_threshold` when not given)."""
+    if threshold is None:
+        threshold = fit_count_threshold(gt_dicts, predictions)
+    mae, rel = count_errors(gt_dicts, predictions, threshold)
+    return {"count_mae": mae, "count_rel_error": rel, "count_threshold": float(threshold)}
+
+
+class Match(NamedTuple):
+    """Indices from :func:`match_boxes`: predictions (tp, fp) and ground truth (fn)."""
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+
+
+def _xywh(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+
+
+def match_boxes(gt_boxes: Sequence[Sequence[float]], pred_boxes: Sequence[Sequence[float]], scores: Sequence[float],
+                score_threshold: float = 0.0, iou_threshold: float = 0.5) -> Match:
+    """Greedy matching of XYXY predictions scoring >= ``score_threshold`` to ground truth, as COCOeval
+    does it: by descending score, each prediction takes the unmatched ground-truth box it overlaps most,
+    if that IoU is >= ``iou_threshold``. Predictions below the score threshold are in neither tp nor fp.
+    """
+    from pycocotools import mask as mask_utils
+
+    gt = _xywh(gt_boxes)
+    pred = _xywh(pred_boxes)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    kept = np.flatnonzero(s >= score_threshold)
+    kept = kept[np.argsort(-s[kept], kind="mergesort")]
+    gt_taken = np.zeros(len(gt), dtype=bool)
+    is_tp = np.zeros(len(pred), dtype=bool)
+    if len(gt) and len(kept):
+        # The IoU matrix COCOeval uses (kept predictions x ground truth), in one call.
+        ious = np.asarray(mask_utils.iou(pred[kept], gt, np.zeros(len(gt), dtype=np.uint8))).reshape(len(kept), len(gt))
+        for row, k in zip(ious, kept):
+            row = np.where(gt_taken, -1.0, row)
+            j = int(np.argmax(row))
+            if row[j] >= iou_threshold:
+                gt_taken[j] = True
+                is_tp[k] = True
+    tp = np.sort(kept[is_tp[kept]])
+    fp = np.sort(kept[~is_tp[kept]])
+    return Match(tp=tp, fp=fp, fn=np.flatnonzero(~gt_taken))
+
+
 def score(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
-          class_names: Sequence[str], max_dets: int = 300, fast: bool = True) -> Dict[str, float]:
-    """COCO bbox metrics (fractions 0-1) of SPEC §4 predictions keyed by image file name.
+          class_names: Sequence[str], max_dets: int = 300, fast: bool = True,
+          count_threshold: Optional[float] = None) -> Dict[str, float]:
+    """COCO bbox metrics (fractions 0-1) of SPEC §4 predictions keyed by image file name,
+    and the count metrics of :func:`count_metrics` at ``count_threshold`` (None: fit on these).
 
     ``gt_dicts`` are Detectron2 dataset dicts (``shelfdet.catalog.load_manifest``);
     an image with no prediction entry counts as having no detections.
     """
+    metrics = _coco_metrics(gt_dicts, predictions, class_names, max_dets, fast)
+    metrics.update(count_metrics(gt_dicts, predictions, count_threshold))
+    return metrics
+
+
+def _coco_metrics(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
+                  class_names: Sequence[str], max_dets: int, fast: bool) -> Dict[str, float]:
     images, anns, dets = [], [], []
     for img_id, d in enumerate(gt_dicts, 1):
         name = os.path.basename(d["file_name"])
@@ -136,15 +250,21 @@ def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
 
 
 def evaluate(detector: Any, gt_dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str], max_dets: int,
-             fast: bool, log_every: int = 20) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+             fast: bool, log_every: int = 20,
+             count_threshold: Optional[float] = None) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
     """The one model evaluation: validation AP during training and the final evaluation
     both call it, so the tuning objective and the reported score are the same number."""
     preds = predict_dataset(detector, gt_dicts, log_every=log_every)
-    return score(gt_dicts, preds, class_names, max_dets, fast=fast), preds
+    return score(gt_dicts, preds, class_names, max_dets, fast=fast, count_threshold=count_threshold), preds
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
     return "  ".join("{}: {:.4f}".format(k, metrics[k]) for k in ("AP", "AP50", "AP75", "AR") if k in metrics)
+
+
+def format_counts(metrics: Mapping[str, float]) -> str:
+    return "count MAE {:.3f}  relative {:.4f}  (score >= {:.4f})".format(
+        metrics["count_mae"], metrics["count_rel_error"], metrics["count_threshold"])
 
 
 def load_predictions(folder: str) -> Dict[str, Dict[str, Any]]:
@@ -184,6 +304,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--max-dets", type=int, default=300)
     ap.add_argument("--evaluation-type", choices=("fast", "coco"), default="fast",
                     help="fast: faster-coco-eval (C++); coco: pycocotools (same numbers, slower)")
+    ap.add_argument("--count-threshold", type=float, default=None,
+                    help="score threshold for the per-image count error (default: the one with the lowest count "
+                         "MAE on these same predictions, which flatters it; give the one fit on validation)")
     ap.add_argument("--out", default=None, help="metrics JSON (default: <predictions>/metrics.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -201,12 +324,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                     len(missing), len(known), sorted(missing)[0])
     if extra:
         log.warning("%d prediction files match no image of the manifest, e.g. %s", len(extra), sorted(extra)[0])
-    metrics = score(gt, preds, names, args.max_dets, fast=args.evaluation_type == "fast")
+    metrics = score(gt, preds, names, args.max_dets, fast=args.evaluation_type == "fast",
+                    count_threshold=args.count_threshold)
     metrics["images"] = len(gt)
     metrics["max_dets"] = args.max_dets
+    metrics["count_threshold_fit"] = "given" if args.count_threshold is not None else "these predictions"
     out = args.out or os.path.join(args.predictions, "metrics.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2)
     print(format_metrics(metrics))
+    if args.count_threshold is None:
+        print(format_counts(metrics) + ", threshold fit on these same predictions (optimistic: "
+              "pass --count-threshold with one fit on validation)")
+    else:
+        print(format_counts(metrics) + ", threshold given")
     print("metrics written to {}".format(out))
     return 0

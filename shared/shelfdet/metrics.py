@@ -20,6 +20,10 @@ def _defs() -> List[Dict[str, str]]:
     defs += [{"Name": "validation:" + n, "Regex": "val_" + n + ": " + NUMBER} for n in TRAIN_LOSSES]
     defs.append({"Name": "validation:ap", "Regex": "validation_ap: " + NUMBER})
     defs.append({"Name": "test:ap", "Regex": "test_ap: " + NUMBER})
+    # Count error per image at the count threshold, fit on validation (the final evaluation's log lines).
+    for channel in ("validation", "test"):
+        defs += [{"Name": channel + ":" + n, "Regex": channel + "_" + n + ": " + NUMBER}
+                 for n in ("count_mae", "count_rel_error")]
     return defs
 
 

@@ -1,7 +1,9 @@
 """``python -m shelfdet visualize``: PNGs of ground-truth (and predicted) boxes, drawn by Detectron2.
 
-Dense scenes have ~150 boxes per image: boxes are drawn without labels,
-ground truth in green, predictions in red with their score only when few.
+Dense scenes have ~150 boxes per image: boxes are drawn without labels.
+Ground truth alone is green. With predictions, the picture shows errors at a
+score threshold: matched predictions (true positives) green, false positives
+red, missed ground truth (false negatives) blue, with the counts in the title.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +20,11 @@ from . import compat
 GT_COLOUR = (0.1, 0.85, 0.1)
 PRED_COLOUR = (0.95, 0.15, 0.1)
 MAX_SCORE_LABELS = 40  # more labels than this hide the image
+# Error pictures. Blue for misses stays apart from both green and red for red-green colour blindness.
+TP_COLOUR = GT_COLOUR
+FP_COLOUR = PRED_COLOUR
+FN_COLOUR = (0.15, 0.55, 1.0)
+DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 def draw(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], out_png: str,
@@ -41,6 +48,57 @@ def draw(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], out_png: str,
     return out_png
 
 
+def error_title(name: str, match: Any, score_threshold: float) -> str:
+    return "{}  TP {}  FP {}  FN {}  (score >= {:.2f})".format(name, len(match.tp), len(match.fp), len(match.fn),
+                                                              score_threshold)
+
+
+def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]],
+                scores: Sequence[float], out_png: str, score_threshold: float, name: str) -> Tuple[Any, str]:
+    """Draws true positives, false positives and misses of the predictions scoring >= ``score_threshold``
+    (matched as :func:`shelfdet.evaluation.match_boxes`), a title with their counts and a legend; writes
+    out_png (the title also goes into its PNG ``Title`` text). Returns (match, title).
+    """
+    from .evaluation import match_boxes
+
+    match = match_boxes(gt_boxes, boxes, scores, score_threshold)
+    title = error_title(name, match, score_threshold)
+    compat.apply()
+    from matplotlib.lines import Line2D
+    from detectron2.utils.visualizer import Visualizer
+
+    h, w = image_bgr.shape[:2]
+    scale = max(1.0, 640.0 / max(h, w))
+    # A white band of two text rows above the image holds the title and the legend, so
+    # they hide no box. Sizes are in image pixels (the Visualizer scales them).
+    row = int(np.ceil(max(20.0, 0.03 * max(h, w) * scale) / scale))
+    band = 2 * row
+    canvas = np.concatenate([np.full((band, w, 3), 255, dtype=np.uint8), image_bgr[:, :, ::-1]], axis=0)
+    vis = Visualizer(canvas, scale=scale)
+
+    def down(b: Sequence[float]) -> List[float]:
+        return [float(b[0]), float(b[1]) + band, float(b[2]), float(b[3]) + band]
+
+    for j in match.fn:
+        vis.draw_box(down(gt_boxes[j]), edge_color=FN_COLOUR, alpha=0.9)
+    for k in match.fp:
+        vis.draw_box(down(boxes[k]), edge_color=FP_COLOUR, alpha=0.9)
+    for k in match.tp:
+        vis.draw_box(down(boxes[k]), edge_color=TP_COLOUR, alpha=0.9)
+    ax = vis.output.ax
+    points = 0.55 * row * scale * 72.0 / vis.output.dpi  # font size from the row's height in output pixels
+    ax.text(0.3 * row, 0.5 * row, title, fontsize=points, color="black", va="center", ha="left", family="sans-serif")
+    handles = [Line2D([], [], color=c, linewidth=max(2.0, points / 4)) for c in (TP_COLOUR, FP_COLOUR, FN_COLOUR)]
+    # Axes fractions count from the bottom; the second row's centre is 1.5 rows below the top.
+    ax.legend(handles, ["matched (TP)", "false positive (FP)", "missed (FN)"], loc="center left",
+              bbox_to_anchor=(0.0, 1.0 - 1.5 * row / (h + band)), ncol=3, fontsize=points * 0.85, frameon=False,
+              borderaxespad=0.0, handlelength=1.5, columnspacing=1.2)
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    # VisImage.save is fig.savefig(path); saved here to carry the title as PNG text too.
+    vis.output.fig.savefig(out_png, metadata={"Title": title})
+    return match, title
+
+
 def find_prediction(pred_dir: str, image_name: str) -> Optional[str]:
     """``<image>.json`` / ``<image>.out`` (batch transform), with or without the image's extension."""
     stem = os.path.splitext(image_name)[0]
@@ -51,7 +109,7 @@ def find_prediction(pred_dir: str, image_name: str) -> Optional[str]:
     return None
 
 
-def read_prediction(path: str, min_score: float) -> Dict[str, List[Any]]:
+def read_prediction(path: str, min_score: float = float("-inf")) -> Dict[str, List[Any]]:
     try:
         with open(path) as f:
             pred = json.load(f)
@@ -62,13 +120,25 @@ def read_prediction(path: str, min_score: float) -> Dict[str, List[Any]]:
     return {"boxes": [boxes[k] for k in keep], "scores": [float(scores[k]) for k in keep]}
 
 
+def default_score_threshold(pred_dir: str) -> Tuple[float, str]:
+    """The count threshold ``make evaluate`` wrote next to the predictions, else the fixed default."""
+    path = os.path.join(pred_dir, "metrics.json")
+    try:
+        with open(path) as f:
+            return float(json.load(f)["count_threshold"]), "count_threshold of " + path
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_SCORE_THRESHOLD, "default"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shelfdet visualize", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--channel", default="validation")
     p.add_argument("-n", type=int, default=4, help="number of images")
     p.add_argument("--predictions", help="folder of SPEC §4 JSON files named <image>.json or <image>.out")
-    p.add_argument("--min-score", type=float, default=0.3, help="predictions below are not drawn")
+    p.add_argument("--score-threshold", "--min-score", dest="score_threshold", type=float, default=None,
+                   help="predictions scoring below are not drawn nor matched (default: count_threshold of "
+                        "PREDICTIONS/metrics.json as make evaluate writes it, else {})".format(DEFAULT_SCORE_THRESHOLD))
     p.add_argument("--label", default="sku")
     p.add_argument("--out", help="PNG folder (default DATA_DIR/visualize/<channel>)")
     return p
@@ -89,6 +159,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.predictions and not os.path.isdir(args.predictions):
         print("error: --predictions {}: no such folder".format(args.predictions), file=sys.stderr)
         return 2
+    score_threshold = args.score_threshold
+    if args.predictions and score_threshold is None:
+        score_threshold, origin = default_score_threshold(args.predictions)
+        print("score threshold {:.4f} ({})".format(score_threshold, origin))
     import cv2
 
     written = []
@@ -99,21 +173,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("error: {}: cannot read the image".format(d["file_name"]), file=sys.stderr)
             return 2
         gt = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in d["annotations"])]
-        boxes: List[Any] = []
-        scores: Optional[List[float]] = None
-        if args.predictions:
-            path = find_prediction(args.predictions, name)
-            if path is None:
-                print("warning: no prediction for {} in {}".format(name, args.predictions), file=sys.stderr)
-            else:
-                try:
-                    pred = read_prediction(path, args.min_score)
-                except ValueError as err:
-                    print("error: {}".format(err), file=sys.stderr)
-                    return 2
-                boxes, scores = pred["boxes"], pred["scores"]
         out = os.path.join(out_dir, os.path.splitext(name)[0] + ".png")
-        written.append(draw(image, boxes, out, scores=scores, gt_boxes=gt))
-        print("{}: {} ground-truth boxes{}".format(out, len(gt), ", {} predicted".format(len(boxes)) if args.predictions else ""))
+        path = find_prediction(args.predictions, name) if args.predictions else None
+        if args.predictions and path is None:
+            print("warning: no prediction for {} in {}".format(name, args.predictions), file=sys.stderr)
+        if path is None:
+            written.append(draw(image, [], out, gt_boxes=gt))
+            print("{}: {} ground-truth boxes".format(out, len(gt)))
+            continue
+        try:
+            pred = read_prediction(path)
+        except ValueError as err:
+            print("error: {}".format(err), file=sys.stderr)
+            return 2
+        _, title = draw_errors(image, gt, pred["boxes"], pred["scores"], out, score_threshold, name)
+        written.append(out)
+        print("{}: {}".format(out, title))
     print("visualize: {} PNGs in {}".format(len(written), out_dir))
     return 0

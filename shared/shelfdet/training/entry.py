@@ -131,15 +131,30 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE,
                                         d2["changed_config_keys"]), weights, reg["classes"])
         start = time.time()
+        count_threshold = None
+        if eval_channel == "test":
+            # The count threshold is fit on validation and applied to test, as a user would use it;
+            # without a test channel the evaluation below fits it on validation itself.
+            val_counts = evaluation.count_metrics(reg["val"], evaluation.predict_dataset(detector, reg["val"]))
+            count_threshold = val_counts["count_threshold"]
+            metrics.update({"validation_count_mae": val_counts["count_mae"],
+                            "validation_count_rel_error": val_counts["count_rel_error"]})
+            log.info("validation_count_mae: %.6f  validation_count_rel_error: %.6f  "
+                     "(score >= %.4f, the lowest MAE here)", val_counts["count_mae"], val_counts["count_rel_error"],
+                     count_threshold)
         scores, preds = evaluation.evaluate(detector, dicts, reg["classes"], cfg.TEST.DETECTIONS_PER_IMAGE,
-                                            fast=hp.evaluation_type == "fast")
+                                            fast=hp.evaluation_type == "fast", count_threshold=count_threshold)
         metrics.update(scores)
         metrics.update({"eval_channel": eval_channel, "eval_images": len(dicts), "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE,
                         "eval_seconds": round(time.time() - start, 1)})
+        metrics["count_threshold_fit"] = "validation"
         log.info("%s_ap: %.6f", eval_channel, scores["AP"])
         log.info("evaluation on %s (%d images, maxDets %d): %s", eval_channel, len(dicts),
                  cfg.TEST.DETECTIONS_PER_IMAGE, evaluation.format_metrics(scores))
-        report.prediction_pngs(dicts[:4], preds, os.path.join(env.model_dir, "plots"))
+        log.info("%s_count_mae: %.6f  %s_count_rel_error: %.6f  (score >= %.4f, fit on validation)", eval_channel,
+                 scores["count_mae"], eval_channel, scores["count_rel_error"], scores["count_threshold"])
+        report.prediction_pngs(dicts[:4], preds, os.path.join(env.model_dir, "plots"),
+                               score_threshold=scores["count_threshold"])
     with open(os.path.join(env.model_dir, artefacts.METRICS), "w") as f:
         json.dump(metrics, f, indent=2)
     report.loss_curve(os.path.join(env.checkpoint_dir, "metrics.json"), history,

@@ -48,13 +48,15 @@ def loss_curve(train_metrics: str, val_history: Sequence[Mapping[str, float]], o
 
 
 def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
-                    out_dir: str, min_score: float = 0.5) -> List[str]:
-    """Predicted boxes scoring at least ``min_score`` (and ground truth) drawn on a few images.
+                    out_dir: str, score_threshold: float = 0.5) -> List[str]:
+    """Error pictures of a few images: predictions scoring at least ``score_threshold`` matched to
+    ground truth, true positives, false positives and misses in their colours, counts in the title.
 
-    Evaluation keeps every box down to pred-thr for AP; drawn, those bury the picture.
+    Evaluation keeps every box down to pred-thr for AP; drawn, those bury the picture,
+    so the final evaluation passes its count threshold.
     """
     from .. import imageio
-    from ..visualize import draw
+    from ..visualize import draw_errors
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -65,9 +67,9 @@ def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str
             continue
         gt = [[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in d["annotations"])]
         out = os.path.join(out_dir, os.path.splitext(name)[0] + "_pred.png")
-        keep = [i for i, s in enumerate(pred["scores"]) if s >= min_score]
-        draw(imageio.read(d["file_name"]), [pred["pred_boxes"][i] for i in keep], out,
-             scores=[pred["scores"][i] for i in keep], gt_boxes=gt)
+        _, title = draw_errors(imageio.read(d["file_name"]), gt, pred["pred_boxes"], pred["scores"], out,
+                               score_threshold, name)
+        log.info("%s: %s", out, title)
         written.append(out)
     if written:
         log.info("prediction PNGs: %s", out_dir)
