@@ -35,6 +35,8 @@ PREDICTIONS    ?=
 MANIFEST       ?= $(DATA_DIR)/annotations/test.manifest
 CHANNEL        ?= validation
 N              ?= 4
+SCORE          ?=
+COUNT_THRESHOLD ?=
 ROLE           ?=
 MODEL          ?=
 STACK          ?=
@@ -60,8 +62,8 @@ help: ## this list
 	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
-	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)"
-	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
+	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
+	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in README.md)"
 
 # ---- local environment -------------------------------------------------------
@@ -81,8 +83,8 @@ $(DATA_DIR)/report.json:
 upload: $(SETUP_STAMP) ## upload DATA_DIR to s3://BUCKET/PREFIX (resumable)
 	$(SHELFDET) upload --data-dir $(DATA_DIR) $(AWS_FLAGS)
 
-visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL (PREDICTIONS= adds predictions)
-	$(SHELFDET) visualize --data-dir $(DATA_DIR) --channel $(CHANNEL) -n $(N) $(if $(PREDICTIONS),--predictions $(PREDICTIONS))
+visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL (PREDICTIONS=: TP/FP/FN at score >= SCORE)
+	$(SHELFDET) visualize --data-dir $(DATA_DIR) --channel $(CHANNEL) -n $(N) $(if $(PREDICTIONS),--predictions $(PREDICTIONS)) $(if $(SCORE),--score-threshold $(SCORE))
 
 # ---- training ----------------------------------------------------------------
 train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
@@ -101,8 +103,8 @@ serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
 predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: predictions/<image file>.json + .png
 	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)")
 
-evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir) against MANIFEST, maxDets 300
-	$(SHELFDET) evaluate --predictions "$(PREDICTIONS)" --manifest "$(MANIFEST)"
+evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir) against MANIFEST, maxDets 300, and count error
+	$(SHELFDET) evaluate --predictions "$(PREDICTIONS)" --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD))
 
 deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name)
 	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
