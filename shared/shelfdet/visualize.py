@@ -79,12 +79,13 @@ def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxe
     def down(b: Sequence[float]) -> List[float]:
         return [float(b[0]), float(b[1]) + band, float(b[2]), float(b[3]) + band]
 
+    # Errors drawn last, on top: a duplicate detection would otherwise hide under its match.
+    for k in match.tp:
+        vis.draw_box(down(boxes[k]), edge_color=TP_COLOUR, alpha=0.9)
     for j in match.fn:
         vis.draw_box(down(gt_boxes[j]), edge_color=FN_COLOUR, alpha=0.9)
     for k in match.fp:
         vis.draw_box(down(boxes[k]), edge_color=FP_COLOUR, alpha=0.9)
-    for k in match.tp:
-        vis.draw_box(down(boxes[k]), edge_color=TP_COLOUR, alpha=0.9)
     ax = vis.output.ax
     points = 0.55 * row * scale * 72.0 / vis.output.dpi  # font size from the row's height in output pixels
     ax.text(0.3 * row, 0.5 * row, title, fontsize=points, color="black", va="center", ha="left", family="sans-serif")
