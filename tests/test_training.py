@@ -43,6 +43,10 @@ def test_model_folder_is_self_describing(trained):
     for key in ("count_mae", "count_rel_error", "count_threshold", "validation_count_mae"):
         assert isinstance(metrics[key], float) and metrics[key] >= 0.0, (key, metrics)
     assert metrics["count_threshold_fit"] == "validation"
+    _, log = trained
+    fit = re.search(r"validation_count_mae: .*\(score >= ([0-9.]+)", log)
+    used = re.search(r"test_count_mae: .*\(score >= ([0-9.]+)", log)
+    assert fit and used and fit.group(1) == used.group(1) == "{:.4f}".format(metrics["count_threshold"]), log[-3000:]
     assert (model / "plots" / "loss_curve.png").stat().st_size > 1000
     assert list((model / "plots").glob("*_pred.png")), "no prediction PNGs"
     cfg = (model / "config.yaml").read_text()
