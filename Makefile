@@ -16,6 +16,7 @@ ALGO           ?= faster_rcnn
 ALGO_GIVEN      = $(filter-out default file,$(origin ALGO))
 DATA_DIR       ?= data
 SRC            ?=
+MAX_SIDE       ?=
 BUCKET         ?=
 PREFIX         ?= detectron2/data
 REGION         ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION),us-east-2)
@@ -59,7 +60,7 @@ help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (default):"
-	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
+	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  MAX_SIDE=$(MAX_SIDE) (empty: images as they are)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
@@ -74,8 +75,8 @@ $(SETUP_STAMP): versions.env tools/setup_venv.sh shared/pyproject.toml
 	@touch $@
 
 # ---- data --------------------------------------------------------------------
-data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL) or synthetic
-	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX))
+data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL) or synthetic; MAX_SIDE=1333 resizes the images once
+	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX)) $(if $(MAX_SIDE),--max-side $(MAX_SIDE))
 
 $(DATA_DIR)/report.json:
 	@$(MAKE) --no-print-directory data DATA_DIR=$(DATA_DIR)

@@ -25,6 +25,16 @@ def _size(text: str) -> Tuple[int, int]:
     return w, h
 
 
+def _max_side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 64:
+        raise argparse.ArgumentTypeError("expected a longer side in pixels (64 at least), got {!r}".format(text))
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shelfdet data", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True, help="output folder (channels, annotations/, report.json)")
@@ -33,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket", help="manifest source-refs point at s3://BUCKET/PREFIX/<channel>/<image>")
     p.add_argument("--prefix", default="detectron2/data")
     p.add_argument("--label", default=DEFAULT_LABEL, help="label attribute name in the manifests")
+    p.add_argument("--max-side", type=_max_side, default=None,
+                   help="write images resized once so their longer side is at most this (boxes scaled in the "
+                        "manifests); smaller images are kept as they are. E.g. 1333, the training scale")
     d = synthetic.DEFAULT_IMAGES
     p.add_argument("--train-images", type=int, default=d["train"], help="synthetic only")
     p.add_argument("--val-images", type=int, default=d["val"], help="synthetic only")
@@ -51,6 +64,8 @@ def _csv_stamp(root: str) -> List[List[Any]]:
 def options(args: argparse.Namespace) -> Dict[str, Any]:
     opts: Dict[str, Any] = {"bucket": args.bucket, "prefix": args.prefix if args.bucket else None,
                             "label": args.label}
+    if args.max_side:  # only when given: data folders built before the option stay current
+        opts["max_side"] = args.max_side
     if args.src:
         opts["src"] = args.src if fetch.is_url(args.src) else os.path.abspath(args.src)
     else:
@@ -101,7 +116,7 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             len(gen.boxes), args.image_size[0], args.image_size[1], args.seed, root))
     extra = {"options": opts, "source_stamp": _csv_stamp(root)}
     return sku110k.convert(root, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
-                           workers=args.workers, extra=extra)
+                           workers=args.workers, extra=extra, max_side=args.max_side)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -101,12 +101,17 @@ def _link(src: str, dst: str) -> None:
 
 def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
             label: str = DEFAULT_LABEL, sizes_from_csv: bool = False, workers: Optional[int] = None,
-            extra: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
+            extra: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
+            max_side: Optional[int] = None) -> Dict[str, Any]:
     """Converts and returns the report (also written to DATA_DIR/report.json).
 
     ``sizes_from_csv`` trusts the CSV's image sizes and neither reads nor
-    links images (the benchmark's CSV-only mode).
+    links images (the benchmark's CSV-only mode). ``max_side`` writes every
+    image whose longer side exceeds it resized once to that side (upright,
+    boxes and sizes in the manifests scaled with it); smaller ones are linked.
     """
+    if max_side and sizes_from_csv:
+        raise ValueError("max_side needs the images; sizes_from_csv reads none")
     t0 = time.time()
     csvs = find_csvs(root)
     img_dir = os.path.join(root, "images")
@@ -198,6 +203,14 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     k = np.flatnonzero(kept)
     k = k[np.lexsort((rows.line[k], rows.file[k], img[k]))]
     coords = np.column_stack([cx1[k], cy1[k], cx2[k] - cx1[k], cy2[k] - cy1[k]])
+    out_w, out_h = width.copy(), height.copy()
+    if max_side:
+        for i in range(n_img):
+            if not reason[i]:
+                out_w[i], out_h[i] = images.fit(int(width[i]), int(height[i]), max_side)
+        # Boxes scale with their image; two decimals are far below a pixel of the resized image.
+        sx, sy = (out_w / np.maximum(width, 1))[img[k]], (out_h / np.maximum(height, 1))[img[k]]
+        coords = np.round(coords * np.column_stack([sx, sy, sx, sy]), 2)
     flat = _numbers(coords)
     counts = np.bincount(img[k], minlength=n_img)
     offsets = np.concatenate([[0], np.cumsum(counts)]) * 4
@@ -218,6 +231,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     ann_dir = os.path.join(data_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     channels: Dict[str, Dict[str, int]] = {}
+    resize_jobs: List[Any] = []
     for ch in CHANNELS:
         ids = sorted(per_channel[ch], key=lambda i: _natural(names[i]))
         ch_dir = os.path.join(data_dir, ch)
@@ -232,7 +246,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
         with open(tmp, "w") as f:
             for i in ids:
                 src = source_ref(bucket, prefix, ch, names[i], data_dir)
-                f.write(fmt.line(src, int(width[i]), int(height[i]), flat[offsets[i]:offsets[i + 1]]))
+                f.write(fmt.line(src, int(out_w[i]), int(out_h[i]), flat[offsets[i]:offsets[i + 1]]))
         os.replace(tmp, manifest)
         if not sizes_from_csv:
             os.makedirs(ch_dir, exist_ok=True)
@@ -240,9 +254,18 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
             for old in os.listdir(ch_dir):
                 if old not in wanted:
                     os.remove(os.path.join(ch_dir, old))
-            for name in wanted:
-                _link(os.path.join(img_dir, name), os.path.join(ch_dir, name))
+            for i in ids:
+                src_file, dst_file = os.path.join(img_dir, names[i]), os.path.join(ch_dir, names[i])
+                if (out_w[i], out_h[i]) != (width[i], height[i]):
+                    resize_jobs.append((src_file, dst_file, (int(out_w[i]), int(out_h[i]))))
+                else:
+                    _link(src_file, dst_file)
         channels[ch] = {"images": len(ids), "boxes": int(counts[ids].sum())}
+    resized = None
+    if max_side:
+        written = images.resize_all(resize_jobs, workers)
+        resized = {"max_side": max_side, "images": len(resize_jobs),
+                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(written)}
 
     t_out = time.time()
     by_reason = Counter()
@@ -263,6 +286,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                   "dropped": int(n_rows - n_kept), "dropped_by_reason": dict(sorted(by_reason.items()))},
         "images": {"files": len(files), "in_manifests": sum(c["images"] for c in channels.values()),
                    "corrupted": corrupted, "dropped": dropped_images},
+        "resized": resized,
         "problems": problems,
         "seconds": {"csv": round(t_csv - t0, 3), "images": round(t_img - t_csv, 3),
                     "validate": round(t_val - t_img, 3), "manifests": round(t_out - t_val, 3),
@@ -313,6 +337,10 @@ def summarize(report: Dict[str, Any], log: Callable[[str], None] = print, exampl
     log("boxes: {} rows, {} kept ({} clipped to the image), {} dropped{}".format(
         b["rows"], b["kept"], b["clipped"], b["dropped"],
         "" if not b["dropped"] else " (" + ", ".join("{} {}".format(v, k) for k, v in b["dropped_by_reason"].items()) + ")"))
+    r = report.get("resized")
+    if r:
+        log("resized: {} images to a longer side of at most {} px ({:.1f} MB -> {:.1f} MB)".format(
+            r["images"], r["max_side"], r["bytes_before"] / 1e6, r["bytes_after"] / 1e6))
     for c in report["images"]["corrupted"]:
         log("corrupted image dropped: {} ({})".format(c["image"], c["reason"]))
     probs = [p for p in report["problems"] if p["kind"] != "clipped"]
