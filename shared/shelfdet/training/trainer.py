@@ -10,12 +10,14 @@ from .. import compat
 compat.apply()
 
 import torch  # noqa: E402
+from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from ..checkpoint import Checkpointer  # noqa: E402
+from ..data.mapper import FastDatasetMapper  # noqa: E402
 from .hooks import ValidationAP, ValidationLoss  # noqa: E402
 
 
@@ -76,6 +78,11 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.log_period))
         return ret
+
+    @classmethod
+    def build_train_loader(cls, cfg: Any) -> Any:
+        # Detectron2's loader and sampler; our mapper decodes photo-size JPEGs at reduced scale.
+        return build_detection_train_loader(cfg, mapper=FastDatasetMapper(cfg, is_train=True))
 
     def build_writers(self) -> List[Any]:
         # No TensorBoard writer: SageMaker scrapes the printed lines.
