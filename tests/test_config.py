@@ -47,3 +47,44 @@ def test_readme_documents_the_current_hyperparameter_table():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert H.markdown_table() in readme, "README's table is stale: paste `python -m shelfdet hp-table`"
+
+
+@pytest.mark.parametrize("cpus,procs,expected", [
+    (2, 1, 1),     # this laptop: one core for the loop, one worker
+    (1, 1, 1),     # never 0 by itself: 0 would load in the training loop
+    (8, 1, 7),     # ml.p3.2xlarge: 8 vCPUs, 1 GPU
+    (64, 8, 7),    # ml.p3.16xlarge
+    (96, 8, 11),   # ml.p4d.24xlarge
+    (192, 8, 16),  # ml.p5.48xlarge: 23 capped
+    (8, 8, 1),     # fewer CPUs than GPUs would need
+])
+def test_num_workers_auto_is_the_cpus_per_process_less_one(cpus, procs, expected):
+    from shelfdet.config import num_workers
+
+    assert num_workers("auto", procs, cpus) == expected
+
+
+def test_num_workers_defaults_to_auto_and_stays_overridable(monkeypatch):
+    from shelfdet import runtime
+
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 96)
+    for profile in ("sagemaker", "local"):
+        assert H.parse({}, profile).num_workers == "auto"
+    hp = H.parse({})
+    assert build_config(hp, ["SKU"], "t", "v", "/tmp/unused", procs_per_host=8).DATALOADER.NUM_WORKERS == 11
+    assert build_config(hp, ["SKU"], "t", "v", "/tmp/unused").DATALOADER.NUM_WORKERS == 16
+    assert _cfg(num_workers=0).DATALOADER.NUM_WORKERS == 0
+    assert _cfg(num_workers=" 5 ").DATALOADER.NUM_WORKERS == 5
+    assert _cfg(num_workers="AUTO").DATALOADER.NUM_WORKERS == 16
+    for bad in ("-1", "65", "two", "2.5"):
+        with pytest.raises(H.HyperparameterError, match="'num-workers': '{}' is not valid: expected auto or".format(bad)):
+            H.parse({"num-workers": bad})
+
+
+def test_available_cpus_honours_affinity(monkeypatch):
+    import os
+
+    from shelfdet import runtime
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert 1 <= runtime.available_cpus() <= 3

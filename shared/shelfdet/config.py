@@ -17,6 +17,7 @@ compat.apply()
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 
+from .hyperparameters import MAX_AUTO_WORKERS  # noqa: E402
 from .modeling import LEVEL_NORM_RETINANET  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,26 @@ def lr_steps(num_iter: int, fractions: str) -> Tuple[int, ...]:
     return tuple(s for s in steps if 0 < s < num_iter)
 
 
+def num_workers(value: object, procs_per_host: int = 1, cpus: Optional[int] = None) -> int:
+    """The ``num-workers`` hyperparameter for one of ``procs_per_host`` training processes.
+
+    ``auto``: the process's share of the host's CPUs, less one for the
+    process itself (it runs the training loop and collates batches), at
+    least 1 and at most MAX_AUTO_WORKERS; e.g. 11 per GPU on a p4d (96 vCPUs,
+    8 GPUs), 7 on a p3.2xlarge (8 vCPUs, 1 GPU), 1 on a 2-core laptop.
+    """
+    if value != "auto":
+        return int(value)  # type: ignore[call-overload]
+    if cpus is None:
+        from .runtime import available_cpus
+
+        cpus = available_cpus()
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, procs_per_host) - 1))
+
+
 def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: str, val_dataset: Optional[str],
-                 output_dir: str, device: str = "cpu", world_size: int = 1) -> CfgNode:
+                 output_dir: str, device: str = "cpu", world_size: int = 1, procs_per_host: int = 1) -> CfgNode:
+    """``procs_per_host``: training processes on this host (GPUs used; 1 on CPU), for ``num-workers=auto``."""
     cfg = get_cfg()
     zoo_name, zoo_weights_match = zoo_config_name(hp.model_type, hp.backbone, hp.lr_schedule)
     cfg.merge_from_file(model_zoo.get_config_file(zoo_name))
@@ -145,7 +164,7 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
 
     cfg.DATASETS.TRAIN = (train_dataset,)
     cfg.DATASETS.TEST = (val_dataset,) if val_dataset else ()
-    cfg.DATALOADER.NUM_WORKERS = hp.num_workers
+    cfg.DATALOADER.NUM_WORKERS = num_workers(hp.num_workers, procs_per_host)
 
     cfg.SOLVER.IMS_PER_BATCH = hp.batch_size
     cfg.SOLVER.BASE_LR = hp.lr

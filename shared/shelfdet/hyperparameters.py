@@ -52,6 +52,25 @@ def _schedule(text: str) -> str:
     return low
 
 
+# Workers per process that num-workers=auto never exceeds: 16 photo-size loaders outrun
+# any one GPU, and each worker is a process with its own memory.
+MAX_AUTO_WORKERS = 16
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> Any:
+    low = text.strip().lower()
+    if low == "auto":
+        return "auto"
+    try:
+        value = int(low)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_WORKERS:
+        raise ValueError("expected auto or a number of workers from 0 to {}".format(MAX_WORKERS))
+    return value
+
+
 class Param(NamedTuple):
     name: str
     parse: Callable[[str], Any]
@@ -79,7 +98,10 @@ TABLE: Tuple[Param, ...] = (
     Param("warmup-iters", int, 100, 50, "Linear warm-up iterations (capped at a tenth of num-iter).", low=0),
     Param("lr-steps", str, "0.67,0.89", SAME, "LR decay points as fractions of num-iter (x0.1 each)."),
     Param("batch-size", int, 16, 4, "Images per iteration over all GPUs and hosts.", low=1, high=4096),
-    Param("num-workers", int, 2, 1, "Data-loader workers per process.", low=0, high=64),
+    Param("num-workers", _workers, "auto", SAME, "Data-loader workers per training process (one process per GPU, one per "
+          "CPU host); auto = the host's CPUs divided by its training processes, minus one for the training loop "
+          "(at least 1, at most {}; e.g. 11 on a p4d, 7 on a p3.2xlarge, 1 on 2 cores); 0 loads in the training "
+          "process.".format(MAX_AUTO_WORKERS)),
     Param("num-rpn", int, 512, 256, "Faster R-CNN: RoIs sampled per image for the box head.", low=16, high=8192),
     Param("rpn-pos-fraction", float, 0.5, SAME, "Faster R-CNN: positive fraction of the RPN minibatch.", low=0.01, high=1.0, tune=("continuous", 0.1, 0.5, "Linear")),
     Param("bbox-head-pos-fraction", float, 0.25, SAME, "Faster R-CNN: positive fraction of the RoI minibatch.", low=0.01, high=1.0, tune=("continuous", 0.1, 0.5, "Linear")),

@@ -33,6 +33,22 @@ def summary(hosts: Optional[Sequence[str]] = None, current_host: Optional[str] =
     return "environment: " + ", ".join(parts)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (docker --cpus)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
 def details() -> str:
     """Detectron2's own environment table (compiler, CUDA archs, library versions)."""
     try:

@@ -61,6 +61,7 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
 
+    from .. import runtime
     from ..config import build_config
     from .trainer import Trainer
 
@@ -70,8 +71,11 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     reg = _register(env, hp)
     device = "cuda" if env.num_gpus > 0 and torch.cuda.is_available() else "cpu"
     cfg = build_config(hp, reg["classes"], reg["names"]["training"], reg["names"]["validation"],
-                       env.checkpoint_dir, device=device, world_size=comm.get_world_size())
+                       env.checkpoint_dir, device=device, world_size=comm.get_world_size(),
+                       procs_per_host=comm.get_local_size())
     cfg.freeze()
+    log.info("data loader: %d worker(s) per process (num-workers=%s; %d CPUs, %d process(es) on this host)",
+             cfg.DATALOADER.NUM_WORKERS, hp.num_workers, runtime.available_cpus(), comm.get_local_size())
     seed_all_rng(None if hp.seed < 0 else hp.seed + rank)
     os.makedirs(env.checkpoint_dir, exist_ok=True)
 

@@ -1,4 +1,4 @@
-"""Training hooks: validation loss over a fixed sample, periodic validation AP.
+"""Training hooks: validation loss over a fixed sample, periodic validation AP, a starved-loader warning.
 
 Both run inside their own ``EventStorage``: whatever the model records while
 validating (``fast_rcnn/cls_accuracy``, ``rpn/num_pos_anchors``, ...) stays
@@ -7,7 +7,8 @@ out of the training metrics that the writers print and SageMaker scrapes.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Sequence
+import time
+from typing import Any, Callable, Dict, List, Sequence
 
 from .. import compat
 
@@ -118,3 +119,52 @@ class ValidationAP(HookBase):
             log.info("iter: %d  validation_ap: %.6f  validation_ap50: %.6f", self.trainer.iter + 1,
                      result["AP"], result["AP50"])
         comm.synchronize()
+
+
+class DataTimeWarning(HookBase):
+    """One warning line when the data loader cannot keep up with the model.
+
+    Detectron2's loop records ``data_time``, how long each iteration waited
+    for its batch. After ``warmup`` iterations (workers starting), the hook
+    sums it over windows of ``window`` iterations against the time of the
+    iterations themselves, and warns once when the share exceeds
+    ``threshold``: then the GPU idles for want of images.
+    """
+
+    def __init__(self, num_workers: int, warmup: int = 20, window: int = 20, threshold: float = 0.3,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.num_workers = num_workers
+        self.warmup = warmup
+        self.window = window
+        self.threshold = threshold
+        self.clock = clock
+        self.warned = False
+        self._start = 0.0
+        self._data = self._step = 0.0
+        self._count = 0
+
+    def before_step(self) -> None:
+        self._start = self.clock()
+
+    def after_step(self) -> None:
+        step = self.clock() - self._start
+        if self.warned or self.trainer.iter - self.trainer.start_iter < self.warmup:
+            return
+        try:
+            data = self.trainer.storage.history("data_time").latest()
+        except KeyError:  # Detectron2 records data time on the main process only
+            return
+        self._data += data
+        self._step += step
+        self._count += 1
+        if self._count < self.window:
+            return
+        share = self._data / max(self._step, 1e-9)
+        if share > self.threshold:
+            self.warned = True
+            log.warning("data loader too slow: %.0f%% of iterations %d-%d went waiting for data (%d worker(s) per "
+                        "process); raise num-workers, use more CPUs per GPU, or train on a resized copy "
+                        "(make data MAX_SIDE=1333)", 100 * share, self.trainer.iter + 2 - self._count,
+                        self.trainer.iter + 1, self.num_workers)
+        self._data = self._step = 0.0
+        self._count = 0

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from ..checkpoint import Checkpointer  # noqa: E402
 from ..data.mapper import FastDatasetMapper  # noqa: E402
-from .hooks import ValidationAP, ValidationLoss  # noqa: E402
+from .hooks import DataTimeWarning, ValidationAP, ValidationLoss  # noqa: E402
 
 
 def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
@@ -65,7 +65,8 @@ class Trainer(DefaultTrainer):
     def build_hooks(self) -> List[Any]:
         cfg = self.cfg
         period = cfg.TEST.EVAL_PERIOD
-        ret: List[Any] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        # DataTimeWarning before the validation hooks: their time is not the loader's business.
+        ret: List[Any] = [hooks.IterationTimer(), hooks.LRScheduler(), DataTimeWarning(cfg.DATALOADER.NUM_WORKERS)]
         if comm.is_main_process():
             # Two kept checkpoints are enough to resume and halve the S3 sync of spot jobs.
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=2))
