@@ -17,6 +17,7 @@ ALGO_GIVEN      = $(filter-out default file,$(origin ALGO))
 DATA_DIR       ?= data
 SRC            ?=
 MAX_SIDE       ?=
+PRESET         ?=
 BUCKET         ?=
 PREFIX         ?= detectron2/data
 REGION         ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION),us-east-2)
@@ -75,8 +76,8 @@ $(SETUP_STAMP): versions.env tools/setup_venv.sh shared/pyproject.toml
 	@touch $@
 
 # ---- data --------------------------------------------------------------------
-data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL) or synthetic; MAX_SIDE=1333 resizes the images once
-	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX)) $(if $(MAX_SIDE),--max-side $(MAX_SIDE))
+data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL) or synthetic (PRESET=hard: SKU-110K-like); MAX_SIDE=1333 resizes the images once
+	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX)) $(if $(MAX_SIDE),--max-side $(MAX_SIDE)) $(if $(PRESET),--preset $(PRESET))
 
 $(DATA_DIR)/report.json:
 	@$(MAKE) --no-print-directory data DATA_DIR=$(DATA_DIR)

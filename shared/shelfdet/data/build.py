@@ -46,11 +46,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=_max_side, default=None,
                    help="write images resized once so their longer side is at most this (boxes scaled in the "
                         "manifests); smaller images are kept as they are. E.g. 1333, the training scale")
-    d = synthetic.DEFAULT_IMAGES
-    p.add_argument("--train-images", type=int, default=d["train"], help="synthetic only")
-    p.add_argument("--val-images", type=int, default=d["val"], help="synthetic only")
-    p.add_argument("--test-images", type=int, default=d["test"], help="synthetic only")
-    p.add_argument("--image-size", type=_size, default=synthetic.DEFAULT_SIZE, help="synthetic only, WxH")
+    p.add_argument("--preset", choices=sorted(synthetic.PRESETS), default="default",
+                   help="synthetic only: default (the main job's set) or hard (SKU-110K-like: ~140 objects per "
+                        "photo with a long tail, perspective, occlusion; see README)")
+    d, h = synthetic.DEFAULT_IMAGES, synthetic.HARD_IMAGES
+    for split, flag in (("train", "--train-images"), ("val", "--val-images"), ("test", "--test-images")):
+        p.add_argument(flag, type=int, default=None, help="synthetic only (default {}, hard {})".format(d[split], h[split]))
+    p.add_argument("--image-size", type=_size, default=None,
+                   help="synthetic only, WxH (default {}x{}; hard {}x{}, each photo portrait or landscape)".format(
+                       *synthetic.DEFAULT_SIZE, *synthetic.HARD_SIZE))
     p.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED, help="synthetic only")
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: CPU count)")
     p.add_argument("--force", action="store_true", help="rebuild even when report.json is current")
@@ -59,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
 
 def _csv_stamp(root: str) -> List[List[Any]]:
     return [[os.path.basename(c), os.path.getsize(c), int(os.path.getmtime(c))] for c in sku110k.find_csvs(root)]
+
+
+def _synthetic(args: argparse.Namespace) -> Tuple[Dict[str, int], Tuple[int, int]]:
+    """Split sizes and image size: the ones given, else the preset's."""
+    preset = synthetic.PRESETS[args.preset]
+    given = {"train": args.train_images, "val": args.val_images, "test": args.test_images}
+    return ({k: preset["images"][k] if v is None else v for k, v in given.items()},
+            tuple(args.image_size or preset["size"]))  # type: ignore[return-value]
 
 
 def options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -70,8 +82,12 @@ def options(args: argparse.Namespace) -> Dict[str, Any]:
         opts["src"] = args.src if fetch.is_url(args.src) else os.path.abspath(args.src)
     else:
         opts["src"] = "synthetic"
-        opts["synthetic"] = {"version": synthetic.VERSION, "seed": args.seed, "image_size": list(args.image_size),
-                             "images": {"train": args.train_images, "val": args.val_images, "test": args.test_images}}
+        counts, size = _synthetic(args)
+        opts["synthetic"] = {"version": synthetic.VERSION, "seed": args.seed, "image_size": list(size),
+                             "images": counts}
+        if args.preset != "default":  # only then: data folders built before presets stay current
+            opts["synthetic"]["preset"] = args.preset
+            opts["synthetic"]["preset_version"] = synthetic.PRESETS[args.preset]["version"]
     return opts
 
 
@@ -104,16 +120,17 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
     if args.src:
         root = fetch.resolve(args.src, work)
     else:
-        for n in (args.train_images, args.val_images, args.test_images):
+        counts, size = _synthetic(args)
+        for n in counts.values():
             if n < 1:
                 raise DataError("--train/--val/--test-images must be at least 1, got {}".format(n))
         # Regenerate from scratch: a smaller set must not inherit the old set's extra images.
         shutil.rmtree(os.path.join(work, synthetic.ROOT_NAME), ignore_errors=True)
-        gen = synthetic.generate(work, {"train": args.train_images, "val": args.val_images, "test": args.test_images},
-                                 args.image_size, args.seed)
+        gen = synthetic.generate(work, counts, size, args.seed, preset=args.preset)
         root = gen.root
-        print("data: generated synthetic SKU-110K ({} images, {}x{}, seed {}) in {}".format(
-            len(gen.boxes), args.image_size[0], args.image_size[1], args.seed, root))
+        print("data: generated synthetic SKU-110K ({}{} images, {}x{}, seed {}) in {}".format(
+            "" if args.preset == "default" else "preset {}, ".format(args.preset),
+            len(gen.boxes), size[0], size[1], args.seed, root))
     extra = {"options": opts, "source_stamp": _csv_stamp(root)}
     return sku110k.convert(root, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
                            workers=args.workers, extra=extra, max_side=args.max_side)

@@ -165,16 +165,250 @@ def draw_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[np.nd
     return image, boxes, raw
 
 
-def _render(job: Tuple[int, str, int, str, int, int, str]) -> Tuple[str, List[Box], List[Box]]:
-    seed, split, index, name, width, height, out_dir = job
+# ---- the hard preset: SKU-110K-like statistics ----------------------------------
+# Long-tailed objects per image (lognormal, median ~140, a few above 400), photo
+# aspect (portrait or landscape, ~1000 px on the long side), bottles, boxes, cans,
+# jars and stacked flat packs, a homography over the whole shelf (boxes are the
+# axis-aligned bounds of the warped products, as SKU-110K annotates them),
+# lighting gradients and reflections, blur, and price rails, shelf talkers and
+# promotion signs in front of products: an occluded product keeps its full box,
+# one hidden by more than HARD_MAX_OCCLUDED is not annotated.
+HARD_IMAGES = {"train": 200, "val": 40, "test": 40}
+HARD_SIZE = (1000, 750)  # long side x short side; each image is portrait or landscape
+HARD_COUNT_MEDIAN = 140
+HARD_COUNT_SIGMA = 0.55
+HARD_COUNT_RANGE = (20, 700)
+HARD_MAX_OCCLUDED = 0.6
+HARD_PORTRAIT = 0.6  # share of portrait photos
+# Flat area per product cell, relative to the shelf area per wanted product (fitted so the count lands on target).
+_HARD_DENSITY = 1.45
+# kind -> (weight, height as a share of the row, height / width)
+_HARD_KINDS = {"bottle": (0.24, (0.72, 0.97), (2.3, 4.0)), "box": (0.3, (0.5, 0.95), (1.05, 2.0)),
+               "can": (0.16, (0.42, 0.7), (1.3, 1.9)), "jar": (0.1, (0.35, 0.6), (0.8, 1.25)),
+               "flat": (0.1, (0.8, 0.95), (0.3, 0.65))}  # flat: a stack of 2-3 wide packs filling this height
+# `make data PRESET=...`: split sizes and image size (the hard preset's is the landscape one); a preset's
+# own "version" (bump when its drawing changes) is recorded apart from VERSION, so the default set stays current.
+PRESETS: Dict[str, Dict[str, Any]] = {"default": {"images": DEFAULT_IMAGES, "size": DEFAULT_SIZE},
+                                      "hard": {"images": HARD_IMAGES, "size": HARD_SIZE, "version": 1}}
+
+
+def hard_count(rng: np.random.Generator) -> int:
+    """Objects wanted in one hard image: lognormal around HARD_COUNT_MEDIAN, long tail to the right."""
+    n = HARD_COUNT_MEDIAN * np.exp(HARD_COUNT_SIGMA * rng.standard_normal())
+    return int(np.clip(n, *HARD_COUNT_RANGE))
+
+
+def _hard_sprite(rng: np.random.Generator, w: int, h: int, kind: str) -> np.ndarray:
+    """BGR + alpha float32 sprite of one product facing, drawn with array slices only."""
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = _hsv_colour(rng, (40, 256), (50, 250))
+    top, bottom = int(h * rng.uniform(0.15, 0.45)), int(h * rng.uniform(0.55, 0.9))
+    if bottom - top >= 2:
+        img[top:bottom, 1:max(2, w - 1)] = _hsv_colour(rng, (0, 256), (110, 256))
+        ink = _hsv_colour(rng, (0, 256), (0, 90))
+        for _ in range(int(rng.integers(0, 4))):  # print: a few dark strokes on the label
+            y = int(rng.integers(top, bottom))
+            x0 = int(rng.integers(0, max(1, w // 2)))
+            img[y:y + max(1, h // 30), x0:x0 + max(1, int(w * rng.uniform(0.2, 0.7)))] = ink
+        if rng.random() < 0.5:  # a logo blob
+            r = max(1, int(min(w, bottom - top) * rng.uniform(0.15, 0.35)))
+            cv2.circle(img, (w // 2, (top + bottom) // 2), r, _hsv_colour(rng, (80, 256), (80, 256)).tolist(), -1)
+    depth = {"bottle": 0.5, "can": 0.45, "jar": 0.35}.get(kind, 0.12)
+    x = np.linspace(-1.0, 1.0, w, dtype=np.float32)
+    img *= (1.0 - depth * x * x)[None, :, None]
+    img[:, 0] *= 0.45
+    img[:, -1] *= 0.45
+    img[0] *= 0.6
+    img[-1] *= 0.5
+    alpha = np.ones((h, w), np.float32)
+    if kind == "bottle":
+        neck_h, neck_w = max(2, int(h * rng.uniform(0.2, 0.35))), max(2, int(w * rng.uniform(0.3, 0.5)))
+        x0 = (w - neck_w) // 2
+        alpha[:neck_h] = 0
+        alpha[:neck_h, x0:x0 + neck_w] = 1
+        img[:max(1, neck_h // 4), x0:x0 + neck_w] = _hsv_colour(rng, (0, 256), (30, 230))  # cap
+    elif kind in ("can", "jar"):
+        r = max(1, min(w, h) // 6)
+        alpha[:r, :r] = alpha[:r, -r:] = alpha[-r:, :r] = alpha[-r:, -r:] = 0.0
+    return np.dstack([img, alpha])
+
+
+def _hard_lighting(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A smooth gain field: a linear gradient, a vignette and a soft reflection, drawn small and resized."""
+    gw, gh = 32, 32
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    xx, yy = xx / (gw - 1) - 0.5, yy / (gh - 1) - 0.5
+    a = rng.uniform(0, 2 * np.pi)
+    gain = 1.0 + rng.uniform(0.1, 0.45) * (np.cos(a) * xx + np.sin(a) * yy)
+    gain *= 1.0 - rng.uniform(0.0, 0.5) * (xx * xx + yy * yy)
+    if rng.random() < 0.6:  # a reflection of the store lights
+        cx, cy = rng.uniform(-0.5, 0.5, 2)
+        sx, sy = rng.uniform(0.05, 0.4), rng.uniform(0.03, 0.15)
+        gain += rng.uniform(0.15, 0.5) * np.exp(-((xx - cx) ** 2 / (2 * sx * sx) + (yy - cy) ** 2 / (2 * sy * sy)))
+    gain *= rng.uniform(0.7, 1.1)
+    field = cv2.resize(gain.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    cast = (1.0 + rng.normal(0, 0.05, 3)).astype(np.float32)
+    return field[:, :, None] * cast[None, None, :]
+
+
+def _hard_quad(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Where the photo's corners fall on the flat shelf: camera tilt (keystone), yaw, roll and jitter."""
+    w, h = float(width), float(height)
+    tilt = rng.uniform(-0.12, 0.12)  # >0: top edge seen narrower
+    yaw = rng.uniform(-0.1, 0.1)  # >0: left edge seen shorter
+    roll = rng.uniform(-0.04, 0.04)
+    quad = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+    quad[0, 0] += max(tilt, 0) * w
+    quad[1, 0] -= max(tilt, 0) * w
+    quad[3, 0] += max(-tilt, 0) * w
+    quad[2, 0] -= max(-tilt, 0) * w
+    quad[0, 1] += max(yaw, 0) * h
+    quad[3, 1] -= max(yaw, 0) * h
+    quad[1, 1] += max(-yaw, 0) * h
+    quad[2, 1] -= max(-yaw, 0) * h
+    quad += rng.uniform(0, 0.04, (4, 2)) * [w, h] * [[1, 1], [-1, 1], [-1, -1], [1, -1]]
+    centre = quad.mean(axis=0)
+    c, s = np.cos(roll), np.sin(roll)
+    quad = (quad - centre) @ np.array([[c, -s], [s, c]]).T + centre
+    return np.clip(quad, 0, [w, h]).astype(np.float32)  # the photo sees only the shelf
+
+
+def draw_hard_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[np.ndarray, List[Box], List[Box], Dict[str, Any]]:
+    """Returns (BGR image, visible boxes clipped to the image, the same unclipped, info for tests and stats)."""
+    target = hard_count(rng)
+    quad = _hard_quad(rng, width, height)
+    quad_area = 0.5 * abs(float(np.dot(quad[:, 0], np.roll(quad[:, 1], 1)) - np.dot(quad[:, 1], np.roll(quad[:, 0], 1))))
+    # The photo sees quad_area of the flat shelf: size the product cells so about `target` land in it.
+    cell = _HARD_DENSITY * quad_area / target
+    row_unit = np.sqrt(cell * 1.6)
+    canvas = np.empty((height, width, 3), np.float32)
+    canvas[:] = _hsv_colour(rng, (0, 60), (120, 235))
+    occluder = np.zeros((height, width), np.uint8)
+    board_colour = _hsv_colour(rng, (0, 90), (60, 220))
+    back_colour = board_colour * rng.uniform(0.3, 0.6)
+    kinds = list(_HARD_KINDS)
+    weights = np.array([_HARD_KINDS[k][0] for k in kinds])
+    rects: List[Tuple[int, int, int, int]] = []
+    y = -int(rng.integers(0, int(row_unit) + 1))
+    while y < height:
+        row_h = max(8, int(row_unit * rng.uniform(0.8, 1.25)))
+        board_h = max(3, int(row_h * rng.uniform(0.1, 0.2)))
+        base = y + row_h
+        canvas[max(y, 0):max(min(base, height), 0)] = back_colour
+        # A shelf leans to some kinds: one is favoured per row.
+        w_row = weights.copy()
+        w_row[rng.integers(len(kinds))] += 0.6
+        x = -int(rng.integers(0, int(row_unit) + 1))
+        while x < width:
+            kind = kinds[int(rng.choice(len(kinds), p=w_row / w_row.sum()))]
+            _, hr, ar = _HARD_KINDS[kind]
+            ph = max(6, int(row_h * rng.uniform(*hr)))
+            stack = int(rng.integers(2, 4)) if kind == "flat" else 1
+            ph_each = max(4, ph // stack)
+            pw = max(4, int(ph_each / rng.uniform(*ar)))
+            sprite = _hard_sprite(rng, pw, ph_each, kind)
+            gap = int(rng.choice([0, 0, 0, 1, 2, 3]))
+            for _ in range(int(rng.integers(1, 7))):
+                if x >= width:
+                    break
+                for k in range(stack):
+                    top = base - (k + 1) * ph_each
+                    _paste(canvas, sprite, x, top)
+                    rects.append((x, top, x + pw, top + ph_each))
+                x += pw + gap
+            x += int(rng.integers(0, 5))
+        # Occluders in front of the products: the price rail over their feet, tags and shelf talkers.
+        rail = int(row_h * rng.uniform(0.0, 0.22)) if rng.random() < 0.6 else 0
+        b0, b1 = max(base - rail, 0), min(base + board_h, height)
+        if b0 < b1:
+            canvas[b0:b1] = board_colour
+            canvas[b0:min(b0 + 2, b1)] *= 1.3
+            occluder[b0:b1] = 1
+            for _ in range(int(rng.integers(1, 6))):  # price tags on the rail
+                tw = int(row_unit * rng.uniform(0.3, 0.8))
+                tx = int(rng.integers(-tw, width))
+                th = int(board_h * rng.uniform(0.6, 1.6))
+                ty = min(b1, base + board_h) - th
+                t0, t1, s0, s1 = max(ty, 0), min(ty + th, height), max(tx, 0), min(tx + tw, width)
+                if t0 < t1 and s0 < s1:
+                    canvas[t0:t1, s0:s1] = _hsv_colour(rng, (0, 120), (200, 256))
+                    canvas[t0 + (t1 - t0) // 2:t0 + (t1 - t0) // 2 + 1, s0 + 2:s1 - 2] = 40
+                    occluder[t0:t1, s0:s1] = 1
+            for _ in range(int(rng.poisson(0.7))):  # shelf talkers hanging over the row
+                tw = int(row_unit * rng.uniform(0.4, 1.6))
+                th = int(row_h * rng.uniform(0.15, 0.8))
+                tx = int(rng.integers(-tw // 2, width))
+                t0, t1, s0, s1 = max(base - th, 0), min(base, height), max(tx, 0), min(tx + tw, width)
+                if t0 < t1 and s0 < s1:
+                    canvas[t0:t1, s0:s1] = _hsv_colour(rng, (100, 256), (150, 256))
+                    occluder[t0:t1, s0:s1] = 1
+        y = base + board_h
+    if rng.random() < 0.3:  # a promotion sign hiding a few products
+        sw, sh = int(width * rng.uniform(0.1, 0.25)), int(height * rng.uniform(0.08, 0.2))
+        sx, sy = int(rng.integers(0, width - sw)), int(rng.integers(0, height - sh))
+        canvas[sy:sy + sh, sx:sx + sw] = _hsv_colour(rng, (150, 256), (150, 256))
+        canvas[sy + sh // 3:sy + sh // 3 + max(2, sh // 8), sx + sw // 6:sx + sw - sw // 6] = 250
+        occluder[sy:sy + sh, sx:sx + sw] = 1
+
+    r = np.array(rects, np.int64).reshape(-1, 4)
+    # Occluded share of each product (its full rectangle) from the occluder mask's integral image.
+    integ = cv2.integral(occluder)
+    c = np.clip(r, 0, [width, height, width, height])
+    area_in = np.maximum((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1]), 1)
+    covered = integ[c[:, 3], c[:, 2]] - integ[c[:, 1], c[:, 2]] - integ[c[:, 3], c[:, 0]] + integ[c[:, 1], c[:, 0]]
+    occluded = covered / area_in.astype(np.float64)
+
+    dst = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    m = cv2.getPerspectiveTransform(quad, dst)
+    warped = cv2.warpPerspective(canvas, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    corners = np.stack([r[:, [0, 1]], r[:, [2, 1]], r[:, [2, 3]], r[:, [0, 3]]], axis=1).astype(np.float64)
+    pts = cv2.perspectiveTransform(corners.reshape(-1, 1, 2), m).reshape(-1, 4, 2)
+    raw = np.column_stack([np.floor(pts[:, :, 0].min(1)), np.floor(pts[:, :, 1].min(1)),
+                           np.ceil(pts[:, :, 0].max(1)), np.ceil(pts[:, :, 1].max(1))]).astype(np.int64)
+    clip = np.clip(raw, 0, [width, height, width, height])
+    vis_w, vis_h = clip[:, 2] - clip[:, 0], clip[:, 3] - clip[:, 1]
+    full = np.maximum((raw[:, 2] - raw[:, 0]) * (raw[:, 3] - raw[:, 1]), 1)
+    inside = (vis_w >= MIN_VISIBLE) & (vis_h >= MIN_VISIBLE) & (np.maximum(vis_w, 0) * np.maximum(vis_h, 0) >= 0.25 * full)
+    keep = inside & (occluded <= HARD_MAX_OCCLUDED)
+
+    image = warped * _hard_lighting(rng, width, height)
+    sigma = rng.uniform(0.3, 1.5)
+    image = cv2.GaussianBlur(image, (0, 0), sigma)
+    if rng.random() < 0.25:  # hand shake
+        n = int(rng.integers(3, 8))
+        kernel = np.zeros((n, n), np.float32)
+        kernel[n // 2] = 1.0 / n
+        rot = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), rng.uniform(0, 180), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (n, n))
+        image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(2.0, 7.0))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    boxes = [tuple(int(v) for v in b) for b in clip[keep]]
+    raws = [tuple(int(v) for v in b) for b in raw[keep]]
+    info = {"target": target, "occluded": occluded[keep].tolist(),
+            "dropped_occluded": int((inside & (occluded > HARD_MAX_OCCLUDED)).sum()), "quad": quad.tolist()}
+    return image, boxes, raws, info  # type: ignore[return-value]
+
+
+def _render(job: Tuple[Any, ...]) -> Tuple[str, List[Box], List[Box], Tuple[int, int]]:
+    seed, split, index, name, width, height, out_dir, preset = job
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    image, boxes, raw = draw_scene(rng, width, height)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    quality = JPEG_QUALITY
+    if preset == "hard":
+        if rng.random() < HARD_PORTRAIT:  # width x height given as landscape: a portrait photo swaps them
+            width, height = min(width, height), max(width, height)
+        else:
+            width, height = max(width, height), min(width, height)
+        image, boxes, raw, _ = draw_hard_scene(rng, width, height)
+        quality = int(rng.integers(75, 93))  # phone photos: varied JPEG quality
+    else:
+        image, boxes, raw = draw_scene(rng, width, height)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("cv2 could not encode {}".format(name))
     with open(os.path.join(out_dir, name), "wb") as f:
         f.write(buf.tobytes())
-    return name, boxes, raw
+    return name, boxes, raw, (width, height)
 
 
 def _pick(rng: np.random.Generator, names: Sequence[str], k: int, avoid: Sequence[str] = ()) -> List[str]:
@@ -183,12 +417,20 @@ def _pick(rng: np.random.Generator, names: Sequence[str], k: int, avoid: Sequenc
     return [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))] if k else []
 
 
-def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Tuple[int, int] = DEFAULT_SIZE,
+def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Optional[Tuple[int, int]] = None,
              seed: int = DEFAULT_SEED, corrupt: Optional[Dict[str, int]] = None, bad_rows: bool = True,
-             workers: Optional[int] = None) -> Generated:
-    """Writes ``out_dir/SKU110K_fixed/{images,annotations}``; the same arguments give the same bytes."""
-    counts = dict(DEFAULT_IMAGES, **(images or {}))
+             workers: Optional[int] = None, preset: str = "default") -> Generated:
+    """Writes ``out_dir/SKU110K_fixed/{images,annotations}``; the same arguments give the same bytes.
+
+    ``preset`` is "default" (the main job's set) or "hard" (SKU-110K-like; ``size`` is then the
+    landscape size and each image is drawn portrait or landscape). ``images`` and ``size`` default
+    to the preset's.
+    """
+    if preset not in PRESETS:
+        raise ValueError("unknown preset {!r}: one of {}".format(preset, ", ".join(PRESETS)))
+    counts = dict(PRESETS[preset]["images"], **(images or {}))
     corrupt = dict(DEFAULT_CORRUPT, **(corrupt or {}))
+    size = size or PRESETS[preset]["size"]
     width, height = int(size[0]), int(size[1])
     root = os.path.join(out_dir, ROOT_NAME)
     img_dir = os.path.join(root, "images")
@@ -196,7 +438,7 @@ def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Tuple[
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(ann_dir, exist_ok=True)
 
-    jobs = [(seed, split, i, "{}_{}.jpg".format(split, i), width, height, img_dir)
+    jobs = [(seed, split, i, "{}_{}.jpg".format(split, i), width, height, img_dir, preset)
             for split in SPLITS for i in range(counts[split])]
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 32:
@@ -204,7 +446,8 @@ def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Tuple[
             results = list(pool.map(_render, jobs, chunksize=8))
     else:
         results = [_render(j) for j in jobs]
-    drawn = {name: (boxes, raw) for name, boxes, raw in results}
+    drawn = {name: (boxes, raw) for name, boxes, raw, _ in results}
+    sizes = {name: wh for name, _, _, wh in results}
 
     rng = np.random.default_rng([seed, 99])
     names = {s: ["{}_{}.jpg".format(s, i) for i in range(counts[s])] for s in SPLITS}
@@ -232,7 +475,7 @@ def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Tuple[
             crossing, degenerate, mismatch = [], [], []
         for name in names[split]:
             boxes, raw = drawn[name]
-            w, h = (height, width) if name in mismatch else (width, height)
+            w, h = sizes[name][::-1] if name in mismatch else sizes[name]
             for b in (raw if name in crossing else boxes):
                 rows.append([name, b[0], b[1], b[2], b[3], "object", w, h])
             if name in degenerate and boxes:
@@ -243,12 +486,12 @@ def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Tuple[
     return Generated(root, names, corrupted, {n: len(v[0]) for n, v in drawn.items()}, bad)
 
 
-def main() -> None:  # pragma: no cover - handy for eyeballing: python -m shelfdet.data.synthetic DIR
+def main() -> None:  # pragma: no cover - handy for eyeballing: python -m shelfdet.data.synthetic DIR [PRESET]
     import sys
     import time
 
     t0 = time.time()
-    g = generate(sys.argv[1] if len(sys.argv) > 1 else "synthetic")
+    g = generate(sys.argv[1] if len(sys.argv) > 1 else "synthetic", preset=sys.argv[2] if len(sys.argv) > 2 else "default")
     n = sum(g.boxes.values())
     print("{}: {} images, {} boxes ({:.0f}/image), corrupted {}, bad rows {} in {:.1f}s".format(
         g.root, len(g.boxes), n, n / max(1, len(g.boxes)), g.corrupted, len(g.bad_rows), time.time() - t0))
