@@ -174,3 +174,14 @@ def test_make_data_passes_the_preset():
     line = dry("PRESET=hard")
     assert build.parser().parse_args(line.split(" data ", 1)[1].split()).preset == "hard"
     assert "--preset" not in dry()
+
+
+def test_hard_lighting_is_an_uneven_smooth_field():
+    spreads = []
+    for i in range(12):
+        field = synthetic._hard_lighting(np.random.default_rng([3, i]), 200, 150)
+        assert field.shape == (150, 200, 3) and (field > 0).all()
+        grey = field.mean(axis=2)
+        spreads.append(grey.max() / grey.min())
+        assert np.abs(np.diff(grey, axis=1)).max() < 0.05  # a gradient, not texture
+    assert np.median(spreads) > 1.15
