@@ -191,7 +191,7 @@ def run(root: Optional[str] = None) -> int:
         hp = hyperparameters.parse(env.hyperparameters)
         # Read every manifest before any process starts: a bad line fails in a second, not after setup.
         for c, image_dir in _channel_images(env).items():
-            catalog.load_manifest(os.path.join(env.channels["annotation"], c + ".manifest"), image_dir, hp.label_name)
+            catalog.read_manifest(os.path.join(env.channels["annotation"], c + ".manifest"), image_dir, hp.label_name)
         from ..config import ConfigError, build_config
 
         try:  # the algorithm/backbone/weights combination, before any process starts
