@@ -273,11 +273,13 @@ def _hard_quad(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return np.clip(quad, 0, [w, h]).astype(np.float32)  # the photo sees only the shelf
 
 
-def draw_hard_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[np.ndarray, List[Box], List[Box], Dict[str, Any]]:
+def draw_hard_scene(rng: np.random.Generator, width: int,
+                    height: int) -> Tuple[np.ndarray, List[Box], List[Box], Dict[str, Any]]:
     """Returns (BGR image, visible boxes clipped to the image, the same unclipped, info for tests and stats)."""
     target = hard_count(rng)
     quad = _hard_quad(rng, width, height)
-    quad_area = 0.5 * abs(float(np.dot(quad[:, 0], np.roll(quad[:, 1], 1)) - np.dot(quad[:, 1], np.roll(quad[:, 0], 1))))
+    qx, qy = quad[:, 0], quad[:, 1]
+    quad_area = 0.5 * abs(float(np.dot(qx, np.roll(qy, 1)) - np.dot(qy, np.roll(qx, 1))))  # shoelace
     # The photo sees quad_area of the flat shelf: size the product cells so about `target` land in it.
     cell = _HARD_DENSITY * quad_area / target
     row_unit = np.sqrt(cell * 1.6)
