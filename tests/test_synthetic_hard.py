@@ -176,6 +176,19 @@ def test_make_data_passes_the_preset():
     assert "--preset" not in dry()
 
 
+def test_the_hard_preset_never_replaces_the_main_jobs_data():
+    def data_dir(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "--no-print-directory", "data"] + list(args), cwd=str(ROOT),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        line = [line for line in out.stdout.splitlines() if " -m shelfdet data " in line][-1]
+        return build.parser().parse_args(line.split(" data ", 1)[1].split()).data_dir
+
+    assert data_dir("PRESET=hard") == "data-hard"
+    assert data_dir() == "data"
+    assert data_dir("PRESET=hard", "DATA_DIR=elsewhere") == "elsewhere"
+
+
 def test_hard_lighting_is_an_uneven_smooth_field():
     spreads = []
     for i in range(12):
