@@ -25,7 +25,7 @@ def summary(hosts: Optional[Sequence[str]] = None, current_host: Optional[str] =
         parts.append("CPU-only torch")
     parts.append("detectron2 {} ({})".format(
         compat.detectron2_version(), "compiled ops" if compat.has_compiled_ops() else "no compiled ops"))
-    parts.append("{} CPUs".format(os.cpu_count()))
+    parts.append("{} CPUs".format(available_cpus()))  # what num-workers=auto is sized from
     if hosts:
         parts.append("hosts {} (this is {})".format(",".join(hosts), current_host or platform.node()))
     else:
