@@ -40,6 +40,10 @@ CHANNEL        ?= validation
 N              ?= 4
 SCORE          ?=
 COUNT_THRESHOLD ?=
+# Inference hyperparameters over the model's own, e.g. INFER='--tile-size 512 --nms soft' (serve, predict, evaluate, deploy, transform).
+INFER          ?=
+EVAL_OUT       ?=
+BENCH          ?=
 ROLE           ?=
 MODEL          ?=
 STACK          ?=
@@ -101,22 +105,22 @@ tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 
 # ---- serving -----------------------------------------------------------------
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
-	$(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
+	SHELFDET_INFER="$(INFER)" $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
 
 predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: predictions/<image file>.json + .png
-	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)")
+	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)")
 
-evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir) against MANIFEST, maxDets 300, and count error
-	$(SHELFDET) evaluate --predictions "$(PREDICTIONS)" --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD))
+evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir), or MODEL_DIR run with INFER, against MANIFEST: COCO AP and count error
+	$(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))
 
 deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name)
-	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
+	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS)
 
 undeploy: $(SETUP_STAMP) ## delete the endpoint, its config and model
 	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
 
 transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, then evaluate
-	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) $(if $(STACK),--stack $(STACK)) --manifest "$(MANIFEST)" $(AWS_FLAGS)
+	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) $(if $(STACK),--stack $(STACK)) --manifest "$(MANIFEST)" $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS)
 
 # ---- images ------------------------------------------------------------------
 build: build-training build-serving ## all images for STACK
@@ -143,8 +147,8 @@ push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default: the ca
 test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs, else .venv)
 	bash tools/run_tests.sh $(PYTEST_ARGS)
 
-bench: $(SETUP_STAMP) ## benchmarks -> bench/results/*.json and a table
-	$(PY) bench/run.py
+bench: $(SETUP_STAMP) ## benchmarks -> bench/results/*.json and a table (BENCH=name: one of bench/bench_<name>.py)
+	$(PY) bench/run.py $(BENCH)
 
 clean: ## remove runs/ and generated data (keeps .venv)
 	rm -rf runs $(DATA_DIR)

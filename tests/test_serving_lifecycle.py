@@ -85,7 +85,8 @@ def test_not_a_model_folder_fails_fast_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("env,needle", [({"SAGEMAKER_BIND_TO_PORT": "http"}, "not a TCP port"),
                                         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "lots"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
-                                        ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "SAGEMAKER_BATCH_STRATEGY")])
+                                        ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "SAGEMAKER_BATCH_STRATEGY"),
+                                        ({"SHELFDET_INFER": "--lr 0.1"}, "SHELFDET_INFER: 'lr' is a training")])
 def test_bad_environment_fails_fast(model_dir, env, needle):
     full = dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env)
     args = [] if "SAGEMAKER_BIND_TO_PORT" in env else ["--port", str(free_port())]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import List, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import compat
 
@@ -17,6 +17,7 @@ compat.apply()
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 
+from . import anchors, hyperparameters  # noqa: E402
 from .hyperparameters import MAX_AUTO_WORKERS  # noqa: E402
 from .modeling import LEVEL_NORM_RETINANET  # noqa: E402
 
@@ -88,9 +89,30 @@ def num_workers(value: object, procs_per_host: int = 1, cpus: Optional[int] = No
     return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, procs_per_host) - 1))
 
 
+def set_inference(cfg: CfgNode, hp: argparse.Namespace, names: Optional[Iterable[str]] = None) -> None:
+    """The config keys of the inference hyperparameters ``names`` (default: all of them); training sets
+    them all, serving or ``make evaluate`` set the ones INFER= gives again on a saved config."""
+    names = set(hyperparameters.INFERENCE if names is None else names)
+    if "pred-thr" in names:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = cfg.MODEL.RETINANET.SCORE_THRESH_TEST = hp.pred_thr
+    if "nms-thr" in names:
+        cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = cfg.MODEL.RETINANET.NMS_THRESH_TEST = hp.nms_thr
+    if "det-per-img" in names:
+        cfg.TEST.DETECTIONS_PER_IMAGE = hp.det_per_img
+    if names & {"det-per-img", "proposals"}:
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = candidates(hp)
+
+
+def candidates(hp: argparse.Namespace) -> int:
+    """``proposals``; auto: the zoo's 1000, or twice the detections kept so dense shelves can fill them."""
+    return int(hp.proposals) if hp.proposals != "auto" else max(1000, 2 * hp.det_per_img)
+
+
 def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: str, val_dataset: Optional[str],
-                 output_dir: str, device: str = "cpu", world_size: int = 1, procs_per_host: int = 1) -> CfgNode:
-    """``procs_per_host``: training processes on this host (GPUs used; 1 on CPU), for ``num-workers=auto``."""
+                 output_dir: str, device: str = "cpu", world_size: int = 1, procs_per_host: int = 1,
+                 train_dicts: Optional[Sequence[Mapping[str, Any]]] = None) -> CfgNode:
+    """``procs_per_host``: training processes on this host (GPUs used; 1 on CPU), for ``num-workers=auto``;
+    ``train_dicts``: the training set, which ``anchors=auto`` fits the anchors to (None: not fitted)."""
     cfg = get_cfg()
     zoo_name, zoo_weights_match = zoo_config_name(hp.model_type, hp.backbone, hp.lr_schedule)
     cfg.merge_from_file(model_zoo.get_config_file(zoo_name))
@@ -142,14 +164,7 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     _set(cfg, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", hp.reg_loss_type)
     cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = hp.focal_loss_gamma
     cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = hp.focal_loss_alpha
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = hp.pred_thr
-    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = hp.nms_thr
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = hp.pred_thr
-    cfg.MODEL.RETINANET.NMS_THRESH_TEST = hp.nms_thr
-    cfg.TEST.DETECTIONS_PER_IMAGE = hp.det_per_img
-    # Dense shelves: keep enough proposals / candidates to fill 300 detections.
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = max(cfg.MODEL.RPN.POST_NMS_TOPK_TEST, 2 * hp.det_per_img)
-    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = max(cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST, 2 * hp.det_per_img)
+    set_inference(cfg, hp)
 
     cfg.INPUT.MIN_SIZE_TEST = hp.min_size
     cfg.INPUT.MAX_SIZE_TEST = hp.max_size
@@ -182,6 +197,11 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.SEED = hp.seed
     cfg.MODEL.DEVICE = device
     cfg.OUTPUT_DIR = output_dir
+    if hp.anchors == "auto" and train_dicts is not None:
+        try:
+            anchors.apply(cfg, train_dicts)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     opts = hp.d2_opts.split()
     if opts:
         if len(opts) % 2:

@@ -294,28 +294,82 @@ def load_predictions(folder: str) -> Dict[str, Dict[str, Any]]:
     return preds
 
 
+def _images_of(manifest: str) -> str:
+    """``DATA_DIR/annotations/<channel>.manifest`` -> ``DATA_DIR/<channel>``, the layout ``make data`` writes."""
+    channel = os.path.splitext(os.path.basename(manifest))[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(manifest))), channel)
+
+
+def _model_predictions(args: argparse.Namespace) -> Tuple[Dict[str, Dict[str, Any]], Optional[float], Dict[str, Any]]:
+    """Runs MODEL_DIR over the manifest's images (with INFER overrides); writes each prediction file.
+    Returns the predictions, the count threshold fit on the sibling validation manifest, and run facts."""
+    from . import catalog, hyperparameters
+    from .inference import Detector
+
+    overrides = hyperparameters.parse_inference(args.infer or "", "--infer")
+    detector = Detector.from_model_dir(args.model_dir, args.device, overrides)
+    gt, _ = catalog.load_manifest(args.manifest, args.images or _images_of(args.manifest), args.label)
+    start = time.time()
+    preds = predict_dataset(detector, gt)
+    seconds = time.time() - start
+    os.makedirs(args.out_dir, exist_ok=True)
+    for name, pred in preds.items():
+        with open(os.path.join(args.out_dir, name + ".json"), "w") as f:
+            json.dump(pred, f)
+    threshold = None
+    val_manifest = os.path.join(os.path.dirname(args.manifest), "validation.manifest")
+    if args.count_threshold is None and os.path.abspath(val_manifest) != os.path.abspath(args.manifest) \
+            and os.path.isfile(val_manifest):
+        val, _ = catalog.load_manifest(val_manifest, _images_of(val_manifest), args.label)
+        threshold = fit_count_threshold(val, predict_dataset(detector, val))
+    facts = {"model_dir": args.model_dir, "inference": overrides, "seconds_per_image": round(seconds / max(1, len(gt)), 4),
+             "max_dets": detector.max_detections}
+    return preds, threshold, facts
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from . import catalog
+    from .hyperparameters import HyperparameterError
 
     ap = argparse.ArgumentParser(prog="shelfdet evaluate", description=__doc__)
-    ap.add_argument("--predictions", required=True, help="folder of <image>.out / <image>.json prediction files")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", help="folder of <image>.out / <image>.json prediction files")
+    src.add_argument("--model-dir", help="a model folder (artefacts.json): run it over the manifest's images")
     ap.add_argument("--manifest", required=True, help="ground-truth augmented manifest")
+    ap.add_argument("--images", default=None, help="--model-dir: image folder (default: DATA_DIR/<channel> of the manifest)")
+    ap.add_argument("--infer", default="", help="--model-dir: inference hyperparameters over the model's, e.g. "
+                    "'--tile-size 512 --nms soft' (hyperparameters.INFERENCE)")
+    ap.add_argument("--device", default=None, help="--model-dir: cpu | cuda (default: cuda when available)")
+    ap.add_argument("--out-dir", default=os.path.join("predictions", "evaluation"),
+                    help="--model-dir: where the prediction files and metrics.json go")
     ap.add_argument("--label", default="sku", help="label attribute in the manifest")
-    ap.add_argument("--max-dets", type=int, default=300)
+    ap.add_argument("--max-dets", type=int, default=None, help="COCO maxDets (default: 300, or the model's det-per-img)")
     ap.add_argument("--evaluation-type", choices=("fast", "coco"), default="fast",
                     help="fast: faster-coco-eval (C++); coco: pycocotools (same numbers, slower)")
     ap.add_argument("--count-threshold", type=float, default=None,
-                    help="score threshold for the per-image count error (default: the one with the lowest count "
-                         "MAE on these same predictions, which flatters it; give the one fit on validation)")
-    ap.add_argument("--out", default=None, help="metrics JSON (default: <predictions>/metrics.json)")
+                    help="score threshold for the per-image count error (default: with --model-dir, the one with "
+                         "the lowest count MAE on the validation manifest beside MANIFEST; with --predictions, "
+                         "the one on these same predictions, which flatters it)")
+    ap.add_argument("--out", default=None, help="metrics JSON (default: <predictions or out-dir>/metrics.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    facts: Dict[str, Any] = {}
+    count_threshold, fit_on = args.count_threshold, "given"
     try:
         gt, names = catalog.load_manifest(args.manifest, os.path.dirname(args.manifest), args.label, check_images=False)
-        preds = load_predictions(args.predictions)
-    except (ValueError, FileNotFoundError) as err:
+        if args.model_dir:
+            preds, fitted, facts = _model_predictions(args)
+            if fitted is not None:
+                count_threshold, fit_on = fitted, "validation"
+            folder = args.out_dir
+        else:
+            preds = load_predictions(args.predictions)
+            folder = args.predictions
+    except (ValueError, FileNotFoundError, HyperparameterError, RuntimeError) as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
+    if count_threshold is None:
+        fit_on = "these predictions"
     known = {os.path.basename(d["file_name"]) for d in gt}
     missing = known - set(preds)
     extra = set(preds) - known
@@ -324,19 +378,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                     len(missing), len(known), sorted(missing)[0])
     if extra:
         log.warning("%d prediction files match no image of the manifest, e.g. %s", len(extra), sorted(extra)[0])
-    metrics = score(gt, preds, names, args.max_dets, fast=args.evaluation_type == "fast",
-                    count_threshold=args.count_threshold)
+    max_dets = args.max_dets or facts.get("max_dets") or 300
+    metrics = score(gt, preds, names, max_dets, fast=args.evaluation_type == "fast", count_threshold=count_threshold)
     metrics["images"] = len(gt)
-    metrics["max_dets"] = args.max_dets
-    metrics["count_threshold_fit"] = "given" if args.count_threshold is not None else "these predictions"
-    out = args.out or os.path.join(args.predictions, "metrics.json")
+    metrics["max_dets"] = max_dets
+    metrics["count_threshold_fit"] = fit_on
+    metrics.update(facts)
+    out = args.out or os.path.join(folder, "metrics.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2)
     print(format_metrics(metrics))
-    if args.count_threshold is None:
-        print(format_counts(metrics) + ", threshold fit on these same predictions (optimistic: "
-              "pass --count-threshold with one fit on validation)")
-    else:
-        print(format_counts(metrics) + ", threshold given")
+    notes = {"these predictions": ", threshold fit on these same predictions (optimistic: pass --count-threshold "
+                                  "with one fit on validation)",
+             "given": ", threshold given", "validation": ", threshold fit on validation"}
+    print(format_counts(metrics) + notes[fit_on])
     print("metrics written to {}".format(out))
     return 0

@@ -71,6 +71,19 @@ def _workers(text: str) -> Any:
     return value
 
 
+def _proposals(text: str) -> Any:
+    low = text.strip().lower()
+    if low == "auto":
+        return "auto"
+    try:
+        value = int(low)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100_000:
+        raise ValueError("expected auto or a number of candidates from 1 to 100000")
+    return value
+
+
 class Param(NamedTuple):
     name: str
     parse: Callable[[str], Any]
@@ -110,7 +123,21 @@ TABLE: Tuple[Param, ...] = (
     Param("focal-loss-gamma", float, 2.0, SAME, "RetinaNet: focal loss gamma.", low=0.0, high=10.0, tune=("continuous", 2.5, 5.0, "Linear")),
     Param("focal-loss-alpha", float, 0.25, SAME, "RetinaNet: focal loss alpha.", low=0.0, high=1.0, tune=("continuous", 0.3, 1.0, "Linear")),
     Param("det-per-img", int, 300, SAME, "Detections kept per image (dense scenes: 100 kills recall).", low=1, high=5000),
+    Param("proposals", _proposals, "auto", SAME, "Test-time candidates: Faster R-CNN's RPN proposals after NMS, RetinaNet's "
+          "per pyramid level; auto = max(1000, 2 x det-per-img)."),
+    Param("anchors", str, "zoo", SAME, "Anchor sizes and aspect ratios: zoo (the model zoo's, 32-512 px, h/w 0.5/1/2) or auto "
+          "(the zoo's ladder scaled to the training boxes at the test scale, aspect ratios by k-means; logged at start).",
+          ("zoo", "auto")),
     Param("nms-thr", float, 0.5, SAME, "NMS IoU threshold at inference.", low=0.0, high=1.0),
+    Param("nms", str, "hard", SAME, "Duplicate removal at inference: hard (NMS at nms-thr) or soft (Gaussian Soft-NMS: "
+          "overlapping boxes lose score instead of being dropped).", ("hard", "soft")),
+    Param("soft-nms-sigma", float, 0.5, SAME, "Soft-NMS: score x exp(-IoU^2 / sigma) per better overlapping box.",
+          low=0.01, high=10.0),
+    Param("tile-size", int, 0, SAME, "Sliced inference (0: off): square tiles of this many image pixels, each resized "
+          "as a whole image is, run with the whole image and merged; for photos much larger than min-size.",
+          low=0, high=65536),
+    Param("tile-overlap", float, 0.25, SAME, "Sliced inference: overlap of neighbouring tiles, a fraction of tile-size "
+          "(make it larger than the largest product).", low=0.0, high=0.9),
     Param("pred-thr", float, 0.05, SAME, "Minimum score kept at inference.", low=0.0, high=1.0),
     Param("min-size", int, 800, 256, "Shorter image side at test time (and the centre of training scales).", low=32, high=4096),
     Param("max-size", int, 1333, 320, "Cap on the longer image side.", low=32, high=8192),
@@ -153,6 +180,45 @@ def defaults(profile: str = "sagemaker", algo: str = "faster_rcnn") -> Dict[str,
     return out
 
 
+# Read at inference from the model's saved hyperparameters; serving, `make predict` and
+# `make evaluate` may override them (INFER=) without retraining.
+INFERENCE = ("det-per-img", "proposals", "nms-thr", "pred-thr", "nms", "soft-nms-sigma", "tile-size", "tile-overlap")
+
+
+def parse_inference(text: str, where: str = "INFER") -> Dict[str, str]:
+    """``--tile-size 512 --nms soft`` (or ``tile-size=512 nms=soft``) into validated inference
+    hyperparameters (strings); anything else is an error that names it and ``where`` it came from."""
+    try:
+        raw = parse_cli(text.split()) if text and text.strip() else {}
+    except HyperparameterError as err:
+        raise HyperparameterError("{}: {}".format(where, err)) from None
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("_", "-")
+        try:
+            convert(name, value)
+        except HyperparameterError as err:
+            raise HyperparameterError("{}: {}".format(where, err)) from None
+        if name not in INFERENCE:
+            raise HyperparameterError("{}: '{}' is a training hyperparameter; at inference only {} apply".format(
+                where, name, ", ".join(INFERENCE)))
+        out[name] = value
+    return out
+
+
+def convert(name: str, raw: Any) -> Any:
+    """One hyperparameter's value from its string form, validated; the error names it."""
+    _check_known(name, name)
+    return _convert(BY_NAME[name], raw)
+
+
+def _check_known(name: str, as_given: str) -> None:
+    if name not in BY_NAME:
+        near = difflib.get_close_matches(name, list(BY_NAME), n=1)
+        hint = " (did you mean '{}'?)".format(near[0]) if near else ""
+        raise HyperparameterError("unknown hyperparameter '{}'{}".format(as_given, hint))
+
+
 def _convert(p: Param, raw: Any) -> Any:
     if raw is None:
         return None
@@ -181,10 +247,7 @@ def parse(raw: Mapping[str, Any], profile: str = "sagemaker") -> argparse.Namesp
         name = key.replace("_", "-")
         if key.startswith(("sagemaker_", "_")) or name.startswith("sagemaker-"):
             continue  # set by SageMaker itself (job name, tuning objective, ...)
-        if name not in BY_NAME:
-            near = difflib.get_close_matches(name, list(BY_NAME), n=1)
-            hint = " (did you mean '{}'?)".format(near[0]) if near else ""
-            raise HyperparameterError("unknown hyperparameter '{}'{}".format(key, hint))
+        _check_known(name, key)
         values[name] = _convert(BY_NAME[name], text)
     if values["model-type"] == "retinanet" and values["backbone"] not in RETINANET_BACKBONES:
         raise HyperparameterError(

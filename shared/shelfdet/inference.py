@@ -1,9 +1,11 @@
 """Batched inference on raw images, shared by evaluation, ``make predict`` and serving."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -16,8 +18,9 @@ import yaml  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from . import artefacts, modeling  # noqa: E402,F401  (modeling registers our architectures)
+from . import artefacts, hyperparameters, modeling, postprocess  # noqa: E402,F401  (modeling registers our architectures)
 from .checkpoint import load_exact  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -27,9 +30,38 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[Iterable[str]] = None) -> CfgNode:
+class Options(NamedTuple):
+    """What happens after the model's own forward (hyperparameters ``nms``, ``soft-nms-sigma``,
+    ``tile-size``, ``tile-overlap``); the defaults are the model's plain output."""
+    nms: str = "hard"
+    soft_nms_sigma: float = 0.5
+    tile_size: int = 0
+    tile_overlap: float = 0.25
+
+    @property
+    def plain(self) -> bool:
+        return self.nms == "hard" and not self.tile_size
+
+
+def inference_hyperparameters(saved: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> argparse.Namespace:
+    """The inference hyperparameters (``hyperparameters.INFERENCE``) of a model: its saved ones, then
+    ``overrides``; one saved before an option existed gets the option's default (what it did then)."""
+    values = {}
+    for name in hyperparameters.INFERENCE:
+        raw = (overrides or {}).get(name, saved.get(name))
+        values[name] = hyperparameters.BY_NAME[name].default if raw is None else hyperparameters.convert(name, raw)
+    return argparse.Namespace(**{hyperparameters.attr(k): v for k, v in values.items()})
+
+
+def options_of(hp: argparse.Namespace) -> Options:
+    return Options(hp.nms, float(hp.soft_nms_sigma), int(hp.tile_size), float(hp.tile_overlap))
+
+
+def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[Iterable[str]] = None,
+                inference: Optional[argparse.Namespace] = None, names: Iterable[str] = ()) -> CfgNode:
     """The saved config on this release's defaults; a key this release lacks is an error
-    unless the model left it at its default (see ``compat.merge_saved_config``)."""
+    unless the model left it at its default (see ``compat.merge_saved_config``).
+    ``inference``, ``names``: inference hyperparameters whose config keys are set again (``config.set_inference``)."""
     cfg = get_cfg()
     with open(path) as f:
         saved = yaml.safe_load(f) or {}
@@ -39,8 +71,41 @@ def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[
                  ", ".join(skipped), compat.detectron2_version())
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device or default_device()
+    names = list(names)
+    if inference is not None and names:
+        from .config import set_inference
+
+        set_inference(cfg, inference, names)
     cfg.freeze()
     return cfg
+
+
+def _candidates(cfg: CfgNode) -> int:
+    return int(cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
+               else cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
+
+
+@contextlib.contextmanager
+def _without_nms(model: torch.nn.Module, active: bool, keep: int) -> Iterator[None]:
+    """While active, the model's final NMS keeps every box (IoU never exceeds 1) and its cap is ``keep``.
+
+    The attributes are the same on every release we run (v0.4.1 to 0.6 and past): Fast R-CNN's
+    box predictor and RetinaNet hold ``test_nms_thresh`` and their per-image cap.
+    """
+    if not active:
+        yield
+        return
+    bare = getattr(model, "module", model)
+    stage = bare.roi_heads.box_predictor if hasattr(bare, "roi_heads") else bare
+    cap = "test_topk_per_image" if hasattr(stage, "test_topk_per_image") else "max_detections_per_image"
+    saved = stage.test_nms_thresh, getattr(stage, cap)
+    stage.test_nms_thresh = 1.0
+    setattr(stage, cap, keep)
+    try:
+        yield
+    finally:
+        stage.test_nms_thresh = saved[0]
+        setattr(stage, cap, saved[1])
 
 
 def score_threshold(cfg: CfgNode) -> float:
@@ -56,8 +121,10 @@ class Detector:
     serialised by a lock (one model, one device), pre/post-processing is not.
     """
 
-    def __init__(self, cfg: CfgNode, weights: str, class_names: Sequence[str], model: Optional[torch.nn.Module] = None):
+    def __init__(self, cfg: CfgNode, weights: str, class_names: Sequence[str], model: Optional[torch.nn.Module] = None,
+                 options: Options = Options()):
         self.cfg = cfg
+        self.options = options
         self.class_names = list(class_names)
         self.model = model if model is not None else build_model(cfg)
         self.model.eval()
@@ -66,18 +133,26 @@ class Detector:
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         self.max_detections = int(cfg.TEST.DETECTIONS_PER_IMAGE)
+        self.nms_thresh = float(cfg.MODEL.RETINANET.NMS_THRESH_TEST if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
+                                else cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
         self.min_score = score_threshold(cfg)
         self._lock = threading.Lock()
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, device: Optional[str] = None) -> "Detector":
+    def from_model_dir(cls, model_dir: str, device: Optional[str] = None,
+                       overrides: Optional[Mapping[str, Any]] = None) -> "Detector":
+        """The model of a model folder as trained (its config), with ``overrides`` of its inference
+        hyperparameters applied."""
         art = artefacts.read(model_dir)
-        return cls(load_config(art.config, device, art.changed_config_keys), art.weights, art.class_names)
+        hp = inference_hyperparameters(art.manifest.get("hyperparameters") or {}, overrides)
+        cfg = load_config(art.config, device, art.changed_config_keys, hp, (overrides or {}).keys())
+        return cls(cfg, art.weights, art.class_names, options=options_of(hp))
 
     @classmethod
-    def from_model(cls, cfg: CfgNode, model: torch.nn.Module, class_names: Sequence[str]) -> "Detector":
+    def from_model(cls, cfg: CfgNode, model: torch.nn.Module, class_names: Sequence[str],
+                   options: Options = Options()) -> "Detector":
         """Wraps a model being trained (switches it to eval mode; the caller switches back)."""
-        return cls(cfg, "", class_names, model=model)
+        return cls(cfg, "", class_names, model=model, options=options)
 
     @property
     def device(self) -> str:
@@ -94,10 +169,37 @@ class Detector:
 
     def raw(self, images_bgr: Sequence[np.ndarray]) -> List[Any]:
         """Detectron2 ``Instances`` per image, in original image coordinates."""
-        inputs = [self._inputs(im) for im in images_bgr]
-        with self._lock, torch.no_grad():
+        if not self.options.plain:
+            return [self._merged(im) for im in images_bgr]
+        return self._forward([self._inputs(im) for im in images_bgr])
+
+    def _forward(self, inputs: List[Dict[str, Any]], candidates: bool = False) -> List[Any]:
+        """``candidates``: the model's boxes before its NMS (for Soft-NMS), as many as ``proposals``."""
+        with self._lock, torch.no_grad(), _without_nms(self.model, candidates, _candidates(self.cfg)):
             outputs = self.model(inputs)
         return [o["instances"].to("cpu") for o in outputs]
+
+    def _merged(self, image_bgr: np.ndarray) -> Any:
+        """Soft-NMS and/or tiles: candidates of the whole image and of each tile, merged into one set."""
+        opt = self.options
+        height, width = image_bgr.shape[:2]
+        soft = opt.nms == "soft"
+        views = [self._forward([self._inputs(image_bgr)], candidates=soft)[0]]
+        boxes, scores, classes = [views[0].pred_boxes.tensor], [views[0].scores], [views[0].pred_classes]
+        tiles = postprocess.windows(height, width, opt.tile_size, opt.tile_overlap) if opt.tile_size else []
+        if len(tiles) > 1:
+            # Equal-sized tiles: one batch, no padding between them.
+            found = self._forward([self._inputs(image_bgr[y0:y1, x0:x1]) for x0, y0, x1, y1 in tiles], candidates=soft)
+            for tile, inst in zip(tiles, found):
+                b = inst.pred_boxes.tensor + torch.tensor([tile[0], tile[1], tile[0], tile[1]], dtype=torch.float32)
+                whole = postprocess.uncut(b, tile, height, width)
+                boxes.append(b[whole])
+                scores.append(inst.scores[whole])
+                classes.append(inst.pred_classes[whole])
+        b, s, c = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
+        keep, kept_scores = postprocess.merge(b, s, c, opt.nms, self.nms_thresh, opt.soft_nms_sigma, self.min_score,
+                                              self.max_detections)
+        return Instances((height, width), pred_boxes=Boxes(b[keep]), scores=kept_scores, pred_classes=c[keep])
 
     def predict(self, images_bgr: Sequence[np.ndarray], score_thr: Optional[float] = None,
                 max_detections: Optional[int] = None) -> List[Dict[str, Any]]:

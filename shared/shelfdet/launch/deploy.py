@@ -81,6 +81,13 @@ def environment(pairs: List[str]) -> Dict[str, str]:
             raise LaunchError("--env {!r}: expected KEY=VALUE".format(pair))
         key, value = pair.split("=", 1)
         env[key] = value
+    if "SHELFDET_INFER" in env:
+        from ..hyperparameters import HyperparameterError, parse_inference
+
+        try:  # here, not as the endpoint fails to start minutes later
+            parse_inference(env["SHELFDET_INFER"], "SHELFDET_INFER")
+        except HyperparameterError as err:
+            raise LaunchError(str(err)) from None
     return env
 
 

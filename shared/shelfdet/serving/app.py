@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -54,12 +54,21 @@ def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def load_detector(model_dir: str, device: Optional[str] = None) -> Any:
+def load_detector(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> Any:
     # Imported here: torch + Detectron2 take seconds to import, and the port
     # should be open (answering 503) meanwhile.
     from ..inference import Detector
 
-    return Detector.from_model_dir(model_dir, device)
+    return Detector.from_model_dir(model_dir, device, overrides)
+
+
+def _describe(options: Any) -> str:
+    if options is None or options.plain:
+        return ""
+    parts = ["nms {}".format(options.nms)]
+    if options.tile_size:
+        parts.append("tiles {} px, overlap {:g}".format(options.tile_size, options.tile_overlap))
+    return ", " + ", ".join(parts)
 
 
 class ModelHolder:
@@ -76,7 +85,7 @@ class ModelHolder:
 
 
 def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[limits.Settings] = None,
-               threads: int = DEFAULT_THREADS, loader: Callable[[str, Optional[str]], Any] = load_detector,
+               threads: int = DEFAULT_THREADS, loader: Optional[Callable[[str, Optional[str]], Any]] = None,
                on_load_error: Optional[Callable[[str], None]] = None) -> FastAPI:
     """The hosting app for the model folder ``model_dir`` (read through its artefacts.json).
 
@@ -84,6 +93,11 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
     ``on_load_error`` lets the server stop when the model cannot load.
     """
     settings = settings or limits.settings_from_env()
+    if loader is None:
+        inference = dict(settings.inference)
+
+        def loader(model_dir: str, device: Optional[str]) -> Any:
+            return load_detector(model_dir, device, inference)
     holder = ModelHolder()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="infer")
 
@@ -99,9 +113,9 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
             return
         holder.detector = detector
         holder.loaded_at = time.time()
-        log.info("model loaded from %s on %s in %.1fs (score threshold %g, max %d detections)", model_dir,
+        log.info("model loaded from %s on %s in %.1fs (score threshold %g, max %d detections%s)", model_dir,
                  getattr(detector, "device", "?"), holder.loaded_at - start,
-                 detector.min_score, detector.max_detections)
+                 detector.min_score, detector.max_detections, _describe(getattr(detector, "options", None)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -24,6 +24,8 @@ class Settings(NamedTuple):
     max_payload_mb: float
     max_concurrent_transforms: int
     batch_strategy: str
+    # SHELFDET_INFER: inference hyperparameters over the model's own (tiles, Soft-NMS, ...).
+    inference: Mapping[str, str] = {}
 
     @property
     def max_payload_bytes(self) -> int:
@@ -52,7 +54,13 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
     strategy = BATCH_STRATEGIES.get(raw.replace("_", "").replace("-", "").lower())
     if strategy is None:
         raise LimitError("SAGEMAKER_BATCH_STRATEGY={!r}: expected SINGLE_RECORD or MULTI_RECORD".format(raw))
-    return Settings(payload, concurrent, strategy)
+    from ..hyperparameters import HyperparameterError, parse_inference
+
+    try:
+        inference = parse_inference(env.get("SHELFDET_INFER") or "", "SHELFDET_INFER")
+    except HyperparameterError as err:
+        raise LimitError(str(err)) from None
+    return Settings(payload, concurrent, strategy, inference)
 
 
 def _number(env: Mapping[str, str], key: str, default, kind):

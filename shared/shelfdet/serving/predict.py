@@ -35,17 +35,20 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--score-threshold", default=None, help="only boxes scoring at least this")
     ap.add_argument("--max-detections", default=None, help="at most this many boxes")
     ap.add_argument("--device", default=None, help="cpu | cuda for a local model (default: cuda when available)")
+    ap.add_argument("--infer", default="", help="a local model's inference hyperparameters over its own, e.g. "
+                    "'--tile-size 512 --nms soft' (an endpoint has its SHELFDET_INFER)")
     return ap.parse_args(argv)
 
 
 def predict_local(model_dir: str, image_bgr: Any, score_threshold: Optional[str], max_detections: Optional[str],
-                  device: Optional[str]) -> Dict[str, Any]:
+                  device: Optional[str], infer: str = "") -> Dict[str, Any]:
     from ..artefacts import ArtefactError
+    from ..hyperparameters import HyperparameterError, parse_inference
     from ..inference import Detector
 
     try:
-        detector = Detector.from_model_dir(model_dir, device)
-    except ArtefactError as err:
+        detector = Detector.from_model_dir(model_dir, device, parse_inference(infer, "INFER"))
+    except (ArtefactError, HyperparameterError) as err:
         raise PredictError(str(err)) from None
     try:
         thr, cap = limits.check_request_limits(score_threshold, max_detections, detector.min_score,
@@ -108,11 +111,14 @@ def run(args: argparse.Namespace) -> List[str]:
         data = f.read()
     # Decoded here in both modes: the PNG is drawn on the same pixels the server sees.
     image = imageio.decode(data, args.image)
+    if args.endpoint and args.infer:
+        raise PredictError("INFER applies to a local model; an endpoint runs with its SHELFDET_INFER "
+                           "(make deploy INFER=...)")
     if args.endpoint:
         ctype = CONTENT_TYPES.get(os.path.splitext(args.image)[1].lower(), "application/x-image")
         pred = predict_endpoint(args.endpoint, args.region, data, ctype, args.score_threshold, args.max_detections)
     else:
-        pred = predict_local(args.model_dir, image, args.score_threshold, args.max_detections, args.device)
+        pred = predict_local(args.model_dir, image, args.score_threshold, args.max_detections, args.device, args.infer)
 
     from ..visualize import draw
 

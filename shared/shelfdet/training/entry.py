@@ -70,9 +70,12 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     log.info("host %s, world size %d, rank %d", env.current_host, comm.get_world_size(), rank)
     reg = _register(env, hp)
     device = "cuda" if env.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    from detectron2.data import DatasetCatalog
+
+    train_dicts = DatasetCatalog.get(reg["names"]["training"]) if hp.anchors == "auto" else None
     cfg = build_config(hp, reg["classes"], reg["names"]["training"], reg["names"]["validation"],
                        env.checkpoint_dir, device=device, world_size=comm.get_world_size(),
-                       procs_per_host=comm.get_local_size())
+                       procs_per_host=comm.get_local_size(), train_dicts=train_dicts)
     cfg.freeze()
     log.info("data loader: %d worker(s) per process (num-workers=%s; %d CPUs, %d process(es) on this host)",
              cfg.DATALOADER.NUM_WORKERS, hp.num_workers, runtime.available_cpus(), comm.get_local_size())
@@ -80,8 +83,10 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     os.makedirs(env.checkpoint_dir, exist_ok=True)
 
     val_sample = reg["val"][: hp.val_samples]
+    from ..inference import options_of
+
     trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period,
-                      fast_eval=hp.evaluation_type != "coco")
+                      fast_eval=hp.evaluation_type != "coco", options=options_of(hp))
     # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
     trainer.resume_or_load(resume=True)
     starts = comm.all_gather(trainer.start_iter)
@@ -106,7 +111,7 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
     import torch
 
     from .. import evaluation
-    from ..inference import Detector, load_config
+    from ..inference import Detector, load_config, options_of
     from . import report
 
     os.makedirs(env.model_dir, exist_ok=True)
@@ -133,7 +138,7 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         dicts = DatasetCatalog.get(reg["names"][eval_channel])
         # Built from the saved files, exactly as serving will load them.
         detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE,
-                                        d2["changed_config_keys"]), weights, reg["classes"])
+                                        d2["changed_config_keys"]), weights, reg["classes"], options=options_of(hp))
         start = time.time()
         count_threshold = None
         if eval_channel == "test":

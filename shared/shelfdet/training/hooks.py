@@ -93,8 +93,10 @@ class ValidationAP(HookBase):
     """COCO AP on the validation channel, printed as ``validation_ap: x`` (the tuning objective)."""
 
     def __init__(self, cfg: Any, dataset_dicts: Sequence[Dict[str, Any]], class_names: Sequence[str], period: int,
-                 fast: bool = True):
+                 fast: bool = True, options: Any = None):
+        """``options``: the inference options (``inference.Options``) the final evaluation uses."""
         self.cfg = cfg
+        self.options = options
         self.dicts = list(dataset_dicts)
         self.class_names = list(class_names)
         self.period = period
@@ -105,10 +107,10 @@ class ValidationAP(HookBase):
         if not _is_due(self.trainer, self.period):
             return
         if comm.is_main_process():
-            from ..inference import Detector
+            from ..inference import Detector, Options
 
             model = _unwrap(self.trainer.model)
-            detector = Detector.from_model(self.cfg, model, self.class_names)
+            detector = Detector.from_model(self.cfg, model, self.class_names, self.options or Options())
             try:
                 with EventStorage(self.trainer.iter):
                     result, _ = evaluation.evaluate(detector, self.dicts, self.class_names,

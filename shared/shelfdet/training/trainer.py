@@ -40,13 +40,14 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: Any, class_names: Sequence[str], val_dicts: Sequence[Dict[str, Any]],
                  ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20,
-                 fast_eval: bool = True):
+                 fast_eval: bool = True, options: Any = None):
         TrainerBase.__init__(self)
         self.class_names = list(class_names)
         self.val_dicts = list(val_dicts)
         self.ap_dicts = list(ap_dicts) if ap_dicts else None
         self.log_period = log_period
         self.fast_eval = fast_eval
+        self.options = options
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -74,7 +75,7 @@ class Trainer(DefaultTrainer):
             self.validation = ValidationLoss(cfg, self.val_dicts, period)
             ret.append(self.validation)
         if self.ap_dicts:
-            self.validation_ap = ValidationAP(cfg, self.ap_dicts, self.class_names, period, self.fast_eval)
+            self.validation_ap = ValidationAP(cfg, self.ap_dicts, self.class_names, period, self.fast_eval, self.options)
             ret.append(self.validation_ap)
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.log_period))

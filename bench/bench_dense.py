@@ -1,0 +1,107 @@
+"""Dense-scene options on the hard preset (issue 13): `make bench BENCH=dense` (~45 min on 2 CPUs).
+
+Trains each algorithm with the local defaults (same seed, same budget) twice,
+anchors=zoo and anchors=auto, through `make train` (`runs/bench-dense-*`; a run
+that already has its model is reused), then runs each model over the hard
+test split with each inference option through `make evaluate` (INFER=...),
+the count threshold fit on validation. Writes bench/results/dense.json and
+prints the README's markdown table (`--table` re-prints it from the JSON).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import RESULTS, write_result  # noqa: E402
+
+DATA = "data-hard"
+ALGOS = ("faster_rcnn", "retinanet")
+TRAININGS = (("zoo", ""), ("auto", "--anchors auto"))
+# Inference options, each run on the models of both anchor settings.
+OPTIONS = (
+    ("defaults", ""),
+    ("det-per-img 500", "--det-per-img 500"),
+    ("proposals 2000", "--proposals 2000"),
+    ("Soft-NMS", "--nms soft"),
+    ("tiles 500 px", "--tile-size 500"),
+    ("tiles 500 px + Soft-NMS", "--tile-size 500 --nms soft"),
+)
+OPTIONS_ON_AUTO = ("defaults", "tiles 500 px")
+
+
+def make(*args: str) -> None:
+    print("[dense] make " + " ".join(args), flush=True)
+    subprocess.run(["make", *args], cwd=ROOT, check=True)
+
+
+def train(algo: str, anchors: str, hp: str) -> str:
+    run = os.path.join("runs", "bench-dense-{}-{}".format(algo, anchors))
+    if not os.path.isfile(os.path.join(ROOT, run, "model", "artefacts.json")):
+        make("train", "ALGO=" + algo, "PRESET=hard", "RUN_DIR=" + run, *(["HP=" + hp] if hp else []))
+    return os.path.join(run, "model")
+
+
+def evaluate(model: str, infer: str, name: str) -> dict:
+    out = os.path.join("predictions", "bench-dense", name)
+    make("evaluate", "MODEL_DIR=" + model, "PRESET=hard", "INFER=" + infer, "EVAL_OUT=" + out)
+    with open(os.path.join(ROOT, out, "metrics.json")) as f:
+        return json.load(f)
+
+
+def table(rows: list) -> str:
+    lines = ["| model | anchors | inference | AP | AP50 | AP75 | AR (maxDets) | count MAE | count rel. | s / image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["metrics"]
+        lines.append("| {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} ({}) | {:.1f} | {:.3f} | {:.2f} |".format(
+            r["algo"], r["anchors"], r["option"], m["AP"], m["AP50"], m["AP75"], m["AR"], m["max_dets"],
+            m["count_mae"], m["count_rel_error"], m["seconds_per_image"]))
+    return "\n".join(lines)
+
+
+def main(argv: list) -> int:
+    path = os.path.join(RESULTS, "dense.json")
+    if "--table" in argv:
+        with open(path) as f:
+            print(table(json.load(f)["rows"]))
+        return 0
+    algos = [a for a in argv if a in ALGOS] or list(ALGOS)
+    if not os.path.isfile(os.path.join(ROOT, DATA, "report.json")):
+        make("data", "PRESET=hard")
+    rows = []
+    for algo in algos:
+        for anchors, hp in TRAININGS:
+            model = train(algo, anchors, hp)
+            with open(os.path.join(ROOT, model, "metrics.json")) as f:
+                train_seconds = json.load(f)["train_seconds"]
+            for option, infer in OPTIONS:
+                if anchors == "auto" and option not in OPTIONS_ON_AUTO:
+                    continue
+                m = evaluate(model, infer, "{}-{}-{}".format(algo, anchors, option.replace(" ", "_")))
+                rows.append({"algo": algo, "anchors": anchors, "option": option, "infer": infer,
+                             "train_seconds": train_seconds, "metrics": m})
+    text = table(rows)
+    print(text)
+    best = {}
+    for r in rows:
+        key = r["algo"]
+        if key not in best or r["metrics"]["AP"] > best[key]["metrics"]["AP"]:
+            best[key] = r
+    metrics = {"{} {} {} AP".format(r["algo"], r["anchors"], r["option"]): round(r["metrics"]["AP"], 4)
+               for r in rows}
+    write_result("dense", metrics,
+                 "each option measured on the hard preset with the local defaults (same seed and budget); "
+                 "best AP: " + "; ".join("{} {} anchors, {}: {:.4f}".format(k, v["anchors"], v["option"],
+                                                                               v["metrics"]["AP"])
+                                         for k, v in best.items()),
+                 rows=rows, table=text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
