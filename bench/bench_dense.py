@@ -4,8 +4,11 @@ Trains each algorithm with the local defaults (same seed, same budget) twice,
 anchors=zoo and anchors=auto, through `make train` (`runs/bench-dense-*`; a run
 that already has its model is reused), then runs each model over the hard
 test split with each inference option through `make evaluate` (INFER=...),
-the count threshold fit on validation. Writes bench/results/dense.json and
-prints the README's markdown table (`--table` re-prints it from the JSON).
+the count threshold fit on validation; then times the options on one model in
+one process (8 test images, alternated, best of 2: the ratio column). Writes
+bench/results/dense.json and
+prints the README's markdown table (`--table` re-prints it from the JSON;
+`--reuse` reads evaluations already in predictions/bench-dense/).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,21 +50,59 @@ def train(algo: str, anchors: str, hp: str) -> str:
     return os.path.join(run, "model")
 
 
-def evaluate(model: str, infer: str, name: str) -> dict:
+def evaluate(model: str, infer: str, name: str, reuse: bool) -> dict:
+    """``reuse``: an evaluation already in predictions/bench-dense/ (same model and INFER) is read, not rerun."""
     out = os.path.join("predictions", "bench-dense", name)
+    done = os.path.join(ROOT, out, "metrics.json")
+    if reuse and os.path.isfile(done):
+        with open(done) as f:
+            m = json.load(f)
+        if m.get("model_dir") == model and m.get("inference") == dict(
+                (k.lstrip("-"), v) for k, v in zip(infer.split()[::2], infer.split()[1::2])):
+            return m
     make("evaluate", "MODEL_DIR=" + model, "PRESET=hard", "INFER=" + infer, "EVAL_OUT=" + out)
     with open(os.path.join(ROOT, out, "metrics.json")) as f:
         return json.load(f)
 
 
+def time_options(model: str, images: int = 8, rounds: int = 2) -> dict:
+    """Seconds per image of each option on the same test images, in one process, options
+    alternated ``rounds`` times, best of each: the ratios compare, whatever else the machine does."""
+    sys.path.insert(0, os.path.join(ROOT, "shared"))
+    from shelfdet import hyperparameters, imageio
+    from shelfdet.inference import Detector
+
+    folder = os.path.join(ROOT, DATA, "test")
+    pictures = []
+    for name in sorted(os.listdir(folder)):
+        try:
+            pictures.append(imageio.read(os.path.join(folder, name)))
+        except imageio.ImageDecodeError:
+            continue
+        if len(pictures) == images:
+            break
+    detectors = {option: Detector.from_model_dir(os.path.join(ROOT, model), "cpu",
+                                                 hyperparameters.parse_inference(infer))
+                 for option, infer in OPTIONS}
+    best = {option: float("inf") for option in detectors}
+    for _ in range(rounds):
+        for option, detector in detectors.items():
+            start = time.perf_counter()
+            for picture in pictures:
+                detector.predict([picture])
+            best[option] = min(best[option], (time.perf_counter() - start) / len(pictures))
+    return best
+
+
 def table(rows: list) -> str:
-    lines = ["| model | anchors | inference | AP | AP50 | AP75 | AR (maxDets) | count MAE | count rel. | s / image |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | anchors | inference | AP | AP50 | AP75 | AR (maxDets) | count MAE | count rel. | s / image | time vs defaults |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
-        lines.append("| {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} ({}) | {:.1f} | {:.3f} | {:.2f} |".format(
+        ratio = "{:.2f}x".format(r["time_ratio"]) if r.get("time_ratio") else ""
+        lines.append("| {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} ({}) | {:.1f} | {:.3f} | {:.2f} | {} |".format(
             r["algo"], r["anchors"], r["option"], m["AP"], m["AP50"], m["AP75"], m["AR"], m["max_dets"],
-            m["count_mae"], m["count_rel_error"], m["seconds_per_image"]))
+            m["count_mae"], m["count_rel_error"], m["seconds_per_image"], ratio))
     return "\n".join(lines)
 
 
@@ -82,9 +124,15 @@ def main(argv: list) -> int:
             for option, infer in OPTIONS:
                 if anchors == "auto" and option not in OPTIONS_ON_AUTO:
                     continue
-                m = evaluate(model, infer, "{}-{}-{}".format(algo, anchors, option.replace(" ", "_")))
+                m = evaluate(model, infer, "{}-{}-{}".format(algo, anchors, option.replace(" ", "_")), "--reuse" in argv)
                 rows.append({"algo": algo, "anchors": anchors, "option": option, "infer": infer,
                              "train_seconds": train_seconds, "metrics": m})
+            if anchors == "zoo":
+                timed = time_options(model)
+                for r in rows:
+                    if r["algo"] == algo and r["anchors"] == "zoo":
+                        r["seconds_timed"] = round(timed[r["option"]], 4)
+                        r["time_ratio"] = round(timed[r["option"]] / timed["defaults"], 2)
     text = table(rows)
     print(text)
     best = {}

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Dict, Iterator, Optional
 
 import numpy as np
 import pytest
@@ -129,9 +129,10 @@ def http(url: str, data: bytes = None, headers: dict = None, timeout: float = 60
 
 
 @contextlib.contextmanager
-def serving_container(image: str, model_dir: Path, name: str) -> Iterator[str]:
-    """``docker run IMAGE serve`` on ``model_dir``; yields its base URL once /ping answers 200."""
-    run = subprocess.run(["docker", "run", "-d", "--name", name, "-p", "127.0.0.1::8080",
+def serving_container(image: str, model_dir: Path, name: str, env: Optional[Dict[str, str]] = None) -> Iterator[str]:
+    """``docker run IMAGE serve`` on ``model_dir`` (with ``env``); yields its base URL once /ping answers 200."""
+    env_args = [a for k, v in (env or {}).items() for a in ("-e", "{}={}".format(k, v))]
+    run = subprocess.run(["docker", "run", "-d", "--name", name, "-p", "127.0.0.1::8080", *env_args,
                           "-v", "{}:/opt/ml/model:ro".format(model_dir), image, "serve"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from _container_support import (NO_DOCKER, ROOT, TINY, docker_answers, docker_run, docker_start, http, image,
                                  lay_out_opt_ml, serving_container)
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.skipif(not docker_answers(), reason=NO_DOCKER)
 TWINS = {"cu101cpu": ("cu101", "0.4.1"), "cu12": ("cu12", "0.6")}
 ALGOS = ("faster_rcnn", "retinanet")
 STATS = ("AP", "AP50", "AP75", "AR")
+DENSE = {"anchors": "auto", "nms": "soft", "tile-size": 96}
 
 
 def _twin_images(stack: str):
@@ -75,8 +77,11 @@ def runs(tmp_path_factory):
         if (stack, algo) not in done:
             training, _ = _twin_images(stack)
             ml = tmp_path_factory.mktemp("{}-{}".format(stack, algo))
+            # RetinaNet also runs the dense-scene options: anchors fitted at start, and validation AP,
+            # the final evaluation and serving with tiles and Soft-NMS.
+            dense = DENSE if algo == "retinanet" else {}
             lay_out_opt_ml(ml, dict(TINY, **{"model-type": algo, "num-iter": 24, "checkpoint-period": 2,
-                                             "eval-period": 12, "val-ap": "true", "log-period": 4}))
+                                             "eval-period": 12, "val-ap": "true", "log-period": 4}, **dense))
             log = _train_killed_then_resumed(training, ml, "shelfdet-twin-{}-{}-{}".format(stack, algo, os.getpid()))
             (ml / "train.log").write_text(log)
             done[stack, algo] = ml
@@ -102,6 +107,27 @@ def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
     if algo == "retinanet":
         config = (ml / "model" / manifest["files"]["config"]).read_text()
         assert "META_ARCHITECTURE: LevelNormRetinaNet" in config
+        sizes = yaml.safe_load(config)["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
+        assert "anchors=auto: sizes {}".format(sizes) in log and sizes[0][0] != 32, sizes
+        assert manifest["hyperparameters"]["nms"] == "soft" and manifest["hyperparameters"]["tile-size"] == "96"
+
+
+@pytest.mark.parametrize("stack", sorted(TWINS))
+def test_twin_serves_with_tiles_and_soft_nms_from_shelfdet_infer(runs, stack, tmp_path):
+    """The faster_rcnn model (trained without options) served with SHELFDET_INFER on the twin's release."""
+    _, serving = _twin_images(stack)
+    ml = runs(stack, "faster_rcnn")
+    name = "shelfdet-twin-infer-{}-{}".format(stack, os.getpid())
+    env = {"SHELFDET_INFER": "--tile-size 96 --nms soft --det-per-img 50"}
+    with serving_container(serving, ml / "model", name, env=env) as base:
+        _transform(base, ml / "input" / "data" / "test", tmp_path / "out")
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    assert "max 50 detections, nms soft, tiles 96 px" in logs.stdout + logs.stderr
+    answers = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.out")]
+    answers = [a[0] if isinstance(a, list) else a for a in answers]
+    assert answers and all(len(a["scores"]) <= 50 for a in answers)
+    assert any(a["scores"] for a in answers)
+    assert all(a["scores"] == sorted(a["scores"], reverse=True) for a in answers)
 
 
 def _transform(base: str, images: Path, out: Path) -> None:
