@@ -27,12 +27,13 @@ DATA = "data-hard"
 ALGOS = ("faster_rcnn", "retinanet")
 TRAININGS = (("zoo", ""), ("auto", "--anchors auto"))
 # Inference options, each run on the models of both anchor settings.
+# Every row names its NMS, so the rows mean the same whatever a model was trained with.
 OPTIONS = (
-    ("defaults", ""),
-    ("det-per-img 500", "--det-per-img 500"),
-    ("proposals 2000", "--proposals 2000"),
+    ("defaults", "--nms hard"),
+    ("det-per-img 500", "--det-per-img 500 --nms hard"),
+    ("proposals 2000", "--proposals 2000 --nms hard"),
     ("Soft-NMS", "--nms soft"),
-    ("tiles 500 px", "--tile-size 500"),
+    ("tiles 500 px", "--tile-size 500 --nms hard"),
     ("tiles 500 px + Soft-NMS", "--tile-size 500 --nms soft"),
 )
 OPTIONS_ON_AUTO = ("defaults", "tiles 500 px")
@@ -50,6 +51,18 @@ def train(algo: str, anchors: str, hp: str) -> str:
     return os.path.join(run, "model")
 
 
+def _effective(model: str, infer) -> dict:
+    """The inference hyperparameters a model runs with under ``infer`` (a string or a parsed dict)."""
+    sys.path.insert(0, os.path.join(ROOT, "shared"))
+    from shelfdet import hyperparameters
+    from shelfdet.inference import inference_hyperparameters
+
+    with open(os.path.join(ROOT, model, "artefacts.json")) as f:
+        saved = json.load(f).get("hyperparameters") or {}
+    overrides = hyperparameters.parse_inference(infer) if isinstance(infer, str) else infer
+    return vars(inference_hyperparameters(saved, overrides))
+
+
 def evaluate(model: str, infer: str, name: str, reuse: bool) -> dict:
     """``reuse``: an evaluation already in predictions/bench-dense/ (same model and INFER) is read, not rerun."""
     out = os.path.join("predictions", "bench-dense", name)
@@ -57,8 +70,7 @@ def evaluate(model: str, infer: str, name: str, reuse: bool) -> dict:
     if reuse and os.path.isfile(done):
         with open(done) as f:
             m = json.load(f)
-        if m.get("model_dir") == model and m.get("inference") == dict(
-                (k.lstrip("-"), v) for k, v in zip(infer.split()[::2], infer.split()[1::2])):
+        if m.get("model_dir") == model and _effective(model, m.get("inference") or {}) == _effective(model, infer):
             return m
     make("evaluate", "MODEL_DIR=" + model, "PRESET=hard", "INFER=" + infer, "EVAL_OUT=" + out)
     with open(os.path.join(ROOT, out, "metrics.json")) as f:
@@ -106,11 +118,25 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def update_readme(text: str) -> None:
+    """The table between README's dense markers (as bench/run.py does with its own)."""
+    readme = os.path.join(ROOT, "README.md")
+    with open(readme) as f:
+        body = f.read()
+    start, end = "<!-- dense:start -->", "<!-- dense:end -->"
+    if start in body and end in body:
+        head, rest = body.split(start, 1)
+        with open(readme, "w") as f:
+            f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+
+
 def main(argv: list) -> int:
     path = os.path.join(RESULTS, "dense.json")
     if "--table" in argv:
         with open(path) as f:
-            print(table(json.load(f)["rows"]))
+            text = table(json.load(f)["rows"])
+        print(text)
+        update_readme(text)
         return 0
     algos = [a for a in argv if a in ALGOS] or list(ALGOS)
     if not os.path.isfile(os.path.join(ROOT, DATA, "report.json")):
@@ -135,6 +161,7 @@ def main(argv: list) -> int:
                         r["time_ratio"] = round(timed[r["option"]] / timed["defaults"], 2)
     text = table(rows)
     print(text)
+    update_readme(text)
     best = {}
     for r in rows:
         key = r["algo"]

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not docker_answers(), reason=NO_DOCKER)
 TWINS = {"cu101cpu": ("cu101", "0.4.1"), "cu12": ("cu12", "0.6")}
 ALGOS = ("faster_rcnn", "retinanet")
 STATS = ("AP", "AP50", "AP75", "AR")
-DENSE = {"anchors": "auto", "nms": "soft", "tile-size": 96}
+DENSE = {"faster_rcnn": {"anchors": "auto", "nms": "soft"}, "retinanet": {"nms": "hard", "tile-size": 96}}
 
 
 def _twin_images(stack: str):
@@ -77,9 +77,9 @@ def runs(tmp_path_factory):
         if (stack, algo) not in done:
             training, _ = _twin_images(stack)
             ml = tmp_path_factory.mktemp("{}-{}".format(stack, algo))
-            # RetinaNet also runs the dense-scene options: anchors fitted at start, and validation AP,
-            # the final evaluation and serving with tiles and Soft-NMS.
-            dense = DENSE if algo == "retinanet" else {}
+            # The dense-scene options: Faster R-CNN fits its anchors at start; RetinaNet runs validation
+            # AP, the final evaluation and serving with tiles and hard NMS (Soft-NMS is served below).
+            dense = DENSE[algo]
             lay_out_opt_ml(ml, dict(TINY, **{"model-type": algo, "num-iter": 24, "checkpoint-period": 2,
                                              "eval-period": 12, "val-ap": "true", "log-period": 4}, **dense))
             log = _train_killed_then_resumed(training, ml, "shelfdet-twin-{}-{}-{}".format(stack, algo, os.getpid()))
@@ -104,25 +104,28 @@ def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
     metrics = json.loads((ml / "model" / manifest["files"]["metrics"]).read_text())
     assert metrics["iterations"] == 24 and metrics["eval_channel"] == "test"
     assert all(0.0 <= metrics[k] <= 1.0 for k in STATS), metrics
+    config = (ml / "model" / manifest["files"]["config"]).read_text()
+    for key, value in DENSE[algo].items():
+        assert manifest["hyperparameters"][key] == str(value), key
     if algo == "retinanet":
-        config = (ml / "model" / manifest["files"]["config"]).read_text()
         assert "META_ARCHITECTURE: LevelNormRetinaNet" in config
+    else:
         sizes = yaml.safe_load(config)["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
         assert "anchors=auto: sizes {}".format(sizes) in log and sizes[0][0] != 32, sizes
-        assert manifest["hyperparameters"]["nms"] == "soft" and manifest["hyperparameters"]["tile-size"] == "96"
 
 
 @pytest.mark.parametrize("stack", sorted(TWINS))
 def test_twin_serves_with_tiles_and_soft_nms_from_shelfdet_infer(runs, stack, tmp_path):
-    """The faster_rcnn model (trained without options) served with SHELFDET_INFER on the twin's release."""
+    """The RetinaNet model (trained with tiles and hard NMS) served with other tiles and Soft-NMS
+    from SHELFDET_INFER on the twin's release."""
     _, serving = _twin_images(stack)
-    ml = runs(stack, "faster_rcnn")
+    ml = runs(stack, "retinanet")
     name = "shelfdet-twin-infer-{}-{}".format(stack, os.getpid())
-    env = {"SHELFDET_INFER": "--tile-size 96 --nms soft --det-per-img 50"}
+    env = {"SHELFDET_INFER": "--tile-size 112 --nms soft --det-per-img 50"}
     with serving_container(serving, ml / "model", name, env=env) as base:
         _transform(base, ml / "input" / "data" / "test", tmp_path / "out")
         logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
-    assert "max 50 detections, nms soft, tiles 96 px" in logs.stdout + logs.stderr
+    assert "max 50 detections, nms soft, tiles 112 px" in logs.stdout + logs.stderr
     answers = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.out")]
     answers = [a[0] if isinstance(a, list) else a for a in answers]
     assert answers and all(len(a["scores"]) <= 50 for a in answers)
@@ -185,8 +188,11 @@ def test_a_twin_trained_model_is_served_exactly_by_the_cpu_stack(runs, stack, tm
     for name, twin in answers["twin"].items():
         cpu = answers["cpu"][name]
         assert twin["scores"][:5] == pytest.approx(cpu["scores"][:5], abs=0.01), name
-        best = twin["pred_boxes"][0]
-        assert max(_iou(best, box) for box in cpu["pred_boxes"][:5]) > 0.8, (name, best, cpu["pred_boxes"][:5])
+        if twin["scores"]:  # both empty is agreement too (a 24-iteration model, nothing scores 0.05 there)
+            best = twin["pred_boxes"][0]
+            assert max(_iou(best, box) for box in cpu["pred_boxes"][:5]) > 0.8, (name, best, cpu["pred_boxes"][:5])
+    assert sum(len(a["scores"]) > 0 for a in answers["twin"].values()) >= len(answers["twin"]) // 2, \
+        "the model finds nothing on most test images: the comparison would be vacuous"
 
 
 def _iou(a, b) -> float:

@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 
 STATS = ("AP", "AP50", "AP75", "AR", "count_mae", "count_rel_error", "count_threshold")
+PLAIN = {"nms": "hard", "tile-size": "0"}  # the model's own output, whatever it was trained with
 
 
 # ---- anchors ------------------------------------------------------------------
@@ -118,11 +119,12 @@ def test_boxes_cut_by_an_inner_tile_edge_are_dropped_image_borders_kept():
 
 @pytest.fixture(scope="module")
 def auto_model(tiny_dataset, tmp_path_factory):
-    """A real short training with anchors=auto; its model folder and training log."""
+    """A real short training with anchors=auto, Soft-NMS and tiles (so its validation and final
+    evaluation run them); its model folder and training log."""
     from conftest import make_ml_root, run_train
 
     root = make_ml_root(tmp_path_factory.mktemp("dense") / "job", tiny_dataset, num_iter="6", eval_period="0",
-                        anchors="auto")
+                        anchors="auto", nms="soft", tile_size="96")
     proc = run_train(root, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "model", proc.stdout + proc.stderr
@@ -138,7 +140,7 @@ def test_anchors_auto_are_fitted_at_training_start_and_saved_with_the_model(auto
     dicts, _ = catalog.load_manifest(str(tiny_dataset / "annotations" / "training.manifest"),
                                      str(tiny_dataset / "training"))
     hp = json.loads((model_dir / "hyperparameters.json").read_text())
-    assert hp["anchors"] == "auto"
+    assert hp["anchors"] == "auto" and hp["nms"] == "soft" and hp["tile-size"] == "96"
     shapes = anchors.box_shapes(dicts, int(hp["min-size"]), int(hp["max-size"]))
     expected = anchors.fit(shapes, [[32], [64], [128], [256], [512]], [4, 8, 16, 32, 64], 3)
     gen = cfg["MODEL"]["ANCHOR_GENERATOR"]
@@ -148,6 +150,7 @@ def test_anchors_auto_are_fitted_at_training_start_and_saved_with_the_model(auto
 
 
 def test_make_evaluate_on_the_model_reproduces_the_training_runs_evaluation(auto_model, tiny_dataset, tmp_path):
+    """Both run the model's own Soft-NMS and tiles; the count threshold is fit on validation in both."""
     model_dir, _ = auto_model
     reference = json.loads((model_dir / "metrics.json").read_text())
     proc = subprocess.run(["make", "-s", "evaluate", "MODEL_DIR=" + str(model_dir),
@@ -185,8 +188,8 @@ def test_a_tile_larger_than_the_image_is_the_plain_model(auto_model, tiny_datase
     from shelfdet.inference import Detector
 
     model_dir, _ = auto_model
-    plain = Detector.from_model_dir(str(model_dir), "cpu")
-    tiled = Detector.from_model_dir(str(model_dir), "cpu", {"tile-size": "4096"})
+    plain = Detector.from_model_dir(str(model_dir), "cpu", PLAIN)
+    tiled = Detector.from_model_dir(str(model_dir), "cpu", dict(PLAIN, **{"tile-size": "4096"}))
     assert not tiled.options.plain
     for image in _test_images(tiny_dataset):
         a, b = plain.predict([image])[0], tiled.predict([image])[0]
@@ -201,8 +204,9 @@ def test_tiles_find_each_copy_of_a_mosaic_where_the_copy_is_a_tile(auto_model, t
     model_dir, _ = auto_model
     crop = np.ascontiguousarray(_test_images(tiny_dataset)[0][:128, :128])
     mosaic = np.concatenate([np.concatenate([crop, crop], 1)] * 2, 0)
-    plain = Detector.from_model_dir(str(model_dir), "cpu").predict([crop])[0]
-    tiled = Detector.from_model_dir(str(model_dir), "cpu", {"tile-size": "128", "tile-overlap": "0"}).predict([mosaic])[0]
+    plain = Detector.from_model_dir(str(model_dir), "cpu", PLAIN).predict([crop])[0]
+    tiles = dict(PLAIN, **{"tile-size": "128", "tile-overlap": "0"})
+    tiled = Detector.from_model_dir(str(model_dir), "cpu", tiles).predict([mosaic])[0]
     inner = [b for b in plain["pred_boxes"] if min(b[0], b[1]) > 3 and max(b[2], b[3]) < 125][:5]
     assert inner, "the model finds no box away from the crop's edges: the test would be vacuous"
     got = np.array(tiled["pred_boxes"])
@@ -218,30 +222,43 @@ def tiled_max(model_dir: Path) -> int:
     return int(json.loads((model_dir / "hyperparameters.json").read_text())["det-per-img"])
 
 
-def _best_iou(box: np.ndarray, boxes: np.ndarray) -> float:
+def _max_pair_iou(boxes: list) -> float:
+    b = np.array(boxes)
+    return max(np.max(np.delete(_ious(b[i], b), i)) for i in range(len(b)))
+
+
+def _ious(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x0 = np.maximum(box[0], boxes[:, 0])
     y0 = np.maximum(box[1], boxes[:, 1])
     x1 = np.minimum(box[2], boxes[:, 2])
     y1 = np.minimum(box[3], boxes[:, 3])
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return float(np.max(inter / (area(box) + area(boxes) - inter)))
+    return inter / (area(box) + area(boxes) - inter)
+
+
+def _best_iou(box: np.ndarray, boxes: np.ndarray) -> float:
+    return float(np.max(_ious(box, boxes)))
 
 
 def test_soft_nms_keeps_the_best_box_and_orders_by_decayed_score(auto_model, tiny_dataset):
-    from shelfdet.inference import Detector
+    from shelfdet.inference import Detector, Options
 
     model_dir, _ = auto_model
-    hard = Detector.from_model_dir(str(model_dir), "cpu")
-    soft = Detector.from_model_dir(str(model_dir), "cpu", {"nms": "soft", "det-per-img": "40"})
-    assert soft.max_detections == 40
+    hard = Detector.from_model_dir(str(model_dir), "cpu", PLAIN)
+    capped = Detector.from_model_dir(str(model_dir), "cpu", {"nms": "soft", "tile-size": "0", "det-per-img": "40"})
+    assert capped.max_detections == 40
+    # The same model object as `hard`: Soft-NMS turns its NMS off for a call, then back on.
+    soft = Detector.from_model(hard.cfg, hard.model, hard.class_names, Options(nms="soft"))
     for image in _test_images(tiny_dataset):
-        h, s = hard.predict([image])[0], soft.predict([image])[0]
+        h = hard.predict([image])[0]
+        s, c = soft.predict([image])[0], capped.predict([image])[0]
         assert s["pred_boxes"][0] == h["pred_boxes"][0] and s["scores"][0] == pytest.approx(h["scores"][0])
-        assert s["scores"] == sorted(s["scores"], reverse=True) and 0 < len(s["scores"]) <= 40
-        assert min(s["scores"]) >= soft.min_score
-    # The model itself is left as it was: its own NMS is back on after each call.
-    assert hard.predict([image])[0] == h
+        assert s["scores"] == sorted(s["scores"], reverse=True) and min(s["scores"]) >= soft.min_score
+        # Hard NMS leaves no pair above its IoU threshold; Soft-NMS keeps such boxes, with decayed scores.
+        assert _max_pair_iou(h["pred_boxes"]) <= hard.nms_thresh + 1e-6 < _max_pair_iou(s["pred_boxes"])
+        assert c["scores"] == s["scores"][:40] and c["pred_boxes"] == s["pred_boxes"][:40]
+        assert hard.predict([image])[0] == h, "the model's own NMS is back after a Soft-NMS call"
 
 
 def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path):
@@ -251,7 +268,7 @@ def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path)
     from shelfdet.inference import Detector
 
     model_dir, _ = auto_model
-    infer = "--tile-size 96 --nms soft"
+    infer = "--tile-size 64 --det-per-img 50"  # over the model's own soft NMS and 96 px tiles
     name = _readable(tiny_dataset / "test")[0][0]
     data = (tiny_dataset / "test" / name).read_bytes()
     server = ServerProcess(str(model_dir), tmp_path / "server.log", env={"OMP_NUM_THREADS": "1",
@@ -260,7 +277,7 @@ def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path)
         server.wait_ready()
         r = httpx.post(server.url + "/invocations", content=data, headers={"Content-Type": "image/jpeg"}, timeout=120)
         assert r.status_code == 200, r.text
-        assert "nms soft, tiles 96 px, overlap 0.25" in server.log()
+        assert "max 50 detections, nms soft, tiles 64 px, overlap 0.25" in server.log()
     finally:
         assert server.stop() == 0
     import torch
@@ -268,7 +285,7 @@ def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path)
     from shelfdet import imageio
 
     torch.set_num_threads(1)
-    direct = Detector.from_model_dir(str(model_dir), "cpu", {"tile-size": "96", "nms": "soft"})
+    direct = Detector.from_model_dir(str(model_dir), "cpu", {"tile-size": "64", "det-per-img": "50"})
     expected = direct.predict([imageio.decode(data, name)])[0]
     served = r.json()
     served = served[0] if isinstance(served, list) else served
