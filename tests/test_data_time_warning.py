@@ -81,7 +81,7 @@ def test_the_trainer_runs_it_before_the_validation_hooks(tmp_path):
     cfg = build_config(hp, ["SKU"], "train", "val", str(tmp_path))
     fake = types.SimpleNamespace(cfg=cfg, val_dicts=[], ap_dicts=[{"file_name": "x"}], class_names=["SKU"],
                                  fast_eval=True, checkpointer=types.SimpleNamespace(path_manager=None), log_period=10, max_iter=cfg.SOLVER.MAX_ITER,
-                                 validation=None, validation_ap=None, build_writers=lambda: [])
+                                 validation=None, validation_ap=None, build_writers=lambda: [], options=None)
     kinds = [type(h) for h in Trainer.build_hooks(fake)]
     assert kinds[:3] == [d2_hooks.IterationTimer, d2_hooks.LRScheduler, hooks.DataTimeWarning]
     assert kinds.index(hooks.DataTimeWarning) < kinds.index(hooks.ValidationAP)
