@@ -300,15 +300,15 @@ def _images_of(manifest: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(manifest))), channel)
 
 
-def _model_predictions(args: argparse.Namespace) -> Tuple[Dict[str, Dict[str, Any]], Optional[float], Dict[str, Any]]:
-    """Runs MODEL_DIR over the manifest's images (with INFER overrides); writes each prediction file.
+def _model_predictions(args: argparse.Namespace, gt: Sequence[Mapping[str, Any]]
+                       ) -> Tuple[Dict[str, Dict[str, Any]], Optional[float], Dict[str, Any]]:
+    """Runs MODEL_DIR over the images of ``gt`` (with INFER overrides); writes each prediction file.
     Returns the predictions, the count threshold fit on the sibling validation manifest, and run facts."""
     from . import catalog, hyperparameters
     from .inference import Detector
 
     overrides = hyperparameters.parse_inference(args.infer or "", "--infer")
     detector = Detector.from_model_dir(args.model_dir, args.device, overrides)
-    gt, _ = catalog.load_manifest(args.manifest, args.images or _images_of(args.manifest), args.label)
     start = time.time()
     preds = predict_dataset(detector, gt)
     seconds = time.time() - start
@@ -356,9 +356,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     facts: Dict[str, Any] = {}
     count_threshold, fit_on = args.count_threshold, "given"
     try:
-        gt, names = catalog.load_manifest(args.manifest, os.path.dirname(args.manifest), args.label, check_images=False)
+        # Prediction files are matched by file name; a model reads the images themselves.
+        image_dir = (args.images or _images_of(args.manifest)) if args.model_dir else os.path.dirname(args.manifest)
+        gt, names = catalog.load_manifest(args.manifest, image_dir, args.label, check_images=bool(args.model_dir))
         if args.model_dir:
-            preds, fitted, facts = _model_predictions(args)
+            preds, fitted, facts = _model_predictions(args, gt)
             if fitted is not None:
                 count_threshold, fit_on = fitted, "validation"
             folder = args.out_dir

@@ -80,9 +80,13 @@ def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[
     return cfg
 
 
+def _retina(cfg: CfgNode) -> bool:
+    """RetinaNet or our LevelNormRetinaNet: its test-time keys are under MODEL.RETINANET."""
+    return "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
+
+
 def _candidates(cfg: CfgNode) -> int:
-    return int(cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
-               else cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
+    return int(cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST if _retina(cfg) else cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
 
 
 @contextlib.contextmanager
@@ -109,7 +113,7 @@ def _without_nms(model: torch.nn.Module, active: bool, keep: int) -> Iterator[No
 
 
 def score_threshold(cfg: CfgNode) -> float:
-    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+    if _retina(cfg):
         return float(cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
     return float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
 
@@ -133,8 +137,7 @@ class Detector:
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         self.max_detections = int(cfg.TEST.DETECTIONS_PER_IMAGE)
-        self.nms_thresh = float(cfg.MODEL.RETINANET.NMS_THRESH_TEST if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
-                                else cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
+        self.nms_thresh = float(cfg.MODEL.RETINANET.NMS_THRESH_TEST if _retina(cfg) else cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
         self.min_score = score_threshold(cfg)
         self._lock = threading.Lock()
 
