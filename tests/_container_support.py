@@ -112,10 +112,12 @@ def docker_run(image: str, ml: Path, *cmd: str, timeout: int = TRAIN_TIMEOUT) ->
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
-def docker_start(image: str, ml: Path, *cmd: str, name: str) -> subprocess.CompletedProcess:
+def docker_start(image: str, ml: Path, *cmd: str, name: str,
+                 env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """``docker run -d``: for runs the test kills."""
+    env_args = [a for k, v in (env or {}).items() for a in ("-e", "{}={}".format(k, v))]
     args = ["docker", "run", "-d", "--name", name, "-v", "{}:/opt/ml".format(ml), "-e", "OMP_NUM_THREADS=2",
-            image] + list(cmd)
+            *env_args, image] + list(cmd)
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 

@@ -119,19 +119,21 @@ class ServerProcess:
     """``python -m shelfdet serve`` on 127.0.0.1, its log in a file."""
 
     def __init__(self, model_dir: str, log_path: Path, env: Optional[Dict[str, str]] = None,
-                 extra_args: Optional[List[str]] = None):
+                 extra_args: Optional[List[str]] = None, gate: Optional[Path] = None):
+        """``gate``: a folder; the server then holds every forward pass until ``gate/open`` exists (_gated_serve)."""
         self.port = free_port()
         self.url = "http://127.0.0.1:{}".format(self.port)
         self.log_path = log_path
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(ROOT / "shared") + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
-        cmd = [sys.executable, "-m", "shelfdet", "serve", "--model-dir", model_dir, "--port", str(self.port),
-               "--host", "127.0.0.1"] + list(extra_args or [])
+        entry = ["-m", "shelfdet", "serve"] if gate is None else [str(ROOT / "tests" / "_gated_serve.py"), str(gate)]
+        cmd = [sys.executable] + entry + ["--model-dir", model_dir, "--port", str(self.port),
+                                          "--host", "127.0.0.1"] + list(extra_args or [])
         self._log = open(str(log_path), "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT))
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 300.0) -> None:
         import httpx
 
         wait_for_port(self.port, timeout=timeout, proc=self.proc)

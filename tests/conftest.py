@@ -19,7 +19,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 30.0, proc: "subprocess.Popen | None" = None) -> None:
+def wait_for_port(port: int, timeout: float = 120.0, proc: "subprocess.Popen | None" = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -29,6 +29,29 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: "subprocess.Popen | No
                 return
         time.sleep(0.1)
     raise TimeoutError("nothing listens on 127.0.0.1:{} after {}s".format(port, timeout))
+
+
+def pause_env(iteration: int) -> dict:
+    """Environment for a training run that stops after the checkpoint of ``iteration`` and waits to be killed."""
+    from shelfdet.training.hooks import PAUSE_ENV
+
+    return {PAUSE_ENV: str(iteration)}
+
+
+def wait_for_checkpoint(ckpt_dir: Path, iteration: int, proc: subprocess.Popen, output=lambda: "",
+                        timeout: float = 900.0) -> None:
+    """Waits until ``last_checkpoint`` names the checkpoint of ``iteration``: Detectron2 writes it after the file."""
+    want = "model_{:07d}.pth".format(iteration)
+    last = Path(ckpt_dir) / "last_checkpoint"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if last.is_file() and last.read_text().strip() == want:
+            return
+        if proc.poll() is not None:
+            raise AssertionError("training exited with {} before announcing {}:\n{}".format(
+                proc.returncode, want, output()[-3000:]))
+        time.sleep(0.2)
+    raise AssertionError("{} never named {} in {:.0f} s:\n{}".format(last, want, timeout, output()[-3000:]))
 
 
 @pytest.fixture(scope="session")

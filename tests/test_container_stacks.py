@@ -25,6 +25,7 @@ import yaml
 
 from _container_support import (NO_DOCKER, ROOT, TINY, docker_answers, docker_run, docker_start, http, image,
                                  lay_out_opt_ml, serving_container)
+from conftest import pause_env
 
 pytestmark = pytest.mark.skipif(not docker_answers(), reason=NO_DOCKER)
 
@@ -45,18 +46,18 @@ def _twin_images(stack: str):
 
 
 def _train_killed_then_resumed(training: str, ml: Path, name: str) -> str:
-    """Starts training, kills the container after its first checkpoint, runs it again."""
-    started = docker_start(training, ml, "train", name=name)
+    """Starts training, kills the container where it paused after its iteration-1 checkpoint, runs it again."""
+    started = docker_start(training, ml, "train", name=name, env=pause_env(1))
     assert started.returncode == 0, started.stderr
     try:
-        deadline = time.time() + 600
-        # last_checkpoint is written once a checkpoint file is complete.
-        while not (ml / "checkpoints" / "last_checkpoint").is_file():
+        last = ml / "checkpoints" / "last_checkpoint"
+        deadline = time.time() + 900
+        while not (last.is_file() and last.read_text().strip() == "model_0000001.pth"):
             running = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name],
                                      capture_output=True, text=True).stdout.strip()
             logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
             assert running == "true", "training ended before its first checkpoint:\n" + logs.stderr[-4000:]
-            assert time.time() < deadline, "no checkpoint after 10 minutes"
+            assert time.time() < deadline, "no checkpoint after 15 minutes"
             time.sleep(0.2)
         subprocess.run(["docker", "kill", name], capture_output=True, check=True)
     finally:
@@ -95,7 +96,7 @@ def runs(tmp_path_factory):
 def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
     ml = runs(stack, algo)
     log = (ml / "train.log").read_text()
-    assert "resuming from iteration" in log, log[-3000:]
+    assert "resuming from iteration 2 of 24" in log, log[-3000:]
     assert "total_val_loss:" in log and "validation_ap:" in log, log[-3000:]
     manifest = json.loads((ml / "model" / "artefacts.json").read_text())
     assert manifest["detectron2"]["version"] == TWINS[stack][1], manifest["detectron2"]

@@ -60,9 +60,11 @@ def test_model_dir_defaults_to_the_newest_complete_model(tmp_path):
     interrupted = tmp_path / "runs" / "detectron2-retinanet-2" / "model"
     complete.mkdir(parents=True)
     (complete / "artefacts.json").write_text("{}")
-    time.sleep(0.05)
     interrupted.mkdir(parents=True)  # newer, but never finished: no artefacts.json
     (interrupted / "model_final.pth.tmp").write_text("")
+    now = time.time()
+    os.utime(str(complete / "artefacts.json"), (now - 60, now - 60))
+    os.utime(str(interrupted), (now, now))
     out = subprocess.run(["make", "-s", "--no-print-directory", "help"], cwd=str(tmp_path), capture_output=True,
                          text=True, timeout=60).stdout
     assert "MODEL_DIR=runs/detectron2-faster-rcnn-1/model " in out, out

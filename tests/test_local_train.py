@@ -5,11 +5,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from conftest import ROOT, TINY_HP
+from conftest import ROOT, TINY_HP, pause_env, wait_for_checkpoint
 from shelfdet import artefacts
 
 HP = " ".join("--{} {}".format(k, v) for k, v in dict(TINY_HP, **{
@@ -18,22 +17,24 @@ HP = " ".join("--{} {}".format(k, v) for k, v in dict(TINY_HP, **{
 
 def make_train(*args, **popen):
     cmd = ["make", "--no-print-directory", "-C", str(ROOT), "train"] + list(args)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True, **popen)
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("env", dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.Popen(cmd, stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen)
 
 
 @pytest.fixture(scope="module")
 def interrupted_retinanet_run(tiny_dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "retina"
-    proc = make_train("ALGO=retinanet", "DATA_DIR={}".format(tiny_dataset), "RUN_DIR={}".format(run), "HP=" + HP)
-    ckpt = run / "checkpoints" / "model_0000003.pth"
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert ckpt.exists(), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in 300 s"
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # make and the training under it, no clean-up
-    proc.wait()
+    log = run.parent / "retina-first.log"
+    with open(str(log), "w") as out:
+        # Paused by the run itself after its iteration-3 checkpoint: the kill lands there on any machine.
+        proc = make_train("ALGO=retinanet", "DATA_DIR={}".format(tiny_dataset), "RUN_DIR={}".format(run),
+                          "HP=" + HP, stdout=out, env=dict(os.environ, PYTHONUNBUFFERED="1", **pause_env(3)))
+        try:
+            wait_for_checkpoint(run / "checkpoints", 3, proc, output=log.read_text)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # make and the training under it, no clean-up
+            proc.wait()
     assert not (run / "model" / "artefacts.json").exists()
     return run
 

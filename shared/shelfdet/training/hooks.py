@@ -1,4 +1,5 @@
-"""Training hooks: validation loss over a fixed sample, periodic validation AP, a starved-loader warning.
+"""Training hooks: validation loss over a fixed sample, periodic validation AP, a starved-loader warning,
+and a pause for kill-and-resume tests.
 
 Both run inside their own ``EventStorage``: whatever the model records while
 validating (``fast_rcnn/cls_accuracy``, ``rpn/num_pos_anchors``, ...) stays
@@ -7,8 +8,10 @@ out of the training metrics that the writers print and SageMaker scrapes.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import compat
 
@@ -170,3 +173,29 @@ class DataTimeWarning(HookBase):
                         self.trainer.iter + 1, self.num_workers)
         self._data = self._step = 0.0
         self._count = 0
+
+
+PAUSE_ENV = "SHELFDET_TEST_PAUSE_AFTER_ITER"
+
+
+class PauseAfterCheckpoint(HookBase):
+    """Tests only: after the checkpoint of iteration ``iteration`` (0-based) is written, wait to be killed.
+
+    A kill-and-resume test kills at a point the run announces itself
+    (``last_checkpoint`` names that checkpoint), so the run can neither
+    finish first on a fast machine nor be killed mid-write on a slow disk.
+    Registered only when ``SHELFDET_TEST_PAUSE_AFTER_ITER`` is set.
+    """
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def after_step(self) -> None:
+        if self.trainer.iter == self.iteration:
+            log.warning("%s=%d: checkpoint written, paused until killed", PAUSE_ENV, self.iteration)
+            threading.Event().wait()
+
+    @classmethod
+    def from_env(cls) -> Optional["PauseAfterCheckpoint"]:
+        value = os.environ.get(PAUSE_ENV, "").strip()
+        return cls(int(value)) if value else None

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from ..checkpoint import Checkpointer  # noqa: E402
 from ..data.mapper import FastDatasetMapper  # noqa: E402
-from .hooks import DataTimeWarning, ValidationAP, ValidationLoss  # noqa: E402
+from .hooks import DataTimeWarning, PauseAfterCheckpoint, ValidationAP, ValidationLoss  # noqa: E402
 
 
 def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
@@ -71,6 +71,9 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             # Two kept checkpoints are enough to resume and halve the S3 sync of spot jobs.
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=2))
+            pause = PauseAfterCheckpoint.from_env()
+            if pause is not None:
+                ret.append(pause)
         if self.val_dicts:
             self.validation = ValidationLoss(cfg, self.val_dicts, period)
             ret.append(self.validation)

@@ -1,0 +1,54 @@
+"""``shelfdet serve`` with gates that tests open, for requests held in flight by construction.
+
+    python tests/_gated_serve.py GATE_DIR <serve arguments>
+
+The real ``server.main`` runs; two of the app's steps are wrapped:
+- each body read first creates ``GATE_DIR/read-<n>``: the server has the request;
+- each forward pass creates ``GATE_DIR/held-<n>``, then waits until ``GATE_DIR/open`` exists.
+So a test knows a request is being computed, signals the server, and only then lets it finish.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from pathlib import Path
+
+from shelfdet.serving import app, server
+
+
+def _announce(gate: Path, kind: str, counter: "itertools.count[int]", lock: threading.Lock) -> None:
+    with lock:
+        n = next(counter)
+    (gate / "{}-{}".format(kind, n)).touch()
+
+
+def install(gate: Path) -> None:
+    lock = threading.Lock()
+    reads, holds = itertools.count(), itertools.count()
+    read_body, load_detector = app._read_body, app.load_detector
+
+    async def gated_read(request, limit):
+        _announce(gate, "read", reads, lock)
+        return await read_body(request, limit)
+
+    def gated_load(*args, **kwargs):
+        detector = load_detector(*args, **kwargs)
+        predict = detector.predict
+
+        def held(*p_args, **p_kwargs):
+            _announce(gate, "held", holds, lock)
+            while not (gate / "open").exists():
+                time.sleep(0.01)
+            return predict(*p_args, **p_kwargs)
+
+        detector.predict = held
+        return detector
+
+    app._read_body, app.load_detector = gated_read, gated_load
+
+
+if __name__ == "__main__":
+    install(Path(sys.argv[1]))
+    sys.exit(server.main(sys.argv[2:]))
