@@ -648,3 +648,30 @@ def test_make_test_fails_in_ci_when_an_image_does_not_build(tmp_path, ci):
         assert "[test] WARNING: building the cpu base image failed (output above)." in out.stderr.splitlines()
         assert "falling back to the suite in .venv" in out.stderr and "1 passed" in out.stdout
         assert (tmp_path / "suite-ran").exists()
+
+
+def test_make_test_names_the_failing_tests_of_both_runs_last(tmp_path):
+    """A red `make test` ends with the failing tests of the in-image suite and of the contract tests."""
+    built = FAILING_BUILD.replace('build) echo "E: Unable to locate package python3-torch" >&2; exit 1 ;;',
+                                  "build) exit 0 ;;")
+    docker = ("#!/bin/sh\ncase \"$1\" in\n  run) echo 'FAILED tests/test_serving_http.py::test_in_image - "
+              "AssertionError: boom'; echo '1 failed'; exit 1 ;;\nesac\n")
+    for rel, text in (("tools/images.sh", built), ("bin/docker", docker),
+                      (".venv/bin/python", "#!/bin/sh\nexec {} \"$@\"\n".format(sys.executable)),
+                      ("tests/test_container_fake.py", "def test_in_contract():\n    assert 0, 'contract boom'\n")):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+        (tmp_path / rel).chmod(0o755)
+    shutil.copy2(str(ROOT / "tools" / "run_tests.sh"), str(tmp_path / "tools" / "run_tests.sh"))
+    env = clean_env(PATH="{}:{}".format(tmp_path / "bin", os.environ["PATH"]), CI="true", SHELFDET_TWINS="")
+    for knob in ("SHELFDET_TEST_IN", "PYTEST_ADDOPTS"):
+        env.pop(knob, None)
+    out = subprocess.run(["bash", str(tmp_path / "tools" / "run_tests.sh"), "-q", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    last = out.stdout.rstrip("\n").splitlines()[-3:]
+    assert last[0].startswith("[test] FAILED: suite in shelfdet-test:") and last[0].endswith(
+        "exit 1, contract tests exit 1"), out.stdout
+    assert last[1] == "[test]   FAILED tests/test_serving_http.py::test_in_image - AssertionError: boom", out.stdout
+    assert last[2].startswith("[test]   FAILED tests/test_container_fake.py::test_in_contract - AssertionError: "
+                              "contract boom"), out.stdout

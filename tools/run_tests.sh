@@ -89,17 +89,20 @@ say "running the suite inside $TEST_IMAGE (= $SHELFDET_TRAINING_IMAGE + test too
 # VENV: Make targets that tests call use the image's venv (its stamp is touched
 # so that Make never tries to set it up); SHELFDET_VERSIONS_ENV: the launcher
 # code is installed as a wheel there, away from the repo's versions.env.
+# Both outputs are kept: the failing tests of both runs are named again as the last lines.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 docker run --rm --init -v "$PWD":/src -w /src -e CI -e PYTHONDONTWRITEBYTECODE=1 \
   -e VENV=/opt/venv -e SHELFDET_VERSIONS_ENV=/src/versions.env "$TEST_IMAGE" \
   bash -c 'touch /opt/venv/.stamp && exec python -m pytest -p no:cacheprovider tests --ignore-glob="tests/test_container_*" "$@"' \
-  pytest "$@"
-rc_suite=$?
+  pytest "$@" 2>&1 | tee "$logs/suite"
+rc_suite=${PIPESTATUS[0]}
 say "suite in $TEST_IMAGE: exit $rc_suite after $((SECONDS - t0)) s"
 
 t0=$SECONDS
 say "running the container contract tests (.venv -> $SHELFDET_TRAINING_IMAGE, $SHELFDET_SERVING_IMAGE)"
-.venv/bin/python -m pytest -p no:cacheprovider tests/test_container_*.py "$@"
-rc_contract=$?
+.venv/bin/python -m pytest -p no:cacheprovider tests/test_container_*.py "$@" 2>&1 | tee "$logs/contract"
+rc_contract=${PIPESTATUS[0]}
 [ $rc_contract -eq 5 ] && rc_contract=0   # all deselected by the caller's -k: not a failure
 say "contract tests: exit $rc_contract after $((SECONDS - t0)) s"
 
@@ -117,4 +120,13 @@ if [ -n "$stale" ]; then
   # shellcheck disable=SC2086
   docker image rm $stale >/dev/null 2>&1 || true
 fi
-[ $rc_suite -eq 0 ] && [ $rc_contract -eq 0 ]
+if [ $rc_suite -ne 0 ] || [ $rc_contract -ne 0 ]; then
+  say "FAILED: suite in $TEST_IMAGE exit $rc_suite, contract tests exit $rc_contract"
+  failed=$(grep -hE '^(FAILED|ERROR) ' "$logs/suite" "$logs/contract")
+  if [ -n "$failed" ]; then
+    sed 's/^/[test]   /' <<<"$failed"
+  else
+    say "  no test is named as failed: pytest itself stopped (output above)"
+  fi
+  exit 1
+fi
