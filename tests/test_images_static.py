@@ -154,6 +154,8 @@ def test_dockerignore_keeps_data_runs_and_venv_out():
 
 SUITE_PYTHON = {"bullseye": (3, 9), "bookworm": (3, 11)}  # each Debian release's python3
 TORCH_CUDA = {"2.5.1": "12.4"}  # the CUDA release of torch's default PyPI wheel
+# Parents NVIDIA deleted (every CUDA 10.x tag, mid-2023): no stack may start from them.
+DELETED_PARENTS = re.compile(r"^nvidia/cuda:10\.")
 
 
 def stack_values(pins: Dict[str, str], stack: str, parent: str = "") -> Dict[str, str]:
@@ -165,16 +167,18 @@ def stack_values(pins: Dict[str, str], stack: str, parent: str = "") -> Dict[str
     return out
 
 
-def system_side(pins: Dict[str, str], values: Dict[str, str], side: str):
-    """(distribution packages, debootstrap suite or None) of a stack's builder (BUILD) or
-    final (RUNTIME) stage: its APT_<side> list plus what its debootstrap parent was made with."""
-    image = values["BUILDER_IMAGE" if side == "BUILD" else "RUNTIME_IMAGE"]
-    packages = values["APT_" + side].split()
+def release_of(pins: Dict[str, str], image: str):
+    """The distribution release (bookworm, bullseye, bionic) of a versions.env PARENT_<NAME>, else None."""
     for key, value in pins.items():
-        if key.endswith("_ROOTFS_IMAGE") and value == image:
-            name = key[:-len("_ROOTFS_IMAGE")]
-            return packages + pins[name + "_ROOTFS_PACKAGES"].split(), pins[name + "_ROOTFS_SUITE"]
-    return packages, None
+        if re.fullmatch(r"PARENT_[A-Z0-9]+", key) and value == image:
+            return key[len("PARENT_"):].lower()
+    return None
+
+
+def system_side(pins: Dict[str, str], values: Dict[str, str], side: str):
+    """(distribution packages, release or None) of a stack's builder (BUILD) or final (RUNTIME) stage."""
+    image = values["BUILDER_IMAGE" if side == "BUILD" else "RUNTIME_IMAGE"]
+    return values["APT_" + side].split(), release_of(pins, image)
 
 
 GPU_BUILDS = [("CU101", ""), ("CU12", ""), ("CU12", "NVIDIA")]
@@ -194,12 +198,12 @@ def test_gpu_stacks_python_matches_the_compatibility_check():
         runtime, runtime_suite = system_side(pins, values, "RUNTIME")
         assert suite == runtime_suite, (stack, parent, "builder and final stage on one release")
         m = re.fullmatch(r"python(\d+)\.(\d+)", values["PYTHON"])
-        if suite is None:  # a pulled parent: the interpreter is an APT package of its own
+        if suite not in SUITE_PYTHON:  # Ubuntu parents: the interpreter is an APT package of its own
             assert m, (stack, parent)
             version = (int(m.group(1)), int(m.group(2)))
             minor = "python{}.{}".format(*version)
             assert minor + "-dev" in build and minor in runtime, (stack, parent)
-        else:  # a debootstrap parent: that release's python3
+        else:  # a Debian parent: that release's python3
             version = SUITE_PYTHON[suite]
             assert values["PYTHON"] in ("python3", "python{}.{}".format(*version)), (stack, parent)
             assert "python3-dev" in build and "python3" in runtime, (stack, parent)
@@ -212,9 +216,27 @@ def test_gpu_stack_pins_agree_with_each_other():
     """The pins alone (nothing compiled here): see the two tests after this one for what the builds do."""
     pins = env_file()
     assert pins["STACK_CU101_TORCH_CUDA_ARCH_LIST"] == "7.0;7.5"
-    assert "torch==1.6.0+cu101" in pins["STACK_CU101_TORCH_PIP"].split()
-    assert "torchvision==0.7.0+cu101" in pins["STACK_CU101_TORCH_PIP"].split()
-    assert "cudnn7" in pins["STACK_CU101_BUILDER_IMAGE"] and ":10.1-" in pins["STACK_CU101_BUILDER_IMAGE"]
+    # torch and torchvision by exact file from PyTorch's cu101 index, for cu101's Python.
+    index = "https://download.pytorch.org/whl/cu101/"
+    assert pins["STACK_CU101_TORCH_PIP"].split() == [
+        index + "torch-1.6.0%2Bcu101-cp38-cp38-linux_x86_64.whl",
+        index + "torchvision-0.7.0%2Bcu101-cp38-cp38-linux_x86_64.whl"]
+    assert pins["STACK_CU101_PYTHON"] == "python3.8"
+    # NVIDIA deleted the CUDA 10.x images: cu101 starts from Ubuntu 18.04 and gets nvcc 10.1
+    # from NVIDIA's ubuntu1804 apt repository, cuBLAS held at CUDA 10.1's, the runfile as fallback.
+    assert pins["STACK_CU101_BUILDER_IMAGE"] == pins["STACK_CU101_RUNTIME_IMAGE"] == "ubuntu:18.04"
+    repo, keyring, *packages = pins["STACK_CU101_CUDA_APT"].split()
+    assert repo == "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu1804/x86_64"
+    assert re.fullmatch(r"cuda-keyring_[\d.]+-\d+_all\.deb", keyring)
+    assert packages == ["cuda-minimal-build-10-1=10.1.243-1", "cuda-libraries-dev-10-1=10.1.243-1",
+                        "libcublas-dev=10.2.1.243-1"]
+    assert pins["STACK_CU101_CUDA_RUNFILE"].endswith("/cuda_10.1.243_418.87.00_linux.run")
+    assert "curl" in pins["STACK_CU101_APT_BUILD"].split()
+    for key, value in pins.items():
+        if key.endswith("_IMAGE") and (key.startswith("STACK_") or key.startswith("PARENT_")):
+            assert not DELETED_PARENTS.match(value), (key, value)
+        if re.fullmatch(r"PARENT_[A-Z0-9]+", key):
+            assert ":" in value and "/" not in value.split(":")[0], (key, "an official image of Docker Hub")
     cu12_arches = pins["STACK_CU12_TORCH_CUDA_ARCH_LIST"].replace("+PTX", "").split(";")
     assert {"7.0", "7.5", "8.0", "8.6", "8.9", "9.0"} <= set(cu12_arches)
     for stack, parent in GPU_BUILDS:
@@ -225,10 +247,10 @@ def test_gpu_stack_pins_agree_with_each_other():
         runtime, _ = system_side(pins, values, "RUNTIME")
         assert "git" in build, (stack, parent, "the clone fallback where the archive is absent")
         if suite is None:  # NVIDIA's images: devel to compile, runtime to run
-            assert not values["CUDA_PIP"] and not values["CUDA_DEB"], (stack, parent)
+            assert not values["CUDA_PIP"] and not values["CUDA_DEB"] and not values["CUDA_APT"], (stack, parent)
             assert "devel" in values["BUILDER_IMAGE"] and "runtime" in values["RUNTIME_IMAGE"], (stack, parent)
-        else:  # the compiler is assembled in the builder only; the final stage has none
-            assert values["CUDA_PIP"] and values["CUDA_DEB"], (stack, parent)
+        else:  # the compiler is installed in the builder only; the final stage has none
+            assert values["CUDA_APT"] or (values["CUDA_PIP"] and values["CUDA_DEB"]), (stack, parent)
             assert "build-essential" in build and "build-essential" not in runtime, (stack, parent)
     # cu12's compiler is of the CUDA release its torch was built with (cpp_extension checks).
     torch_version = re.search(r"torch==([\d.]+)", pins["STACK_CU12_TORCH_PIP"]).group(1)
@@ -537,6 +559,126 @@ def test_build_makes_a_missing_parent_first(tmp_path):
     assert images_sh("build", "test", "cpu", root=repo, **env).strip() == names["test"]
     builds = [line.split() for line in (tmp_path / "docker.log").read_text().splitlines() if line.startswith("build ")]
     assert [b[b.index("-t") + 1] for b in builds] == [names["test"]], "its parent is there now"
+
+
+PARENT_DOCKER = r"""#!/usr/bin/env bash
+# A stand-in for docker with a registry: images in $FAKE_STATE/images (name<TAB>label), those it can
+# pull in $FAKE_STATE/registry; every call logged.
+printf '%s\n' "$*" >>"$FAKE_STATE/docker.log"
+S=$FAKE_STATE; touch "$S/images" "$S/registry"
+has() { cut -f1 "$S/images" | grep -qxF "$1"; }
+case "$1" in
+  image) [ "$3" = -f ] && { grep -F "$5"$'\t' "$S/images" | cut -f2; exit 0; }
+         has "${@: -1}" ;;
+  pull) img=${@: -1}; grep -qxF "$img" "$S/registry" || { echo "Error response from daemon: manifest for $img not found" >&2; exit 1; }
+        printf '%s\t\n' "$img" >>"$S/images" ;;
+  import) cat >/dev/null; label=$(printf '%s\n' "$@" | sed -n 's/^LABEL shelfdet.standin=//p')
+          printf '%s\t%s\n' "${@: -1}" "$label" >>"$S/images" ;;
+  build) while [ $# -gt 0 ]; do [ "$1" = -t ] && printf '%s\t\n' "$2" >>"$S/images"; shift; done ;;
+  version) echo "${FAKE_ARCH:-amd64}" ;;
+esac
+"""
+FAKE_DEBOOTSTRAP = "#!/bin/sh\necho \"$*\" >>\"$FAKE_STATE/debootstrap.log\"\nmkdir -p \"$3/etc\"\n"
+
+
+def _parents_env(tmp_path: Path, registry=(), present=(), debootstrap: bool = True, **extra: str) -> Dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    tools = {"docker": PARENT_DOCKER}
+    if debootstrap:
+        tools["debootstrap"] = FAKE_DEBOOTSTRAP
+    for name, text in tools.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "registry").write_text("".join(i + "\n" for i in registry))
+    (tmp_path / "images").write_text("".join(i + "\t\n" for i in present))
+    return dict(PATH="{}:{}".format(bin_dir, os.environ["PATH"]), FAKE_STATE=str(tmp_path), TMPDIR=str(tmp_path),
+                **extra)
+
+
+def _calls(tmp_path: Path, verb: str) -> List[str]:
+    return [l for l in (tmp_path / "docker.log").read_text().splitlines() if l.split(" ", 1)[0] == verb]
+
+
+def test_parents_are_public_images_pulled_for_amd64(tmp_path):
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    env = _parents_env(tmp_path, registry=["debian:bookworm-slim"])
+    images_sh("parents", "cpu", root=repo, **env)
+    assert _calls(tmp_path, "pull") == ["pull -q --platform linux/amd64 debian:bookworm-slim"]
+    assert not _calls(tmp_path, "import") and not (tmp_path / "debootstrap.log").exists()
+    images_sh("parents", "cpu", root=repo, **env)
+    assert len(_calls(tmp_path, "pull")) == 1, "a present parent is not pulled again"
+    images_sh("build", "base", "cpu", root=repo, **env)
+    build = _calls(tmp_path, "build")[0].split()
+    assert build[build.index("--platform") + 1] == "linux/amd64"
+    assert "BUILDER_IMAGE=debian:bookworm-slim" in build and "RUNTIME_IMAGE=debian:bookworm-slim" in build
+
+
+def test_a_parent_that_cannot_be_pulled_gets_a_debootstrap_stand_in_under_its_name(tmp_path):
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    env = _parents_env(tmp_path)
+    out = subprocess.run(["bash", str(repo / "tools" / "images.sh"), "parents", "cu101cpu"], capture_output=True,
+                         text=True, cwd=repo, env=clean_env(**env))
+    assert out.returncode == 0, out.stderr
+    assert "cannot pull debian:bullseye-slim (Error response from daemon: manifest for debian:bullseye-slim " \
+           "not found): using a debootstrap bullseye stand-in under its name" in out.stderr
+    assert (tmp_path / "debootstrap.log").read_text().split()[:2] == ["--variant=minbase", "bullseye"]
+    imports = _calls(tmp_path, "import")
+    assert len(imports) == 1 and imports[0].endswith(" - debian:bullseye-slim"), imports
+    # PARENT=debootstrap: the stand-in even where a pull would work, made once.
+    (tmp_path / "forced").mkdir()
+    env = _parents_env(tmp_path / "forced", registry=["debian:bookworm-slim"])
+    images_sh("parents", "cpu", root=repo, PARENT="debootstrap", **env)
+    images_sh("parents", "cpu", root=repo, PARENT="debootstrap", **env)
+    assert not _calls(tmp_path / "forced", "pull") and len(_calls(tmp_path / "forced", "import")) == 1
+
+
+def test_a_parent_without_stand_in_stops_in_one_line_with_the_alternatives(tmp_path):
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    env = _parents_env(tmp_path, registry=["debian:bookworm-slim"])
+    out = subprocess.run(["bash", str(repo / "tools" / "images.sh"), "build", "base", "cu101"], capture_output=True,
+                         text=True, cwd=repo, env=clean_env(**env))
+    assert out.returncode != 0
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and "cannot pull ubuntu:18.04" in errors[0] and "BUILDER=codebuild" in errors[0], out.stderr
+    assert not _calls(tmp_path, "build") and not (tmp_path / "debootstrap.log").exists()
+    # A host without apt or debootstrap (a Mac, Amazon Linux): no stand-in, one line says what to do.
+    (tmp_path / "nodeb").mkdir()
+    env = _parents_env(tmp_path / "nodeb", debootstrap=False)
+    tools = tmp_path / "nodeb" / "tools"
+    tools.mkdir()
+    for tool in ("bash", "python3", "grep", "sed", "sha256sum", "cut", "tr", "flock", "tail", "head", "cat",
+                 "dirname", "id", "awk", "sort", "uname", "mkdir", "rm", "cp", "env", "find", "touch", "printf"):
+        found = shutil.which(tool)
+        assert found, tool
+        (tools / tool).symlink_to(found)
+    env["PATH"] = "{}:{}".format(tmp_path / "nodeb" / "bin", tools)
+    out = subprocess.run([shutil.which("bash"), str(repo / "tools" / "images.sh"), "parents", "cpu"],
+                         capture_output=True, text=True, cwd=repo, env=clean_env(**env))
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+    assert out.returncode != 0 and len(errors) == 1, out.stderr
+    assert "debian:bookworm-slim cannot be pulled, and its stand-in needs debootstrap" in errors[0], out.stderr
+
+
+def test_training_and_serving_build_on_a_pushed_base(tmp_path):
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    uri = "123456789012.dkr.ecr.us-east-2.amazonaws.com/shelfdet-base:0.1.0-cu101-0123456789ab"
+    env = _parents_env(tmp_path, registry=[uri])
+    tag = images_sh("build", "training", "cu101", root=repo, BASE_IMAGE=uri, **env).strip()
+    assert _calls(tmp_path, "pull") == ["pull -q --platform linux/amd64 " + uri]
+    builds = _calls(tmp_path, "build")
+    assert len(builds) == 1 and "BASE_IMAGE=" + uri in builds[0].split() and tag in builds[0], builds
+    assert tag != tags_of(repo, "cu101")["training"], "the tag names the base it was built on"
+
+
+def test_an_arm64_host_is_told_that_compiling_detectron2_is_slow_there(tmp_path):
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    env = _parents_env(tmp_path, registry=["debian:bookworm-slim"], FAKE_ARCH="arm64")
+    for stack, told in (("cu12", True), ("cpu", False)):
+        out = subprocess.run(["bash", str(repo / "tools" / "images.sh"), "build", "base", stack], capture_output=True,
+                             text=True, cwd=repo, env=clean_env(**env))
+        assert out.returncode == 0, out.stderr
+        assert ("compiling Detectron2 there takes hours; BUILDER=codebuild" in out.stderr) == told, out.stderr
 
 
 def test_unknown_stack_is_a_clear_error():

@@ -7,8 +7,14 @@
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh hash <image> <stack>    # its content hash (the tag's last part)
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
-#   bash tools/images.sh rootfs [NAME]           # a debootstrap parent (NAME_ROOTFS_*; default CPU), cached
+#   bash tools/images.sh parents <stack>         # its public parents: present, pulled, or debootstrap stand-ins
 #   bash tools/images.sh prebuild <stack>        # base, training, serving (+ test for cpu), in order
+#   PARENT=debootstrap bash tools/images.sh build base cpu  # stand-ins even where the parents can be pulled
+#   BASE_IMAGE=<uri> bash tools/images.sh build training cu101  # on a base pushed earlier (make push-base)
+# Parents are public images (versions.env PARENT_*), always linux/amd64. A parent that
+# cannot be pulled gets a stand-in of the same release under its name (debootstrap
+# minbase + docker import), when versions.env names a suite for it; the Dockerfile's apt
+# lines then run in it as they would in the pulled image.
 # Tag: <IMAGE_REPO_*>:<IMAGE_VERSION>-<stack>-<content hash>, the hash of exactly what goes
 # into the image (tools/image_hash.py: its Dockerfile, the context files it copies, its build
 # args, which name the parent's tag), so an uncommitted edit changes it and a README edit does
@@ -23,17 +29,21 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 # shellcheck disable=SC1091
 source <(grep -E '^[A-Z0-9_]+=' versions.env | sed -E 's/^([A-Z0-9_]+)=(.*)$/\1='"'"'\2'"'"'/')
-export DOCKER_BUILDKIT=0
+# The classic builder unless the caller asks for BuildKit: BuildKit/buildx is not packaged everywhere.
+export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+PLATFORM=linux/amd64
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
 STACKS="cpu cu101 cu12 cu101cpu"
 IMAGES="base training serving test"
 # Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
-STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX CUDA_PIP CUDA_DEB DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
+STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX CUDA_PIP CUDA_DEB CUDA_APT CUDA_RUNFILE DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
 # PARENT=<variant> (e.g. PARENT=nvidia for cu12) takes STACK_<STACK>_<VARIANT>_<KEY>
 # where versions.env has one: the same stack on other parents (NVIDIA's CUDA images).
+# PARENT=debootstrap keeps the stack's parents and makes them from debootstrap.
 PARENT=${PARENT:-}
+BASE_IMAGE=${BASE_IMAGE:-}
 
 command -v python3 >/dev/null 2>&1 || die "python3 is needed to compute image tags (tools/image_hash.py)"
 
@@ -71,7 +81,7 @@ stack_var() {  # stack_var <stack> <KEY>: the versions.env variable that holds i
 }
 
 check_parent() {  # check_parent <stack>: PARENT names a variant the stack has
-  [ -n "$PARENT" ] || return 0
+  [ -n "$PARENT" ] && [ "$PARENT" != debootstrap ] || return 0
   local prefix
   prefix="STACK_$(echo "$1" | tr '[:lower:]' '[:upper:]')_$(echo "$PARENT" | tr '[:lower:]-' '[:upper:]_')_"
   grep -q "^${prefix}[A-Z_]*=" versions.env || die "stack $1 has no parent variant '$PARENT' (no ${prefix}* in versions.env)"
@@ -89,7 +99,7 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
       printf 'DETECTRON2_SDIST=%s\nDETECTRON2_SDIST_SHA256=%s\n' "$DETECTRON2_SDIST" "$DETECTRON2_SDIST_SHA256"
       printf 'DETECTRON2_SRC_SHA256=%s\n' "$(src_sha "$stack")"
       printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN" ;;
-    training|serving) parent=$(name base "$stack"); printf 'BASE_IMAGE=%s\n' "$parent" ;;
+    training|serving) parent=${BASE_IMAGE:-$(name base "$stack")}; printf 'BASE_IMAGE=%s\n' "$parent" ;;
     test) parent=$(name training "$stack")
           printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\n' "$parent" "$TEST_REQUIREMENTS" ;;
   esac
@@ -114,59 +124,90 @@ src_sha() {  # src_sha <stack>: the pinned sha256 of that archive (empty: none)
   echo "${!sha_var}"
 }
 
-rootfs() {  # rootfs <NAME>: the parent image <NAME>_ROOTFS_IMAGE, made once (kept while its recipe is unchanged)
-  local suite_var="${1}_ROOTFS_SUITE" pkgs_var="${1}_ROOTFS_PACKAGES" image_var="${1}_ROOTFS_IMAGE"
-  local suite=${!suite_var} packages=${!pkgs_var} image=${!image_var} key
-  key=$(echo "$suite $packages" | sha256sum | cut -c1-16)
-  if docker image inspect "$image" >/dev/null 2>&1; then
-    if docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$image" \
-        | grep -qx "SHELFDET_ROOTFS=$key"; then
-      say "parent $image exists (cached)"; return 0
-    fi
-    say "parent $image was made from another package list: making it again"
-  fi
+parent_name() {  # parent_name <image>: NAME of the versions.env PARENT_<NAME> that is <image> (empty: none)
+  local name var
+  for name in $(grep -oE '^PARENT_[A-Z0-9]+=' versions.env | sed -E 's/^PARENT_([A-Z0-9]+)=/\1/'); do
+    var="PARENT_$name"
+    [ "${!var}" = "$1" ] && { echo "$name"; return 0; }
+  done
+  return 0
+}
+
+standin_key() {  # standin_key <suite>: what a stand-in was made from (rebuilt when it changes)
+  echo "debootstrap --variant=minbase $1" | sha256sum | cut -c1-16
+}
+
+is_standin() {  # is_standin <image> <suite>: the local <image> is our stand-in made from <suite>
+  [ "$(docker image inspect -f '{{index .Config.Labels "shelfdet.standin"}}' "$1" 2>/dev/null)" = "$(standin_key "$2")" ]
+}
+
+standin() {  # standin <image> <suite>: a debootstrap minbase of <suite>, imported as <image>
+  local image=$1 suite=$2 key
+  key=$(standin_key "$suite")
   command -v debootstrap >/dev/null 2>&1 || {
+    command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+      || die "$image cannot be pulled, and its stand-in needs debootstrap, which this host lacks (and has no apt-get as root to install it): pull $image on a machine with registry access and \`docker save\`/\`docker load\` it here, or build remotely (BUILDER=codebuild)"
     say "installing debootstrap (apt)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null 2>&1 \
       || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
   }
   local dir t0=$SECONDS
   dir=$(mktemp -d "${TMPDIR:-/tmp}/shelfdet-rootfs.XXXXXX")
-  trap 'rm -rf "$dir"' RETURN
-  say "debootstrap $suite minbase + $packages into $dir (about 2 min, once)"
+  # Cleared once it ran: a RETURN trap stays set for the callers' returns too.
+  trap 'rm -rf "$dir" "$dir.log"; trap - RETURN' RETURN
+  say "debootstrap $suite minbase into $dir (about 1 min, once)"
   # The host's mirror when it names one (apt sources), else debootstrap's default.
   local mirror
   mirror=$(grep -hoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
            | awk '{print $2}' | grep -E '/debian/?$' | head -n 1 || true)
   local log="$dir.log"
-  # shellcheck disable=SC2086
-  if ! debootstrap --variant=minbase --include="$(echo $packages | tr ' ' ',')" \
-        "$suite" "$dir/root" ${mirror:+"$mirror"} >"$log" 2>&1; then
+  if ! debootstrap --variant=minbase "$suite" "$dir/root" ${mirror:+"$mirror"} >"$log" 2>&1; then
     tail -n 20 "$log" >&2; die "debootstrap failed (log: $log)"
   fi
-  # Slim: apt lists and caches, docs and man pages are not needed in the parent.
+  # As slim as the official image: no apt lists or caches, docs or man pages.
   rm -rf "$dir/root/var/cache/apt/archives/"*.deb "$dir/root/var/lib/apt/lists/"* \
          "$dir/root/usr/share/doc" "$dir/root/usr/share/man" "$dir/root/usr/share/info"
-  say "debootstrap done in $((SECONDS - t0)) s ($(du -sh "$dir/root" | cut -f1)); docker import"
-  t0=$SECONDS
-  tar -C "$dir/root" -c . | docker import \
-      -c 'ENV LANG=C.UTF-8' -c "ENV SHELFDET_ROOTFS=$key" -c 'CMD ["/bin/bash"]' \
-      -m "debootstrap --variant=minbase $suite + $packages" - "$image" >/dev/null
-  say "imported $image in $((SECONDS - t0)) s"
-  rm -f "$log"
+  say "debootstrap done in $((SECONDS - t0)) s ($(du -sh "$dir/root" | cut -f1)); docker import as $image"
+  tar -C "$dir/root" -c . | docker import --platform "$PLATFORM" \
+      -c 'ENV LANG=C.UTF-8' -c "LABEL shelfdet.standin=$key" -c 'CMD ["/bin/bash"]' \
+      -m "stand-in for $image: debootstrap --variant=minbase $suite" - "$image" >/dev/null
 }
 
-parents() {  # parents <stack>: makes every debootstrap parent the stack's images start from
-  local var name seen=" "
+parent() {  # parent <image>: present, pulled (linux/amd64), or a debootstrap stand-in under its name
+  local image=$1 name suite="" suite_var err
+  name=$(parent_name "$image")
+  if [ -n "$name" ]; then suite_var="PARENT_${name}_ROOTFS_SUITE"; suite=${!suite_var:-}; fi
+  if [ "$PARENT" = debootstrap ]; then
+    [ -n "$suite" ] || die "PARENT=debootstrap: $image has no debootstrap stand-in (versions.env PARENT_*_ROOTFS_SUITE)"
+    is_standin "$image" "$suite" && { say "parent $image: the debootstrap $suite stand-in (cached)"; return 0; }
+    standin "$image" "$suite"; return 0
+  fi
+  docker image inspect "$image" >/dev/null 2>&1 && return 0
+  say "pulling $image ($PLATFORM)"
+  if err=$(docker pull -q --platform "$PLATFORM" "$image" 2>&1 >/dev/null); then return 0; fi
+  err=$(tail -n 1 <<<"$err")
+  [ -n "$suite" ] || die "cannot pull $image (${err}), and it has no debootstrap stand-in: run \`make doctor STACK=<stack>\` for the alternatives, or build remotely (BUILDER=codebuild)"
+  say "cannot pull $image (${err}): using a debootstrap $suite stand-in under its name (PARENT=debootstrap asks for this)"
+  standin "$image" "$suite"
+}
+
+parents() {  # parents <stack>: every parent the stack's base image starts from, present
+  local var image seen=" "
   for var in "$(stack_var "$1" BUILDER_IMAGE)" "$(stack_var "$1" RUNTIME_IMAGE)"; do
-    for name in $(grep -oE '^[A-Z0-9]+_ROOTFS_IMAGE=' versions.env | sed 's/_ROOTFS_IMAGE=//'); do
-      local image_var="${name}_ROOTFS_IMAGE"
-      if [ "${!var}" = "${!image_var}" ] && [[ "$seen" != *" $name "* ]]; then
-        seen+="$name "
-        ( lock "rootfs-$name"; rootfs "$name" ) || return 1
-      fi
-    done
+    image=${!var}
+    [[ "$seen" == *" $image "* ]] && continue
+    seen+="$image "
+    ( lock "parent-${image//[^A-Za-z0-9.-]/_}"; parent "$image" ) || return 1
   done
+}
+
+emulation_note() {  # emulation_note <stack>: on an arm64 Docker host, compiling for amd64 is slow
+  local arch force
+  arch=$(docker version --format '{{.Server.Arch}}' 2>/dev/null || uname -m)
+  case "$arch" in arm64|aarch64) ;; *) return 0 ;; esac
+  force=$(stack_var "$1" DETECTRON2)
+  [[ "${!force}" == git:* ]] || return 0
+  say "NOTE: this Docker host is $arch: the $1 base image builds for $PLATFORM under emulation, and compiling Detectron2 there takes hours; BUILDER=codebuild builds it on AWS CodeBuild instead"
 }
 
 d2_source() {  # d2_source <stack>: the pinned Detectron2 archive into the build context (empty: clone instead)
@@ -219,6 +260,14 @@ build() {  # build <image> <stack>
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
   [ "$image" = base ] && need_source "$stack"
   parent=$(parent_of "$image")
+  if [ "$parent" = base ] && [ -n "$BASE_IMAGE" ]; then  # a base pushed earlier: never rebuilt here
+    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+      say "pulling $BASE_IMAGE ($PLATFORM)"
+      docker pull -q --platform "$PLATFORM" "$BASE_IMAGE" >/dev/null \
+        || die "cannot pull BASE_IMAGE=$BASE_IMAGE (an ECR image needs \`aws ecr get-login-password | docker login\`; make push-training logs in itself)"
+    fi
+    parent=
+  fi
   if [ -n "$parent" ]; then  # FROM a tag of ours: built first when missing (e.g. after an edit to shared/)
     parent_tag=$(name "$parent" "$stack")
     SHELFDET_IMAGE_NAMES="${SHELFDET_IMAGE_NAMES:-} $parent_tag"  # one name for it in this build, even if a file changes
@@ -229,7 +278,7 @@ build() {  # build <image> <stack>
   fi
   lock "$image-$stack"
   host_ca
-  if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; fi
+  if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; emulation_note "$stack"; fi
   tag=$(name "$image" "$stack")
   local -a args=()
   while IFS= read -r kv; do args+=(--build-arg "$kv"); done < <(buildargs "$image" "$stack")
@@ -237,7 +286,7 @@ build() {  # build <image> <stack>
   # With the vfs/no-bridge daemon, build containers need the host's network.
   [ "$(bash tools/docker_daemon.sh mode 2>/dev/null)" = "vfs, no bridge" ] && net=(--network host)
   say "building $tag (stack $stack)"
-  docker build "${net[@]}" -f "images/$image/Dockerfile" -t "$tag" \
+  docker build "${net[@]}" --platform "$PLATFORM" -f "images/$image/Dockerfile" -t "$tag" \
       --label "shelfdet.stack=$stack" \
       ${PARENT:+--label "shelfdet.parent=$PARENT"} ${NO_CACHE:+--no-cache} \
       "${args[@]}" . >&2
@@ -258,8 +307,8 @@ case "${1:-}" in
   hash) [ $# -eq 3 ] || die "usage: $0 hash <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
         content_hash "$2" "$3" ;;
   buildargs) check_image "$2"; check_stack "$3"; check_parent "$3"; buildargs "$2" "$3" ;;
-  rootfs) name=${2:-CPU}; lock "rootfs-$name"; rootfs "$name" ;;
+  parents) [ $# -eq 2 ] || die "usage: $0 parents <stack>"; check_stack "$2"; check_parent "$2"; parents "$2" ;;
   prebuild) check_stack "$2"; check_parent "$2"
         for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
-  *) die "usage: $0 build|tags|name|hash|buildargs|rootfs|prebuild ..." ;;
+  *) die "usage: $0 build|tags|name|hash|buildargs|parents|prebuild ..." ;;
 esac

@@ -3,7 +3,8 @@
 # every stack, driven by the build arguments from versions.env.
 #   install.sh python      # system packages + the /opt/venv virtual environment
 #   install.sh deps        # torch (GPU stacks), requirements
-#   install.sh cuda        # a CUDA_HOME in /opt/cuda where the parent has no compiler (CUDA_PIP, CUDA_DEB)
+#   install.sh cuda        # a CUDA compiler where the parent has none: NVIDIA's apt repository (CUDA_APT,
+#                          # its runfile CUDA_RUNFILE when the repository is gone), or /opt/cuda (CUDA_PIP, CUDA_DEB)
 #   install.sh detectron2  # Detectron2: the sdist, or compiled from the pinned source
 #   install.sh wheel       # the shelfdet wheel from /tmp/shared into /tmp/wheels
 set -euo pipefail
@@ -18,6 +19,35 @@ site() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["p
 # Outside /opt/venv, so that the final stage (which copies the venv) has no compiler.
 ASSEMBLED_CUDA=/opt/cuda
 [ -x "$ASSEMBLED_CUDA/bin/nvcc" ] && export CUDA_HOME=$ASSEMBLED_CUDA PATH=$ASSEMBLED_CUDA/bin:$PATH
+# NVIDIA's packages and runfile install into /usr/local/cuda-<release>.
+toolkit=$(find /usr/local -maxdepth 1 -name 'cuda-*' -type d 2>/dev/null | sort | tail -n 1)
+if [ -z "${CUDA_HOME:-}" ] && [ -n "$toolkit" ] && [ -x "$toolkit/bin/nvcc" ]; then
+  export CUDA_HOME=$toolkit PATH=$toolkit/bin:$PATH
+fi
+# CUDA runtime libraries the final stage needs beside torch's (see the detectron2 step).
+CUDA_RUNTIME=/opt/cuda-runtime
+
+cuda_from_apt() {  # CUDA_APT: "<repository> <its cuda-keyring .deb> <package>=<version>..."
+  local repo keyring packages
+  read -r repo keyring packages <<<"$CUDA_APT"
+  say "CUDA from NVIDIA's apt repository $repo: $packages"
+  curl -fsSL --retry 3 -o "/tmp/$keyring" "$repo/$keyring" || return 1
+  dpkg -i "/tmp/$keyring" >/dev/null && rm -f "/tmp/$keyring"
+  apt-get update -qq || return 1
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $packages >/dev/null || return 1
+  # Held: apt would otherwise move cuBLAS to the next CUDA release's (10.2's for 10.1).
+  # shellcheck disable=SC2046,SC2086
+  apt-mark hold $(for p in $packages; do echo "${p%%=*}"; done) >/dev/null
+  rm -rf /var/lib/apt/lists/*
+}
+
+cuda_from_runfile() {  # CUDA_RUNFILE: NVIDIA's installer, the toolkit alone
+  say "CUDA from NVIDIA's runfile $CUDA_RUNFILE (--silent --toolkit)"
+  curl -fsSL --retry 3 -o /tmp/cuda.run "$CUDA_RUNFILE"
+  sh /tmp/cuda.run --silent --toolkit --override
+  rm -f /tmp/cuda.run
+}
 
 case "$1" in
 python)
@@ -32,6 +62,7 @@ python)
   flags=()
   [ -z "${TORCH_PIP:-}" ] && flags=(--system-site-packages)
   "$PYTHON" -m venv "${flags[@]}" "$VENV"
+  mkdir -p "$CUDA_RUNTIME"
   # shellcheck disable=SC2086
   "${PIP[@]}" install -q $PIP_PIN
   "$VENV/bin/python" -V
@@ -54,6 +85,17 @@ deps)
   find "$VENV" -name '__pycache__' -prune -exec rm -rf {} +
   ;;
 cuda)
+  if [ -n "${CUDA_APT:-}" ]; then
+    if ! cuda_from_apt; then
+      [ -n "${CUDA_RUNFILE:-}" ] || { echo "error: CUDA from $CUDA_APT failed and no CUDA_RUNFILE is pinned" >&2; exit 3; }
+      say "NVIDIA's apt repository failed: falling back to the runfile"
+      cuda_from_runfile
+    fi
+    nvcc=$(find /usr/local -maxdepth 3 -path '/usr/local/cuda-*/bin/nvcc' | head -n 1)
+    [ -n "$nvcc" ] || { echo "error: no nvcc under /usr/local/cuda-* after installing CUDA" >&2; exit 3; }
+    "$nvcc" --version | tail -n 1
+    exit 0
+  fi
   if [ -z "${CUDA_PIP:-}${CUDA_DEB:-}" ]; then
     [ "$FORCE_CUDA" = 1 ] && say "CUDA compiler: the parent's, $(command -v nvcc || echo 'none found')"
     exit 0
@@ -151,6 +193,17 @@ detectron2)
         grep -q "$sm" <<<"$elfs" || { echo "error: $so has no code for $sm" >&2; exit 3; }
       done
       say "compiled for: $(grep -oE 'sm_[0-9]+' <<<"$elfs" | sort -u | tr '\n' ' ')"
+      # _C links the toolkit's CUDA runtime by its soname. torch 1.6's wheel bundles that
+      # runtime under a hashed name (libcudart-<hash>.so.10.1), which does not satisfy it;
+      # torch's nvidia-* wheels (cu12) carry the soname itself.
+      for lib in $(readelf -d "$so" | sed -n 's/.*(NEEDED).*\[\(libcudart[^]]*\)\]/\1/p'); do
+        if find "$SITE/torch/lib" "$SITE/nvidia" -name "$lib" 2>/dev/null | grep -q .; then
+          say "$lib: from torch's wheels"
+        else
+          cp -L "$CUDA_HOME/lib64/$lib" "$CUDA_RUNTIME/"
+          say "$lib: copied from the toolkit into $CUDA_RUNTIME (torch's wheel lacks that name)"
+        fi
+      done
     else
       say "compiled ops: cpu only ($so)"
     fi
