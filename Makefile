@@ -47,6 +47,8 @@ BENCH          ?=
 ROLE           ?=
 MODEL          ?=
 STACK          ?=
+# docker: build and push from this machine; codebuild: the same push run on AWS CodeBuild (push-* only).
+BUILDER        ?= docker
 # Read, not repeated: launch/images.py's CARD_STACK is the one place push's default is set.
 unexport CARD_STACK
 CARD_STACK      = $(shell sed -n 's/^CARD_STACK = "\([a-z0-9]*\)".*/\1/p' shared/shelfdet/launch/images.py)
@@ -59,7 +61,7 @@ PYTEST_ARGS    ?=
 AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX)
 
 .PHONY: help setup data upload visualize train serve predict evaluate tune deploy undeploy transform \
-        build build-base build-training build-serving tag push-training push-serving test bench clean
+        build build-base build-training build-serving tag doctor push-base push-training push-serving test bench clean
 
 help: ## this list
 	@echo "Targets:"
@@ -71,6 +73,7 @@ help: ## this list
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
+	@echo "  BUILDER=$(BUILDER) (push-*: docker builds here; codebuild builds on AWS CodeBuild, zip in s3://BUCKET or sagemaker-<region>-<account>/shelfdet/codebuild, ROLE= its service role)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in README.md)"
 
 # ---- local environment -------------------------------------------------------
@@ -125,7 +128,7 @@ transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, th
 # ---- images ------------------------------------------------------------------
 build: build-training build-serving ## all images for STACK
 
-build-base: ## the base image for STACK
+build-base: ## the base image for STACK (after a preflight of everything its build fetches)
 	bash tools/images.sh build base $(or $(STACK),cpu)
 
 build-training: build-base ## training image for STACK
@@ -137,11 +140,18 @@ build-serving: build-base ## serving image for STACK
 tag: ## print the image tags for STACK
 	bash tools/images.sh tags $(or $(STACK),cpu)
 
-push-training: $(SETUP_STAMP) ## push the training image of STACK (default: the card's) to ECR in REGION
-	$(SHELFDET) push training $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
+# No .venv needed: without boto3 the AWS rows say so and the rest still runs.
+doctor: ## Docker, AWS (credentials, REGION, ECR, ROLE) and what the builds of STACK (default: every pushable stack) fetch, as a table
+	@PYTHONPATH=shared $(if $(wildcard $(PY)),$(PY),python3) -m shelfdet.launch.doctor $(if $(STACK),--stack "$(STACK)") --region $(REGION) $(if $(ROLE),--role $(ROLE))
 
-push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default: the card's) to ECR in REGION
-	$(SHELFDET) push serving $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)
+push-base: $(SETUP_STAMP) ## push the base image of STACK (default: the card's) to ECR in REGION; later builds take BASE_IMAGE=<its URI>
+	$(SHELFDET) push base $(if $(STACK),--stack $(STACK)) --builder $(BUILDER) $(AWS_FLAGS)
+
+push-training: $(SETUP_STAMP) ## push the training image of STACK (default: the card's) to ECR in REGION (BUILDER=codebuild: built on CodeBuild)
+	$(SHELFDET) push training $(if $(STACK),--stack $(STACK)) --builder $(BUILDER) $(AWS_FLAGS)
+
+push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default: the card's) to ECR in REGION (BUILDER=codebuild: built on CodeBuild)
+	$(SHELFDET) push serving $(if $(STACK),--stack $(STACK)) --builder $(BUILDER) $(AWS_FLAGS)
 
 # ---- quality -----------------------------------------------------------------
 test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs, else .venv)

@@ -61,8 +61,10 @@ def env_file() -> Dict[str, str]:
 
 
 def clean_env(**extra: str) -> Dict[str, str]:
-    """This environment without the tag pins (make test exports SHELFDET_IMAGE_NAMES) or a PARENT."""
+    """This environment without the tag pins (make test exports SHELFDET_IMAGE_NAMES) or a PARENT, and
+    without the preflight's network checks (tests/test_preflight.py tests them against stand-ins)."""
     env = {k: v for k, v in os.environ.items() if k not in ("SHELFDET_IMAGE_TAG", "SHELFDET_IMAGE_NAMES", "PARENT")}
+    env["SHELFDET_PREFLIGHT"] = "0"
     env.update(extra)
     return env
 

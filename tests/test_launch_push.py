@@ -1,4 +1,5 @@
-"""`make push-*`: ECR against a moto server, Docker observed through a recording `docker` on PATH."""
+"""`make push-*`: ECR against a moto server, Docker observed through a recording `docker` on PATH.
+(BUILDER=codebuild: tests/test_launch_codebuild.py.)"""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import subprocess
 
 import pytest
 
-from shelfdet.launch import images
+from shelfdet.launch import images, push as push_module
 from test_launch_support import (ACCOUNT, IMAGE_TAG, REGION, cli, client, fast_sessions, json_docs,  # noqa: F401
                                  make, one_error_line)
 
@@ -156,9 +157,10 @@ def test_push_failure_is_one_line(fake_docker, monkeypatch, capsys, tmp_path):
     assert rc != 0 and "docker not found" in one_error_line(err)
 
 
-@pytest.mark.parametrize("kind", ["training", "serving"])
+@pytest.mark.parametrize("kind", ["training", "serving", "base"])
 def test_card_command_pushes_the_card_stack(fake_docker, monkeypatch, kind):
-    """`make push-training REGION=us-east-2` with no STACK: the design card's cu101 image, built if missing."""
+    """`make push-training REGION=us-east-2` with no STACK: the design card's cu101 image, built if missing.
+    The base too: a team that pushed it once builds training and serving on it (BASE_IMAGE=<its URI>)."""
     local = "shelfdet-{}:0.1.0-cu101-{}".format(kind, IMAGE_TAG)
     monkeypatch.setenv("FAKE_BUILT", local)
     out = make("push-" + kind, "REGION=" + REGION)
@@ -185,9 +187,43 @@ def test_make_help_names_the_push_default():
     assert "{} to push".format(images.CARD_STACK) in out.stdout
 
 
-def test_the_test_only_twin_is_not_pushed(fake_docker):
-    out = make("push-training", "REGION=" + REGION, "STACK=cu101cpu")
+@pytest.mark.parametrize("target", ["push-training", "push-base"])
+def test_the_test_only_twin_is_not_pushed(fake_docker, target):
+    out = make(target, "REGION=" + REGION, "STACK=cu101cpu")
     assert out.returncode != 0
     errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
     assert errors == ["error: stack 'cu101cpu' is a CPU twin for tests, never pushed or launched (one of: cpu, cu101, cu12)"]
     assert fake_docker() == [] and fake_docker("images.log") == []
+
+
+def test_the_base_is_named_as_tools_images_sh_names_it(tmp_path, monkeypatch):
+    """No tag pin: push-base pushes the base that `make build-base` builds, whatever its content hash."""
+    from test_images_static import copy_of_image_inputs
+
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    for pin in ("SHELFDET_IMAGE_TAG", "SHELFDET_IMAGE_NAMES", "PARENT", "BASE_IMAGE"):
+        monkeypatch.delenv(pin, raising=False)
+    monkeypatch.setenv("SHELFDET_VERSIONS_ENV", str(repo / "versions.env"))
+    name = subprocess.run(["bash", str(repo / "tools" / "images.sh"), "name", "base", "cu101"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert push_module.image_of("base", "cu101").local == name
+    assert name.startswith("shelfdet-base:0.1.0-cu101-")
+
+
+def test_building_on_a_pushed_base_logs_in_to_its_registry_first(fake_docker, monkeypatch, capsys):
+    """tools/images.sh pulls BASE_IMAGE when it builds; ECR wants the login before that pull (once: same registry)."""
+    local = "shelfdet-training:" + TAG
+    monkeypatch.setenv("FAKE_BUILT", local)
+    monkeypatch.setenv("BASE_IMAGE", "{}/shelfdet-base:{}".format(REGISTRY, TAG))
+    rc, out, err = cli(capsys, "push", "training", "--stack", "cpu", "--region", REGION)
+    assert rc == 0, err
+    uri = "{}/{}".format(REGISTRY, local)
+    assert fake_docker() == [
+        ["image", "inspect", "--format", "{{.Id}}", local],
+        ["login", "--username", "AWS", "--password-stdin", "https://" + REGISTRY],
+        "#stdin {}-auth-token".format(ACCOUNT),
+        "#build build training cpu",
+        ["image", "inspect", "--format", "{{.Id}}", local],
+        ["tag", local, uri],
+        ["push", uri],
+    ]

@@ -24,6 +24,8 @@ COMMANDS = {
     "undeploy": ("shelfdet.launch.undeploy", "remove what deploy created"),
     "transform": ("shelfdet.launch.transform", "SageMaker batch transform over the test channel"),
     "push": ("shelfdet.launch.push", "build, tag and push an image to ECR"),
+    "preflight": ("shelfdet.launch.preflight", "is every external part of a stack's image build reachable?"),
+    "doctor": ("shelfdet.launch.doctor", "Docker, AWS and every stack's external parts, as a table"),
     "hp-table": ("shelfdet.hyperparameters_doc", "print the hyperparameter table (markdown)"),
 }
 

@@ -1,8 +1,11 @@
-"""``make push-training|push-serving``: build if missing, tag, create the ECR repository, log in, push.
+"""``make push-base|push-training|push-serving``: build if missing, tag, create the ECR repository, log in, push.
 
 Docker is run as ``$DOCKER`` (default ``docker``). Registry passwords go to
 ``docker login --password-stdin`` through a pipe, never onto a command line
 or into a file of ours (Docker keeps the login in its own credential store).
+The base is pushed so that a team builds training and serving on it later
+(``BASE_IMAGE=<its URI>``) without the upstream parents. ``--builder codebuild``
+(``BUILDER=codebuild``) runs this same push on AWS CodeBuild (launch/codebuild.py).
 """
 from __future__ import annotations
 
@@ -14,19 +17,43 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from . import aws, images
+from . import aws, codebuild, images
 from .aws import LaunchError, note
+
+# images.KINDS are the kinds that are launched; the base is only pushed.
+KINDS = ("base",) + tuple(images.KINDS)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet push", description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=images.KINDS)
+    p.add_argument("kind", choices=KINDS)
     # No argparse choices: images.image() refuses an unknown or test-only stack in one line.
     p.add_argument("--stack",
                    help="image stack: {} (default: {}, the design card's)".format(" | ".join(images.STACKS), images.CARD_STACK))
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing image")
+    codebuild.add_arguments(p)
     aws.add_common(p, stack=False)
     return p
+
+
+def image_of(kind: str, stack: str) -> images.Image:
+    """images.image(), and the base's Image the same way (images.image() names launched kinds only)."""
+    if kind != "base":
+        return images.image(kind, stack)
+    if stack in images.TEST_STACKS or stack not in images.STACKS:
+        images.image(images.KINDS[0], stack)  # raises the one-line refusal of that stack
+    v = images.read_versions()
+    if "IMAGE_REPO_BASE" not in v or "IMAGE_VERSION" not in v:
+        raise images.ImageError("versions.env lacks IMAGE_REPO_BASE or IMAGE_VERSION")
+    prefix = "{}-{}-".format(v["IMAGE_VERSION"], stack)
+    pinned = os.environ.get("SHELFDET_IMAGE_TAG")
+    if pinned:
+        return images.Image(kind, stack, v["IMAGE_REPO_BASE"], prefix + pinned)
+    repo, _, tag = images.local_name(kind, stack).partition(":")
+    if repo != v["IMAGE_REPO_BASE"] or not tag.startswith(prefix):
+        raise images.ImageError("tools/images.sh names the image {}:{}, not {}:{}<hash> as {} says".format(
+            repo, tag, v["IMAGE_REPO_BASE"], prefix, images.versions_path()))
+    return images.Image(kind, stack, repo, tag)
 
 
 def docker_exe() -> str:
@@ -90,10 +117,12 @@ def _main(argv: List[str]) -> int:
         args.stack = images.CARD_STACK
         note("STACK not given: the design card's {} (STACK=<stack> pushes another)".format(args.stack))
     try:
-        image = images.image(args.kind, args.stack)
+        image = image_of(args.kind, args.stack)
     except images.ImageError as err:
         raise LaunchError(str(err)) from None
     cloud = aws.Aws.from_args(args)
+    if args.builder == "codebuild":
+        return codebuild.push(args, cloud, image)
     if args.dry_run:
         uri = image.ecr_uri(cloud.account(), args.region)
         note("# would run: {0} image inspect {1} (build it with tools/images.sh if missing); ECR login to {2}; "
@@ -105,9 +134,16 @@ def _main(argv: List[str]) -> int:
         raise LaunchError("docker not found (install Docker, or set DOCKER=<docker command>)")
     account = cloud.account()
     uri = image.ecr_uri(account, args.region)
+    registry = image.registry(account, args.region)
+    logged_in = set()  # type: set
     if not exists_locally(image.local):
         if args.no_build:
             raise LaunchError("{} is not built: make build-{} STACK={}".format(image.local, args.kind, args.stack))
+        base = images.parse_ecr_uri(os.environ.get("BASE_IMAGE") or "") if args.kind != "base" else None
+        if base:  # tools/images.sh pulls BASE_IMAGE, and ECR wants a login first
+            base_registry = "{}.dkr.ecr.{}.{}".format(base["account"], base["region"], images.domain(base["region"]))
+            login(cloud, base_registry)
+            logged_in.add(base_registry)
         build(image)
     ecr = cloud.client("ecr")
     try:
@@ -115,7 +151,8 @@ def _main(argv: List[str]) -> int:
     except ecr.exceptions.RepositoryNotFoundException:
         note("creating ECR repository {} (scan on push)".format(image.repo))
         cloud.send("ecr", "create_repository", repository_request(image))
-    login(cloud, image.registry(account, args.region))
+    if registry not in logged_in:
+        login(cloud, registry)
     check(docker(["tag", image.local, uri]), "docker tag")
     check(docker(["push", uri], capture=False), "docker push")
     note("pushed {}".format(uri))
