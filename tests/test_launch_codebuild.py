@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_launch_support import (ACCOUNT, IMAGE_TAG, REGION, cli, client, fast_sessions,  # noqa: F401
-                                 json_docs, make, no_network, one_error_line, sent, wire)
+                                 json_docs, make, no_network, one_error_line, put_tag, sent, wire)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "shelfdet-image-build"
@@ -50,15 +50,7 @@ def cb_env(aws_env, monkeypatch):
 
 def pushed(repo: str, tag: str) -> None:
     """What the build's own `make push-*` leaves in ECR (moto's builds run nothing)."""
-    ecr = client("ecr")
-    try:
-        ecr.create_repository(repositoryName=repo)
-    except ecr.exceptions.RepositoryAlreadyExistsException:
-        pass
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
-                           "digest": "sha256:" + "b" * 64}, "layers": []}
-    ecr.put_image(repositoryName=repo, imageManifest=json.dumps(manifest), imageTag=tag)
+    put_tag(repo, tag)
 
 
 def hooked(monkeypatch, event: str, handler) -> None:

@@ -65,7 +65,11 @@ def image_uri(kind: str, stack: str = "cpu") -> str:
 
 def put_image(kind: str, stack: str = "cpu") -> None:
     uri = image_uri(kind, stack)
-    repo, tag = uri.split("/", 1)[1].split(":")
+    put_tag(*uri.split("/", 1)[1].split(":"))
+
+
+def put_tag(repo: str, tag: str) -> None:
+    """An image manifest under ``repo:tag`` in (moto's) ECR, the repository made if missing."""
     ecr = client("ecr")
     try:
         ecr.create_repository(repositoryName=repo)

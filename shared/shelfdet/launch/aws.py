@@ -260,7 +260,8 @@ def _api_name(method: str) -> str:
     return "".join(w.capitalize() for w in method.split("_"))
 
 
-def _trusts_sagemaker(doc: Any) -> bool:
+def trusts(doc: Any, service: str) -> bool:
+    """Whether an IAM trust policy (a dict, or the URL-encoded JSON IAM returns) lets ``service`` assume the role."""
     if isinstance(doc, str):
         from urllib.parse import unquote
 
@@ -268,6 +269,12 @@ def _trusts_sagemaker(doc: Any) -> bool:
             doc = json.loads(unquote(doc))
         except ValueError:
             return False
+    for stmt in (doc or {}).get("Statement", []) if isinstance(doc, dict) else []:
+        principal = (stmt.get("Principal") or {}).get("Service", [])
+        services = [principal] if isinstance(principal, str) else list(principal)
+        if stmt.get("Effect") == "Allow" and service in services:
+            return True
+    return False
     for stmt in (doc or {}).get("Statement", []) if isinstance(doc, dict) else []:
         service = (stmt.get("Principal") or {}).get("Service", [])
         services = [service] if isinstance(service, str) else list(service)
@@ -282,7 +289,7 @@ def find_execution_role(iam: Any) -> Optional[str]:
     for page in iam.get_paginator("list_roles").paginate():
         roles += page.get("Roles", [])
     named = [r for r in roles if "sagemaker" in r["RoleName"].lower()]
-    trusted = [r for r in named if _trusts_sagemaker(r.get("AssumeRolePolicyDocument"))]
+    trusted = [r for r in named if trusts(r.get("AssumeRolePolicyDocument"), "sagemaker.amazonaws.com")]
     if not trusted:
         return None
     trusted.sort(key=lambda r: ("execution" in r["RoleName"].lower(), str(r.get("CreateDate", ""))), reverse=True)

@@ -218,21 +218,6 @@ def ensure_bucket(cloud: aws.Aws, bucket: str, given: bool) -> None:
     cloud.check_bucket(bucket)
 
 
-def trusts_codebuild(doc: Any) -> bool:
-    if isinstance(doc, str):
-        from urllib.parse import unquote
-
-        try:
-            doc = json.loads(unquote(doc))
-        except ValueError:
-            return False
-    for stmt in (doc or {}).get("Statement", []) if isinstance(doc, dict) else []:
-        service = (stmt.get("Principal") or {}).get("Service", [])
-        if stmt.get("Effect") == "Allow" and "codebuild.amazonaws.com" in ([service] if isinstance(service, str) else service):
-            return True
-    return False
-
-
 def given_role(cloud: aws.Aws, role: str) -> str:
     m = aws.ROLE_ARN.match(role)
     if cloud.dry_run:
@@ -247,7 +232,7 @@ def given_role(cloud: aws.Aws, role: str) -> str:
                           "codebuild.amazonaws.com can assume, or no ROLE to have {} made".format(
                               role, cloud.account(), ROLE_NAME)) from None
     # ROLE is SageMaker's execution role for the other targets: the likely mix-up, caught before anything is made.
-    if not trusts_codebuild(found.get("AssumeRolePolicyDocument")):
+    if not aws.trusts(found.get("AssumeRolePolicyDocument"), "codebuild.amazonaws.com"):
         raise LaunchError("role '{}' does not let codebuild.amazonaws.com assume it (with BUILDER=codebuild, ROLE is "
                           "CodeBuild's service role, not SageMaker's): pass such a role, or no ROLE to have {} made".format(
                               role, ROLE_NAME))

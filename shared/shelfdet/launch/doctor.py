@@ -154,7 +154,7 @@ def aws_checks(region: str, role: Optional[str], timeout: float) -> List[Check]:
                 return fail(text, text)
             found = iam.get_role(RoleName=arn.rsplit("/", 1)[-1])["Role"]
             source = "found by name, as the launchers find it (ROLE= chooses another)"
-        if not aws._trusts_sagemaker(found.get("AssumeRolePolicyDocument")):
+        if not aws.trusts(found.get("AssumeRolePolicyDocument"), "sagemaker.amazonaws.com"):
             return warn("{} ({}) does not let sagemaker.amazonaws.com assume it".format(found["Arn"], source))
         return ok("{} ({})".format(found["Arn"], source))
 
