@@ -115,6 +115,59 @@ def test_boxes_cut_by_an_inner_tile_edge_are_dropped_image_borders_kept():
     assert postprocess.uncut(boxes, tile, height=300, width=400).tolist() == [False, True, True, False, False]
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from _serving_support import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.parametrize("nms", ["hard", "soft"])
+def test_the_tiled_merge_drops_boxes_cut_by_an_inner_tile_edge(tiny_model_dir, nms):
+    """Through Detector: the model's own per-tile boxes, recorded as it returns them, against the merged set."""
+    import torch
+
+    from _serving_support import shelf_image
+    from shelfdet import postprocess
+    from shelfdet.inference import Detector
+
+    size, overlap = 64, 0.25
+    det = Detector.from_model_dir(tiny_model_dir, "cpu", {"nms": nms, "tile-size": str(size),
+                                                          "tile-overlap": str(overlap)})
+    image = np.ascontiguousarray(shelf_image(3, 160, 120)[:, :, ::-1])
+    height, width = image.shape[:2]
+    tiles = postprocess.windows(height, width, size, overlap)
+    outputs = []
+    hook = det.model.register_forward_hook(lambda module, inputs, out: outputs.append(
+        [o["instances"].to("cpu") for o in out]))
+    try:
+        merged = det.raw([image])[0]
+    finally:
+        hook.remove()
+    (full,), per_tile = outputs
+    assert len(per_tile) == len(tiles) > 1
+    candidates = [(full.pred_boxes.tensor, full.scores, full.pred_classes, torch.ones(len(full), dtype=torch.bool))]
+    for tile, inst in zip(tiles, per_tile):
+        boxes = inst.pred_boxes.tensor + torch.tensor([tile[0], tile[1], tile[0], tile[1]], dtype=torch.float32)
+        candidates.append((boxes, inst.scores, inst.pred_classes, postprocess.uncut(boxes, tile, height, width)))
+    boxes, scores, classes, is_whole = (torch.cat(c) for c in zip(*candidates))
+    fragments = boxes[~is_whole]
+    from_tiles = boxes[len(full):][is_whole[len(full):]]
+
+    def among(rows, pool):
+        return [bool((pool == row).all(1).any()) for row in rows]
+
+    out = merged.pred_boxes.tensor
+    assert len(out) > 0
+    cut = sum(among(out, fragments))
+    assert not cut, "{} box(es) cut by an inner tile edge survived the merge".format(cut)
+    assert any(among(out, from_tiles)), "no whole box from a tile in the merge: the tiles are not merged at all"
+    # Not vacuous: merged unfiltered, these candidates keep some fragment.
+    keep, _ = postprocess.merge(boxes, scores, classes, nms, det.nms_thresh, det.options.soft_nms_sigma,
+                                det.min_score, det.max_detections)
+    assert not is_whole[keep].all()
+
+
 # ---- on a trained model ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -55,25 +55,67 @@ def test_the_saved_model_loads_exactly(model_dir):
             assert torch.equal(own[key], value), key
 
 
-def test_a_missing_tensor_fails_naming_it(model_dir, tmp_path):
-    broken = _copy_with_state(model_dir, tmp_path / "m", lambda s: s.pop("roi_heads.box_predictor.cls_score.weight"))
+KINDS = {"missing": "model tensor(s) not in the checkpoint",
+         "unexpected": "checkpoint tensor(s) the model has no place for",
+         "reshaped": "with another shape"}
+MISSING = "roi_heads.box_predictor.cls_score.weight"
+EXTRA = "roi_heads.extra_head.weight"
+RESHAPED = "roi_heads.box_predictor.bbox_pred.bias"
+
+
+def _break(state, kinds):
+    if "missing" in kinds:
+        state.pop(MISSING)
+    if "unexpected" in kinds:
+        state[EXTRA] = torch.zeros(3)
+    if "reshaped" in kinds:
+        state[RESHAPED] = torch.zeros(7)
+
+
+def _assert_names_each_kind(err: BaseException, kinds) -> None:
+    """One line naming each broken tensor once, under its own kind, and no other kind."""
+    msg = _one_line(err)
+    named = {"missing": MISSING, "unexpected": EXTRA, "reshaped": RESHAPED}
+    for kind, phrase in KINDS.items():
+        if kind in kinds:
+            assert "1 {} ({})".format(phrase, named[kind]) in msg, msg
+        else:
+            assert phrase not in msg, msg
+
+
+# Each kind alone too: together, the checks left would still fail a case whose own check was removed.
+BROKEN = [("missing",), ("unexpected",), ("reshaped",), ("missing", "unexpected", "reshaped")]
+
+
+@pytest.mark.parametrize("kinds", BROKEN, ids="+".join)
+def test_load_exact_fails_naming_the_tensor_and_its_kind(model_dir, tmp_path, kinds):
+    broken = _copy_with_state(model_dir, tmp_path / "m", lambda s: _break(s, kinds))
     with pytest.raises(CheckpointMismatch) as err:
         Detector.from_model_dir(str(broken), "cpu")
-    msg = _one_line(err.value)
-    assert "1 model tensor(s) not in the checkpoint (roi_heads.box_predictor.cls_score.weight)" in msg, msg
+    _assert_names_each_kind(err.value, kinds)
 
 
-def test_an_extra_or_reshaped_tensor_fails_naming_it(model_dir, tmp_path):
-    def edit(state):
-        state["roi_heads.extra_head.weight"] = torch.zeros(3)
-        state["roi_heads.box_predictor.bbox_pred.bias"] = torch.zeros(7)
-
-    broken = _copy_with_state(model_dir, tmp_path / "m", edit)
+@pytest.mark.parametrize("kinds", BROKEN, ids="+".join)
+def test_resume_fails_naming_the_tensor_and_its_kind(model_dir, tmp_path, kinds):
+    model = build_model(load_config(str(model_dir / artefacts.CONFIG), "cpu"))
+    state = torch.load(str(model_dir / artefacts.WEIGHTS), map_location="cpu")["model"]
+    _break(state, kinds)
+    torch.save({"model": state, "iteration": 3}, str(tmp_path / "model_0000003.pth"))
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
     with pytest.raises(CheckpointMismatch) as err:
-        Detector.from_model_dir(str(broken), "cpu")
-    msg = _one_line(err.value)
-    assert "has no place for (roi_heads.extra_head.weight)" in msg, msg
-    assert "with another shape (roi_heads.box_predictor.bbox_pred.bias)" in msg, msg
+        Checkpointer(model, str(tmp_path)).resume_or_load("", resume=True)
+    _assert_names_each_kind(err.value, kinds)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_resume_from_the_run_s_own_checkpoint_loads_it(model_dir, tmp_path):
+    model = build_model(load_config(str(model_dir / artefacts.CONFIG), "cpu"))
+    saved = torch.load(str(model_dir / artefacts.WEIGHTS), map_location="cpu")["model"]
+    torch.save({"model": dict(saved), "iteration": 3}, str(tmp_path / "model_0000003.pth"))
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    assert Checkpointer(model, str(tmp_path)).resume_or_load("", resume=True)["iteration"] == 3
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in saved.items())
 
 
 def test_config_buffers_saved_by_older_releases_must_agree_with_the_config(model_dir, tmp_path):

@@ -195,6 +195,43 @@ def test_too_large_without_content_length(client):
     assert client.get("/ping").status_code == 200
 
 
+def _flat_png(width: int, height: int) -> bytes:
+    """A grey PNG: tens of megapixels in tens of kilobytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 200).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_batch_over_the_decoded_pixel_limit_is_413_naming_the_instance(client, detector):
+    from shelfdet import imageio
+    from shelfdet.serving.app import MAX_BATCH_PIXELS
+
+    # Four images at just over a quarter of the batch limit, each half of imageio.MAX_PIXELS: the fourth
+    # crosses it (the server holds three decoded, about 270 MB, before it refuses).
+    width = 6000
+    height = MAX_BATCH_PIXELS // 4 // width + 1
+    assert width * height < imageio.MAX_PIXELS and 3 * width * height <= MAX_BATCH_PIXELS < 4 * width * height
+    flat = _flat_png(width, height)
+    body = json.dumps({"instances": [base64.b64encode(flat).decode()] * 4}).encode()
+    assert len(body) < LIMIT, "the batch must pass the payload limit to reach the pixel count"
+    r = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, "expected 413, got {}: {}".format(r.status_code, r.text[:200])
+    assert r.json()["index"] == 3 and "at instance 3" in r.json()["error"], r.json()
+    assert str(MAX_BATCH_PIXELS) in r.json()["error"], r.json()
+    assert client.get("/ping").status_code == 200
+    r = client.post("/invocations", content=JPEG, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert_same(r.json(), direct(detector, JPEG))
+    # Alone, the same image is served: what refused the batch was the sum.
+    r = client.post("/invocations", content=flat, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text[:300]
+    assert (r.json()["image_width"], r.json()["image_height"]) == (width, height)
+
+
 def _mixed_requests():
     b64 = base64.b64encode
     good = [

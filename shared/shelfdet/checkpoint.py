@@ -90,8 +90,9 @@ class Checkpointer(DetectionCheckpointer):
             _config_buffers_agree(model, checkpoint["model"], "checkpoint in " + str(self.save_dir))
         incompatible = super()._load_model(checkpoint)
         if self._exact:
-            missing = [k for k in incompatible.missing_keys if k not in compat.CONFIG_BUFFERS]
             shapes = [k for k, *_ in incompatible.incorrect_shapes]
+            # Detectron2 also lists a tensor it skipped for its shape as missing: name it once, as reshaped.
+            missing = [k for k in incompatible.missing_keys if k not in compat.CONFIG_BUFFERS and k not in shapes]
             if missing or incompatible.unexpected_keys or shapes:
                 raise mismatch("the checkpoint in {}".format(self.save_dir), missing,
                                list(incompatible.unexpected_keys), shapes)
