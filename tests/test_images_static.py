@@ -576,7 +576,8 @@ case "$1" in
         printf '%s\t\n' "$img" >>"$S/images" ;;
   import) cat >/dev/null; label=$(printf '%s\n' "$@" | sed -n 's/^LABEL shelfdet.standin=//p')
           printf '%s\t%s\n' "${@: -1}" "$label" >>"$S/images" ;;
-  build) while [ $# -gt 0 ]; do [ "$1" = -t ] && printf '%s\t\n' "$2" >>"$S/images"; shift; done ;;
+  build) [ -n "${FAKE_BUILD_FAILS:-}" ] && { echo "The command '/bin/sh -c apt-get' returned a non-zero code: 100" >&2; exit 1; }
+         while [ $# -gt 0 ]; do [ "$1" = -t ] && printf '%s\t\n' "$2" >>"$S/images"; shift; done ;;
   version) echo "${FAKE_ARCH:-amd64}" ;;
 esac
 """
@@ -660,6 +661,17 @@ def test_a_parent_without_stand_in_stops_in_one_line_with_the_alternatives(tmp_p
     errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
     assert out.returncode != 0 and len(errors) == 1, out.stderr
     assert "debian:bookworm-slim cannot be pulled, and its stand-in needs debootstrap" in errors[0], out.stderr
+
+
+def test_a_failed_docker_build_fails_prebuild_and_is_never_called_built(tmp_path):
+    """prebuild runs each build as `( build ... ) || exit 1`, where bash ignores set -e."""
+    repo = copy_of_image_inputs(tmp_path / "repo")
+    env = _parents_env(tmp_path, registry=["debian:bookworm-slim"], FAKE_BUILD_FAILS="1")
+    out = subprocess.run(["bash", str(repo / "tools" / "images.sh"), "prebuild", "cpu"], capture_output=True,
+                         text=True, cwd=repo, env=clean_env(**env))
+    assert out.returncode != 0, out.stderr
+    assert "built " not in out.stderr and "docker build of shelfdet-base:" in out.stderr, out.stderr
+    assert len(_calls(tmp_path, "build")) == 1, "nothing built after the base failed"
 
 
 def test_training_and_serving_build_on_a_pushed_base(tmp_path):

@@ -25,6 +25,8 @@
 set -euo pipefail
 set -f
 shopt -s inherit_errexit
+# Functions here also run as `( build ... ) || exit 1`, where bash ignores set -e:
+# every step whose failure matters ends in `|| die` or `|| return 1`.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 # shellcheck disable=SC1091
@@ -170,7 +172,8 @@ standin() {  # standin <image> <suite>: a debootstrap minbase of <suite>, import
   say "debootstrap done in $((SECONDS - t0)) s ($(du -sh "$dir/root" | cut -f1)); docker import as $image"
   tar -C "$dir/root" -c . | docker import --platform "$PLATFORM" \
       -c 'ENV LANG=C.UTF-8' -c "LABEL shelfdet.standin=$key" -c 'CMD ["/bin/bash"]' \
-      -m "stand-in for $image: debootstrap --variant=minbase $suite" - "$image" >/dev/null
+      -m "stand-in for $image: debootstrap --variant=minbase $suite" - "$image" >/dev/null \
+    || die "docker import of the $suite stand-in as $image failed"
 }
 
 parent() {  # parent <image>: present, pulled (linux/amd64), or a debootstrap stand-in under its name
@@ -291,7 +294,7 @@ build() {  # build <image> <stack>
   docker build "${net[@]}" --platform "$PLATFORM" -f "images/$image/Dockerfile" -t "$tag" \
       --label "shelfdet.stack=$stack" \
       ${PARENT:+--label "shelfdet.parent=$PARENT"} ${NO_CACHE:+--no-cache} \
-      "${args[@]}" . >&2
+      "${args[@]}" . >&2 || die "docker build of $tag failed (output above)"
   say "built $tag in $((SECONDS - t0)) s"
   echo "$tag"
 }

@@ -16,6 +16,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '[test] %s\n' "$*"; }
 MODE=${SHELFDET_TEST_IN:-auto}
+# `make test` exports every Make variable (the Makefile's `export`): tests that run make
+# themselves must meet its defaults (ALGO, MODEL_DIR, STACK, ...), not this run's values.
+for var in $(sed -nE 's/^([A-Z][A-Z0-9_]*) *[?:]?=.*/\1/p' Makefile | grep -vx SHELL); do unset "$var"; done
 STACK=cpu
 ci() { case "${CI:-}" in "" | 0 | false | False | FALSE | no) return 1 ;; *) return 0 ;; esac; }
 
