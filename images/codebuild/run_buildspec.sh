@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SPEC=${1:-$ROOT/images/codebuild/buildspec.yml}
 SPEC=$(cd "$(dirname "$SPEC")" && pwd)/$(basename "$SPEC")  # before the cd below
-PY=${PYTHON_YAML:-$ROOT/.venv/bin/python}
+PY=${PYTHON_YAML:-${VENV:-$ROOT/.venv}/bin/python}
 [ -x "$PY" ] || { echo "error: $PY not found (make setup creates it; it reads the buildspec's YAML)" >&2; exit 2; }
 cd "$ROOT"
 
