@@ -583,4 +583,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Checks still in flight (a built base stops the rest) are daemon threads inside DNS or
+    # socket calls; interpreter finalization under them has crashed Python (SIGSEGV, seen in CI).
+    os._exit(code)
