@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import random
 import threading
@@ -58,13 +59,13 @@ def direct(detector, data, **kw):
     return detector.predict([imageio.decode(data)], **kw)[0]
 
 
-def assert_same(served, expected):
+def assert_same(served, expected, box_atol=1e-3):
     assert served["image_height"] == expected["image_height"] and served["image_width"] == expected["image_width"]
     assert served["pred_classes"] == expected["pred_classes"]
     assert served["pred_class_names"] == expected["pred_class_names"] == ["SKU"] * len(expected["scores"])
     np.testing.assert_allclose(served["scores"], expected["scores"], atol=1e-5)
     np.testing.assert_allclose(np.reshape(served["pred_boxes"], (-1, 4)), np.reshape(expected["pred_boxes"], (-1, 4)),
-                               atol=1e-3)
+                               atol=box_atol)
 
 
 def test_ping_and_execution_parameters(client):
@@ -115,6 +116,75 @@ def test_batch(client, detector, wrap):
     assert isinstance(body, list) and len(body) == 3
     for served, data in zip(body, images):
         assert_same(served, direct(detector, data))
+
+
+# Width x height. Detectron2's own resize turns a short side of 1-3 px into 0 px here (the test size is
+# 64, capped at 128): these were 500s.
+ODD_SIZES = [(2000, 1), (1, 3000), (1, 1), (3, 20000)]
+
+
+def _odd_image(width: int, height: int, fmt: str) -> bytes:
+    """A horizontal and vertical colour ramp, so every pixel row and column differs."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xs * 255 // max(width - 1, 1), ys * 255 // max(height - 1, 1), (xs + ys) % 256], -1)
+    return encode(rgb.astype(np.uint8), fmt)
+
+
+def _inside(result, width, height):
+    boxes = np.reshape(result["pred_boxes"], (-1, 4))
+    return bool(np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= width) and np.all(boxes[:, [1, 3]] <= height))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("width,height", ODD_SIZES, ids=["{}x{}".format(*s) for s in ODD_SIZES])
+def test_an_elongated_or_one_pixel_image_is_served(client, detector, width, height, fmt):
+    data = _odd_image(width, height, fmt)
+    r = client.post("/invocations", content=data, headers={"Content-Type": "image/" + fmt.lower()})
+    assert r.status_code == 200, r.text[:300]
+    assert (r.json()["image_width"], r.json()["image_height"]) == (width, height)
+    assert _inside(r.json(), width, height), r.json()["pred_boxes"][:5]
+    # Boxes are scaled back by up to 20000/128 here: float noise of the forward pass scales with them.
+    assert_same(r.json(), direct(detector, data), box_atol=1e-3 * max(width, height) / 128)
+
+
+def test_odd_shapes_in_one_json_batch_as_batch_transform_sends_them(client):
+    images = [_odd_image(w, h, fmt) for w, h in ODD_SIZES for fmt in ("PNG", "JPEG")]
+    r = client.post("/invocations", json={"instances": [base64.b64encode(d).decode() for d in images]})
+    assert r.status_code == 200, r.text[:300]
+    sizes = [(p["image_width"], p["image_height"]) for p in r.json()]
+    assert sizes == [s for s in ODD_SIZES for _ in range(2)]
+
+
+def _sizes_under_the_cap(count: int, seed: int = 20):
+    """Log-uniform widths and heights from 1 px up, every one under imageio.MAX_PIXELS, plus the cap's corners."""
+    from shelfdet import imageio
+
+    cap = imageio.MAX_PIXELS
+    rng = np.random.default_rng(seed)
+    sizes = [(cap, 1), (1, cap), (7745, 7746), (65500, 1)]
+    while len(sizes) < count:
+        w, h = (int(v) for v in np.exp(rng.uniform(0, np.log(65500), 2)))
+        if w * h <= cap:
+            sizes.append((w, h))
+    return sizes
+
+
+def test_no_decodable_image_under_the_pixel_cap_gets_a_5xx(client):
+    """Any size that decodes is answered 200, or 400 naming its size: never a server error."""
+    from PIL import Image
+
+    wrong = []
+    for i, (width, height) in enumerate(_sizes_under_the_cap(28)):
+        # JPEG stops at 65535 px a side; PNG has no such limit.
+        fmt = "JPEG" if i % 2 and max(width, height) <= 65500 else "PNG"
+        buf = io.BytesIO()
+        Image.new("RGB", (width, height), (90 + i, 140, 200 - i)).save(buf, fmt)
+        r = client.post("/invocations", content=buf.getvalue(), headers={"Content-Type": "image/" + fmt.lower()})
+        named = r.status_code == 400 and "{}x{}".format(width, height) in r.json().get("error", "")
+        if not (r.status_code == 200 or named):
+            wrong.append((width, height, fmt, r.status_code, r.text[:120]))
+    assert not wrong, wrong
+    assert client.get("/ping").status_code == 200
 
 
 def _truncated():
@@ -277,3 +347,26 @@ def test_1000_mixed_requests_from_concurrent_clients(server):
     assert httpx.get(server.url + "/ping").status_code == 200
     log = server.log(tail=None)
     assert '" 500' not in log and "Traceback" not in log, log[-4000:]
+
+
+def test_the_test_resize_is_detectron2s_wherever_that_gives_a_pixel():
+    from shelfdet.inference import inference_resize  # applies compat before Detectron2 imports PIL names
+
+    from detectron2.data import transforms as T
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for min_size, max_size in [(64, 128), (800, 1333), (750, 1000)]:
+        theirs = T.ResizeShortestEdge([min_size] * 2, max_size)
+        for w, h in [(int(v) for v in np.exp(rng.uniform(0, 9, 2))) for _ in range(300)]:
+            ours = inference_resize(h, w, min_size, max_size)
+            try:
+                t = theirs.get_transform(np.zeros((h, w, 1), np.uint8))
+            except ValueError:  # newer Detectron2 refuses 0 px itself
+                continue
+            if t.new_h >= 1 and t.new_w >= 1:
+                assert (ours.new_h, ours.new_w, ours.interp) == (t.new_h, t.new_w, t.interp), (w, h)
+                checked += 1
+            else:
+                assert min(ours.new_h, ours.new_w) == 1
+    assert checked > 500

@@ -118,6 +118,24 @@ def score_threshold(cfg: CfgNode) -> float:
     return float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
 
 
+def inference_resize(height: int, width: int, min_size: int, max_size: int) -> T.Transform:
+    """Detectron2's test-time ``ResizeShortestEdge``, with no side below 1 px.
+
+    Same arithmetic as Detectron2's (so every ordinary image gets its pixels
+    exactly), but a very elongated image (2000x1, 3x20000) would reach 0 px
+    there and fail; its ``ResizeTransform`` takes any size of at least 1, and
+    the model pads the input to its size divisibility anyway.
+    """
+    if min_size <= 0:
+        return T.NoOpTransform()
+    scale = min_size / min(height, width)
+    new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
+    if max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return T.ResizeTransform(height, width, max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5)))
+
+
 class Detector:
     """A Detectron2 model in eval mode with its test-time resize.
 
@@ -134,7 +152,7 @@ class Detector:
         self.model.eval()
         if weights:
             load_exact(self.model, weights)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.min_size, self.max_size = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         self.max_detections = int(cfg.TEST.DETECTIONS_PER_IMAGE)
         self.nms_thresh = float(cfg.MODEL.RETINANET.NMS_THRESH_TEST if _retina(cfg) else cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
@@ -166,7 +184,7 @@ class Detector:
             raise ValueError("expected an HxWx3 image, got shape {}".format(image_bgr.shape))
         height, width = image_bgr.shape[:2]
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        image = self.resize.get_transform(image).apply_image(image)
+        image = inference_resize(height, width, self.min_size, self.max_size).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width}
 
