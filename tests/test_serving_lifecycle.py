@@ -92,6 +92,89 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(model_dir, tmp_path
         srv.stop()
 
 
+def _post_in_thread(srv, data: bytes, results: dict, key: str) -> threading.Thread:
+    def post():
+        try:
+            results[key] = httpx.post(srv.url + "/invocations", content=data, headers={"Content-Type": "image/jpeg"},
+                                      timeout=300)
+        except httpx.HTTPError as err:
+            results[key] = err
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_burst_beyond_the_queue_gets_503_with_retry_after_while_ping_stays_200(model_dir, tmp_path):
+    """One thread, SHELFDET_MAX_QUEUE=2: one request computes (held at the gate), two wait, the fourth is
+    refused at once; after the gate opens all three are answered and the server takes new work."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    srv = ServerProcess(model_dir, tmp_path / "server.log", env={"OMP_NUM_THREADS": "1", "SHELFDET_MAX_QUEUE": "2"},
+                        extra_args=["--threads", "1"], gate=gate)
+    try:
+        srv.wait_ready()
+        assert "1 threads, up to 2 more requests waiting (SHELFDET_MAX_QUEUE)" in srv.log()
+        data = encode(shelf_image(5))
+        results = {}
+        threads = [_post_in_thread(srv, data, results, "computing")]
+        _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+        for n in (1, 2):
+            threads.append(_post_in_thread(srv, data, results, "waiting-{}".format(n)))
+            _wait_for(gate / "read-{}".format(n), "waiting request {} being read".format(n), srv)
+        r = httpx.post(srv.url + "/invocations", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert "server busy" in r.json()["error"] and "SHELFDET_MAX_QUEUE=2" in r.json()["error"], r.json()
+        assert r.json()["retry_after_seconds"] == int(r.headers["Retry-After"])
+        assert httpx.get(srv.url + "/ping", timeout=60).status_code == 200
+        assert not (gate / "read-3").exists(), "the refused request's body was read"
+        (gate / "open").touch()
+        for t in threads:
+            t.join(300)
+        for key in ("computing", "waiting-1", "waiting-2"):
+            assert isinstance(results[key], httpx.Response) and results[key].status_code == 200, (key, results[key])
+        after = [httpx.post(srv.url + "/invocations", content=data, headers={"Content-Type": "image/jpeg"},
+                            timeout=300).status_code for _ in range(3)]
+        assert after == [200, 200, 200]
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+def test_the_graceful_timeout_bounds_shutdown_and_names_what_it_cut(model_dir, tmp_path):
+    """A forward pass held forever: SIGTERM must still end the process once --graceful-timeout has passed,
+    with status 1 and a line saying what was cut (waiting for the thread would never return)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    srv = ServerProcess(model_dir, tmp_path / "server.log", env={"OMP_NUM_THREADS": "1"},
+                        extra_args=["--threads", "1", "--graceful-timeout", "2"], gate=gate)
+    try:
+        srv.wait_ready()
+        data = encode(shelf_image(5))
+        results = {}
+        threads = [_post_in_thread(srv, data, results, "computing")]
+        _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+        threads.append(_post_in_thread(srv, data, results, "waiting"))
+        _wait_for(gate / "read-1", "the second request being read", srv)
+        srv.proc.send_signal(signal.SIGTERM)
+        try:
+            code = srv.proc.wait(240)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the server did not exit within 240 s of SIGTERM with a 2 s graceful timeout:\n" + srv.log())
+        assert code == 1, srv.log()
+        log = srv.log(tail=None)
+        assert "1 request(s) still computing and 1 waiting for a thread: cut" in log, log[-3000:]
+        assert not (gate / "held-1").exists(), "the waiting request was started after the timeout"
+        for t in threads:
+            t.join(60)
+        for key in ("computing", "waiting"):
+            assert isinstance(results[key], httpx.Response) and results[key].status_code == 503, (key, results[key])
+            assert "graceful timeout cut this request" in results[key].json()["error"]
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        srv.stop()
+
+
 def test_not_a_model_folder_fails_fast_with_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "shared"))
     out = subprocess.run([sys.executable, "-m", "shelfdet", "serve", "--model-dir", str(tmp_path), "--port",
@@ -104,7 +187,9 @@ def test_not_a_model_folder_fails_fast_with_one_line(tmp_path):
 @pytest.mark.parametrize("env,needle", [({"SAGEMAKER_BIND_TO_PORT": "http"}, "not a TCP port"),
                                         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "lots"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB"),
                                         ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "SAGEMAKER_BATCH_STRATEGY"),
-                                        ({"SHELFDET_INFER": "--lr 0.1"}, "SHELFDET_INFER: 'lr' is a training")])
+                                        ({"SHELFDET_INFER": "--lr 0.1"}, "SHELFDET_INFER: 'lr' is a training"),
+                                        ({"SHELFDET_MAX_QUEUE": "-1"}, "SHELFDET_MAX_QUEUE=-1 must be >= 0"),
+                                        ({"SHELFDET_MAX_QUEUE": "many"}, "SHELFDET_MAX_QUEUE='many' is not")])
 def test_bad_environment_fails_fast(model_dir, env, needle):
     full = dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env)
     args = [] if "SAGEMAKER_BIND_TO_PORT" in env else ["--port", str(free_port())]
@@ -240,3 +325,21 @@ def test_settings_defaults_and_normalisation():
                 {"SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "0"}, {"SAGEMAKER_BATCH_STRATEGY": "x"}):
         with pytest.raises(limits.LimitError):
             limits.settings_from_env(bad)
+
+
+def test_the_queue_is_sized_from_threads_and_memory_unless_set():
+    from shelfdet import runtime
+    from shelfdet.serving import limits
+
+    gib = 1024 ** 3
+    auto = limits.settings_from_env({})  # 6 MB payloads
+    assert limits.queue_size(auto, 4, 64 * gib) == 16  # four per thread
+    assert limits.queue_size(auto, 4, 48 * 1024 ** 2) == 2  # a quarter of 48 MB holds two 6 MB bodies
+    assert limits.queue_size(auto, 4, 1024) == 1  # never zero by default: one request may always wait
+    assert limits.queue_size(auto, 4, None) == 16
+    big = limits.settings_from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "100"})
+    assert limits.queue_size(big, 8, 2 * gib) == 5
+    assert limits.queue_size(limits.settings_from_env({"SHELFDET_MAX_QUEUE": "0"}), 4, 64 * gib) == 0
+    assert limits.queue_size(limits.settings_from_env({"SHELFDET_MAX_QUEUE": " 300 "}), 4, 1024) == 300
+    free = runtime.available_memory()
+    assert free is None or free > 0

@@ -49,6 +49,28 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def available_memory() -> Optional[int]:
+    """Bytes this process may still use: MemAvailable, capped by a cgroup v2 limit (docker --memory); None if unknown."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                left = int(limit) - int(f.read().strip())
+            free = left if free is None else min(free, left)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
 def details() -> str:
     """Detectron2's own environment table (compiler, CUDA archs, library versions)."""
     try:

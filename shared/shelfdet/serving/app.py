@@ -4,6 +4,8 @@ The model loads in a background thread so the port answers ``/ping`` (503)
 at once; SageMaker polls it for up to 4 minutes. Decoding, inference and JSON
 encoding run in a thread pool, so the event loop keeps answering ``/ping``
 while a request is computed; the Detector's lock serialises the forward pass.
+In front of the pool, a bounded line: a burst beyond it gets 503 with
+``Retry-After`` at once, instead of memory and latency growing unseen.
 """
 from __future__ import annotations
 
@@ -14,16 +16,17 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import imageio
+from .. import imageio, runtime
 from . import limits
 
 log = logging.getLogger("shelfdet.serving")
@@ -41,17 +44,18 @@ DEFAULT_THREADS = 4
 class RequestError(Exception):
     """A client error: becomes ``{"error": message, **extra}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, **extra: Any):
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None, **extra: Any):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
         self.extra = extra
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None, **extra: Any) -> JSONResponse:
     body = {"error": message}
     body.update(extra)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def load_detector(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> Any:
@@ -71,6 +75,73 @@ def _describe(options: Any) -> str:
     return ", " + ", ".join(parts)
 
 
+class InferencePool:
+    """The threads that decode, predict and encode, with at most ``queue`` requests waiting for them.
+
+    ``admitted`` counts requests from admission to response and is only touched
+    on the event loop; ``pending`` holds the jobs handed to the threads and not
+    yet finished, so a shutdown knows what it would cut.
+    """
+
+    def __init__(self, threads: int, queue: int):
+        self.threads = threads
+        self.queue = queue
+        self.admitted = 0
+        self.job_seconds = 1.0  # a running mean, for Retry-After
+        self.cut_waiting = 0  # jobs cancelled before they started (uvicorn's graceful timeout)
+        self.pending: Set[concurrent.futures.Future] = set()
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.admitted >= self.threads + self.queue:
+            retry = max(1, int(math.ceil(self.job_seconds)))
+            raise RequestError(503, "server busy: {} requests are computing or waiting, the most it takes ({} threads + "
+                               "SHELFDET_MAX_QUEUE={}); retry after {} s".format(self.admitted, self.threads, self.queue,
+                                                                                  retry),
+                               headers={"Retry-After": str(retry)}, retry_after_seconds=retry)
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
+    async def run(self, fn: Callable[..., bytes], *args: Any) -> bytes:
+        future = self._pool.submit(self._timed, fn, *args)
+        with self._lock:
+            self.pending.add(future)
+        future.add_done_callback(self._finished)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # uvicorn's graceful timeout cancels the request; a job not yet started never starts.
+            if future.cancel():
+                self.cut_waiting += 1
+            raise
+
+    def _timed(self, fn: Callable[..., bytes], *args: Any) -> bytes:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.job_seconds = 0.8 * self.job_seconds + 0.2 * (time.perf_counter() - start)
+
+    def _finished(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self.pending.discard(future)
+
+    def close(self) -> Tuple[int, int]:
+        """Stops the threads; returns the jobs cut: (computing, never started). Waits only when none is computing:
+        uvicorn has already spent the graceful timeout on them."""
+        with self._lock:
+            pending = list(self.pending)
+        waiting = sum(1 for f in pending if f.cancel())
+        computing = len(pending) - waiting
+        self._pool.shutdown(wait=computing == 0)
+        return computing, waiting + self.cut_waiting
+
+
 class ModelHolder:
     """The Detector once loaded, or the reason it failed to load."""
 
@@ -86,11 +157,13 @@ class ModelHolder:
 
 def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[limits.Settings] = None,
                threads: int = DEFAULT_THREADS, loader: Optional[Callable[[str, Optional[str]], Any]] = None,
-               on_load_error: Optional[Callable[[str], None]] = None) -> FastAPI:
+               on_load_error: Optional[Callable[[str], None]] = None,
+               on_cut: Optional[Callable[[str], None]] = None) -> FastAPI:
     """The hosting app for the model folder ``model_dir`` (read through its artefacts.json).
 
     ``loader`` builds the predictor (tests inject a slow or failing one);
-    ``on_load_error`` lets the server stop when the model cannot load.
+    ``on_load_error`` lets the server stop when the model cannot load;
+    ``on_cut`` hears, at shutdown, of requests the graceful timeout cut.
     """
     settings = settings or limits.settings_from_env()
     if loader is None:
@@ -99,7 +172,8 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
         def loader(model_dir: str, device: Optional[str]) -> Any:
             return load_detector(model_dir, device, inference)
     holder = ModelHolder()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="infer")
+    threads = max(1, threads)
+    work = InferencePool(threads, limits.queue_size(settings, threads, runtime.available_memory()))
 
     def load() -> None:
         start = time.time()
@@ -123,12 +197,19 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
         try:
             yield
         finally:
-            # uvicorn has already waited for in-flight requests; this only joins idle threads.
-            pool.shutdown(wait=True)
+            # uvicorn has already waited for in-flight requests, up to --graceful-timeout; what is left is cut.
+            computing, waiting = work.close()
+            if computing or waiting:
+                message = ("the graceful timeout passed with {} request(s) still computing and {} waiting for a thread:"
+                           " cut, answered 503".format(computing, waiting))
+                log.error(message)
+                if on_cut is not None:
+                    on_cut(message)
 
     app = FastAPI(title="shelfdet", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = holder
     app.state.settings = settings
+    app.state.work = work
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -160,13 +241,18 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
                 raise RequestError(503, holder.error or "model is loading")
             detector = holder.detector
             thr, cap = _request_params(request, detector)
-            body = await _read_body(request, settings.max_payload_bytes)
-            loop = asyncio.get_running_loop()
-            content = await loop.run_in_executor(pool, _handle, detector, kind, body, thr, cap)
+            # Admitted before the body is read: a waiting body is what the queue bounds.
+            with work.slot():
+                body = await _read_body(request, settings.max_payload_bytes)
+                content = await work.run(_handle, detector, kind, body, thr, cap)
+        except asyncio.CancelledError:
+            # Only uvicorn's graceful timeout cancels a request: the caller learns it was cut, not a 500.
+            return error_response(503, "the server is shutting down and its graceful timeout cut this request; "
+                                  "retry on another instance")
         except RequestError as err:
             if err.status >= 500:
                 log.warning("invocation refused: %s", err.message)
-            return error_response(err.status, err.message, **err.extra)
+            return error_response(err.status, err.message, err.headers, **err.extra)
         return Response(content=content, media_type=JSON_TYPE)
 
     return app

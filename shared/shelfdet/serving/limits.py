@@ -26,6 +26,8 @@ class Settings(NamedTuple):
     batch_strategy: str
     # SHELFDET_INFER: inference hyperparameters over the model's own (tiles, Soft-NMS, ...).
     inference: Mapping[str, str] = {}
+    # SHELFDET_MAX_QUEUE: requests waiting for a thread beyond those computing; None: see queue_size.
+    max_queue: Optional[int] = None
 
     @property
     def max_payload_bytes(self) -> int:
@@ -60,7 +62,28 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         inference = parse_inference(env.get("SHELFDET_INFER") or "", "SHELFDET_INFER")
     except HyperparameterError as err:
         raise LimitError(str(err)) from None
-    return Settings(payload, concurrent, strategy, inference)
+    queue = None
+    if (env.get("SHELFDET_MAX_QUEUE") or "").strip():
+        queue = _number(env, "SHELFDET_MAX_QUEUE", None, int)
+        if queue < 0:
+            raise LimitError("SHELFDET_MAX_QUEUE={} must be >= 0 (empty: sized from the threads and memory)".format(queue))
+    return Settings(payload, concurrent, strategy, inference, queue)
+
+
+def queue_size(settings: Settings, threads: int, memory_bytes: Optional[int]) -> int:
+    """How many requests may wait for one of ``threads`` busy inference threads.
+
+    A waiting request holds its body (at most the payload limit); a computing
+    one also its decoded images. A quarter of the memory left at start-up goes
+    to waiting bodies, with at most four waiting per thread: beyond that a
+    caller learns sooner from a 503 than from a request that times out.
+    """
+    if settings.max_queue is not None:
+        return settings.max_queue
+    most = 4 * threads
+    if memory_bytes is None:
+        return most
+    return max(1, min(most, memory_bytes // 4 // settings.max_payload_bytes))
 
 
 def _number(env: Mapping[str, str], key: str, default, kind):

@@ -3,7 +3,9 @@
 One process because a second would hold a second copy of the model (and on
 GPU, a second CUDA context); concurrency comes from the app's thread pool.
 SIGTERM stops accepting connections, lets in-flight requests finish (up to
-``--graceful-timeout`` seconds) and exits 0.
+``--graceful-timeout`` seconds) and exits 0; when the timeout cuts requests,
+it says how many and exits 1 at once, however long their forward passes
+would still take.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="inference thread pool size (default: max(4, MaxConcurrentTransforms))")
     ap.add_argument("--graceful-timeout", type=float, default=30.0,
-                    help="seconds in-flight requests get to finish after SIGTERM")
+                    help="seconds in-flight requests get to finish after SIGTERM; then the rest are cut, exit 1")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--no-access-log", action="store_true")
     return ap.parse_args(argv)
@@ -70,6 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threads = args.threads or max(4, settings.max_concurrent_transforms)
     failed: List[str] = []
+    cut: List[str] = []
     server: Optional[_Server] = None
 
     def on_load_error(message: str) -> None:
@@ -78,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             server.should_exit = True  # read by uvicorn's main loop; exits with status 1 below
 
     app = create_app(args.model_dir, device=args.device, settings=settings, threads=threads,
-                     on_load_error=on_load_error)
+                     on_load_error=on_load_error, on_cut=cut.append)
     config = uvicorn.Config(app, host=args.host, port=port, workers=1, lifespan="on", log_level=args.log_level,
                             access_log=not args.no_access_log, timeout_graceful_shutdown=args.graceful_timeout,
                             log_config=None)
@@ -87,9 +90,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     logging.getLogger("shelfdet.serving").info(runtime.summary())
     logging.getLogger("shelfdet.serving").info(
-        "serving %s on %s:%d (%d threads, max payload %g MB, %s)", args.model_dir, args.host, port, threads,
-        settings.max_payload_mb, settings.batch_strategy)
+        "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), max payload %g MB, "
+        "%s)", args.model_dir, args.host, port, threads, app.state.work.queue,
+        "" if settings.max_queue is not None else ": from the threads and free memory", settings.max_payload_mb,
+        settings.batch_strategy)
     server.run()
+    if cut:
+        print("error: {}".format(cut[0]), file=sys.stderr)
+        sys.stderr.flush()
+        logging.shutdown()
+        # The cut jobs' threads still run their forward passes, and Python's exit would join them.
+        os._exit(1)
     if failed:
         print("error: {}".format(failed[0]), file=sys.stderr)
         return 1
