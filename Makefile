@@ -16,6 +16,8 @@ ALGO           ?= faster_rcnn
 ALGO_GIVEN      = $(filter-out default file,$(origin ALGO))
 # The hard preset gets its own folder: `make data PRESET=hard` never replaces the main job's set.
 DATA_DIR       ?= $(if $(filter hard,$(PRESET)),data-hard,data)
+# Passed to `train` only when set (PRESET= sets it too): a resumed run (RUN_DIR=) trains on its own channels' data.
+DATA_DIR_GIVEN  = $(or $(filter-out default file,$(origin DATA_DIR)),$(PRESET))
 SRC            ?=
 MAX_SIDE       ?=
 PRESET         ?=
@@ -98,7 +100,7 @@ visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL
 
 # ---- training ----------------------------------------------------------------
 train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
-	$(SHELFDET) train $(if $(ALGO_GIVEN),--algo $(ALGO)) --data-dir $(DATA_DIR) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+	$(SHELFDET) train $(if $(ALGO_GIVEN),--algo $(ALGO)) $(if $(DATA_DIR_GIVEN),--data-dir $(DATA_DIR)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
 	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)) \
 	  $(if $(HP),-- $(HP))
 

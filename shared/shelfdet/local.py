@@ -52,6 +52,37 @@ def resumed_hyperparameters(run_dir: str, saved_file: str, given: Dict[str, str]
     return hp
 
 
+class ResumeError(ValueError):
+    """A resumed run given inputs other than its own."""
+
+
+def run_data_dir(run_dir: str) -> Optional[str]:
+    """The dataset folder the run's channel links point into; None before the first lay-out."""
+    link = os.path.join(run_dir, "input", "data", "annotation")
+    return os.path.dirname(os.readlink(link)) if os.path.islink(link) else None
+
+
+def resumed_data_dir(run_dir: str, given: Optional[str]) -> Optional[str]:
+    """The run's own dataset folder; DATA_DIR given again must be that folder.
+
+    lay_out keeps the links a run has, so another DATA_DIR would be generated
+    (or checked) and then not trained on. A dataset gone from the run's folder
+    is not generated again either: the new set need not be the one it started on.
+    """
+    own = run_data_dir(run_dir)
+    if own is None:
+        return given
+    if given is not None and os.path.realpath(given) != os.path.realpath(own):
+        raise ResumeError("{} resumes with its own data ({}): leave out DATA_DIR or give the run's; "
+                          "DATA_DIR {} is not the run's {}".format(run_dir, os.path.join(run_dir, "input", "data"),
+                                                                given, own))
+    if not os.path.isfile(os.path.join(own, "report.json")):
+        raise ResumeError("{} resumes with its own data, but {} has no dataset now (no report.json): "
+                          "rebuild it there with make data DATA_DIR={} and the options it was built with".format(
+                              run_dir, own, own))
+    return own
+
+
 def ensure_data(data_dir: str) -> None:
     if os.path.isfile(os.path.join(data_dir, "report.json")):
         return
@@ -97,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="shelfdet train", description=__doc__)
     ap.add_argument("--algo", default=None, choices=hyperparameters.ALGORITHMS,
                     help="faster_rcnn (default for a new run) or retinanet; a resumed run keeps its own")
-    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--data-dir", default=None,
+                    help="dataset folder (default: data); a resumed run trains on its own and refuses another")
     ap.add_argument("--weights", default=None, help="initial weights file (.pth/.pkl); default: from scratch")
     ap.add_argument("--run-dir", default=None,
                     help="an existing run folder resumes from its checkpoints with its own hyperparameters")
@@ -121,19 +153,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             given.setdefault("model-type", "faster_rcnn")
             hp = hyperparameters.parse(given, profile="local")
-    except hyperparameters.HyperparameterError as err:
+        # Before anything is generated or written: a refused call leaves the run as it was.
+        data_dir = (resumed_data_dir(args.run_dir, args.data_dir) if args.run_dir else args.data_dir) or "data"
+    except (hyperparameters.HyperparameterError, ResumeError) as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
     resolved = hyperparameters.as_strings(hp)
 
-    ensure_data(args.data_dir)
+    ensure_data(data_dir)
     if args.run_dir:
         run_dir = args.run_dir
         print("[train] {} {}".format("resuming" if os.path.isfile(saved_file) else "new run in", run_dir), flush=True)
     else:
         job = "detectron2-{}-{}".format(hp.model_type.replace("_", "-"), time.strftime("%Y%m%d-%H%M%S"))
         run_dir = os.path.join(args.runs, job)
-    lay_out(run_dir, args.data_dir, resolved)
+    lay_out(run_dir, data_dir, resolved)
     print("[train] run folder {} (SageMaker layout); hyperparameters in input/config/hyperparameters.json".format(run_dir),
           flush=True)
 

@@ -1,21 +1,36 @@
 """``python -m shelfdet upload``: DATA_DIR -> s3://BUCKET/PREFIX/{training,validation,test,annotations}/.
 
-Resumable by construction: objects already there with the same size are
+Resumable by construction: objects already there with the same content are
 skipped, so a second run (or one after an interruption) sends only the rest.
+Same content means the same checksum, never the same size alone: a
+re-generated image of the same byte size is sent again. Each object goes up
+with a SHA-256 checksum (ChecksumAlgorithm=SHA256) and is compared through its
+ETag (the MD5, unless SSE-KMS or SSE-C) or, where that differs, its
+ChecksumSHA256; the local side is hashed streaming, nothing is downloaded. An
+object of PART_SIZE or more is a multipart upload: S3 then keeps digests of the
+parts' digests ("<digest>-<parts>"; SHA-256 has no full-object form), and the
+local file is hashed part by part at the same part size to match.
 Manifests built without --bucket point at local files; they are rewritten on
 the way up so their source-refs name the uploaded images.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import io
 import json
 import os
 import sys
-from typing import Dict, List, NamedTuple, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from . import CHANNELS, DataError
 from .sku110k import source_ref
+
+
+# Multipart threshold and part size of the upload, and so of the composite checksums compared on resume.
+PART_SIZE = 8 << 20
 
 
 class Item(NamedTuple):
@@ -76,17 +91,77 @@ def plan(data_dir: str, bucket: str, prefix: str) -> List[Item]:
     return items
 
 
-def existing(s3, bucket: str, prefix: str) -> Dict[str, int]:
-    sizes: Dict[str, int] = {}
+def existing(s3, bucket: str, prefix: str) -> Dict[str, Tuple[int, str]]:
+    """key -> (size, ETag) of every object under ``prefix``."""
+    found: Dict[str, Tuple[int, str]] = {}
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.strip("/"))
     for page in pages:
         for obj in page.get("Contents", []):
-            sizes[obj["Key"]] = obj["Size"]
-    return sizes
+            found[obj["Key"]] = (obj["Size"], obj.get("ETag", "").strip('"'))
+    return found
+
+
+def checksums(item: Item, part_size: int = PART_SIZE) -> Tuple[str, str]:
+    """(ETag, ChecksumSHA256) of ``item`` as S3 computes them for our upload of it.
+
+    One part: the MD5 (hex) and SHA-256 (base64) of the content. From
+    ``part_size`` on, the transfer manager sends parts of ``part_size`` (raised
+    past 10,000 parts as it does), and S3 digests the concatenated part
+    digests and appends "-<parts>".
+    """
+    from s3transfer.utils import ChunksizeAdjuster
+
+    multipart = item.size >= part_size
+    part = ChunksizeAdjuster().adjust_chunksize(part_size, item.size) if multipart else max(item.size, 1)
+    md5s, shas = [], []
+    with (io.BytesIO(item.body) if item.body is not None else open(item.path, "rb")) as f:
+        for start in range(0, max(item.size, 1), part):
+            md5, sha = hashlib.md5(), hashlib.sha256()
+            left = min(part, item.size - start)
+            while left > 0:
+                block = f.read(min(left, 1 << 20))
+                if not block:  # shorter than planned: the digests differ and it goes again
+                    break
+                md5.update(block)
+                sha.update(block)
+                left -= len(block)
+            md5s.append(md5.digest())
+            shas.append(sha.digest())
+    if not multipart:
+        return md5s[0].hex(), base64.b64encode(shas[0]).decode()
+    parts = "-{}".format(len(md5s))
+    return (hashlib.md5(b"".join(md5s)).hexdigest() + parts,
+            base64.b64encode(hashlib.sha256(b"".join(shas)).digest()).decode() + parts)
+
+
+def compare(s3, bucket: str, item: Item, etag: str, part_size: int = PART_SIZE) -> str:
+    """Whether the object there, of the item's size, holds its content: same, changed or unknown (no checksum)."""
+    local_etag, local_sha = checksums(item, part_size)
+    if etag == local_etag:
+        return "same"
+    import botocore.exceptions
+
+    # Not the MD5: changed, or an ETag that is no MD5 (SSE-KMS, SSE-C); the checksum tells which.
+    try:
+        remote_sha = s3.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+    except botocore.exceptions.ClientError as err:
+        # A write-only role may not read objects back: sending again is the safe answer.
+        if err.response.get("Error", {}).get("Code", "") in ("403", "AccessDenied"):
+            return "unknown"
+        raise
+    if remote_sha is None:
+        return "unknown"
+    # Compared without the "-<parts>" S3 appends to a composite (moto's HEAD leaves it out): the parts'
+    # digests are what is hashed, so another part count already gives another digest.
+    return "same" if remote_sha.split("-")[0] == local_sha.split("-")[0] else "changed"
+
+
+def _keys(items: List[Item]) -> str:
+    return ", ".join(i.key for i in items[:3]) + (", ..." if len(items) > 3 else "")
 
 
 def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None, dry_run: bool = False,
-           concurrency: int = 16) -> Dict[str, int]:
+           concurrency: int = 16, part_size: int = PART_SIZE) -> Dict[str, int]:
     items = plan(data_dir, bucket, prefix)
     total = sum(i.size for i in items)
     if dry_run:
@@ -120,16 +195,35 @@ def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None
     except botocore.exceptions.EndpointConnectionError as err:
         raise DataError("cannot reach S3: {}".format(err)) from None
 
-    todo = [i for i in items if there.get(i.key) != i.size]
+    todo = [i for i in items if i.key not in there or there[i.key][0] != i.size]
+    same_size = [i for i in items if i.key in there and there[i.key][0] == i.size]
+    if same_size:
+        print("upload: {} objects of the same size there: comparing checksums".format(len(same_size)), flush=True)
+        try:
+            with ThreadPoolExecutor(concurrency) as pool:
+                verdicts = list(pool.map(lambda i: compare(s3, bucket, i, there[i.key][1], part_size), same_size))
+        except botocore.exceptions.ClientError as err:
+            raise DataError("bucket {}: {}".format(bucket, err)) from None
+        changed = [i for i, v in zip(same_size, verdicts) if v == "changed"]
+        unknown = [i for i, v in zip(same_size, verdicts) if v == "unknown"]
+        if changed:
+            print("upload: {} of the same size but another checksum, sent again: {}".format(
+                len(changed), _keys(changed)))
+        if unknown:
+            print("upload: {} of the same size with no checksum to compare (ETag not their MD5, no readable "
+                  "ChecksumSHA256), sent again: {}".format(len(unknown), _keys(unknown)))
+        todo += changed + unknown
     skipped = len(items) - len(todo)
     send = sum(i.size for i in todo)
     print("upload: {} files to s3://{}/{}: {} already there, {} to send ({:.1f} MB)".format(
         len(items), bucket, prefix.strip("/"), skipped, len(todo), send / 1e6))
-    config = TransferConfig(max_concurrency=concurrency, use_threads=True)
+    config = TransferConfig(max_concurrency=concurrency, use_threads=True, multipart_threshold=part_size,
+                            multipart_chunksize=part_size)
+    extra = {"ChecksumAlgorithm": "SHA256"}
     failures: List[str] = []
     with create_transfer_manager(s3, config) as tm:
-        futures = [(i, tm.upload(io.BytesIO(i.body) if i.body is not None else i.path, bucket, i.key))
-                   for i in todo]
+        futures = [(i, tm.upload(io.BytesIO(i.body) if i.body is not None else i.path, bucket, i.key,
+                                 extra_args=extra)) for i in todo]
         done = 0
         for n, (item, fut) in enumerate(futures, 1):
             try:
