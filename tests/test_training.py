@@ -123,25 +123,78 @@ def test_interrupted_job_resumes_to_the_same_final_iteration(tiny_dataset, tmp_p
     assert json.loads((root / "model" / "metrics.json").read_text())["iterations"] == 8
 
 
-def test_two_nodes_on_cpu_train_together_and_only_rank0_writes(tiny_dataset, tmp_path):
+def _two_nodes(tmp_path, tiny_dataset, **overrides):
+    """Two `sm-train` processes on this machine (gloo), the way two SageMaker hosts run; their roots and logs."""
     port = str(free_port())
     hosts = ["127.0.0.1", "localhost"]
     roots = []
     for i, host in enumerate(hosts):
-        root = make_ml_root(tmp_path / "host{}".format(i), tiny_dataset, dist_port=port, evaluation_type="none")
+        root = make_ml_root(tmp_path / "host{}".format(i), tiny_dataset, dist_port=port, **overrides)
         (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
             {"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
         roots.append(root)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = [subprocess.Popen([sys.executable, "-m", "shelfdet", "sm-train", "--ml-root", str(r)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for r in roots]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[1][-2000:] + logs[0][-2000:]
     assert "world size 2, rank 0" in logs[0] and "world size 2, rank 1" in logs[1]
+    return roots, logs
+
+
+def test_two_nodes_on_cpu_train_together_and_only_rank0_writes(tiny_dataset, tmp_path):
+    roots, logs = _two_nodes(tmp_path, tiny_dataset, evaluation_type="none")
     assert (roots[0] / "model" / "artefacts.json").is_file()
     assert not any((roots[1] / "model").iterdir()), "rank 1 wrote model artefacts"
     assert not any((roots[1] / "checkpoints").iterdir()), "rank 1 wrote checkpoints"
     assert "total_val_loss" in logs[0] and "total_val_loss" not in logs[1]
+
+
+def _evaluate_in_one_process(model, manifest, out):
+    proc = subprocess.run([sys.executable, "-m", "shelfdet", "evaluate", "--model-dir", str(model), "--manifest",
+                           str(manifest), "--device", "cpu", "--out-dir", str(out)], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_two_nodes_share_the_evaluation_and_score_as_one_process(tiny_dataset, tmp_path):
+    # From scratch, so BN (no SyncBN on CPU) whose running statistics differ per rank; pred-thr 0, as eight
+    # iterations score below the default 0.05 and all-zero metrics would agree whatever was predicted.
+    roots, logs = _two_nodes(tmp_path, tiny_dataset, val_ap="true", num_iter="8", eval_period="4", pred_thr="0")
+    # Each rank predicted its own share of every pass: validation AP at iterations 4 and 8, then the
+    # final evaluation's validation (count threshold) and test passes.
+    shares = [[(int(n), int(total)) for n, total in re.findall(
+        r"evaluation: rank {} of 2 predicts (\d+) of (\d+) images".format(r), log)] for r, log in enumerate(logs)]
+    assert len(shares[0]) == len(shares[1]) == 4, shares
+    for (n0, total), (n1, total1) in zip(*shares):
+        assert n0 > 0 and n1 > 0 and n0 + n1 == total == total1, shares
+    assert "validation_ap: " in logs[0] and "validation_ap: " not in logs[1]
+    # 5 validation and test images: the process group keeps the 30-minute floor.
+    assert "this is rank 0, timeout 0:30:00" in logs[0] and "this is rank 1, timeout 0:30:00" in logs[1]
+    assert not any((roots[1] / "model").iterdir()), "rank 1 wrote model artefacts"
+    model = roots[0] / "model"
+    metrics = json.loads((model / "metrics.json").read_text())
+    annotations = tiny_dataset / "annotations"
+    # The saved model in one process: the test channel with the count threshold fit on validation, as finish does.
+    alone = _evaluate_in_one_process(model, annotations / "test.manifest", tmp_path / "eval-test")
+    assert alone["count_threshold_fit"] == "validation"
+    keys = ("AP", "AP50", "AP75", "AR1", "AR10", "AR", "count_mae", "count_rel_error", "count_threshold")
+    assert {k: metrics[k] for k in keys} == {k: alone[k] for k in keys}
+    assert metrics["AR"] > 0.0 and metrics["count_mae"] > 0.0, metrics  # something was predicted and scored
+    # Validation AP of the last iteration (in memory, two ranks) is the saved model's AP in one process.
+    val = _evaluate_in_one_process(model, annotations / "validation.manifest", tmp_path / "eval-validation")
+    assert metrics["validation_ap"] == val["AP"], (metrics, val)
+    assert metrics["validation_count_mae"] == val["count_mae"], (metrics, val)
+    assert metrics["validation_count_rel_error"] == val["count_rel_error"], (metrics, val)
+
+
+def test_process_group_timeout_is_sized_from_the_evaluation_images():
+    from shelfdet.training.distributed import TIMEOUT, timeout_for
+
+    assert timeout_for(0) == timeout_for(5) == TIMEOUT  # small sets keep Detectron2's 30 minutes
+    sku110k = timeout_for(588 + 2941)  # its validation and test images
+    assert sku110k > TIMEOUT and timeout_for(2 * (588 + 2941)) > sku110k
 
 
 BAD_HP = {"unknown backbone": ("backbone", "R_42_FPN"), "non-numeric lr": ("lr", "fast"), "num-iter 0": ("num-iter", "0")}

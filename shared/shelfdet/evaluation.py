@@ -249,12 +249,43 @@ def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
     return preds
 
 
+def predict_shared(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
+                   log_every: int = 20) -> Optional[Dict[str, Dict[str, Any]]]:
+    """:func:`predict_dataset` shared by the processes of a distributed job; every process must call it.
+
+    Each predicts every world-size-th image from its rank on with its own detector, and rank 0
+    gathers them, as Detectron2's ``inference_on_dataset`` and evaluators do: the job's GPUs all
+    work, and no process waits for more than the others' share. Returns every prediction on rank 0
+    (one forward per image, so the same as one process), None on the others.
+    """
+    from detectron2.utils import comm
+
+    rank, world = comm.get_rank(), comm.get_world_size()
+    if world == 1:
+        return predict_dataset(detector, gt_dicts, log_every=log_every)
+    mine = list(gt_dicts)[rank::world]
+    log.info("evaluation: rank %d of %d predicts %d of %d images", rank, world, len(mine), len(gt_dicts))
+    shares = comm.gather(predict_dataset(detector, mine, log_every=log_every), dst=0)
+    if rank != 0:
+        return None
+    preds: Dict[str, Dict[str, Any]] = {}
+    for share in shares:
+        preds.update(share)
+    return preds
+
+
 def evaluate(detector: Any, gt_dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str], max_dets: int,
-             fast: bool, log_every: int = 20,
-             count_threshold: Optional[float] = None) -> Tuple[Dict[str, float], Dict[str, Dict[str, Any]]]:
+             fast: bool, log_every: int = 20, count_threshold: Optional[float] = None
+             ) -> Tuple[Optional[Dict[str, float]], Optional[Dict[str, Dict[str, Any]]]]:
     """The one model evaluation: validation AP during training and the final evaluation
-    both call it, so the tuning objective and the reported score are the same number."""
-    preds = predict_dataset(detector, gt_dicts, log_every=log_every)
+    both call it, so the tuning objective and the reported score are the same number.
+
+    In a distributed job every process calls it and predicts its share (:func:`predict_shared`);
+    rank 0 scores and gets (metrics, predictions), the others (None, None).
+    """
+    preds = predict_shared(detector, gt_dicts, log_every=log_every)
+    if preds is None:
+        return None, None
     return score(gt_dicts, preds, class_names, max_dets, fast=fast, count_threshold=count_threshold), preds
 
 

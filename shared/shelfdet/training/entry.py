@@ -98,28 +98,32 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     start = time.time()
     trainer.train()
     train_seconds = time.time() - start
-    result = None
-    if comm.is_main_process():
-        result = finish(env, hp, cfg, trainer, reg, train_seconds)
+    result = finish(env, hp, cfg, trainer, reg, train_seconds)
+    # The others wait here while rank 0 scores and writes: the timeout run() gave the job covers it.
     comm.synchronize()
     return result
 
 
 def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg: Dict[str, Any],
-           train_seconds: float) -> Dict[str, float]:
-    """Rank 0 only: model folder, evaluation, plots."""
+           train_seconds: float) -> Optional[Dict[str, float]]:
+    """Every rank predicts its share of the final evaluation; rank 0 alone scores it and writes the
+    model folder, metrics and plots, and returns the metrics (the others None)."""
     import torch
+    from detectron2.utils import comm
 
     from .. import evaluation
     from ..inference import Detector, load_config, options_of
     from . import report
+    from .distributed import broadcast_buffers
 
-    os.makedirs(env.model_dir, exist_ok=True)
+    main = comm.is_main_process()
     weights = os.path.join(env.model_dir, artefacts.WEIGHTS)
-    torch.save({"model": trainer.bare_model().state_dict()}, weights + ".tmp")
-    os.replace(weights + ".tmp", weights)
-    with open(os.path.join(env.model_dir, artefacts.CONFIG), "w") as f:
-        f.write(cfg.dump())
+    if main:
+        os.makedirs(env.model_dir, exist_ok=True)
+        torch.save({"model": trainer.bare_model().state_dict()}, weights + ".tmp")
+        os.replace(weights + ".tmp", weights)
+        with open(os.path.join(env.model_dir, artefacts.CONFIG), "w") as f:
+            f.write(cfg.dump())
     from .. import compat
 
     d2 = {"version": compat.detectron2_version(), "changed_config_keys": compat.changed_config_keys(cfg)}
@@ -136,23 +140,33 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         from detectron2.data import DatasetCatalog
 
         dicts = DatasetCatalog.get(reg["names"][eval_channel])
-        # Built from the saved files, exactly as serving will load them.
-        detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE,
-                                        d2["changed_config_keys"]), weights, reg["classes"], options=options_of(hp))
+        broadcast_buffers(trainer.bare_model())
+        if main:
+            # Built from the saved files, exactly as serving will load them.
+            detector = Detector(load_config(os.path.join(env.model_dir, artefacts.CONFIG), cfg.MODEL.DEVICE,
+                                            d2["changed_config_keys"]), weights, reg["classes"], options=options_of(hp))
+        else:
+            # Rank 0's model folder is on its host's disk, not this one's: this replica, now with rank 0's
+            # buffers, is the saved model, and cfg the saved config (as in the validation AP hook).
+            detector = Detector.from_model(cfg, trainer.bare_model(), reg["classes"], options=options_of(hp))
         start = time.time()
         count_threshold = None
         if eval_channel == "test":
             # The count threshold is fit on validation and applied to test, as a user would use it;
             # without a test channel the evaluation below fits it on validation itself.
-            val_counts = evaluation.count_metrics(reg["val"], evaluation.predict_dataset(detector, reg["val"]))
-            count_threshold = val_counts["count_threshold"]
-            metrics.update({"validation_count_mae": val_counts["count_mae"],
-                            "validation_count_rel_error": val_counts["count_rel_error"]})
-            log.info("validation_count_mae: %.6f  validation_count_rel_error: %.6f  "
-                     "(score >= %.4f, the lowest MAE here)", val_counts["count_mae"], val_counts["count_rel_error"],
-                     count_threshold)
+            val_preds = evaluation.predict_shared(detector, reg["val"])
+            if main:
+                val_counts = evaluation.count_metrics(reg["val"], val_preds)
+                count_threshold = val_counts["count_threshold"]
+                metrics.update({"validation_count_mae": val_counts["count_mae"],
+                                "validation_count_rel_error": val_counts["count_rel_error"]})
+                log.info("validation_count_mae: %.6f  validation_count_rel_error: %.6f  "
+                         "(score >= %.4f, the lowest MAE here)", val_counts["count_mae"],
+                         val_counts["count_rel_error"], count_threshold)
         scores, preds = evaluation.evaluate(detector, dicts, reg["classes"], cfg.TEST.DETECTIONS_PER_IMAGE,
                                             fast=hp.evaluation_type == "fast", count_threshold=count_threshold)
+        if not main:
+            return None
         metrics.update(scores)
         metrics.update({"eval_channel": eval_channel, "eval_images": len(dicts), "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE,
                         "eval_seconds": round(time.time() - start, 1)})
@@ -164,6 +178,8 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
                  scores["count_mae"], eval_channel, scores["count_rel_error"], scores["count_threshold"])
         report.prediction_pngs(dicts[:4], preds, os.path.join(env.model_dir, "plots"),
                                score_threshold=scores["count_threshold"])
+    if not main:
+        return None
     with open(os.path.join(env.model_dir, artefacts.METRICS), "w") as f:
         json.dump(metrics, f, indent=2)
     report.loss_curve(os.path.join(env.checkpoint_dir, "metrics.json"), history,
@@ -195,15 +211,19 @@ def run(root: Optional[str] = None) -> int:
         check_channels(env)
         hp = hyperparameters.parse(env.hyperparameters)
         # Read every manifest before any process starts: a bad line fails in a second, not after setup.
-        for c, image_dir in _channel_images(env).items():
-            catalog.read_manifest(os.path.join(env.channels["annotation"], c + ".manifest"), image_dir, hp.label_name)
+        eval_images = 0
+        # Class maps too (read_channels): with GPUs, registration runs again in each spawned process.
+        for c, (_, records, _) in catalog.read_channels(env.channels["annotation"], _channel_images(env),
+                                                        hp.label_name).items():
+            if c in ("validation", "test"):
+                eval_images += len(records)
         from ..config import ConfigError, build_config
 
         try:  # the algorithm/backbone/weights combination, before any process starts
             build_config(hp, hp.classes or ["SKU"], "train", "val", env.checkpoint_dir)
         except ConfigError as err:
             raise ContractError(str(err)) from None
-        from .distributed import launch
+        from .distributed import launch, timeout_for
 
         _setup_logging()
         from .. import runtime
@@ -212,7 +232,10 @@ def run(root: Optional[str] = None) -> int:
         log.info("Detectron2 environment:\n%s", runtime.details())
         log.info("training %s %s for %d iterations; model dir %s, checkpoints %s", hp.model_type, hp.backbone,
                  hp.num_iter, env.model_dir, env.checkpoint_dir)
-        launch(train_worker, env.hosts, env.machine_rank, env.num_gpus, hp.dist_port, args=(env, hp))
+        # The other processes wait while rank 0 scores the validation and test images: a process group
+        # timeout sized from them, not a fixed 30 minutes (distributed.timeout_for says why).
+        launch(train_worker, env.hosts, env.machine_rank, env.num_gpus, hp.dist_port, args=(env, hp),
+               timeout=timeout_for(eval_images))
     except USER_ERRORS as err:
         return fail(root, str(err))
     except KeyboardInterrupt:

@@ -109,20 +109,26 @@ class ValidationAP(HookBase):
     def after_step(self) -> None:
         if not _is_due(self.trainer, self.period):
             return
-        if comm.is_main_process():
-            from ..inference import Detector, Options
+        from ..inference import Detector, Options
+        from .distributed import broadcast_buffers
 
-            model = _unwrap(self.trainer.model)
-            detector = Detector.from_model(self.cfg, model, self.class_names, self.options or Options())
-            try:
-                with EventStorage(self.trainer.iter):
-                    result, _ = evaluation.evaluate(detector, self.dicts, self.class_names,
-                                                    self.cfg.TEST.DETECTIONS_PER_IMAGE, self.fast, log_every=10 ** 9)
-            finally:
-                model.train()
+        # Every rank predicts its share with its own replica, given rank 0's buffers; rank 0 scores.
+        model = _unwrap(self.trainer.model)
+        broadcast_buffers(model)
+        detector = Detector.from_model(self.cfg, model, self.class_names, self.options or Options())
+        try:
+            with EventStorage(self.trainer.iter):
+                result, _ = evaluation.evaluate(detector, self.dicts, self.class_names,
+                                                self.cfg.TEST.DETECTIONS_PER_IMAGE, self.fast, log_every=10 ** 9)
+        finally:
+            model.train()
+        if result is not None:
             self.history.append(dict(result, iteration=self.trainer.iter + 1))
             log.info("iter: %d  validation_ap: %.6f  validation_ap50: %.6f", self.trainer.iter + 1,
                      result["AP"], result["AP50"])
+        # The others wait here while rank 0 scores: on the job's process group, whose timeout is sized
+        # for scoring (distributed.timeout_for). Training on, they would wait in Detectron2's metric
+        # gather instead, on its own gloo group with torch's 30-minute default.
         comm.synchronize()
 
 
