@@ -141,6 +141,39 @@ def test_a_burst_beyond_the_queue_gets_503_with_retry_after_while_ping_stays_200
         assert srv.stop() == 0, srv.log()
 
 
+def test_decoded_pixels_in_flight_are_capped_across_requests(model_dir, tmp_path):
+    """SHELFDET_PIXELS_IN_FLIGHT holds one 96x72 image: with two threads, the second request waits for the
+    first one's pixels (it says so in the log) instead of decoding beside it; both are answered."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    srv = ServerProcess(model_dir, tmp_path / "server.log", gate=gate,
+                        env={"OMP_NUM_THREADS": "1", "SHELFDET_PIXELS_IN_FLIGHT": "10000"},
+                        extra_args=["--threads", "2", "--log-level", "debug"])
+    try:
+        srv.wait_ready()
+        assert "0 MP decoded in flight (SHELFDET_PIXELS_IN_FLIGHT)" in srv.log()
+        data = encode(shelf_image(5))
+        results = {}
+        threads = [_post_in_thread(srv, data, results, "first")]
+        _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+        threads.append(_post_in_thread(srv, data, results, "second"))
+        deadline = time.time() + 120
+        while "pixel budget: a request waits for 6912 px (6912 of 10000 in flight)" not in srv.log(tail=None):
+            assert time.time() < deadline, srv.log()
+            time.sleep(0.05)
+        assert not (gate / "held-1").exists(), "the second request reached the model while the first held the budget"
+        (gate / "open").touch()
+        for t in threads:
+            t.join(300)
+        assert [results[k].status_code for k in ("first", "second")] == [200, 200], results
+        # A batch over the whole budget is not refused: it runs alone.
+        batch = [base64.b64encode(encode(shelf_image(i))).decode() for i in range(3)]
+        r = httpx.post(srv.url + "/invocations", json={"instances": batch}, timeout=300)
+        assert r.status_code == 200 and len(r.json()) == 3, r.text
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
 def test_the_graceful_timeout_bounds_shutdown_and_names_what_it_cut(model_dir, tmp_path):
     """A forward pass held forever: SIGTERM must still end the process once --graceful-timeout has passed,
     with status 1 and a line saying what was cut (waiting for the thread would never return)."""
@@ -189,7 +222,8 @@ def test_not_a_model_folder_fails_fast_with_one_line(tmp_path):
                                         ({"SAGEMAKER_BATCH_STRATEGY": "ALL"}, "SAGEMAKER_BATCH_STRATEGY"),
                                         ({"SHELFDET_INFER": "--lr 0.1"}, "SHELFDET_INFER: 'lr' is a training"),
                                         ({"SHELFDET_MAX_QUEUE": "-1"}, "SHELFDET_MAX_QUEUE=-1 must be >= 0"),
-                                        ({"SHELFDET_MAX_QUEUE": "many"}, "SHELFDET_MAX_QUEUE='many' is not")])
+                                        ({"SHELFDET_MAX_QUEUE": "many"}, "SHELFDET_MAX_QUEUE='many' is not"),
+                                        ({"SHELFDET_PIXELS_IN_FLIGHT": "0"}, "SHELFDET_PIXELS_IN_FLIGHT=0 must be")])
 def test_bad_environment_fails_fast(model_dir, env, needle):
     full = dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env)
     args = [] if "SAGEMAKER_BIND_TO_PORT" in env else ["--port", str(free_port())]
@@ -343,3 +377,7 @@ def test_the_queue_is_sized_from_threads_and_memory_unless_set():
     assert limits.queue_size(limits.settings_from_env({"SHELFDET_MAX_QUEUE": " 300 "}), 4, 1024) == 300
     free = runtime.available_memory()
     assert free is None or free > 0
+    # Decoded pixels in flight: half the memory at 12 bytes a pixel, never under one largest request.
+    assert limits.pixels_in_flight(auto, 24 * gib, 120_000_000) == 12 * gib // 12
+    assert limits.pixels_in_flight(auto, gib, 120_000_000) == 120_000_000
+    assert limits.pixels_in_flight(limits.settings_from_env({"SHELFDET_PIXELS_IN_FLIGHT": "5"}), gib, 9) == 5

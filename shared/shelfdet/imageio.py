@@ -42,6 +42,14 @@ def _to_bgr(img: Image.Image, name: str) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+def declared_pixels(data: bytes, name: str = "image") -> int:
+    """Width x height from the header alone (the pixel cap and decodability of the header checked)."""
+    if not data:
+        raise ImageDecodeError("{}: empty payload".format(name))
+    width, height = _open(io.BytesIO(data), name).size
+    return width * height
+
+
 def decode(data: bytes, name: str = "image") -> np.ndarray:
     """Bytes -> HxWx3 uint8 BGR array, EXIF orientation applied."""
     if not data:

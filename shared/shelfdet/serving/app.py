@@ -142,6 +142,37 @@ class InferencePool:
         return computing, waiting + self.cut_waiting
 
 
+class PixelBudget:
+    """Decoded pixels in flight across requests: a request's images wait until they fit.
+
+    A request takes what its image headers declare, all at once, so two batches
+    never each hold a part and wait for the rest; one larger than the whole
+    budget runs alone. Charged at the full declared size: an upper bound of what
+    decoding holds, whatever the decoder does.
+    """
+
+    def __init__(self, pixels: int):
+        self.total = pixels
+        self.free = pixels
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(pixels, self.total)
+        with self._cond:
+            if self.free < need:
+                log.debug("pixel budget: a request waits for %d px (%d of %d in flight)", need,
+                          self.total - self.free, self.total)
+                self._cond.wait_for(lambda: self.free >= need)
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
 class ModelHolder:
     """The Detector once loaded, or the reason it failed to load."""
 
@@ -173,7 +204,9 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
             return load_detector(model_dir, device, inference)
     holder = ModelHolder()
     threads = max(1, threads)
-    work = InferencePool(threads, limits.queue_size(settings, threads, runtime.available_memory()))
+    memory = runtime.available_memory()
+    work = InferencePool(threads, limits.queue_size(settings, threads, memory))
+    budget = PixelBudget(limits.pixels_in_flight(settings, memory, MAX_BATCH_PIXELS))
 
     def load() -> None:
         start = time.time()
@@ -210,6 +243,7 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
     app.state.model = holder
     app.state.settings = settings
     app.state.work = work
+    app.state.budget = budget
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -244,7 +278,7 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
             # Admitted before the body is read: a waiting body is what the queue bounds.
             with work.slot():
                 body = await _read_body(request, settings.max_payload_bytes)
-                content = await work.run(_handle, detector, kind, body, thr, cap)
+                content = await work.run(_handle, detector, kind, body, thr, cap, budget)
         except asyncio.CancelledError:
             # Only uvicorn's graceful timeout cancels a request: the caller learns it was cut, not a 500.
             return error_response(503, "the server is shutting down and its graceful timeout cut this request; "
@@ -323,17 +357,40 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> RequestError:
         "over " if at_least else "", size, limit), limit_bytes=limit)
 
 
-def _handle(detector: Any, kind: str, body: bytes, thr: Optional[float], cap: Optional[int]) -> bytes:
-    """Runs in the thread pool: decode, predict, encode."""
+def _handle(detector: Any, kind: str, body: bytes, thr: Optional[float], cap: Optional[int],
+            budget: PixelBudget) -> bytes:
+    """Runs in the thread pool: decode, predict, encode, within the pixel budget."""
     if kind == "raw":
-        image = _decode(body, "image")
-        result: Any = detector.predict([image], thr, cap)[0]
+        with budget.hold(_declared(body, "image")):
+            image = _decode(body, "image")
+            result: Any = detector.predict([image], thr, cap)[0]
     else:
-        images = _decode_batch(body)
-        # One forward pass per image: Detectron2 pads a batch to its largest
-        # image, so batching would make an image's boxes depend on its neighbours.
-        result = [detector.predict([im], thr, cap)[0] for im in images]
+        items = _batch_items(body)
+        with budget.hold(_batch_pixels(items)):
+            images = _decode_batch(items)
+            # One forward pass per image: Detectron2 pads a batch to its largest
+            # image, so batching would make an image's boxes depend on its neighbours.
+            result = [detector.predict([im], thr, cap)[0] for im in images]
     return json.dumps(result).encode("utf-8")
+
+
+def _declared(data: bytes, name: str, index: Optional[int] = None) -> int:
+    extra = {} if index is None else {"index": index}
+    try:
+        return imageio.declared_pixels(data, name)
+    except imageio.ImageDecodeError as err:
+        raise RequestError(400, str(err), **extra) from None
+
+
+def _batch_pixels(items: List[bytes]) -> int:
+    """The batch's declared pixels, refused (413) before anything is decoded when over MAX_BATCH_PIXELS."""
+    pixels = 0
+    for i, data in enumerate(items):
+        pixels += _declared(data, "instance {}".format(i), i)
+        if pixels > MAX_BATCH_PIXELS:
+            raise RequestError(413, "batch decodes to over {} pixels at instance {}: send fewer images per request"
+                               .format(MAX_BATCH_PIXELS, i), index=i)
+    return pixels
 
 
 def _decode(data: bytes, name: str, index: Optional[int] = None) -> Any:
@@ -344,7 +401,12 @@ def _decode(data: bytes, name: str, index: Optional[int] = None) -> Any:
         raise RequestError(400, str(err), **extra) from None
 
 
-def _decode_batch(body: bytes) -> List[Any]:
+def _decode_batch(items: List[bytes]) -> List[Any]:
+    return [_decode(data, "instance {}".format(i), i) for i, data in enumerate(items)]
+
+
+def _batch_items(body: bytes) -> List[bytes]:
+    """The images of a JSON batch, base64-decoded (not yet decoded as images)."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
@@ -354,8 +416,7 @@ def _decode_batch(body: bytes) -> List[Any]:
         raise RequestError(400, 'expected {"instances": [<base64 image>, ...]} or a list of base64 images')
     if not 1 <= len(items) <= MAX_BATCH_IMAGES:
         raise RequestError(400, "a batch holds 1 to {} images, got {}".format(MAX_BATCH_IMAGES, len(items)))
-    images = []
-    pixels = 0
+    out = []
     for i, item in enumerate(items):
         if isinstance(item, dict) and isinstance(item.get("b64"), str):
             item = item["b64"]  # the TF-Serving-style {"b64": ...} wrapper
@@ -366,11 +427,6 @@ def _decode_batch(body: bytes) -> List[Any]:
             data = base64.b64decode(item, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(400, "instance {} is not valid base64".format(i), index=i) from None
-        image = _decode(data, "instance {}".format(i), i)
-        pixels += image.shape[0] * image.shape[1]
-        if pixels > MAX_BATCH_PIXELS:
-            raise RequestError(413, "batch decodes to over {} pixels at instance {}: send fewer images per request"
-                               .format(MAX_BATCH_PIXELS, i), index=i)
-        images.append(image)
-    return images
+        out.append(data)
+    return out
 

@@ -28,6 +28,8 @@ class Settings(NamedTuple):
     inference: Mapping[str, str] = {}
     # SHELFDET_MAX_QUEUE: requests waiting for a thread beyond those computing; None: see queue_size.
     max_queue: Optional[int] = None
+    # SHELFDET_PIXELS_IN_FLIGHT: decoded pixels all requests may hold together; None: see pixels_in_flight.
+    pixels_in_flight: Optional[int] = None
 
     @property
     def max_payload_bytes(self) -> int:
@@ -67,7 +69,27 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         queue = _number(env, "SHELFDET_MAX_QUEUE", None, int)
         if queue < 0:
             raise LimitError("SHELFDET_MAX_QUEUE={} must be >= 0 (empty: sized from the threads and memory)".format(queue))
-    return Settings(payload, concurrent, strategy, inference, queue)
+    pixels = None
+    if (env.get("SHELFDET_PIXELS_IN_FLIGHT") or "").strip():
+        pixels = _number(env, "SHELFDET_PIXELS_IN_FLIGHT", None, int)
+        if pixels < 1:
+            raise LimitError("SHELFDET_PIXELS_IN_FLIGHT={} must be >= 1 (empty: half the free memory)".format(pixels))
+    return Settings(payload, concurrent, strategy, inference, queue, pixels)
+
+
+# Bytes a decoded pixel costs while a request is computed: PIL's 4-byte buffer, its RGB copy, and the
+# BGR array made from it, at their peak together.
+BYTES_PER_DECODED_PIXEL = 12
+
+
+def pixels_in_flight(settings: "Settings", memory_bytes: Optional[int], largest_request: int) -> int:
+    """How many decoded pixels all requests together may hold: half the memory left at start-up, at
+    least one largest request (which then runs alone). SHELFDET_PIXELS_IN_FLIGHT overrides."""
+    if settings.pixels_in_flight is not None:
+        return settings.pixels_in_flight
+    if memory_bytes is None:
+        return 8 * largest_request
+    return max(largest_request, memory_bytes // 2 // BYTES_PER_DECODED_PIXEL)
 
 
 def queue_size(settings: Settings, threads: int, memory_bytes: Optional[int]) -> int:

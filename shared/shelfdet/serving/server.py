@@ -90,10 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     logging.getLogger("shelfdet.serving").info(runtime.summary())
     logging.getLogger("shelfdet.serving").info(
-        "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), max payload %g MB, "
-        "%s)", args.model_dir, args.host, port, threads, app.state.work.queue,
-        "" if settings.max_queue is not None else ": from the threads and free memory", settings.max_payload_mb,
-        settings.batch_strategy)
+        "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), %.0f MP decoded in "
+        "flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, %s)", args.model_dir, args.host, port, threads,
+        app.state.work.queue, "" if settings.max_queue is not None else ": from the threads and free memory",
+        app.state.budget.total / 1e6, "" if settings.pixels_in_flight is not None else ": half the free memory",
+        settings.max_payload_mb, settings.batch_strategy)
     server.run()
     if cut:
         print("error: {}".format(cut[0]), file=sys.stderr)
