@@ -113,7 +113,7 @@ serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
 	SHELFDET_INFER="$(INFER)" $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
 
 predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: predictions/<image file>.json + .png
-	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)")
+	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)") $(if $(SCORE),--score $(SCORE))
 
 evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir), or MODEL_DIR run with INFER, against MANIFEST: COCO AP and count error
 	$(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))

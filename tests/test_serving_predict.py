@@ -56,7 +56,35 @@ def test_local_model_writes_json_and_png(model_dir, image, tmp_path):
     np.testing.assert_allclose(pred["pred_boxes"], expected["pred_boxes"], atol=1e-3)
     assert pred["image_width"] == 160 and pred["image_height"] == 120
     with Image.open(str(png_path)) as png:
-        assert png.format == "PNG" and png.size[0] / png.size[1] == pytest.approx(160 / 120, rel=0.02)
+        # Taller than the image by the title band.
+        assert png.format == "PNG" and 160 / 180 < png.size[0] / png.size[1] < 160 / 120
+        drawn = sum(1 for s in pred["scores"] if s >= 0.5)
+        assert png.text["Title"] == "shelf.jpg  {} boxes at score >= 0.50 (default; 20 in the JSON)".format(drawn)
+
+
+@pytest.mark.parametrize("how", ["model", "SCORE"])
+def test_the_png_draws_what_the_count_threshold_counts(model_dir, image, tmp_path, how):
+    """The JSON keeps every box; the picture only those at the model's count threshold (or SCORE=)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, str(model))
+    (model / "metrics.json").write_text(json.dumps({"count_threshold": 0.7}))
+    out = tmp_path / "preds"
+    extra = ["--score", "0.85"] if how == "SCORE" else []
+    proc = predict("--image", image, "--model-dir", model, "--out", out, *extra)
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads((out / "shelf.jpg.json").read_text())["scores"]
+    threshold, why = (0.85, "SCORE") if how == "SCORE" else (0.7, "the model's count threshold")
+    drawn = sum(1 for s in scores if s >= threshold)
+    assert 0 < drawn < len(scores), "the tiny model's scores must straddle the threshold for this test"
+    with Image.open(str(out / "shelf.jpg.png")) as png:
+        assert png.text["Title"] == "shelf.jpg  {} boxes at score >= {:.2f} ({}; {} in the JSON)".format(
+            drawn, threshold, why, len(scores))
+        # The kept boxes are drawn (red edges).
+        red = np.asarray(png.convert("RGB"), dtype=np.int16)
+    reds = int(((red[..., 0] > 200) & (red[..., 1] < 90) & (red[..., 2] < 90)).sum())
+    assert reds > 0
 
 
 @pytest.mark.parametrize("case,needle", [("missing image", "image not found"), ("no model", "no model"),

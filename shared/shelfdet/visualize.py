@@ -63,22 +63,9 @@ def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxe
 
     match = match_boxes(gt_boxes, boxes, scores, score_threshold)
     title = error_title(name, match, score_threshold)
-    compat.apply()
     from matplotlib.lines import Line2D
-    from detectron2.utils.visualizer import Visualizer
 
-    h, w = image_bgr.shape[:2]
-    scale = max(1.0, 640.0 / max(h, w))
-    # A white band of two text rows above the image holds the title and the legend, so
-    # they hide no box. Sizes are in image pixels (the Visualizer scales them).
-    row = int(np.ceil(max(20.0, 0.03 * max(h, w) * scale) / scale))
-    band = 2 * row
-    canvas = np.concatenate([np.full((band, w, 3), 255, dtype=np.uint8), image_bgr[:, :, ::-1]], axis=0)
-    vis = Visualizer(canvas, scale=scale)
-
-    def down(b: Sequence[float]) -> List[float]:
-        return [float(b[0]), float(b[1]) + band, float(b[2]), float(b[3]) + band]
-
+    vis, down, row, points = _titled(image_bgr, title, rows=2)
     # Errors drawn last, on top: a duplicate detection would otherwise hide under its match.
     for k in match.tp:
         vis.draw_box(down(boxes[k]), edge_color=TP_COLOUR, alpha=0.9)
@@ -86,18 +73,56 @@ def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxe
         vis.draw_box(down(gt_boxes[j]), edge_color=FN_COLOUR, alpha=0.9)
     for k in match.fp:
         vis.draw_box(down(boxes[k]), edge_color=FP_COLOUR, alpha=0.9)
-    ax = vis.output.ax
-    points = 0.55 * row * scale * 72.0 / vis.output.dpi  # font size from the row's height in output pixels
-    ax.text(0.3 * row, 0.5 * row, title, fontsize=points, color="black", va="center", ha="left", family="sans-serif")
     handles = [Line2D([], [], color=c, linewidth=max(2.0, points / 4)) for c in (TP_COLOUR, FP_COLOUR, FN_COLOUR)]
     # Axes fractions count from the bottom; the second row's centre is 1.5 rows below the top.
-    ax.legend(handles, ["matched (TP)", "false positive (FP)", "missed (FN)"], loc="center left",
-              bbox_to_anchor=(0.0, 1.0 - 1.5 * row / (h + band)), ncol=3, fontsize=points * 0.85, frameon=False,
-              borderaxespad=0.0, handlelength=1.5, columnspacing=1.2)
+    vis.output.ax.legend(handles, ["matched (TP)", "false positive (FP)", "missed (FN)"], loc="center left",
+                         bbox_to_anchor=(0.0, 1.0 - 1.5 * row / (image_bgr.shape[0] + 2 * row)), ncol=3,
+                         fontsize=points * 0.85, frameon=False, borderaxespad=0.0, handlelength=1.5, columnspacing=1.2)
+    _save_titled(vis, out_png, title)
+    return match, title
+
+
+def _titled(image_bgr: np.ndarray, title: str, rows: int) -> Tuple[Any, Any, int, float]:
+    """A Visualizer on the image under a white band of ``rows`` text rows, the title in the first, so
+    the text hides no box. Returns (visualizer, box shifter into the band's frame, row height, font points)."""
+    compat.apply()
+    from detectron2.utils.visualizer import Visualizer
+
+    h, w = image_bgr.shape[:2]
+    scale = max(1.0, 640.0 / max(h, w))
+    # Sizes are in image pixels (the Visualizer scales them).
+    row = int(np.ceil(max(20.0, 0.03 * max(h, w) * scale) / scale))
+    band = rows * row
+    canvas = np.concatenate([np.full((band, w, 3), 255, dtype=np.uint8), image_bgr[:, :, ::-1]], axis=0)
+    vis = Visualizer(canvas, scale=scale)
+
+    def down(b: Sequence[float]) -> List[float]:
+        return [float(b[0]), float(b[1]) + band, float(b[2]), float(b[3]) + band]
+
+    points = 0.55 * row * scale * 72.0 / vis.output.dpi  # font size from the row's height in output pixels
+    vis.output.ax.text(0.3 * row, 0.5 * row, title, fontsize=points, color="black", va="center", ha="left",
+                       family="sans-serif")
+    return vis, down, row, points
+
+
+def _save_titled(vis: Any, out_png: str, title: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     # VisImage.save is fig.savefig(path); saved here to carry the title as PNG text too.
     vis.output.fig.savefig(out_png, metadata={"Title": title})
-    return match, title
+
+
+def draw_counted(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], scores: Sequence[float], out_png: str,
+                 score_threshold: float, name: str, source: str) -> str:
+    """The boxes scoring >= ``score_threshold`` (the count a user reads), the count in the title;
+    ``source`` says where the threshold came from. Returns the title."""
+    keep = [k for k, s in enumerate(scores) if float(s) >= score_threshold]
+    title = "{}  {} boxes at score >= {:.2f} ({}; {} in the JSON)".format(name, len(keep), score_threshold, source,
+                                                                          len(scores))
+    vis, down, _, _ = _titled(image_bgr, title, rows=1)
+    for k in keep:
+        vis.draw_box(down(boxes[k]), edge_color=PRED_COLOUR, alpha=0.9)
+    _save_titled(vis, out_png, title)
+    return title
 
 
 def find_prediction(pred_dir: str, image_name: str) -> Optional[str]:

@@ -34,6 +34,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
     ap.add_argument("--score-threshold", default=None, help="only boxes scoring at least this")
     ap.add_argument("--max-detections", default=None, help="at most this many boxes")
+    ap.add_argument("--score", type=float, default=None,
+                    help="the PNG draws boxes scoring at least this (default: the model's count_threshold from "
+                         "its metrics.json, else 0.5); the JSON keeps every box")
     ap.add_argument("--device", default=None, help="cpu | cuda for a local model (default: cuda when available)")
     ap.add_argument("--infer", default="", help="a local model's inference hyperparameters over its own, e.g. "
                     "'--tile-size 512 --nms soft' (an endpoint has its SHELFDET_INFER)")
@@ -120,14 +123,22 @@ def run(args: argparse.Namespace) -> List[str]:
     else:
         pred = predict_local(args.model_dir, image, args.score_threshold, args.max_detections, args.device, args.infer)
 
-    from ..visualize import draw
+    from ..visualize import DEFAULT_SCORE_THRESHOLD, default_score_threshold, draw_counted
 
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, os.path.basename(args.image))
     json_path, png_path = base + ".json", base + ".png"
     with open(json_path, "w") as f:
         json.dump(pred, f)
-    draw(image, pred["pred_boxes"], png_path, scores=pred["scores"])
+    # The picture shows what a count would count: every box down to the model's floor hides the shelf.
+    if args.score is not None:
+        threshold, why = args.score, "SCORE"
+    elif args.model_dir:
+        threshold, why = default_score_threshold(args.model_dir)
+        why = "the model's count threshold" if why != "default" else why
+    else:
+        threshold, why = DEFAULT_SCORE_THRESHOLD, "default"
+    draw_counted(image, pred["pred_boxes"], pred["scores"], png_path, threshold, os.path.basename(args.image), why)
     source = "endpoint " + args.endpoint if args.endpoint else args.model_dir
     print("{}: {} boxes ({})".format(args.image, len(pred["scores"]), source))
     return [json_path, png_path]
