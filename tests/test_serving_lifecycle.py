@@ -381,3 +381,39 @@ def test_the_queue_is_sized_from_threads_and_memory_unless_set():
     assert limits.pixels_in_flight(auto, 24 * gib, 120_000_000) == 12 * gib // 12
     assert limits.pixels_in_flight(auto, gib, 120_000_000) == 120_000_000
     assert limits.pixels_in_flight(limits.settings_from_env({"SHELFDET_PIXELS_IN_FLIGHT": "5"}), gib, 9) == 5
+
+
+def test_the_pixel_budget_serves_in_arrival_order():
+    """A large request waiting for pixels is not overtaken by smaller ones that would fit: it could starve."""
+    from shelfdet.serving.app import PixelBudget
+
+    budget = PixelBudget(10)
+    order, release = [], threading.Event()
+
+    def run(name, pixels, hold=None):
+        with budget.hold(pixels):
+            order.append(name)
+            if hold is not None:
+                hold.wait(60)
+
+    def until(condition):
+        deadline = time.time() + 60
+        while not condition():
+            assert time.time() < deadline
+            time.sleep(0.01)
+
+    first = threading.Thread(target=run, args=("first", 6, release))
+    first.start()
+    until(lambda: order == ["first"])
+    threads = [threading.Thread(target=run, args=("large", 8))]
+    threads[0].start()
+    until(lambda: budget.waiting == 1)
+    threads.append(threading.Thread(target=run, args=("small", 2)))
+    threads[1].start()
+    until(lambda: budget.waiting == 2)
+    assert order == ["first"], "the small request went past the large one"
+    release.set()
+    for t in [first] + threads:
+        t.join(60)
+    assert order == ["first", "large", "small"]
+    assert budget.free == 10 and budget.waiting == 0
