@@ -105,6 +105,15 @@ def _post_in_thread(srv, data: bytes, results: dict, key: str) -> threading.Thre
     return thread
 
 
+def _hold_one(srv, gate, key: str):
+    """Posts one image and waits until its forward pass is held at the gate: (image, results, threads)."""
+    data = encode(shelf_image(5))
+    results = {}
+    threads = [_post_in_thread(srv, data, results, key)]
+    _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+    return data, results, threads
+
+
 def test_a_burst_beyond_the_queue_gets_503_with_retry_after_while_ping_stays_200(model_dir, tmp_path):
     """One thread, SHELFDET_MAX_QUEUE=2: one request computes (held at the gate), two wait, the fourth is
     refused at once; after the gate opens all three are answered and the server takes new work."""
@@ -115,10 +124,7 @@ def test_a_burst_beyond_the_queue_gets_503_with_retry_after_while_ping_stays_200
     try:
         srv.wait_ready()
         assert "1 threads, up to 2 more requests waiting (SHELFDET_MAX_QUEUE)" in srv.log()
-        data = encode(shelf_image(5))
-        results = {}
-        threads = [_post_in_thread(srv, data, results, "computing")]
-        _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+        data, results, threads = _hold_one(srv, gate, "computing")
         for n in (1, 2):
             threads.append(_post_in_thread(srv, data, results, "waiting-{}".format(n)))
             _wait_for(gate / "read-{}".format(n), "waiting request {} being read".format(n), srv)
@@ -152,10 +158,7 @@ def test_decoded_pixels_in_flight_are_capped_across_requests(model_dir, tmp_path
     try:
         srv.wait_ready()
         assert "0 MP decoded in flight (SHELFDET_PIXELS_IN_FLIGHT)" in srv.log()
-        data = encode(shelf_image(5))
-        results = {}
-        threads = [_post_in_thread(srv, data, results, "first")]
-        _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+        data, results, threads = _hold_one(srv, gate, "first")
         threads.append(_post_in_thread(srv, data, results, "second"))
         deadline = time.time() + 120
         while "pixel budget: a request waits for 6912 px (6912 of 10000 in flight)" not in srv.log(tail=None):
@@ -183,10 +186,7 @@ def test_the_graceful_timeout_bounds_shutdown_and_names_what_it_cut(model_dir, t
                         extra_args=["--threads", "1", "--graceful-timeout", "2"], gate=gate)
     try:
         srv.wait_ready()
-        data = encode(shelf_image(5))
-        results = {}
-        threads = [_post_in_thread(srv, data, results, "computing")]
-        _wait_for(gate / "held-0", "the first request reaching the forward pass", srv)
+        data, results, threads = _hold_one(srv, gate, "computing")
         threads.append(_post_in_thread(srv, data, results, "waiting"))
         _wait_for(gate / "read-1", "the second request being read", srv)
         srv.proc.send_signal(signal.SIGTERM)
