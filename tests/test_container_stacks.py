@@ -2,13 +2,14 @@
 
 A twin differs from its GPU stack only where the GPU is involved (README, "Stacks"):
 - ``cu101cpu`` for cu101: Detectron2 v0.4.1 with its C++ ops compiled for the CPU, the
-  stack's requirement pins, on Python 3.9 / torch 1.7.1 (3.8 / 1.6 cannot be had here);
+  stack's requirement pins, on Python 3.9 / torch 1.8.1 (3.8 / 1.6 cannot be had here);
 - ``cu12`` is its own twin: the very image, CUDA ops compiled, run on the CPU.
 
 On each: both algorithms train a few iterations with validation loss and AP, a killed
 run resumes from its checkpoint, the final evaluation runs, the serving image answers
 /ping and /invocations, and batch-transform-shaped outputs score with ``shelfdet
-evaluate`` exactly as the run scored itself. A twin whose pinned Detectron2 source is
+evaluate`` exactly as the run scored itself, and evaluation-type=fast is the stack's pinned
+faster-coco-eval, scoring as pycocotools does. A twin whose pinned Detectron2 source is
 absent (a clean CI machine) skips, saying how to obtain it.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -202,3 +204,72 @@ def _iou(a, b) -> float:
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _pinned(stack: str, package: str) -> str:
+    """The version of ``package`` in versions.env's STACK_<STACK>_REQUIREMENTS ('' when it has none)."""
+    for line in (ROOT / "versions.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "STACK_{}_REQUIREMENTS".format(stack.upper()):
+            return dict(req.partition("==")[::2] for req in value.split()).get(package, "")
+    return ""
+
+
+def _dense_scenes(rng: np.random.Generator, n_images: int = 5, n_boxes: int = 160):
+    """Scoring inputs shaped like SKU-110K's: ~160 products an image, detections jittered or missed,
+    false positives, one image past maxDets=300 (the cut matters) and one without detections."""
+    gt, preds = [], {}
+    for i in range(n_images):
+        name = "shelf_{}.jpg".format(i)
+        boxes, scores, anns = [], [], []
+        for _ in range(n_boxes + (250 if i == 0 else 0)):
+            x, y = rng.uniform(0, 900, 2)
+            w, h = rng.uniform(12, 90, 2)
+            anns.append({"bbox": [float(x), float(y), float(w), float(h)], "category_id": 0})
+            if rng.random() > 0.15:
+                j = rng.normal(0, 0.08 * min(w, h), 4)
+                boxes.append([float(v) for v in (x + j[0], y + j[1], x + w + j[2], y + h + j[3])])
+                scores.append(float(rng.uniform(0.3, 1.0)))
+        for _ in range(n_boxes // 4):
+            x, y = rng.uniform(0, 900, 2)
+            boxes.append([float(x), float(y), float(x + 40), float(y + 60)])
+            scores.append(float(rng.uniform(0.05, 0.7)))
+        gt.append({"file_name": "/data/" + name, "width": 1000, "height": 1000, "annotations": anns})
+        if i != n_images - 1:
+            preds[name] = {"pred_boxes": boxes, "scores": scores, "pred_classes": [0] * len(boxes)}
+    return gt, preds
+
+
+# Runs in the twin: its faster-coco-eval, the backend fast uses there, and both scorers' numbers.
+_SCORE_BOTH = """
+import json, faster_coco_eval
+from shelfdet import evaluation
+d = json.load(open("/data/scenes.json"))
+print(json.dumps({"version": faster_coco_eval.__version__, "backend": evaluation._backend(True)[1].__module__,
+                  "fast": evaluation.score(d["gt"], d["preds"], ["SKU"], 300, fast=True),
+                  "coco": evaluation.score(d["gt"], d["preds"], ["SKU"], 300, fast=False)}))
+"""
+
+
+@pytest.mark.parametrize("stack", sorted(TWINS))
+def test_twin_fast_evaluation_is_faster_coco_eval_and_equals_pycocotools(stack, tmp_path):
+    """evaluation-type=fast on the twin's own pins (cu101cpu: faster-coco-eval 1.7.2 on numpy 1.19.5, the
+    newest release for cu101's Python 3.8) is faster-coco-eval, and scores as pycocotools does there and here."""
+    from shelfdet import evaluation
+
+    training, _ = _twin_images(stack)
+    version = _pinned(stack, "faster-coco-eval")
+    assert version, "versions.env pins no faster-coco-eval for stack {}".format(stack)
+    gt, preds = _dense_scenes(np.random.default_rng(7))
+    (tmp_path / "scenes.json").write_text(json.dumps({"gt": gt, "preds": preds}))
+    proc = subprocess.run(["docker", "run", "--rm", "-v", "{}:/data:ro".format(tmp_path), "-e", "OMP_NUM_THREADS=2",
+                           training, "python", "-c", _SCORE_BOTH], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["version"] == version and got["backend"].startswith("faster_coco_eval"), got
+    here = evaluation.score(gt, preds, ["SKU"], 300, fast=False)  # this venv's pycocotools
+    diff = max(max(abs(got["fast"][k] - got["coco"][k]), abs(got["fast"][k] - here[k]))
+               for k in evaluation.STAT_NAMES)
+    print("{}: faster-coco-eval {} vs pycocotools, max abs difference {:.3g}".format(stack, version, diff))
+    assert diff <= 1e-6, (got, here)
+    assert 0.3 < got["fast"]["AP"] < 0.95, got  # neither nothing nor everything matched: a real comparison

@@ -139,8 +139,8 @@ TABLE: Tuple[Param, ...] = (
     Param("max-size", int, 1333, 320, "Cap on the longer image side.", low=32, high=8192),
     Param("augment", str, "flip-scale", "flip", "Training augmentation.", ("none", "flip", "flip-scale")),
     Param("amp", _bool, True, False, "Mixed precision (GPU only; ignored on CPU)."),
-    Param("evaluation-type", str, "fast", SAME, "Final evaluation: fast (faster-coco-eval, C++), coco (pycocotools; same numbers, slower), none.",
-          ("coco", "fast", "none")),
+    Param("evaluation-type", str, "fast", SAME, "Final evaluation: fast (faster-coco-eval, C++; on every stack, "
+          "else the job stops at start), coco (pycocotools; same numbers, slower), none.", ("coco", "fast", "none")),
     Param("eval-period", int, 500, 100, "Iterations between validation-loss passes (0: only at the end).", low=0),
     Param("val-samples", int, 64, 16, "Fixed validation images used for the validation loss.", low=1),
     Param("val-ap", _bool, False, SAME, "Also compute validation AP every eval-period (printed as validation_ap: x; tuning objective)."),

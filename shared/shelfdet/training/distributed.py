@@ -17,7 +17,7 @@ from detectron2.utils import comm  # noqa: E402
 log = logging.getLogger("shelfdet.training")
 TIMEOUT = timedelta(minutes=30)
 # Per validation and test image, for rank 0 to score alone while the others wait in a barrier.
-# pycocotools (Python 3.8 stacks have no faster-coco-eval) took 0.16 s an image at 300 detections
+# pycocotools (evaluation-type=coco; faster-coco-eval takes 0.007 s) took 0.16 s an image at 300 detections
 # on a busy 2-core machine; each wait scores one of the two sets, and both are counted.
 SECONDS_PER_EVAL_IMAGE = 1.0
 

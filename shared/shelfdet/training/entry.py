@@ -223,6 +223,13 @@ def run(root: Optional[str] = None) -> int:
             build_config(hp, hp.classes or ["SKU"], "train", "val", env.checkpoint_dir)
         except ConfigError as err:
             raise ContractError(str(err)) from None
+        from .. import evaluation
+
+        try:  # the scorer, now rather than after training: the final evaluation, and validation AP
+            # (which scores like fast unless evaluation-type=coco; see train_worker)
+            evaluation.require_backend(hp.evaluation_type == "fast" or (hp.evaluation_type == "none" and hp.val_ap))
+        except evaluation.BackendError as err:
+            raise ContractError(str(err)) from None
         from .distributed import launch, timeout_for
 
         _setup_logging()
