@@ -36,6 +36,15 @@ RUN_DIR        ?=
 MODEL_DIR      ?= $(patsubst %/artefacts.json,%,$(shell ls -t runs/*/model/artefacts.json 2>/dev/null | head -n 1))
 IMAGE          ?=
 ENDPOINT       ?=
+# deploy: ASYNC=1 asynchronous endpoint (S3 in/out under BUCKET, scales to zero); MIN_/MAX_INSTANCES: autoscaling.
+ASYNC          ?=
+MIN_INSTANCES  ?=
+MAX_INSTANCES  ?=
+SNS_SUCCESS    ?=
+SNS_ERROR      ?=
+# predict ENDPOINT=: RESIZE=1 sends photos at the model's test scale, TEST_SIZE=min/max or MODEL_DIR= given here.
+RESIZE         ?=
+TEST_SIZE      ?=
 PREDICTIONS    ?=
 MANIFEST       ?= $(DATA_DIR)/annotations/test.manifest
 CHANNEL        ?= validation
@@ -74,6 +83,7 @@ help: ## this list
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
+	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "  BUILDER=$(BUILDER) (push-*: docker builds here; codebuild builds on AWS CodeBuild, zip in s3://BUCKET or sagemaker-<region>-<account>/shelfdet/codebuild, ROLE= its service role)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in README.md)"
@@ -112,16 +122,18 @@ tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
 	SHELFDET_INFER="$(INFER)" $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
 
-predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT: predictions/<image file>.json + .png
-	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)") $(if $(SCORE),--score $(SCORE))
+predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT (also a folder; RESIZE=1): predictions/<image file>.json + .png
+	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)") $(if $(SCORE),--score $(SCORE)) \
+	  $(if $(filter 1 true yes,$(RESIZE)),--resize $(if $(TEST_SIZE),--test-size "$(TEST_SIZE)",$(if $(filter-out default file,$(origin MODEL_DIR)),--test-size "$(MODEL_DIR)")))
 
 evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir), or MODEL_DIR run with INFER, against MANIFEST: COCO AP and count error
 	$(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))
 
-deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name)
-	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS)
+deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name); ASYNC=1 asynchronous, MIN_/MAX_INSTANCES autoscaling
+	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) \
+	  $(if $(filter 1 true yes,$(ASYNC)),--async) $(if $(MIN_INSTANCES),--min-instances $(MIN_INSTANCES)) $(if $(MAX_INSTANCES),--max-instances $(MAX_INSTANCES)) $(if $(SNS_SUCCESS),--sns-success $(SNS_SUCCESS)) $(if $(SNS_ERROR),--sns-error $(SNS_ERROR))
 
-undeploy: $(SETUP_STAMP) ## delete the endpoint, its config and model
+undeploy: $(SETUP_STAMP) ## delete the endpoint, its config, model and scaling
 	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
 
 transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, then evaluate

@@ -207,12 +207,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: str, log_path: str):
+def start_server(model_dir: str, log_path: str, command=None):
+    """``command``: what runs ``shelfdet serve`` (default ``python -m shelfdet serve``), given its arguments."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "shared"))
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shelfdet", "serve", "--model-dir", model_dir, "--port", str(port),
-                             "--host", "127.0.0.1", "--no-access-log"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen((command or [sys.executable, "-m", "shelfdet", "serve"]) + [
+        "--model-dir", model_dir, "--port", str(port), "--host", "127.0.0.1", "--no-access-log"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
     url = "http://127.0.0.1:{}".format(port)
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shelfdet.data import csvrows, sku110k, synthetic
+from _jpeg_damage import (DAMAGED_PHOTO, PADDED_PHOTO, clean_jpeg, extraneous, premature_end, real_photo,
+                          trailing_zeros)
+from shelfdet.data import build, csvrows, sku110k, synthetic
 
 W, H = 100, 80
 
@@ -137,3 +139,44 @@ def test_synthetic_generation_is_deterministic(tmp_path):
     for sub in ("images/train_2.jpg", "annotations/annotations_train.csv"):
         assert Path(a.root, sub).read_bytes() == Path(b.root, sub).read_bytes()
     assert all(5 <= n for n in a.boxes.values()), a.boxes
+
+
+def test_damaged_jpegs_are_dropped_with_libjpegs_warning_and_padded_ones_kept(tmp_path, capsys):
+    # Pillow loads all four; libjpeg warns about the middle two (tests/test_photo_decode.py checks that).
+    clean = clean_jpeg()
+    files = {"train_0.jpg": clean, "train_1.jpg": premature_end(clean), "train_2.jpg": extraneous(clean),
+             "train_3.jpg": trailing_zeros(clean)}
+    root = make_root(tmp_path, "".join("{},1,2,30,40,object,160,120\n".format(n) for n in files), images=())
+    for name, data in files.items():
+        (root / "images" / name).write_bytes(data)
+    # Through `make data SRC=...`'s entry.
+    assert build.main(["--data-dir", str(tmp_path / "d"), "--src", str(root)]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert {c["image"]: c["reason"] for c in report["images"]["corrupted"]} == {
+        "train_1.jpg": "corrupt JPEG data: premature end of data segment",
+        "train_2.jpg": "corrupt JPEG data: extraneous bytes before marker 0xd9"}
+    assert report["boxes"]["dropped_by_reason"] == {"image_corrupted": 2}
+    assert report["channels"]["training"] == {"images": 2, "boxes": 2}
+    assert not (tmp_path / "d" / "training" / "train_1.jpg").exists()
+    assert (tmp_path / "d" / "training" / "train_3.jpg").read_bytes() == files["train_3.jpg"]
+    assert "corrupted image dropped: train_1.jpg (corrupt JPEG data: premature end of data segment)" in \
+        capsys.readouterr().out
+
+
+def test_the_damaged_real_photo_is_dropped_and_the_padded_one_kept(tmp_path, capsys):
+    damaged, padded = real_photo(DAMAGED_PHOTO), real_photo(PADDED_PHOTO)
+    # One box each, written here inside the photos' real sizes: not SKU-110K labels.
+    rows = "{},100,100,400,500,object,1920,2560\n{},100,100,400,500,object,2336,4160\n".format(damaged.name,
+                                                                                              padded.name)
+    root = make_root(tmp_path, rows, images=(), split="test")
+    for photo in (damaged, padded):
+        (root / "images" / photo.name).symlink_to(photo)
+    assert build.main(["--data-dir", str(tmp_path / "d"), "--src", str(root)]) == 0
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["images"]["corrupted"] == [
+        {"image": damaged.name, "channel": "test", "reason": "corrupt JPEG data: premature end of data segment"}]
+    assert report["channels"]["test"] == {"images": 1, "boxes": 1}
+    rec = json.loads((tmp_path / "d" / "annotations" / "test.manifest").read_text())
+    assert rec["source-ref"].endswith(padded.name)
+    assert rec["sku"]["image_size"] == [{"width": 2336, "height": 4160, "depth": 3}]
+    assert "corrupted image dropped: {}".format(damaged.name) in capsys.readouterr().out

@@ -161,16 +161,17 @@ def test_every_exif_orientation_at_an_odd_size_is_detectron2_within_tolerance(or
     assert diff < PIXEL_TOLERANCE, "EXIF {} flip {}: mean abs pixel difference {:.3f}".format(orientation, flip, diff)
     assert_same_instances(a, b)
     stored, target = (ODD, (400, 534)) if orientation < 5 else (ODD[::-1], (534, 400))
-    assert drafts[-1] == (stored, images.draft_size(target), (math.ceil(stored[0] / 2), math.ceil(stored[1] / 2)))
+    assert drafts[-1] == (stored, images.draft_size(target, stored),
+                          (math.ceil(stored[0] / 2), math.ceil(stored[1] / 2)))
 
 
 def test_draft_size_is_the_stored_orientation_of_the_target(photos, drafts):
-    # Shown 2448x3264, stored 3264x2448. At a shorter side of 408 the target is 408x544 shown, 544x408 stored,
-    # and 1.25 times that (680x510) fits in 1/4 scale; asked in the shown orientation (510x680), libjpeg
-    # would settle for 1/2.
-    a, b = both(photos["exif6"], augs(408, 2000, flip=0.0))
-    assert drafts[-1] == ((3264, 2448), (680, 510), (816, 612))
-    assert b["image"].shape == a["image"].shape == (3, 544, 408)
+    # Shown 2448x3264, stored 3264x2448. At a shorter side of 240 the target is 240x320 shown, 320x240 stored,
+    # and 2.5 times that (800x600) fits in 1/4 scale (816x612); in the shown orientation (600x800) only 1/2 would.
+    a, b = both(photos["exif6"], augs(240, 2000, flip=0.0))
+    assert drafts[-1] == ((3264, 2448), (816, 612), (816, 612))
+    assert images.draft_size((240, 320), (3264, 2448)) == (1632, 1224)
+    assert b["image"].shape == a["image"].shape == (3, 320, 240)
     assert (a["image"].int() - b["image"].int()).abs().float().mean().item() < PIXEL_TOLERANCE
     assert_same_instances(a, b)
 

@@ -370,3 +370,22 @@ def test_the_test_resize_is_detectron2s_wherever_that_gives_a_pixel():
             else:
                 assert min(ours.new_h, ours.new_w) == 1
     assert checked > 500
+
+
+def test_damaged_jpegs_are_answered_with_warnings_and_clean_ones_without(client, detector):
+    from _jpeg_damage import clean_jpeg, extraneous, premature_end, trailing_zeros
+
+    clean = clean_jpeg()
+    cases = [(premature_end(clean), ["corrupt JPEG data: premature end of data segment"]),
+             (extraneous(clean), ["corrupt JPEG data: extraneous bytes before marker 0xd9"]),
+             (clean, None), (trailing_zeros(clean), None), (PNG, None)]
+    for data, warnings in cases:
+        r = client.post("/invocations", content=data, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text[:300]
+        # SPEC §4 plus an optional key: only a damaged image's answer has it.
+        assert r.json().get("warnings") == warnings
+        assert ("warnings" in r.json()) == bool(warnings)
+        assert_same(r.json(), direct(detector, data))
+    r = client.post("/invocations", json={"instances": [base64.b64encode(d).decode() for d, _ in cases]})
+    assert r.status_code == 200, r.text[:300]
+    assert [p.get("warnings") for p in r.json()] == [w for _, w in cases]

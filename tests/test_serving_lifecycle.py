@@ -297,6 +297,11 @@ class _FakeDetector:
     max_detections = 10
     device = "cpu"
 
+    def decode(self, data, name="image"):
+        from shelfdet import imageio
+
+        return imageio.decode(data, name)
+
     def predict(self, images, score_thr=None, max_detections=None):
         return [{"image_height": im.shape[0], "image_width": im.shape[1], "pred_boxes": [], "scores": [],
                  "pred_classes": [], "pred_class_names": [], "class_names": ["SKU"]} for im in images]

@@ -103,7 +103,21 @@ def test_errors_are_one_line(model_dir, image, tmp_path, case, needle):
     assert "Traceback" not in proc.stderr
 
 
+def moto_endpoint(name):
+    """A real-time endpoint in moto: predict asks its kind before invoking it."""
+    import boto3
+
+    sm = boto3.client("sagemaker", region_name="us-east-2")
+    sm.create_model(ModelName=name, ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+                    PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-2.amazonaws.com/s:t",
+                                      "ModelDataUrl": "s3://b/model.tar.gz"})
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+
+
 def test_endpoint_mode_uses_invoke_endpoint(aws_env, moto_server, ascii_image, tmp_path):
+    moto_endpoint("shelfdet-ep")
     served = {"image_height": 30, "image_width": 40, "pred_boxes": [[10.0, 10.0, 50.0, 60.0], [60, 20, 90, 100]],
               "scores": [0.9, 0.4], "pred_classes": [0, 0], "pred_class_names": ["SKU", "SKU"],
               "class_names": ["SKU"]}
@@ -122,6 +136,7 @@ def test_endpoint_mode_uses_invoke_endpoint(aws_env, moto_server, ascii_image, t
 
 def test_endpoint_answer_that_is_not_a_prediction_is_a_clear_error(aws_env, ascii_image, tmp_path):
     # moto's default answer is a fixed string, as a misconfigured endpoint might send.
+    moto_endpoint("other-ep")
     proc = predict("--image", ascii_image, "--endpoint", "other-ep", "--region", "us-east-2", "--out", tmp_path / "o")
     assert proc.returncode == 2, proc.stderr
     assert "not JSON" in proc.stderr or "without pred_boxes" in proc.stderr, proc.stderr

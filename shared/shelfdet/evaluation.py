@@ -247,17 +247,15 @@ def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
                     log_every: int = 20) -> Dict[str, Dict[str, Any]]:
     """Runs the detector over every image of a dataset; returns predictions keyed by file name.
 
-    One image per forward, as the endpoint runs it: in a batch, padding to the
+    One image per forward, decoded and run as the endpoint does: in a batch, padding to the
     largest image shifts boxes slightly, and validation AP would then disagree
     with the final evaluation and with serving.
     """
-    from . import imageio
-
     preds: Dict[str, Dict[str, Any]] = {}
     start = time.time()
     total = len(gt_dicts)
     for done, d in enumerate(gt_dicts, 1):
-        preds[os.path.basename(d["file_name"])] = detector.predict([imageio.read(d["file_name"])])[0]
+        preds[os.path.basename(d["file_name"])] = detector.predict([detector.read(d["file_name"])])[0]
         if done == total or done % max(1, log_every) == 0:
             rate = done / max(time.time() - start, 1e-9)
             log.info("evaluation: %d/%d images, %.1f img/s, ETA %.0fs", done, total, rate, (total - done) / rate)

@@ -5,11 +5,11 @@ import argparse
 import contextlib
 import logging
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from . import compat
+from . import compat, imageio
 
 compat.apply()
 
@@ -128,12 +128,17 @@ def inference_resize(height: int, width: int, min_size: int, max_size: int) -> T
     """
     if min_size <= 0:
         return T.NoOpTransform()
-    scale = min_size / min(height, width)
-    new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
-    if max(new_h, new_w) > max_size:
-        shrink = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * shrink, new_w * shrink
-    return T.ResizeTransform(height, width, max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5)))
+    return T.ResizeTransform(height, width, *imageio.inference_size(height, width, min_size, max_size))
+
+
+# What Detector reads: a decoded photo, or a full-size HxWx3 BGR array.
+Photo = Union[imageio.Decoded, np.ndarray]
+
+
+def as_decoded(image: Photo) -> imageio.Decoded:
+    if isinstance(image, imageio.Decoded):
+        return image
+    return imageio.Decoded(image, image.shape[0], image.shape[1])
 
 
 class Detector:
@@ -179,20 +184,38 @@ class Detector:
     def device(self) -> str:
         return str(self.cfg.MODEL.DEVICE)
 
-    def _inputs(self, image_bgr: np.ndarray) -> Dict[str, Any]:
-        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-            raise ValueError("expected an HxWx3 image, got shape {}".format(image_bgr.shape))
-        height, width = image_bgr.shape[:2]
-        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        image = inference_resize(height, width, self.min_size, self.max_size).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return {"image": tensor, "height": height, "width": width}
+    def decode(self, data: bytes, name: str = "image") -> imageio.Decoded:
+        """Image bytes -> the photo at this model's test scale (``imageio.decode_scaled``), for ``predict``.
 
-    def raw(self, images_bgr: Sequence[np.ndarray]) -> List[Any]:
+        Tiles are cut from the photo at full size, each then resized as a
+        whole photo is: a tiled model gets every pixel.
+        """
+        if self.options.tile_size:
+            return imageio.decode_scaled(data, 0, 0, name)
+        return imageio.decode_scaled(data, self.min_size, self.max_size, name)
+
+    def read(self, path: str) -> imageio.Decoded:
+        with open(path, "rb") as f:
+            return self.decode(f.read(), path)
+
+    def _inputs(self, image: Photo) -> Dict[str, Any]:
+        photo = as_decoded(image)
+        pixels = photo.image
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError("expected an HxWx3 image, got shape {}".format(pixels.shape))
+        pixels = pixels[:, :, ::-1] if self.input_format == "RGB" else pixels
+        # The size comes from the photo's own; a photo decoded at the test scale is there already.
+        size = imageio.inference_size(photo.height, photo.width, self.min_size, self.max_size)
+        if pixels.shape[:2] != size:
+            pixels = T.ResizeTransform(pixels.shape[0], pixels.shape[1], *size).apply_image(pixels)
+        tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        return {"image": tensor, "height": photo.height, "width": photo.width}
+
+    def raw(self, images: Sequence[Photo]) -> List[Any]:
         """Detectron2 ``Instances`` per image, in original image coordinates."""
         if not self.options.plain:
-            return [self._merged(im) for im in images_bgr]
-        return self._forward([self._inputs(im) for im in images_bgr])
+            return [self._merged(as_decoded(im)) for im in images]
+        return self._forward([self._inputs(im) for im in images])
 
     def _forward(self, inputs: List[Dict[str, Any]], candidates: bool = False) -> List[Any]:
         """``candidates``: the model's boxes before its NMS (for Soft-NMS), as many as ``proposals``."""
@@ -200,15 +223,19 @@ class Detector:
             outputs = self.model(inputs)
         return [o["instances"].to("cpu") for o in outputs]
 
-    def _merged(self, image_bgr: np.ndarray) -> Any:
+    def _merged(self, photo: imageio.Decoded) -> Any:
         """Soft-NMS and/or tiles: candidates of the whole image and of each tile, merged into one set."""
         opt = self.options
-        height, width = image_bgr.shape[:2]
+        height, width = photo.height, photo.width
         soft = opt.nms == "soft"
-        views = [self._forward([self._inputs(image_bgr)], candidates=soft)[0]]
+        views = [self._forward([self._inputs(photo)], candidates=soft)[0]]
         boxes, scores, classes = [views[0].pred_boxes.tensor], [views[0].scores], [views[0].pred_classes]
         tiles = postprocess.windows(height, width, opt.tile_size, opt.tile_overlap) if opt.tile_size else []
         if len(tiles) > 1:
+            if photo.image.shape[:2] != (height, width):
+                raise ValueError("tiles are cut from the photo at full size, got it at {}x{} of {}x{}: decode it with "
+                                 "Detector.decode".format(photo.image.shape[1], photo.image.shape[0], width, height))
+            image_bgr = photo.image
             # Equal-sized tiles: one batch, no padding between them.
             found = self._forward([self._inputs(image_bgr[y0:y1, x0:x1]) for x0, y0, x1, y1 in tiles], candidates=soft)
             for tile, inst in zip(tiles, found):
@@ -222,12 +249,17 @@ class Detector:
                                               self.max_detections)
         return Instances((height, width), pred_boxes=Boxes(b[keep]), scores=kept_scores, pred_classes=c[keep])
 
-    def predict(self, images_bgr: Sequence[np.ndarray], score_thr: Optional[float] = None,
+    def predict(self, images: Sequence[Photo], score_thr: Optional[float] = None,
                 max_detections: Optional[int] = None) -> List[Dict[str, Any]]:
-        """SPEC §4 response dicts, one per image, boxes in original pixels, best first."""
+        """SPEC §4 response dicts, one per image, boxes in original pixels, best first; a damaged
+        photo's dict adds ``warnings`` (a list of what the decoder found)."""
         results = []
-        for image, inst in zip(images_bgr, self.raw(images_bgr)):
-            results.append(self.to_response(inst, image.shape[0], image.shape[1], score_thr, max_detections))
+        for image, inst in zip(images, self.raw(images)):
+            photo = as_decoded(image)
+            result = self.to_response(inst, photo.height, photo.width, score_thr, max_detections)
+            if photo.warnings:
+                result["warnings"] = list(photo.warnings)
+            results.append(result)
         return results
 
     def to_response(self, inst: Any, height: int, width: int, score_thr: Optional[float] = None,

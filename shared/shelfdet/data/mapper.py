@@ -12,8 +12,8 @@ level on photos: ``tests/test_data_mapper.py``) by
 - reading the size and EXIF orientation from the header first, so the
   augmentations are sampled before any pixel is decoded;
 - letting libjpeg decode at 1/2, 1/4 or 1/8 scale (``Image.draft``) when
-  that still leaves 1.25 times the final size, then resizing exactly to it
-  over the area the reduced image covers;
+  that still leaves a margin over the final size (``images.DRAFT_MARGINS``),
+  then resizing exactly to it over the area the reduced image covers;
 - applying EXIF orientation to the small resized image, not the full one;
 - transforming all boxes with one ``apply_box`` on an (N, 4) array.
 
@@ -24,7 +24,7 @@ formats or augmentations) goes through Detectron2's own ``__call__``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .. import compat
 
@@ -39,63 +39,15 @@ from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .images import draft_size  # noqa: E402
+from .images import SWAPS_SIDES, decode_resized, exif_transpose_method  # noqa: E402
 
-EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the PIL transpose that shows the image upright (Detectron2's table in read_image).
-EXIF_TRANSPOSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
-                  6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
-# These swap width and height: the stored image is the displayed one turned by 90 degrees.
-SWAPS_SIDES = (Image.TRANSPOSE, Image.ROTATE_270, Image.TRANSVERSE, Image.ROTATE_90)
 # Augmentations whose transforms depend on the image size only, so they can be sampled from the header.
 SHAPE_ONLY_AUGMENTATIONS = (T.ResizeShortestEdge, T.RandomFlip)
-# Formats libjpeg decodes (MPO: phone photos with a second picture appended).
-JPEG_FORMATS = ("JPEG", "MPO")
-
-
-def exif_transpose_method(image: Image.Image) -> Optional[int]:
-    """The transpose that applies the image's EXIF orientation, or None; unreadable EXIF counts as none."""
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # noqa: BLE001 - broken EXIF: Detectron2 ignores it too
-        return None
-    return EXIF_TRANSPOSE.get(orientation)
 
 
 def _shape_only(height: int, width: int) -> np.ndarray:
     # A (H, W, 3) array that owns no memory: size-only augmentations and checks read nothing but .shape.
     return np.broadcast_to(np.zeros((), np.uint8), (height, width, 3))
-
-
-def decode_resized(image: Image.Image, size: Optional[Tuple[int, int]], method: Optional[int]) -> Image.Image:
-    """An opened image -> RGB at ``size`` (width, height, after orientation), EXIF orientation applied.
-
-    ``size=None`` keeps the image's own size. JPEGs are decoded at the
-    largest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
-    DRAFT_MARGIN times ``size`` (libjpeg's scaled IDCT: at 1/2 a photo
-    decodes in about 3/5 of the time and resizes in a third), then resized
-    exactly to ``size`` with Detectron2's filter.
-    """
-    stored = None
-    if size is not None:
-        # Decoding and resizing happen in the stored orientation; the transpose comes last, on the small image.
-        stored = (size[1], size[0]) if method in SWAPS_SIDES else tuple(size)
-    box = None
-    if stored is not None and image.format in JPEG_FORMATS and min(stored) > 0:
-        # Pillow picks the scale so both sides stay >= what is asked; it returns the
-        # area of the reduced image that the full image maps to (the last
-        # row/column may be partly outside when a side is not a multiple of it).
-        drafted = image.draft("RGB", draft_size(stored))
-        if drafted:
-            box = drafted[1]
-    image.load()
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if stored is not None:
-        image = image.resize(stored, Image.BILINEAR, box=box)
-    if method is not None:
-        image = image.transpose(method)
-    return image
 
 
 class FastDatasetMapper(DatasetMapper):

@@ -2,6 +2,10 @@
 
 What it creates is tagged ``shelfdet:deployment=<endpoint>`` and recorded in
 ``runs/deployments/<endpoint>.json``, so ``make undeploy`` removes exactly that.
+``--async`` makes an asynchronous endpoint (requests and results on S3) that
+scales to zero; ``--min-instances``/``--max-instances`` scale a real-time one.
+Scaling is Application Auto Scaling (and, for async, one CloudWatch alarm),
+registered once the endpoint is in service, and recorded like the rest.
 """
 from __future__ import annotations
 
@@ -9,14 +13,28 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from ..serving import limits
 from . import aws, training
 from .aws import LaunchError, note
 
 RECORD_DIR = os.path.join("runs", "deployments")
 TAG = "shelfdet:deployment"
 NAME_KEYS = {"create_model": "ModelName", "create_endpoint_config": "EndpointConfigName", "create_endpoint": "EndpointName"}
+VARIANT = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+ASYNC_PREFIX = "detectron2/async"
+# The server's default inference threads (serving.app.DEFAULT_THREADS): more at once would wait in its queue.
+ASYNC_CONCURRENCY = 4
+# AWS's async-inference example: 5 queued requests per instance.
+BACKLOG_TARGET = 5.0
+# Invocations per instance per minute: about half of what one instance serves at ~1 s a photo
+# (measured on CPU at 750/1000: 0.96 s alone), as a new instance takes minutes to start.
+INVOCATIONS_TARGET = 30.0
+# A new instance takes minutes to start: scaling in waits longer, so a short lull does not cost a cold start.
+SCALE_IN_COOLDOWN = 600
+SCALE_OUT_COOLDOWN = 300
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +51,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-type", default="ml.g4dn.xlarge")
     p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created")
     p.add_argument("--record-dir", default=RECORD_DIR)
+    p.add_argument("--async", dest="async_inference", action="store_true",
+                   help="asynchronous endpoint: inputs and results on S3 under --bucket, scales to zero")
+    p.add_argument("--async-prefix", default=ASYNC_PREFIX,
+                   help="S3 prefix of the async endpoint's folders: <prefix>/<endpoint>/{input,output,failure}/")
+    p.add_argument("--max-concurrent", type=int, default=ASYNC_CONCURRENCY,
+                   help="async: MaxConcurrentInvocationsPerInstance")
+    p.add_argument("--sns-success", help="async: SNS topic (ARN or name) told of each result")
+    p.add_argument("--sns-error", help="async: SNS topic (ARN or name) told of each failure")
+    p.add_argument("--min-instances", type=int, help="scale down to this many (async default: 0)")
+    p.add_argument("--max-instances", type=int, help="scale up to this many (default: the larger of "
+                   "--min-instances and --instance-count)")
+    p.add_argument("--target-backlog", type=float, default=BACKLOG_TARGET,
+                   help="async: ApproximateBacklogSizePerInstance target tracking keeps")
+    p.add_argument("--target-invocations", type=float, default=INVOCATIONS_TARGET,
+                   help="real-time: SageMakerVariantInvocationsPerInstance (per minute) target tracking keeps")
     add_model_flags(p)
     return p
 
@@ -111,15 +144,111 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     # Named after the endpoint (no timestamp) so a dry run prints the names that will be sent.
     model_name = aws.job_name(endpoint[:56], "model")
     config_name = aws.job_name(endpoint[:56], "config")
+    env = environment(args.env)
+    scale = scaling_range(args)
+    initial = args.instance_count if scale is None else min(max(args.instance_count, scale[0], 1), scale[1])
+    config = {
+        "EndpointConfigName": config_name,
+        "ProductionVariants": [{"VariantName": VARIANT, "ModelName": model_name,
+                                "InstanceType": args.instance_type, "InitialInstanceCount": initial}],
+        "Tags": tags}  # type: Dict[str, Any]
+    if args.async_inference:
+        config["AsyncInferenceConfig"] = async_config(args, cloud, endpoint)
+        # SageMaker hands /invocations the S3 object whole: the real-time 6 MB cap would refuse big photos.
+        env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(limits.ASYNC_MAX_PAYLOAD_MB))
     return [
-        ("create_model", model_request(model_name, image, data, role, environment(args.env), tags)),
-        ("create_endpoint_config", {
-            "EndpointConfigName": config_name,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name,
-                                    "InstanceType": args.instance_type, "InitialInstanceCount": args.instance_count}],
-            "Tags": tags}),
+        ("create_model", model_request(model_name, image, data, role, env, tags)),
+        ("create_endpoint_config", config),
         ("create_endpoint", {"EndpointName": endpoint, "EndpointConfigName": config_name, "Tags": tags}),
     ]
+
+
+def async_config(args: argparse.Namespace, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
+    if not args.bucket:
+        raise LaunchError("ASYNC=1 needs BUCKET=<bucket>: requests and results go to s3://<bucket>/{}/{}/".format(
+            args.async_prefix.strip("/"), endpoint))
+    bucket = cloud.check_bucket(args.bucket)
+    if args.max_concurrent < 1:
+        raise LaunchError("--max-concurrent {} must be >= 1".format(args.max_concurrent))
+    output = {"S3OutputPath": aws.s3_uri(bucket, args.async_prefix, endpoint, "output"),
+              "S3FailurePath": aws.s3_uri(bucket, args.async_prefix, endpoint, "failure")}  # type: Dict[str, Any]
+    topics = {}
+    for key, topic in (("SuccessTopic", args.sns_success), ("ErrorTopic", args.sns_error)):
+        if topic:
+            topics[key] = topic if topic.startswith("arn:") else "arn:aws:sns:{}:{}:{}".format(
+                cloud.region, cloud.account(), topic)
+    if topics:
+        output["NotificationConfig"] = topics
+    return {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": args.max_concurrent}, "OutputConfig": output}
+
+
+def scaling_range(args: argparse.Namespace) -> Optional[Tuple[int, int]]:
+    """(min, max) instances, or None: a real-time endpoint scales only when asked to."""
+    if not args.async_inference and args.min_instances is None and args.max_instances is None:
+        return None
+    low = args.min_instances if args.min_instances is not None else (0 if args.async_inference else args.instance_count)
+    high = args.max_instances if args.max_instances is not None else max(low, args.instance_count, 1)
+    if low < 0 or (low < 1 and not args.async_inference):
+        raise LaunchError("MIN_INSTANCES={}: a real-time endpoint keeps at least 1 instance; ASYNC=1 scales to 0".format(low))
+    if high < max(low, 1):
+        raise LaunchError("MAX_INSTANCES={} is below MIN_INSTANCES={} (or 1)".format(high, low))
+    if args.no_wait:
+        raise LaunchError("scaling is registered once the endpoint is in service: drop --no-wait")
+    return low, high
+
+
+def resource_id(endpoint: str) -> str:
+    return "endpoint/{}/variant/{}".format(endpoint, VARIANT)
+
+
+def alarm_name(endpoint: str) -> str:
+    return endpoint + "-has-backlog-without-capacity"
+
+
+def scaling_requests(args: argparse.Namespace, endpoint: str) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """[(service, operation, request), ...] that scale the endpoint, in order; [] when it does not scale.
+
+    Async: target tracking on the backlog per instance cannot leave zero instances (no instance, no
+    ratio), so a step policy, set off by an alarm on HasBacklogWithoutCapacity, adds the first one,
+    as AWS's async-inference guide does.
+    """
+    scale = scaling_range(args)
+    if scale is None:
+        return []
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": resource_id(endpoint), "ScalableDimension": SCALABLE_DIMENSION}
+    cooldowns = {"ScaleInCooldown": SCALE_IN_COOLDOWN, "ScaleOutCooldown": SCALE_OUT_COOLDOWN}
+    out = [("application-autoscaling", "register_scalable_target", dict(target, MinCapacity=scale[0], MaxCapacity=scale[1]))]
+    if not args.async_inference:
+        tracking = dict({"TargetValue": args.target_invocations,
+                         "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}},
+                        **cooldowns)
+        out.append(("application-autoscaling", "put_scaling_policy", dict(
+            target, PolicyName=endpoint + "-invocations-per-instance", PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration=tracking)))
+        return out
+    dims = [{"Name": "EndpointName", "Value": endpoint}]
+    backlog = dict({"TargetValue": args.target_backlog,
+                    "CustomizedMetricSpecification": {"MetricName": "ApproximateBacklogSizePerInstance",
+                                                      "Namespace": "AWS/SageMaker", "Dimensions": dims,
+                                                      "Statistic": "Average"}}, **cooldowns)
+    step_name = endpoint + "-scale-out-from-zero"
+    out += [
+        ("application-autoscaling", "put_scaling_policy", dict(
+            target, PolicyName=endpoint + "-backlog-per-instance", PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration=backlog)),
+        ("application-autoscaling", "put_scaling_policy", dict(
+            target, PolicyName=step_name, PolicyType="StepScaling",
+            StepScalingPolicyConfiguration={"AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Average",
+                                            "Cooldown": SCALE_OUT_COOLDOWN,
+                                            "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]})),
+        # Two minutes with a backlog and no instance; AlarmActions is the step policy's ARN, known once it exists.
+        ("cloudwatch", "put_metric_alarm", {
+            "AlarmName": alarm_name(endpoint), "MetricName": "HasBacklogWithoutCapacity", "Namespace": "AWS/SageMaker",
+            "Statistic": "Average", "Dimensions": dims, "Period": 60, "EvaluationPeriods": 2, "DatapointsToAlarm": 2,
+            "Threshold": 1.0, "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "missing",
+            "AlarmActions": ["<PolicyARN of {}>".format(step_name)]}),
+    ]
+    return out
 
 
 def endpoint_exists(cloud: aws.Aws, endpoint: str) -> bool:
@@ -139,17 +268,24 @@ def _main(argv: List[str]) -> int:
     args = parser().parse_args(argv)
     cloud = aws.Aws.from_args(args)
     requests = build_requests(args, cloud)
+    scaling = scaling_requests(args, requests[-1][1]["EndpointName"])
     created = {"region": args.region}  # type: Dict[str, Any]
-    for operation, request in requests:
-        cloud.send("sagemaker", operation, request)
-        created[operation[len("create_"):]] = request[NAME_KEYS[operation]]
+
+    def record() -> None:
+        # After each step, so a failure half way still lets undeploy clean up.
         if not cloud.dry_run:
-            # Recorded after each step, so a failure half way still lets undeploy clean up.
             os.makedirs(args.record_dir, exist_ok=True)
             endpoint = requests[-1][1]["EndpointName"]
             with open(record_path(args.record_dir, endpoint), "w") as f:
                 json.dump(dict(created, endpoint=endpoint), f, indent=2)
+
+    for operation, request in requests:
+        cloud.send("sagemaker", operation, request)
+        created[operation[len("create_"):]] = request[NAME_KEYS[operation]]
+        record()
     if cloud.dry_run:
+        for service, operation, request in scaling:
+            cloud.send(service, operation, request)
         return 0
     endpoint = requests[-1][1]["EndpointName"]
     note("creating endpoint {}\n  {}".format(endpoint, training.console_url(args.region, "endpoints", endpoint)))
@@ -162,7 +298,26 @@ def _main(argv: List[str]) -> int:
         except WaiterError:
             reason = sm.describe_endpoint(EndpointName=endpoint).get("FailureReason", "not in service in time")
             raise LaunchError("endpoint {} failed: {} (`make undeploy ENDPOINT={}` cleans up)".format(endpoint, reason, endpoint)) from None
-        note("endpoint {} is in service: make predict ENDPOINT={} IMAGE=<image>".format(endpoint, endpoint))
+        step_arn = None
+        for service, operation, request in scaling:
+            if operation == "put_metric_alarm":
+                request["AlarmActions"] = [step_arn]
+            answer = cloud.send(service, operation, request) or {}
+            if operation == "register_scalable_target":
+                created["scalable_target"] = request["ResourceId"]
+            elif operation == "put_scaling_policy":
+                created.setdefault("scaling_policies", []).append(request["PolicyName"])
+                if request["PolicyType"] == "StepScaling":
+                    step_arn = answer["PolicyARN"]
+            else:
+                created.setdefault("alarms", []).append(request["AlarmName"])
+            record()
+        if scaling:
+            low, high = scaling[0][2]["MinCapacity"], scaling[0][2]["MaxCapacity"]
+            note("endpoint {} scales between {} and {} instances ({})".format(endpoint, low, high, ", ".join(
+                created["scaling_policies"] + created.get("alarms", []))))
+        note("endpoint {} is in service: make predict ENDPOINT={} IMAGE=<image{}>".format(
+            endpoint, endpoint, " or folder" if args.async_inference else ""))
     print(endpoint, flush=True)
     return 0
 

@@ -1,4 +1,8 @@
-"""``make undeploy``: delete the endpoint, endpoint config and model that ``make deploy`` created."""
+"""``make undeploy``: delete the endpoint, endpoint config and model that ``make deploy`` created.
+
+Its scaling goes first (alarm, scaling policies, scalable target): a scalable target left behind
+would outlive the endpoint, and a new endpoint of the same name would inherit it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +14,9 @@ from typing import Any, Dict, List, Optional
 
 from . import aws, deploy
 from .aws import LaunchError, note
+
+# How SageMaker and Application Auto Scaling say that something is not there.
+GONE = ("could not find", "does not exist", "no scaling policy found", "no scalable target found")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,7 +59,24 @@ def from_aws(cloud: aws.Aws, endpoint: str, force: bool) -> Dict[str, Any]:
             endpoint, deploy.TAG))
     config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
     models = [v["ModelName"] for v in config.get("ProductionVariants", [])]
-    return {"endpoint": endpoint, "endpoint_config": desc["EndpointConfigName"], "model": models}
+    return dict(scaling_from_aws(cloud, endpoint), endpoint=endpoint, endpoint_config=desc["EndpointConfigName"],
+                model=models)
+
+
+def scaling_from_aws(cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
+    """The scalable target, its policies and deploy's alarm of ``endpoint``, as a deploy record has them."""
+    target = deploy.resource_id(endpoint)
+    aas = cloud.client("application-autoscaling")
+    found = {}  # type: Dict[str, Any]
+    if aas.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[target]).get("ScalableTargets"):
+        found["scalable_target"] = target
+    policies = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=target).get("ScalingPolicies", [])
+    if policies:
+        found["scaling_policies"] = [p["PolicyName"] for p in policies if p.get("ResourceId") == target]
+    alarms = cloud.client("cloudwatch").describe_alarms(AlarmNames=[deploy.alarm_name(endpoint)]).get("MetricAlarms", [])
+    if alarms:
+        found["alarms"] = [a["AlarmName"] for a in alarms]
+    return found
 
 
 def plan(args: argparse.Namespace, cloud: aws.Aws) -> Dict[str, Any]:
@@ -66,19 +90,36 @@ def plan(args: argparse.Namespace, cloud: aws.Aws) -> Dict[str, Any]:
     if record is not None:
         return record
     if cloud.dry_run:
+        note("# dry run: no record of {}, so its scaling (if any) was not looked up".format(args.endpoint))
         return {"endpoint": args.endpoint, "endpoint_config": "<config of endpoint {}>".format(args.endpoint),
                 "model": ["<model of endpoint {}>".format(args.endpoint)]}
     return from_aws(cloud, args.endpoint, args.force)
 
 
-def delete(cloud: aws.Aws, operation: str, request: Dict[str, str]) -> None:
+def delete(cloud: aws.Aws, operation: str, request: Dict[str, Any], service: str = "sagemaker", name: str = "") -> None:
     try:
-        cloud.send("sagemaker", operation, request)
-    except cloud.client("sagemaker").exceptions.ClientError as err:
+        cloud.send(service, operation, request)
+    except cloud.client(service).exceptions.ClientError as err:
         # Gone already (an earlier undeploy, the console): the goal is reached.
-        if "could not find" not in str(err).lower() and "does not exist" not in str(err).lower():
+        text = str(err).lower()
+        if not any(gone in text for gone in GONE):
             raise
-        note("{} already gone".format(list(request.values())[0]))
+        note("{} already gone".format(name or list(request.values())[0]))
+
+
+def delete_scaling(cloud: aws.Aws, record: Dict[str, Any]) -> bool:
+    """Deletes what scaled the endpoint, if anything did; whether something did."""
+    target = record.get("scalable_target")
+    policies, alarms = record.get("scaling_policies") or [], record.get("alarms") or []
+    if alarms:
+        delete(cloud, "delete_alarms", {"AlarmNames": alarms}, "cloudwatch", ", ".join(alarms))
+    where = {"ServiceNamespace": "sagemaker", "ResourceId": target or deploy.resource_id(record["endpoint"]),
+             "ScalableDimension": deploy.SCALABLE_DIMENSION}
+    for policy in policies:
+        delete(cloud, "delete_scaling_policy", dict(where, PolicyName=policy), "application-autoscaling", policy)
+    if target:
+        delete(cloud, "deregister_scalable_target", where, "application-autoscaling", "scalable target " + target)
+    return bool(target or policies or alarms)
 
 
 def _main(argv: List[str]) -> int:
@@ -88,6 +129,7 @@ def _main(argv: List[str]) -> int:
     endpoint = record["endpoint"]
     models = record.get("model") or []
     models = [models] if isinstance(models, str) else models
+    scaled = delete_scaling(cloud, record)
     delete(cloud, "delete_endpoint", {"EndpointName": endpoint})
     if record.get("endpoint_config"):
         delete(cloud, "delete_endpoint_config", {"EndpointConfigName": record["endpoint_config"]})
@@ -97,7 +139,7 @@ def _main(argv: List[str]) -> int:
         path = deploy.record_path(args.record_dir, endpoint)
         if os.path.exists(path):
             os.remove(path)
-        note("deleted endpoint {}, its config and model".format(endpoint))
+        note("deleted endpoint {}, its config and model{}".format(endpoint, " and its scaling" if scaled else ""))
     return 0
 
 

@@ -373,12 +373,12 @@ def _handle(detector: Any, kind: str, body: bytes, thr: Optional[float], cap: Op
     """Runs in the thread pool: decode, predict, encode, within the pixel budget."""
     if kind == "raw":
         with budget.hold(_declared(body, "image")):
-            image = _decode(body, "image")
+            image = _decode(detector, body, "image")
             result: Any = detector.predict([image], thr, cap)[0]
     else:
         items = _batch_items(body)
         with budget.hold(_batch_pixels(items)):
-            images = _decode_batch(items)
+            images = _decode_batch(detector, items)
             # One forward pass per image: Detectron2 pads a batch to its largest
             # image, so batching would make an image's boxes depend on its neighbours.
             result = [detector.predict([im], thr, cap)[0] for im in images]
@@ -404,16 +404,17 @@ def _batch_pixels(items: List[bytes]) -> int:
     return pixels
 
 
-def _decode(data: bytes, name: str, index: Optional[int] = None) -> Any:
+def _decode(detector: Any, data: bytes, name: str, index: Optional[int] = None) -> Any:
+    """The photo at the model's test scale; damaged JPEG data is served, with ``warnings`` in its answer."""
     extra = {} if index is None else {"index": index}
     try:
-        return imageio.decode(data, name)
+        return detector.decode(data, name)
     except imageio.ImageDecodeError as err:
         raise RequestError(400, str(err), **extra) from None
 
 
-def _decode_batch(items: List[bytes]) -> List[Any]:
-    return [_decode(data, "instance {}".format(i), i) for i, data in enumerate(items)]
+def _decode_batch(detector: Any, items: List[bytes]) -> List[Any]:
+    return [_decode(detector, data, "instance {}".format(i), i) for i, data in enumerate(items)]
 
 
 def _batch_items(body: bytes) -> List[bytes]:

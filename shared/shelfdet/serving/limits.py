@@ -10,6 +10,12 @@ import os
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time endpoints' own request limit
+# An asynchronous endpoint hands /invocations its S3 input whole, up to 1 GB (make deploy ASYNC=1 sets this).
+# 200 MB holds any image the decoder takes (60 MP as uncompressed 8-bit RGB is 180 MB) while four
+# concurrent bodies stay well inside an instance's memory; a larger body is a 413 in the failure object.
+ASYNC_MAX_PAYLOAD_MB = 200
+MAX_PAYLOAD_MB = 1024  # asynchronous inference's maximum; batch transform's is 100, real-time's 6
+BATCH_MAX_PAYLOAD_MB = 100
 DEFAULT_MAX_CONCURRENT_TRANSFORMS = 1
 BATCH_STRATEGIES = {"singlerecord": "SINGLE_RECORD", "multirecord": "MULTI_RECORD"}
 PARAMS = ("score_threshold", "max_detections")
@@ -41,7 +47,8 @@ class Settings(NamedTuple):
             "MaxConcurrentTransforms": self.max_concurrent_transforms,
             "BatchStrategy": self.batch_strategy,
             # SageMaker's field is an integer number of MB.
-            "MaxPayloadInMB": int(payload) if float(payload).is_integer() else max(1, int(math.floor(payload))),
+            "MaxPayloadInMB": min(BATCH_MAX_PAYLOAD_MB, int(payload) if float(payload).is_integer()
+                                  else max(1, int(math.floor(payload)))),
         }
 
 
@@ -49,8 +56,8 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
     """Reads ``SAGEMAKER_*``; a malformed value is an error at start-up, not a silent default."""
     env = os.environ if env is None else env
     payload = _number(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, float)
-    if not 0 < payload <= 100:  # 100 MB is SageMaker batch transform's maximum
-        raise LimitError("SAGEMAKER_MAX_PAYLOAD_IN_MB={} is outside (0, 100]".format(payload))
+    if not 0 < payload <= MAX_PAYLOAD_MB:
+        raise LimitError("SAGEMAKER_MAX_PAYLOAD_IN_MB={} is outside (0, {}]".format(payload, MAX_PAYLOAD_MB))
     concurrent = _number(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", DEFAULT_MAX_CONCURRENT_TRANSFORMS, int)
     if concurrent < 1:
         raise LimitError("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS={} must be >= 1".format(concurrent))
