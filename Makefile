@@ -30,6 +30,7 @@ SPOT           ?=
 WAIT           ?= 0
 DRY_RUN        ?= 0
 HP             ?=
+RECIPE         ?=
 WEIGHTS        ?=
 RUN_DIR        ?=
 # The newest *complete* model: an interrupted run has no model/artefacts.json.
@@ -81,7 +82,7 @@ help: ## this list
 	@echo "Variables (default):"
 	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  MAX_SIDE=$(MAX_SIDE) (empty: images as they are)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
-	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
+	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
@@ -112,11 +113,11 @@ visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL
 train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
 	$(SHELFDET) train $(if $(ALGO_GIVEN),--algo $(ALGO)) $(if $(DATA_DIR_GIVEN),--data-dir $(DATA_DIR)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
 	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)) \
-	  $(if $(HP),-- $(HP))
+	  $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
 
 tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 	$(SHELFDET) tune --algo $(ALGO) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --objective $(OBJECTIVE) --max-jobs $(MAX_JOBS) --max-parallel $(MAX_PARALLEL) \
-	  $(if $(filter 0 false no,$(SPOT)),,--spot) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS) $(if $(HP),-- $(HP))
+	  $(if $(filter 0 false no,$(SPOT)),,--spot) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS) $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
 
 # ---- serving -----------------------------------------------------------------
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)

@@ -5,7 +5,8 @@ A twin differs from its GPU stack only where the GPU is involved (README, "Stack
   stack's requirement pins, on Python 3.9 / torch 1.8.1 (3.8 / 1.6 cannot be had here);
 - ``cu12`` is its own twin: the very image, CUDA ops compiled, run on the CPU.
 
-On each: both algorithms train a few iterations with validation loss and AP, a killed
+On each: the three algorithms train a few iterations (Cascade R-CNN with RECIPE=dense: crop
+training in the fast mapper, the test size from the crops) with validation loss and AP, a killed
 run resumes from its checkpoint, the final evaluation runs, the serving image answers
 /ping and /invocations, and batch-transform-shaped outputs score with ``shelfdet
 evaluate`` exactly as the run scored itself, and evaluation-type=fast is the stack's pinned
@@ -33,9 +34,12 @@ pytestmark = pytest.mark.skipif(not docker_answers(), reason=NO_DOCKER)
 
 # twin stack -> (the GPU stack whose Detectron2 source it pins, Detectron2's __version__ there)
 TWINS = {"cu101cpu": ("cu101", "0.4.1"), "cu12": ("cu12", "0.6")}
-ALGOS = ("faster_rcnn", "retinanet")
+ALGOS = ("faster_rcnn", "retinanet", "cascade_rcnn")
 STATS = ("AP", "AP50", "AP75", "AR")
-DENSE = {"faster_rcnn": {"anchors": "auto", "nms": "soft"}, "retinanet": {"nms": "hard", "tile-size": 96}}
+DENSE = {"faster_rcnn": {"anchors": "auto", "nms": "soft"}, "retinanet": {"nms": "hard", "tile-size": 96},
+         # The recipe, with crops smaller than the 160x128 images and its own test size (TINY gives one).
+         "cascade_rcnn": {"recipe": "dense", "crop-size": 64, "crop-scales": "0.5,0.8", "min-size": "auto",
+                          "max-size": "auto", "augment": "flip"}}
 
 
 def _twin_images(stack: str):
@@ -112,6 +116,18 @@ def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
         assert manifest["hyperparameters"][key] == str(value), key
     if algo == "retinanet":
         assert "META_ARCHITECTURE: LevelNormRetinaNet" in config
+    elif algo == "cascade_rcnn":
+        cfg = yaml.safe_load(config)
+        assert cfg["MODEL"]["ROI_HEADS"]["NAME"] == "CascadeROIHeads"
+        from PIL import Image
+
+        sides = [sorted(Image.open(p).size) for p in (ml / "input" / "data" / "training").glob("*.jpg")]
+        middle = 0.4 ** 0.5  # the crops' middle scale (0.5-0.8)
+        size = tuple(round(float(np.median([s[k] for s in sides])) * middle) for k in (0, 1))
+        assert (cfg["INPUT"]["MIN_SIZE_TEST"], cfg["INPUT"]["MAX_SIZE_TEST"]) == size
+        assert "test size {}/{}".format(*size) in log
+        assert "recipe dense: crop-size 64" in log and "crop training: 64 px crops" in log, log[-3000:]
+        assert "loss_box_reg_stage2" in log
     else:
         sizes = yaml.safe_load(config)["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
         assert "anchors=auto: sizes {}".format(sizes) in log and sizes[0][0] != 32, sizes
@@ -155,11 +171,12 @@ def _evaluate(predictions: Path, manifest: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.parametrize("algo", ("faster_rcnn", "cascade_rcnn"))
 @pytest.mark.parametrize("stack", sorted(TWINS))
-def test_twin_serves_and_transform_output_scores_like_the_run(runs, stack, tmp_path):
+def test_twin_serves_and_transform_output_scores_like_the_run(runs, stack, algo, tmp_path):
     _, serving = _twin_images(stack)
-    ml = runs(stack, "faster_rcnn")
-    with serving_container(serving, ml / "model", "shelfdet-twin-serve-{}-{}".format(stack, os.getpid())) as base:
+    ml = runs(stack, algo)
+    with serving_container(serving, ml / "model", "shelfdet-twin-serve-{}-{}-{}".format(stack, algo, os.getpid())) as base:
         status, body = http(base + "/invocations", data=b"not an image",
                             headers={"Content-Type": "application/x-image"})
         assert 400 <= status < 500, body[:300]

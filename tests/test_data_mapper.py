@@ -251,7 +251,7 @@ def test_trainer_loads_training_batches_through_it(photos, monkeypatch, tmp_path
 
     calls = []
     real = FastDatasetMapper.sample_transforms
-    monkeypatch.setattr(FastDatasetMapper, "sample_transforms", lambda self, h, w: calls.append((h, w)) or real(self, h, w))
+    monkeypatch.setattr(FastDatasetMapper, "sample_transforms", lambda self, h, w, boxes=None: calls.append((h, w)) or real(self, h, w, boxes))
     name = "mapper_test_photos"
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)

@@ -47,6 +47,10 @@ def test_fit_scales_the_zoo_ladder_to_the_boxes_and_clusters_aspect_ratios():
     # Tiny boxes: no anchor below twice its level's stride (8 px on P2).
     tiny = anchors.fit(np.full((50, 2), 3.0), fpn, strides, 3)
     assert tiny.sizes[0] == [8.0] and tiny.factor == 0.25
+    # One size range fits ladders an octave apart equally: the factor nearest the zoo's wins,
+    # so 31 px products sit on P2 with 31 px anchors, not on P4 with a ladder at 0.24x.
+    products = anchors.fit(np.full((60, 2), 31.0) * np.exp(rng.normal(0, 0.2, (60, 1))), fpn, strides, 3)
+    assert abs(math.log2(products.factor / (31.0 / 32.0))) <= 1 / 12, products.factor
     # RetinaNet's three scales per level keep their ratios.
     retina = [[s, s * 2 ** (1 / 3), s * 2 ** (2 / 3)] for s in (32, 64, 128, 256, 512)]
     r = anchors.fit(shapes, retina, [8, 16, 32, 64, 128], 3)

@@ -9,10 +9,14 @@ side is 16 px, half the zoo's smallest anchor.
 within a level, so each level keeps its size-to-stride ratio) and fits two
 things to the boxes as the model sees them (resized to the test scale):
 
-- the ladder's scale: the factor on every zoo size that minimises the mean
-  squared log distance from each box side sqrt(w*h) to its nearest anchor
-  size (k-means with its centres tied to the ladder); no anchor smaller than
-  twice its level's stride, which would fall between the anchor centres;
+- the ladder's scale: the factor on every zoo size that maximises the mean
+  IoU of each box (a square of side sqrt(w*h)) with its best anchor, that
+  anchor's centre a quarter stride off on each axis, as a box between anchor
+  centres is; the offset is what makes a fine level (dense centres) beat a
+  coarse one with the same anchor size, which a fit on sizes alone cannot
+  tell apart (ladders an octave apart fit sizes about equally); no anchor
+  smaller than twice its level's stride, which would fall between the
+  anchor centres;
 - the aspect ratios: 1-D k-means on log(h/w), as many clusters as the zoo has ratios.
 """
 from __future__ import annotations
@@ -65,9 +69,15 @@ def kmeans_1d(values: np.ndarray, k: int, iterations: int = 100) -> np.ndarray:
     return np.sort(centres)
 
 
-def _ladder_error(log_sides: np.ndarray, log_anchors: np.ndarray) -> float:
-    nearest = np.min(np.abs(log_sides[:, None] - log_anchors[None, :]), axis=1)
-    return float(np.mean(nearest ** 2))
+def _ladder_error(sides: np.ndarray, anchor_sides: np.ndarray, anchor_strides: np.ndarray) -> float:
+    """Mean of 1 - IoU of each (square) box with its best anchor, the anchor's centre off the box's by
+    a quarter of its level's stride on each axis (the mean distance to the nearest anchor centre)."""
+    b, a = sides[:, None], anchor_sides[None, :]
+    d = anchor_strides[None, :] / 4.0
+    overlap = np.clip(np.minimum(b / 2, d + a / 2) - np.maximum(-b / 2, d - a / 2), 0, None)
+    inter = overlap ** 2
+    iou = inter / (a ** 2 + b ** 2 - inter)
+    return float(np.mean(1.0 - iou.max(axis=1)))
 
 
 def fit(shapes: np.ndarray, zoo_sizes: Sequence[Sequence[float]], strides: Sequence[int], num_ratios: int) -> Fitted:
@@ -83,7 +93,9 @@ def fit(shapes: np.ndarray, zoo_sizes: Sequence[Sequence[float]], strides: Seque
     min_factor = max(2.0 * stride / min(level) for stride, level in zip(strides, zoo_sizes))
     exponents = np.arange(np.ceil(np.log2(min_factor) * _STEPS_PER_OCTAVE),
                           np.log2(_MAX_FACTOR) * _STEPS_PER_OCTAVE + 1)
-    errors = [_ladder_error(log_sides, zoo + e / _STEPS_PER_OCTAVE) for e in exponents]
+    level_strides = np.array([stride for stride, level in zip(strides, zoo_sizes) for _ in level], dtype=np.float64)
+    sides = 2.0 ** log_sides
+    errors = [_ladder_error(sides, 2.0 ** (zoo + e / _STEPS_PER_OCTAVE), level_strides) for e in exponents]
     factor = float(2.0 ** (exponents[int(np.argmin(errors))] / _STEPS_PER_OCTAVE))
     sizes = [[round(float(s) * factor, 1) for s in level] for level in zoo_sizes]
     ratios = np.exp(kmeans_1d(np.log(shapes[:, 1] / shapes[:, 0]), num_ratios))

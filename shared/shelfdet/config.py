@@ -10,6 +10,8 @@ import argparse
 import logging
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from . import compat
 
 compat.apply()
@@ -52,6 +54,9 @@ def _set(cfg: CfgNode, key: str, value: object) -> None:
 
 def zoo_config_name(algo: str, backbone: str, schedule: str) -> Tuple[str, bool]:
     """The model-zoo config file to start from, and whether its checkpoint matches the model."""
+    if algo == "cascade_rcnn":
+        # The zoo has no box-only Cascade config: Faster R-CNN's, with cascade heads (build_config).
+        return zoo_config_name("faster_rcnn", backbone, schedule)
     if backbone == "R_18_FPN":
         base = "Base-RetinaNet.yaml" if algo == "retinanet" else "Base-RCNN-FPN.yaml"
         return base, False
@@ -65,6 +70,33 @@ def zoo_config_name(algo: str, backbone: str, schedule: str) -> Tuple[str, bool]
         log.warning("the model zoo has %s %s only with schedule %s; using it", algo, backbone, available[0])
         schedule = available[0]
     return "COCO-Detection/{}_{}_{}.yaml".format(algo, backbone, schedule), True
+
+
+def cascade_weights(backbone: str, schedule: str, fallback: str) -> str:
+    """The zoo checkpoint a Cascade R-CNN starts from: the zoo's Cascade Mask R-CNN for R_50_FPN
+    (backbone, RPN and the three box stages; its mask head is left unused), else ``fallback``
+    (the backbone's Faster R-CNN: backbone and RPN)."""
+    if backbone != "R_50_FPN":
+        return fallback
+    return model_zoo.get_checkpoint_url("Misc/cascade_mask_rcnn_R_50_FPN_{}.yaml".format(schedule))
+
+
+def inference_sizes(hp: argparse.Namespace, train_dicts: Optional[Sequence[Mapping[str, Any]]]) -> Tuple[int, int]:
+    """``min-size``/``max-size``, with ``auto`` (crop training) resolved: the training images' median
+    shorter and longer sides times the crops' geometric middle scale, so the test sees products at the
+    size training saw them. Without the training set (a check before launch) auto stands in as 800/1333."""
+    if "auto" not in (hp.min_size, hp.max_size):
+        return int(hp.min_size), int(hp.max_size)
+    low, high = hyperparameters.scales(hp.crop_scales)
+    middle = (low * high) ** 0.5
+    if train_dicts:
+        sides = np.array([sorted((float(d["height"]), float(d["width"]))) for d in train_dicts])
+        short, long_ = np.median(sides[:, 0]) * middle, np.median(sides[:, 1]) * middle
+    else:
+        short, long_ = 800.0, 1333.0
+    min_size = int(round(short)) if hp.min_size == "auto" else int(hp.min_size)
+    max_size = int(round(long_)) if hp.max_size == "auto" else int(hp.max_size)
+    return max(32, min_size), max(32, min_size, max_size)
 
 
 def lr_steps(num_iter: int, fractions: str) -> Tuple[int, ...]:
@@ -134,6 +166,8 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
             raise ConfigError("hyperparameter 'weights': R_18_FPN has no model-zoo weights; use none or a file")
         if zoo_weights_match:
             weights = model_zoo.get_checkpoint_url(zoo_name)
+            if hp.model_type == "cascade_rcnn":
+                weights = cascade_weights(hp.backbone, hp.lr_schedule, weights)
         else:
             weights = _X101_IMAGENET
     elif weights == "none":
@@ -152,6 +186,13 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
             # (R-18, 300 iterations), AP 0.04 without, 0.66 with per-level BN.
             _set(cfg, "MODEL.RETINANET.NORM", "SyncBN" if norm == "SyncBN" else "BN")
 
+    if hp.model_type == "cascade_rcnn":
+        # Detectron2's Cascade R-CNN settings (its Misc/cascade_mask_rcnn configs): three stages,
+        # class-agnostic boxes, 2000 training proposals.
+        cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
+        cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
+
     n = len(class_names)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = n
     cfg.MODEL.RETINANET.NUM_CLASSES = n
@@ -166,14 +207,17 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = hp.focal_loss_alpha
     set_inference(cfg, hp)
 
-    cfg.INPUT.MIN_SIZE_TEST = hp.min_size
-    cfg.INPUT.MAX_SIZE_TEST = hp.max_size
-    if hp.augment == "flip-scale":
-        cfg.INPUT.MIN_SIZE_TRAIN = tuple(int(hp.min_size * s) for s in (0.8, 0.9, 1.0, 1.1, 1.2))
-        cfg.INPUT.MAX_SIZE_TRAIN = int(hp.max_size * 1.2)
+    min_size, max_size = inference_sizes(hp, train_dicts)
+    cfg.INPUT.MIN_SIZE_TEST = min_size
+    cfg.INPUT.MAX_SIZE_TEST = max_size
+    if hp.augment == "flip-scale" and not hp.crop_size:
+        cfg.INPUT.MIN_SIZE_TRAIN = tuple(int(min_size * s) for s in (0.8, 0.9, 1.0, 1.1, 1.2))
+        cfg.INPUT.MAX_SIZE_TRAIN = int(max_size * 1.2)
     else:
-        cfg.INPUT.MIN_SIZE_TRAIN = (hp.min_size,)
-        cfg.INPUT.MAX_SIZE_TRAIN = hp.max_size
+        # With crops the training loader takes its scales from crop-scales (data.crops); these
+        # are for Detectron2's own mapper, which never trains here.
+        cfg.INPUT.MIN_SIZE_TRAIN = (min_size,)
+        cfg.INPUT.MAX_SIZE_TRAIN = max_size
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
     cfg.INPUT.RANDOM_FLIP = "none" if hp.augment == "none" else "horizontal"
 

@@ -101,6 +101,8 @@ def _without_nms(model: torch.nn.Module, active: bool, keep: int) -> Iterator[No
         return
     bare = getattr(model, "module", model)
     stage = bare.roi_heads.box_predictor if hasattr(bare, "roi_heads") else bare
+    if isinstance(stage, torch.nn.ModuleList):  # Cascade R-CNN: the last stage's boxes and NMS
+        stage = stage[-1]
     cap = "test_topk_per_image" if hasattr(stage, "test_topk_per_image") else "max_detections_per_image"
     saved = stage.test_nms_thresh, getattr(stage, cap)
     stage.test_nms_thresh = 1.0

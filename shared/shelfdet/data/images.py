@@ -19,6 +19,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar
 
+import numpy as np
 from PIL import Image
 
 EXIF_ORIENTATION = 0x0112
@@ -158,6 +159,35 @@ def decode_resized(image: Image.Image, size: Optional[Tuple[int, int]], method: 
     if method is not None:
         image = image.transpose(method)
     return image
+
+
+def decode_crop(image: Image.Image, size: Tuple[int, int], window: Tuple[int, int, int, int],
+                method: Optional[int]) -> Image.Image:
+    """An opened image -> RGB of ``window`` (left, top, width, height) of the image resized to ``size``
+    (width, height, after orientation): what resizing the whole image and cropping it gives, computed
+    over the window's source pixels only, from a reduced-scale decode where the resize allows one.
+
+    Pillow's resize with a ``box`` maps output pixels exactly as the whole resize does (same scale,
+    same offsets), so the window's pixels equal the whole image's within rounding.
+    """
+    left, top, width, height = window
+    if method is not None:  # rare (phone photos with EXIF rotation): whole, then cut
+        whole = np.asarray(decode_resized(image, size, method))
+        return Image.fromarray(whole[top:top + height, left:left + width])
+    full = image.size
+    sx, sy = full[0] / float(size[0]), full[1] / float(size[1])
+    region = [left * sx, top * sy, (left + width) * sx, (top + height) * sy]
+    if image.format in JPEG_FORMATS and min(size) > 0:
+        request = draft_size(tuple(size), full)
+        drafted = image.draft("RGB", request) if request else None
+        if drafted:
+            box = drafted[1]  # the reduced image's area that the full image maps to
+            fx, fy = (box[2] - box[0]) / float(full[0]), (box[3] - box[1]) / float(full[1])
+            region = [box[0] + region[0] * fx, box[1] + region[1] * fy, box[0] + region[2] * fx, box[1] + region[3] * fy]
+    image.load()
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image.resize((width, height), Image.BILINEAR, box=tuple(region))
 
 
 def jpeg_scan(data: bytes) -> Optional[Tuple[int, int]]:

@@ -15,7 +15,9 @@ level on photos: ``tests/test_data_mapper.py``) by
   that still leaves a margin over the final size (``images.DRAFT_MARGINS``),
   then resizing exactly to it over the area the reduced image covers;
 - applying EXIF orientation to the small resized image, not the full one;
-- transforming all boxes with one ``apply_box`` on an (N, 4) array.
+- transforming all boxes with one ``apply_box`` on an (N, 4) array;
+- with crop training (``data.crops``), sampling the crop from the header and
+  the boxes, and decoding only the window's source pixels.
 
 PNGs and JPEGs too small to draft take the same steps without the reduced
 decode and give Detectron2's pixels exactly. Anything this path does not
@@ -24,7 +26,7 @@ formats or augmentations) goes through Detectron2's own ``__call__``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import compat
 
@@ -32,6 +34,7 @@ compat.apply()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from detectron2.config import configurable  # noqa: E402
 from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
@@ -39,7 +42,8 @@ from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .images import SWAPS_SIDES, decode_resized, exif_transpose_method  # noqa: E402
+from .crops import ObjectCrop  # noqa: E402
+from .images import SWAPS_SIDES, decode_crop, decode_resized, exif_transpose_method  # noqa: E402
 
 # Augmentations whose transforms depend on the image size only, so they can be sampled from the header.
 SHAPE_ONLY_AUGMENTATIONS = (T.ResizeShortestEdge, T.RandomFlip)
@@ -54,25 +58,46 @@ class FastDatasetMapper(DatasetMapper):
     """Detectron2's DatasetMapper with a reduced-scale JPEG decode and vectorised boxes.
 
     Built like DatasetMapper: ``FastDatasetMapper(cfg, is_train=True)`` or
-    with explicit ``augmentations`` and ``image_format``.
+    with explicit ``augmentations`` and ``image_format``; ``crop`` (a
+    ``crops.Crop``) trains on crops instead of whole resized images.
     """
+
+    @configurable
+    def __init__(self, *args: Any, min_visible: float = 0.0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Crop training: a box the crop cuts is kept when this fraction of its area is inside.
+        self.min_visible = float(min_visible)
+
+    @classmethod
+    def from_config(cls, cfg: Any, is_train: bool = True, crop: Any = None) -> Dict[str, Any]:
+        ret = super().from_config(cfg, is_train)
+        if crop is not None and is_train:
+            # The crop's scale replaces the shorter-edge resize; the flips stay.
+            flips = [a for a in ret["augmentations"] if isinstance(a, T.RandomFlip)]
+            ret["augmentations"] = [ObjectCrop(crop.size, crop.scales)] + flips
+            ret["min_visible"] = crop.min_visible
+        return ret
 
     def fast_path(self, dataset_dict: Dict[str, Any]) -> bool:
         """Whether this dict goes through the fast path (else Detectron2's own ``__call__``)."""
         augs = self.augmentations.augs
-        resizes = [i for i, a in enumerate(augs) if isinstance(a, T.ResizeShortestEdge)]
+        sizing = [i for i, a in enumerate(augs) if isinstance(a, (T.ResizeShortestEdge, ObjectCrop))]
         return (self.image_format in ("BGR", "RGB") and not self.use_instance_mask and not self.use_keypoint
                 and self.proposal_topk is None and not getattr(self, "recompute_boxes", False)
                 and "sem_seg_file_name" not in dataset_dict
-                and all(isinstance(a, SHAPE_ONLY_AUGMENTATIONS) for a in augs)
-                # One resize, before the flips: the decode produces the resized image.
-                and resizes in ([], [0]))
+                and all(isinstance(a, SHAPE_ONLY_AUGMENTATIONS + (ObjectCrop,)) for a in augs)
+                # One resize or crop, before the flips: the decode produces its pixels.
+                and sizing in ([], [0]))
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         if not self.fast_path(dataset_dict):
             return super().__call__(dataset_dict)
         # Shallow: the annotations are read, never changed (DatasetMapper deep-copies ~150 box dicts).
         dataset_dict = dict(dataset_dict)
+        annos = dataset_dict.pop("annotations", None)
+        boxes = None
+        if annos is not None and self.is_train:
+            annos, boxes = self.xyxy(annos)
         with PathManager.open(dataset_dict["file_name"], "rb") as f:
             image = Image.open(f)
             method = exif_transpose_method(image)
@@ -80,40 +105,51 @@ class FastDatasetMapper(DatasetMapper):
             if method in SWAPS_SIDES:
                 width, height = height, width
             utils.check_image_size(dataset_dict, _shape_only(height, width))
-            transforms = self.sample_transforms(height, width)
+            transforms = self.sample_transforms(height, width, boxes)
             resize = transforms[0] if transforms and isinstance(transforms[0], T.ResizeTransform) else None
-            image = decode_resized(image, (resize.new_w, resize.new_h) if resize else None, method)
+            crop = transforms[1] if resize and len(transforms) > 1 and isinstance(transforms[1], T.CropTransform) else None
+            size = (resize.new_w, resize.new_h) if resize else None
+            if crop is not None:
+                image = decode_crop(image, size, (crop.x0, crop.y0, crop.w, crop.h), method)
+            else:
+                image = decode_resized(image, size, method)
         array = np.asarray(image)
         if self.image_format == "BGR":
             array = array[:, :, ::-1]
-        for t in transforms[1:] if resize else transforms:
+        for t in transforms[(resize is not None) + (crop is not None):]:
             array = t.apply_image(array)  # flips: numpy views
         image_shape = array.shape[:2]
         # The one copy into the CHW tensor the model reads (DataLoader workers share tensors cheaply).
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)))
-        annos = dataset_dict.pop("annotations", None)
         if not self.is_train:
             dataset_dict.pop("sem_seg_file_name", None)
             return dataset_dict
         if annos is not None:
-            dataset_dict["instances"] = self.instances(annos, T.TransformList(transforms), image_shape)
+            min_visible = self.min_visible if crop is not None else 0.0
+            dataset_dict["instances"] = self.instances(annos, T.TransformList(transforms), image_shape,
+                                                       boxes, min_visible)
         return dataset_dict
 
-    def sample_transforms(self, height: int, width: int) -> List[T.Transform]:
-        """Samples each augmentation in order, as ``AugmentationList`` would, from the image size alone."""
-        transforms = []
+    def sample_transforms(self, height: int, width: int, boxes: Optional[np.ndarray] = None) -> List[T.Transform]:
+        """Samples each augmentation in order, as ``AugmentationList`` would, from the image size
+        (and for a crop, the XYXY boxes) alone; a crop gives its Resize and Crop transforms."""
+        transforms: List[T.Transform] = []
         for aug in self.augmentations.augs:
-            t = aug.get_transform(_shape_only(height, width))
-            if isinstance(t, T.ResizeTransform):
-                height, width = t.new_h, t.new_w
-            transforms.append(t)
+            if isinstance(aug, ObjectCrop):
+                t = aug.get_transform(_shape_only(height, width), boxes)
+            else:
+                t = aug.get_transform(_shape_only(height, width))
+            for one in (t.transforms if isinstance(t, T.TransformList) else [t]):
+                if isinstance(one, T.ResizeTransform):
+                    height, width = one.new_h, one.new_w
+                elif isinstance(one, T.CropTransform):
+                    height, width = one.h, one.w
+                transforms.append(one)
         return transforms
 
     @staticmethod
-    def instances(annos: List[Dict[str, Any]], transforms: T.TransformList,
-                  image_shape: Tuple[int, int]) -> Instances:
-        """Annotations -> Instances, as transform_instance_annotations + annotations_to_instances +
-        filter_empty_instances, with one ``apply_box`` over all boxes."""
+    def xyxy(annos: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], np.ndarray]:
+        """The non-crowd annotations and their boxes as an (N, 4) XYXY_ABS array."""
         annos = [obj for obj in annos if obj.get("iscrowd", 0) == 0]
         boxes = np.array([obj["bbox"] for obj in annos], dtype=np.float64).reshape(-1, 4)
         modes = np.array([int(obj["bbox_mode"]) for obj in annos], dtype=np.int64)
@@ -123,10 +159,27 @@ class FastDatasetMapper(DatasetMapper):
                 boxes[rows, 2:] += boxes[rows, :2]
             elif mode != BoxMode.XYXY_ABS:
                 boxes[rows] = BoxMode.convert(boxes[rows], BoxMode(mode), BoxMode.XYXY_ABS)
-        boxes = transforms.apply_box(boxes).clip(min=0)
+        return annos, boxes
+
+    @classmethod
+    def instances(cls, annos: List[Dict[str, Any]], transforms: T.TransformList, image_shape: Tuple[int, int],
+                  boxes: Optional[np.ndarray] = None, min_visible: float = 0.0) -> Instances:
+        """Annotations -> Instances, as transform_instance_annotations + annotations_to_instances +
+        filter_empty_instances, with one ``apply_box`` over all boxes (``boxes``: their XYXY array
+        from :meth:`xyxy`, if already made). ``min_visible`` > 0 also drops boxes with less than
+        that fraction of their transformed area inside the image (a crop's cut boxes)."""
+        if boxes is None:
+            annos, boxes = cls.xyxy(annos)
+        boxes = transforms.apply_box(boxes)
+        whole = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         h, w = image_shape
-        boxes = np.minimum(boxes, [w, h, w, h])
+        boxes = np.minimum(boxes.clip(min=0), [w, h, w, h])
+        classes = np.array([int(obj["category_id"]) for obj in annos], dtype=np.int64)
+        if min_visible > 0:
+            inside = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keep = inside >= min_visible * whole
+            boxes, classes = boxes[keep], classes[keep]
         target = Instances(image_shape)
         target.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
-        target.gt_classes = torch.as_tensor([int(obj["category_id"]) for obj in annos], dtype=torch.int64)
+        target.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
         return utils.filter_empty_instances(target)

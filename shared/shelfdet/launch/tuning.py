@@ -13,8 +13,10 @@ from .aws import LaunchError, note
 
 OBJECTIVES = {"validation:ap": "Maximize", "validation:loss": "Minimize"}
 # Ranges that only mean something for one detector (the table's help says which).
-ONLY_FOR = {"RetinaNet:": "retinanet", "Faster R-CNN:": "faster_rcnn"}
-SHORT = {"faster_rcnn": "frcnn", "retinanet": "retina"}
+# Parameters whose help starts with a detector's name apply to those detectors only
+# (Cascade R-CNN is a Faster R-CNN with more box stages: its RPN and RoI sampling are the same).
+ONLY_FOR = {"RetinaNet:": ("retinanet",), "Faster R-CNN:": ("faster_rcnn", "cascade_rcnn")}
+SHORT = {"faster_rcnn": "frcnn", "retinanet": "retina", "cascade_rcnn": "cascade"}
 RANGE_KEYS = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges"}
 
 
@@ -42,8 +44,8 @@ def parameter_ranges(algo: str, pinned: Sequence[str]) -> Dict[str, List[Dict[st
     for p in hp.TABLE:
         if p.tune is None or p.name in pinned:
             continue
-        owner = next((a for prefix, a in ONLY_FOR.items() if p.help.startswith(prefix)), algo)
-        if owner != algo:
+        owners = next((a for prefix, a in ONLY_FOR.items() if p.help.startswith(prefix)), (algo,))
+        if algo not in owners:
             continue
         kind, low, high, scaling = p.tune
         ranges[RANGE_KEYS[kind]].append({"Name": p.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": scaling})

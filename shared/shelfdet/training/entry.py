@@ -72,21 +72,29 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     device = "cuda" if env.num_gpus > 0 and torch.cuda.is_available() else "cpu"
     from detectron2.data import DatasetCatalog
 
-    train_dicts = DatasetCatalog.get(reg["names"]["training"]) if hp.anchors == "auto" else None
+    fitted = hp.anchors == "auto" or "auto" in (hp.min_size, hp.max_size)
+    train_dicts = DatasetCatalog.get(reg["names"]["training"]) if fitted else None
     cfg = build_config(hp, reg["classes"], reg["names"]["training"], reg["names"]["validation"],
                        env.checkpoint_dir, device=device, world_size=comm.get_world_size(),
                        procs_per_host=comm.get_local_size(), train_dicts=train_dicts)
     cfg.freeze()
+    if hp.crop_size:
+        log.info("crop training: %d px crops of the image resized by %s (log-uniform), each around a random box; "
+                 "boxes kept when >= %g of their area is inside; test size %d/%d%s", hp.crop_size,
+                 "x-".join(hp.crop_scales.split(",")) + "x", hp.crop_min_visible, cfg.INPUT.MIN_SIZE_TEST,
+                 cfg.INPUT.MAX_SIZE_TEST, " (auto: median training photo times the middle scale)"
+                 if "auto" in (hp.min_size, hp.max_size) else "")
     log.info("data loader: %d worker(s) per process (num-workers=%s; %d CPUs, %d process(es) on this host)",
              cfg.DATALOADER.NUM_WORKERS, hp.num_workers, runtime.available_cpus(), comm.get_local_size())
     seed_all_rng(None if hp.seed < 0 else hp.seed + rank)
     os.makedirs(env.checkpoint_dir, exist_ok=True)
 
     val_sample = reg["val"][: hp.val_samples]
+    from ..data.crops import crop_of
     from ..inference import options_of
 
     trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period,
-                      fast_eval=hp.evaluation_type != "coco", options=options_of(hp))
+                      fast_eval=hp.evaluation_type != "coco", options=options_of(hp), crop=crop_of(hp))
     # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
     trainer.resume_or_load(resume=True)
     starts = comm.all_gather(trainer.start_iter)
@@ -239,6 +247,8 @@ def run(root: Optional[str] = None) -> int:
         log.info("Detectron2 environment:\n%s", runtime.details())
         log.info("training %s %s for %d iterations; model dir %s, checkpoints %s", hp.model_type, hp.backbone,
                  hp.num_iter, env.model_dir, env.checkpoint_dir)
+        if hp.recipe != "none":
+            log.info(hyperparameters.recipe_line(hp))
         # The other processes wait while rank 0 scores the validation and test images: a process group
         # timeout sized from them, not a fixed 30 minutes (distributed.timeout_for says why).
         launch(train_worker, env.hosts, env.machine_rank, env.num_gpus, hp.dist_port, args=(env, hp),

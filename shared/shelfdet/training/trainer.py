@@ -40,7 +40,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: Any, class_names: Sequence[str], val_dicts: Sequence[Dict[str, Any]],
                  ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20,
-                 fast_eval: bool = True, options: Any = None):
+                 fast_eval: bool = True, options: Any = None, crop: Any = None):
         TrainerBase.__init__(self)
         self.class_names = list(class_names)
         self.val_dicts = list(val_dicts)
@@ -50,7 +50,7 @@ class Trainer(DefaultTrainer):
         self.options = options
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(cfg, crop)
         model = wrap_ddp(model)
         loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = loop(model, data_loader, optimizer)
@@ -85,9 +85,10 @@ class Trainer(DefaultTrainer):
         return ret
 
     @classmethod
-    def build_train_loader(cls, cfg: Any) -> Any:
-        # Detectron2's loader and sampler; our mapper decodes photo-size JPEGs at reduced scale.
-        return build_detection_train_loader(cfg, mapper=FastDatasetMapper(cfg, is_train=True))
+    def build_train_loader(cls, cfg: Any, crop: Any = None) -> Any:
+        # Detectron2's loader and sampler; our mapper decodes photo-size JPEGs at reduced scale,
+        # and cuts the crops of crop training (data.crops) from the header alone.
+        return build_detection_train_loader(cfg, mapper=FastDatasetMapper(cfg, is_train=True, crop=crop))
 
     def build_writers(self) -> List[Any]:
         # No TensorBoard writer: SageMaker scrapes the printed lines.
