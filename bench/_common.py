@@ -7,6 +7,7 @@ import platform
 from typing import Any, Dict
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
 def machine(**extra: Any) -> Dict[str, Any]:
@@ -31,3 +32,17 @@ def write_result(name: str, metrics: Dict[str, Any], target: str, **extra: Any) 
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
     return result
+
+
+def update_readme(marker: str, text: str) -> None:
+    """Replaces what stands between README's ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
+    start, end = "<!-- {}:start -->".format(marker), "<!-- {}:end -->".format(marker)
+    if not os.path.exists(README):
+        return
+    with open(README) as f:
+        body = f.read()
+    if start not in body or end not in body:
+        return
+    head, rest = body.split(start, 1)
+    with open(README, "w") as f:
+        f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, write_result  # noqa: E402
+from _common import RESULTS, update_readme, write_result  # noqa: E402
 
 DATA = "data-hard"
 ALGOS = ("faster_rcnn", "retinanet")
@@ -173,18 +173,6 @@ def goals(rows: list, baselines: dict = None) -> str:
     return "\n".join(out)
 
 
-def update_readme(text: str) -> None:
-    """The table between README's dense markers (as bench/run.py does with its own)."""
-    readme = os.path.join(ROOT, "README.md")
-    with open(readme) as f:
-        body = f.read()
-    start, end = "<!-- dense:start -->", "<!-- dense:end -->"
-    if start in body and end in body:
-        head, rest = body.split(start, 1)
-        with open(readme, "w") as f:
-            f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
-
-
 def main(argv: list) -> int:
     path = os.path.join(RESULTS, "dense.json")
     if "--table" in argv:
@@ -192,7 +180,7 @@ def main(argv: list) -> int:
             stored = json.load(f)
         text = table(stored["rows"]) + "\n\n" + goals(stored["rows"], stored.get("baselines"))
         print(text)
-        update_readme(text)
+        update_readme("dense", text)
         return 0
     algos = [a for a in argv if a in ALGOS] or list(ALGOS)
     if not os.path.isfile(os.path.join(ROOT, DATA, "report.json")):
@@ -238,7 +226,7 @@ def main(argv: list) -> int:
                          "infer": "", "train_seconds": train_seconds, "iterations": iterations, "metrics": m})
     text = table(rows) + "\n\n" + goals(rows, baselines)
     print(text)
-    update_readme(text)
+    update_readme("dense", text)
     best = {}
     for r in rows:
         key = r["algo"]

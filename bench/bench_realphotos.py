@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 import time
 
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
 
-from _common import write_result  # noqa: E402
+from _common import update_readme, write_result  # noqa: E402
 
 PHOTOS = os.path.join(os.path.dirname(ROOT), "shared", "realdata")
 # label -> model folder, as bench_dense.py names its runs
@@ -112,6 +113,30 @@ def contact_sheet(tiles: list, out: str, title: str) -> None:
         side = int(side * 0.85)
 
 
+def _natural(name: str) -> tuple:
+    """test_2.jpg before test_10.jpg."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def readme_block(results: dict) -> str:
+    """Counts per photo and model, then the old recipe's sheet beside the new one's."""
+    labels = list(results)
+    names = sorted({n for r in results.values() for n in r["counts"]}, key=_natural)
+    lines = ["| photo | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name in names:
+        cells = []
+        for label in labels:
+            c = results[label]["counts"].get(name, {})
+            cells.append(str(c["boxes"]) if "boxes" in c else "not decodable" if "error" in c else "")
+        lines.append("| {} | {} |".format(name, " | ".join(cells)))
+    lines.append("| s / photo (CPU) | " + " | ".join("{:.2f}".format(results[l]["seconds_per_photo"]) for l in labels) + " |")
+    pair = [l for l in ("faster_rcnn-old-recipe", "faster_rcnn") if l in results]
+    if len(pair) == 2:
+        lines += ["", "| old recipe (Faster R-CNN) | dense recipe (Faster R-CNN) |", "|---|---|",
+                  "| ![old recipe]({}) | ![dense recipe]({}) |".format(results[pair[0]]["sheet"], results[pair[1]]["sheet"])]
+    return "\n".join(lines)
+
+
 def main(argv: list) -> int:
     photos = sorted(glob.glob(os.path.join(PHOTOS, "*.jpg")))
     if not photos:
@@ -131,6 +156,7 @@ def main(argv: list) -> int:
         return 1
     metrics = {"{} boxes {}".format(label, name): c.get("boxes", -1)
                for label, r in results.items() for name, c in r["counts"].items()}
+    update_readme("realphotos", readme_block(results))
     write_result("realphotos", metrics, "no labels: detection counts per real photo at each model's count threshold; "
                  "contact sheets under docs/ (under 1 MB each)", models=results)
     return 0

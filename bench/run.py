@@ -17,7 +17,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+sys.path.insert(0, HERE)
+
+from _common import update_readme  # noqa: E402
 
 
 def run_all(only: list) -> int:
@@ -56,25 +58,12 @@ def table() -> str:
     return "\n".join(rows + [""] + targets)
 
 
-def update_readme(text: str) -> None:
-    readme = os.path.join(ROOT, "README.md")
-    if not os.path.exists(readme):
-        return
-    with open(readme) as f:
-        body = f.read()
-    if START not in body or END not in body:
-        return
-    head, rest = body.split(START, 1)
-    _, tail = rest.split(END, 1)
-    with open(readme, "w") as f:
-        f.write(head + START + "\n" + text + "\n" + END + tail)
-
 
 def main(argv: list) -> int:
     failed = 0 if "--table" in argv else run_all([a for a in argv if not a.startswith("-")])
     text = table()
     print(text)
-    update_readme(text)
+    update_readme("bench", text)
     return 1 if failed else 0
 
 
