@@ -30,6 +30,18 @@ SPOT           ?=
 WAIT           ?= 0
 DRY_RUN        ?= 0
 HP             ?=
+# SageMaker jobs: INPUT_MODE=FastFile streams the channels; NETWORK_ISOLATION=1 (weights=zoo then from
+# PRETRAINED=s3://..., what `make weights` prints); VPC_SUBNETS/VPC_SECURITY_GROUPS (comma-separated); KEEP_ALIVE=<s>: warm pool.
+INPUT_MODE     ?= File
+NETWORK_ISOLATION ?=
+PRETRAINED     ?=
+VPC_SUBNETS    ?=
+VPC_SECURITY_GROUPS ?=
+KEEP_ALIVE     ?=
+# tensorboard: RUNS="<run> ..." (default: every run), JOB=<training job> (its event files from s3://BUCKET), on TB_PORT.
+RUNS           ?=
+JOB            ?=
+TB_PORT        ?= 6006
 RECIPE         ?=
 WEIGHTS        ?=
 RUN_DIR        ?=
@@ -70,9 +82,11 @@ MAX_JOBS       ?= 8
 MAX_PARALLEL   ?= 2
 PYTEST_ARGS    ?=
 
+JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(filter 1 true yes,$(NETWORK_ISOLATION)),--network-isolation) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) \
+  $(if $(VPC_SUBNETS),--vpc-subnets '$(VPC_SUBNETS)') $(if $(VPC_SECURITY_GROUPS),--vpc-security-groups '$(VPC_SECURITY_GROUPS)')
 AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX)
 
-.PHONY: help setup data upload visualize train serve predict evaluate tune deploy undeploy transform \
+.PHONY: help setup data upload visualize train tensorboard weights serve predict evaluate tune deploy undeploy transform \
         build build-base build-training build-serving tag doctor push-base push-training push-serving test bench clean
 
 help: ## this list
@@ -83,6 +97,8 @@ help: ## this list
 	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  MAX_SIDE=$(MAX_SIDE) (empty: images as they are)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
+	@echo "  INPUT_MODE=$(INPUT_MODE) (FastFile: stream from S3)  NETWORK_ISOLATION=$(NETWORK_ISOLATION)  PRETRAINED=$(PRETRAINED) (s3:// zoo weights, from make weights)  VPC_SUBNETS=$(VPC_SUBNETS)  VPC_SECURITY_GROUPS=$(VPC_SECURITY_GROUPS)  KEEP_ALIVE=$(KEEP_ALIVE) (warm pool seconds, <= 3600)"
+	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
@@ -112,12 +128,18 @@ visualize: $(SETUP_STAMP) $(DATA_DIR)/report.json ## PNGs of N images of CHANNEL
 # ---- training ----------------------------------------------------------------
 train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
 	$(SHELFDET) train $(if $(ALGO_GIVEN),--algo $(ALGO)) $(if $(DATA_DIR_GIVEN),--data-dir $(DATA_DIR)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
-	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS)) \
+	  $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE) --instance-count $(INSTANCE_COUNT) $(if $(filter 1 true yes,$(SPOT)),--spot) $(if $(filter 1 true yes,$(WAIT)),--wait) $(if $(STACK),--stack $(STACK)) $(JOB_FLAGS) $(if $(KEEP_ALIVE),--keep-alive $(KEEP_ALIVE)) $(AWS_FLAGS)) \
 	  $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
+
+tensorboard: $(SETUP_STAMP) ## TensorBoard on 127.0.0.1:TB_PORT over every local run (RUNS="a b": those), or JOB=<training job> from s3://BUCKET
+	$(SHELFDET) tensorboard $(if $(RUNS),--runs $(RUNS)) $(if $(JOB),--job $(JOB) --region $(REGION) $(if $(BUCKET),--bucket $(BUCKET))) --port $(TB_PORT)
+
+weights: $(SETUP_STAMP) ## the model zoo's checkpoints of ALGO (several: ALGO="faster_rcnn retinanet") into s3://BUCKET/detectron2/weights/ for NETWORK_ISOLATION=1; prints PRETRAINED=
+	$(SHELFDET) weights --algo $(ALGO) $(AWS_FLAGS) $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
 
 tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 	$(SHELFDET) tune --algo $(ALGO) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) --objective $(OBJECTIVE) --max-jobs $(MAX_JOBS) --max-parallel $(MAX_PARALLEL) \
-	  $(if $(filter 0 false no,$(SPOT)),,--spot) $(if $(STACK),--stack $(STACK)) $(AWS_FLAGS) $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
+	  $(if $(filter 0 false no,$(SPOT)),,--spot) $(if $(STACK),--stack $(STACK)) $(JOB_FLAGS) $(AWS_FLAGS) $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
 
 # ---- serving -----------------------------------------------------------------
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)

@@ -117,7 +117,17 @@ def test_wait_says_when_no_metrics_came_and_the_billable_time(account, describes
     rc, out, err = run(capsys, BASE + ["--wait"])
     assert rc == 0, err
     assert "metrics: none reported" in out.splitlines() and "metric " not in out
-    assert "billable seconds: 1234" in out.splitlines()
+    assert "bill: 1234 billable seconds x 2 ml.p3.8xlarge = 0.686 instance-hours; " \
+           "spot savings unknown (no training time reported)" in out.splitlines()
+
+
+def test_wait_ends_with_the_bill(account, describes, capsys):
+    # SageMaker's own formula: spot saved 1 - billable / training time.
+    describes.script("DescribeTrainingJob", [{"BillableTimeInSeconds": 900, "TrainingTimeInSeconds": 3600}])
+    rc, out, err = run(capsys, BASE + ["--wait"])
+    assert rc == 0, err
+    assert "bill: 900 billable seconds x 2 ml.p3.8xlarge = 0.500 instance-hours; spot saved 75% (3600 s trained)" \
+        in out.splitlines()
 
 
 def test_wait_follows_status_and_logs_until_the_job_ends(account, describes, capsys, monkeypatch):
@@ -258,3 +268,89 @@ def test_default_stack_image_for_each_instance_family(account, wire, capsys, ins
     job = client("sagemaker").describe_training_job(TrainingJobName=out.strip().splitlines()[-1])
     assert job["AlgorithmSpecification"]["TrainingImage"] == image_uri("training", stack)
     assert "warning" not in err
+
+
+def _zoo_key(algo="retinanet"):
+    from shelfdet.config import zoo_key, zoo_weights
+
+    return zoo_key(zoo_weights(algo, "R_50_FPN", "1x"))
+
+
+def test_locked_down_warm_streamed_job_as_sent(account, wire, capsys):
+    key = _zoo_key()
+    assert key.startswith("COCO-Detection/retinanet_R_50_FPN_1x/") and key.endswith(".pkl")
+    client("s3").put_object(Bucket=BUCKET, Key="detectron2/weights/" + key, Body=b"w")
+    argv = BASE + ["--input-mode", "FastFile", "--network-isolation", "--pretrained",
+                   "s3://{}/detectron2/weights".format(BUCKET), "--vpc-subnets", "subnet-1,subnet-2",
+                   "--vpc-security-groups", "sg-1", "--keep-alive", "1800"]
+    rc, out, err = run(capsys, argv)
+    assert rc == 0, err
+    name = out.strip().splitlines()[-1]
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert set(channels) == {"training", "validation", "test", "annotation", "pretrained"}
+    assert {c["InputMode"] for c in channels.values()} == {"FastFile"}
+    assert channels["pretrained"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://{}/detectron2/weights/".format(BUCKET)
+    assert request["EnableNetworkIsolation"] is True
+    assert request["VpcConfig"] == {"SecurityGroupIds": ["sg-1"], "Subnets": ["subnet-1", "subnet-2"]}
+    assert request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 1800
+    assert request["TensorBoardOutputConfig"] == {
+        "S3OutputPath": "s3://{}/detectron2/tensorboard/{}/".format(BUCKET, name), "LocalPath": "/opt/ml/output/tensorboard"}
+    # weights stays zoo: the container reads it from the channel (training.entry, config.pretrained_file)
+    assert request["HyperParameters"]["weights"] == "zoo"
+
+
+def test_default_job_is_file_mode_with_network_and_no_warm_pool(account, wire, capsys):
+    rc, _, err = run(capsys, BASE)
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "File"
+    assert {c["InputMode"] for c in request["InputDataConfig"]} == {"File"}
+    assert request["EnableNetworkIsolation"] is False
+    assert "VpcConfig" not in request and "KeepAlivePeriodInSeconds" not in request["ResourceConfig"]
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--network-isolation"], "NETWORK_ISOLATION=1 with weights=zoo: the job cannot download the model zoo's weights; "
+                              "run `make weights BUCKET=...` and pass the PRETRAINED=s3://... it prints"),
+    (["--network-isolation", "--weights", "https://x/y.pkl"], "NETWORK_ISOLATION=1 with WEIGHTS=https://x/y.pkl"),
+    (["--vpc-subnets", "subnet-1"], "VPC_SUBNETS and VPC_SECURITY_GROUPS go together"),
+    (["--keep-alive", "3601"], "KEEP_ALIVE=3601: seconds from 0 to 3600"),
+])
+def test_locked_down_mistakes_are_refused_before_any_aws_call(account, wire, capsys, monkeypatch, extra, expect):
+    no_network(monkeypatch)
+    rc, _, err = run(capsys, BASE + extra)
+    assert rc != 0
+    assert expect in one_error_line(err), err
+    assert wire == []
+
+
+def test_isolation_without_zoo_weights_needs_no_channel(account, wire, capsys):
+    rc, _, err = run(capsys, BASE + ["--network-isolation", "--", "--weights", "none"])
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["EnableNetworkIsolation"] is True and "pretrained" not in {
+        c["ChannelName"] for c in request["InputDataConfig"]}
+
+
+def test_pretrained_prefix_without_the_checkpoint_is_one_line(account, wire, capsys):
+    rc, _, err = run(capsys, BASE + ["--network-isolation", "--pretrained", "s3://{}/detectron2/weights/".format(BUCKET)])
+    assert rc != 0
+    assert "s3://{}/detectron2/weights/{} not found: run `make weights".format(BUCKET, _zoo_key()) in one_error_line(err)
+    assert sent(wire, "CreateTrainingJob") == []
+
+
+def test_make_train_passes_the_job_flags(account):
+    from test_launch_support import make
+
+    client("s3").put_object(Bucket=BUCKET, Key="w/" + _zoo_key("faster_rcnn"), Body=b"w")
+    out = make("train", "INSTANCE_TYPE=ml.p3.2xlarge", "DRY_RUN=1", "REGION=" + REGION, "BUCKET=" + BUCKET,
+               "INPUT_MODE=FastFile", "NETWORK_ISOLATION=1", "PRETRAINED=s3://{}/w/".format(BUCKET),
+               "VPC_SUBNETS=subnet-1,subnet-2", "VPC_SECURITY_GROUPS=sg-1", "KEEP_ALIVE=60")
+    assert out.returncode == 0, out.stderr
+    (request,) = json_docs(out.stdout)
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    assert request["EnableNetworkIsolation"] is True and request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 60
+    assert request["VpcConfig"]["Subnets"] == ["subnet-1", "subnet-2"]
+    assert "pretrained" in {c["ChannelName"] for c in request["InputDataConfig"]}

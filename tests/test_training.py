@@ -238,3 +238,29 @@ def test_bad_input_fails_in_one_clear_line(tmp_path, tiny_dataset, what, expecte
     assert "Traceback" not in proc.stderr
     failure = (root / "output" / "failure").read_text()
     assert expected in failure
+
+
+def test_tensorboard_event_files_hold_every_logged_iteration(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, log = trained
+    board = root / "output" / "tensorboard"
+    assert "TensorBoard event files in {}".format(board) in log
+    train, validation = (EventAccumulator(str(board / name), size_guidance={"scalars": 0}) for name in ("train", "validation"))
+    train.Reload()
+    validation.Reload()
+    tags = set(train.Tags()["scalars"])
+    for tag in ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "lr", "data_time", "time", "images_per_second"):
+        assert tag in tags, (tag, sorted(tags))
+    # The same tags for validation: TensorBoard draws both losses on one chart.
+    assert {"total_loss", "loss_cls", "loss_box_reg", "AP", "AP50"} <= set(validation.Tags()["scalars"])
+    # One value per iteration the JSON writer logged (log-period 1), at the same steps and values.
+    logged = [json.loads(line) for line in (root / "checkpoints" / "metrics.json").read_text().splitlines()]
+    steps = [e["iteration"] for e in logged if "total_loss" in e]
+    assert [s.step for s in train.Scalars("total_loss")] == steps == [0, 1, 2, 3]
+    assert [round(s.value, 4) for s in train.Scalars("lr")] == [round(e["lr"], 4) for e in logged if "lr" in e]
+    # Validation (eval-period 2): after iterations 2 and 4, at the storage's 0-based steps.
+    assert [s.step for s in validation.Scalars("total_loss")] == [1, 3]
+    assert [s.step for s in validation.Scalars("AP")] == [1, 3]
+    assert all(0.0 <= s.value <= 1.0 for s in validation.Scalars("AP"))
+    assert all(s.value > 0 for s in train.Scalars("images_per_second"))

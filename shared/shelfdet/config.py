@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,6 +40,8 @@ _BATCH_NORMS = ("BN", "SyncBN", "naiveSyncBN", "nnSyncBN")
 _X101 = ["MODEL.RESNETS.DEPTH", 101, "MODEL.RESNETS.NUM_GROUPS", 32, "MODEL.RESNETS.WIDTH_PER_GROUP", 8,
          "MODEL.RESNETS.STRIDE_IN_1X1", False, "MODEL.PIXEL_STD", [57.375, 57.120, 58.395]]
 _X101_IMAGENET = "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl"
+# What model_zoo.get_checkpoint_url and detectron2:// paths point at.
+ZOO_HOST = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
 class ConfigError(ValueError):
@@ -79,6 +82,36 @@ def cascade_weights(backbone: str, schedule: str, fallback: str) -> str:
     if backbone != "R_50_FPN":
         return fallback
     return model_zoo.get_checkpoint_url("Misc/cascade_mask_rcnn_R_50_FPN_{}.yaml".format(schedule))
+
+
+def zoo_weights(algo: str, backbone: str, schedule: str) -> str:
+    """The checkpoint ``weights=zoo`` starts from (a URL under ZOO_HOST, or a detectron2:// path)."""
+    if backbone == "R_18_FPN":
+        raise ConfigError("hyperparameter 'weights': R_18_FPN has no model-zoo weights; use none or a file")
+    zoo_name, match = zoo_config_name(algo, backbone, schedule)
+    if not match:
+        return _X101_IMAGENET
+    url = model_zoo.get_checkpoint_url(zoo_name)
+    return cascade_weights(backbone, schedule, url) if algo == "cascade_rcnn" else url
+
+
+def zoo_key(url: str) -> str:
+    """A zoo checkpoint's path below the zoo's host: where `make weights` stores it under PRETRAINED."""
+    for host in (ZOO_HOST, "detectron2://"):
+        if url.startswith(host):
+            return url[len(host):]
+    raise ConfigError("{} is not a model-zoo checkpoint".format(url))
+
+
+def pretrained_file(hp: argparse.Namespace, folder: str) -> str:
+    """``weights=zoo`` read from a folder holding the zoo's files at their zoo paths (the ``pretrained``
+    channel, for jobs that cannot download: network isolation)."""
+    key = zoo_key(zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule))
+    path = os.path.join(folder, key)
+    if not os.path.isfile(path):
+        raise ConfigError("weights=zoo and a pretrained channel, but {} is not in it: run `make weights "
+                          "ALGO={}` for this algorithm and backbone".format(path, hp.model_type))
+    return path
 
 
 def inference_sizes(hp: argparse.Namespace, train_dicts: Optional[Sequence[Mapping[str, Any]]]) -> Tuple[int, int]:
@@ -146,7 +179,7 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     """``procs_per_host``: training processes on this host (GPUs used; 1 on CPU), for ``num-workers=auto``;
     ``train_dicts``: the training set, which ``anchors=auto`` fits the anchors to (None: not fitted)."""
     cfg = get_cfg()
-    zoo_name, zoo_weights_match = zoo_config_name(hp.model_type, hp.backbone, hp.lr_schedule)
+    zoo_name, _ = zoo_config_name(hp.model_type, hp.backbone, hp.lr_schedule)
     cfg.merge_from_file(model_zoo.get_config_file(zoo_name))
     retina = hp.model_type == "retinanet"
 
@@ -162,14 +195,7 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
 
     weights = hp.weights
     if weights == "zoo":
-        if hp.backbone == "R_18_FPN":
-            raise ConfigError("hyperparameter 'weights': R_18_FPN has no model-zoo weights; use none or a file")
-        if zoo_weights_match:
-            weights = model_zoo.get_checkpoint_url(zoo_name)
-            if hp.model_type == "cascade_rcnn":
-                weights = cascade_weights(hp.backbone, hp.lr_schedule, weights)
-        else:
-            weights = _X101_IMAGENET
+        weights = zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule)
     elif weights == "none":
         weights = ""
     cfg.MODEL.WEIGHTS = weights

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,6 +19,9 @@ from .aws import LaunchError, note, s3_uri
 CHANNELS = ("training", "validation", "test")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 WEIGHTS_DIR = "/opt/ml/input/data/weights"
+TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
+INPUT_MODES = ("File", "FastFile")
+MAX_KEEP_ALIVE = 3600  # SageMaker's limit for a warm pool
 TERMINAL = ("Completed", "Failed", "Stopped")
 # Describes per waiter call (one hour at the default 30 s); follow() calls the waiter again after them.
 WAITER_ATTEMPTS = 120
@@ -33,6 +37,14 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wait", type=int, help="seconds including waiting for spot capacity (default 2 x max-run)")
     parser.add_argument("--volume-size", type=int, default=100, help="GB of EBS per instance (the data is copied there)")
     parser.add_argument("--weights", help="initial weights: zoo, none, an https URL or an s3:// URI")
+    parser.add_argument("--input-mode", default="File", choices=INPUT_MODES,
+                        help="File copies the channels to EBS first; FastFile streams them from S3 at the same paths")
+    parser.add_argument("--network-isolation", action="store_true",
+                        help="no network in the container: weights=zoo then needs --pretrained")
+    parser.add_argument("--pretrained", help="s3:// prefix holding the model zoo's checkpoints (`make weights`): "
+                                             "weights=zoo is read from it, not downloaded")
+    parser.add_argument("--vpc-subnets", default="", help="subnet IDs (comma- or space-separated) for VpcConfig")
+    parser.add_argument("--vpc-security-groups", default="", help="security group IDs for VpcConfig")
     parser.add_argument("--output-prefix", default="detectron2/output", help="S3 prefix of model artefacts")
     parser.add_argument("--checkpoint-prefix", default="detectron2/checkpoints", help="S3 prefix of checkpoints")
     parser.add_argument("--job-name", help="explicit job name (default: generated, unique)")
@@ -43,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet train", description=__doc__.splitlines()[0])
     add_job_flags(p)
     p.add_argument("--wait", action="store_true", help="follow the job and its logs to the end")
+    p.add_argument("--keep-alive", type=int, default=0,
+                   help="seconds the instances stay in a warm pool for the next matching job (at most 3600)")
+    p.add_argument("--tensorboard-prefix", default="detectron2/tensorboard",
+                   help="S3 prefix the job's TensorBoard event files are synced to (one folder per job)")
     # Local-training flags, accepted so the Makefile's argv passes through unchanged.
     p.add_argument("--data-dir", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -60,13 +76,13 @@ def hyperparameters(algo: str, hp_argv: Sequence[str], extra: Optional[Dict[str,
     return hp.to_strings({p.name: getattr(ns, hp.attr(p.name)) for p in hp.TABLE})
 
 
-def channel(name: str, uri: str) -> Dict[str, Any]:
-    return {"ChannelName": name, "InputMode": "File",
+def channel(name: str, uri: str, mode: str = "File") -> Dict[str, Any]:
+    return {"ChannelName": name, "InputMode": mode,
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
                                             "S3DataDistributionType": "FullyReplicated"}}}
 
 
-def data_channels(cloud: aws.Aws, bucket: str, prefix: str) -> List[Dict[str, Any]]:
+def data_channels(cloud: aws.Aws, bucket: str, prefix: str, mode: str = "File") -> List[Dict[str, Any]]:
     """training/validation/test images and the manifests as ``annotation``; test only when uploaded."""
     out = []
     for name in CHANNELS:
@@ -76,11 +92,11 @@ def data_channels(cloud: aws.Aws, bucket: str, prefix: str) -> List[Dict[str, An
                 note("note: nothing under {}: no test channel (the job skips the final test evaluation)".format(uri))
                 continue
             raise LaunchError("no data under {}: run `make upload BUCKET={} PREFIX={}` first".format(uri, bucket, prefix))
-        out.append(channel(name, uri))
+        out.append(channel(name, uri, mode))
     manifests = s3_uri(bucket, prefix, "annotations")
     if not cloud.check_prefix(manifests + "training.manifest", "annotation"):
         raise LaunchError("no {}training.manifest: run `make upload BUCKET={} PREFIX={}` first".format(manifests, bucket, prefix))
-    out.append(channel("annotation", manifests))
+    out.append(channel("annotation", manifests, mode))
     return out
 
 
@@ -98,10 +114,59 @@ def weights_input(cloud: aws.Aws, weights: Optional[str]) -> Any:
     return None, weights
 
 
-def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def _ids(text: Optional[str]) -> List[str]:
+    return [t for t in re.split(r"[,\s]+", text or "") if t]
+
+
+def effective_weights(args: argparse.Namespace, hp_argv: Sequence[str]) -> str:
+    return args.weights or hyperparameters(args.algo, hp_argv)["weights"]
+
+
+def check_locked_down(args: argparse.Namespace, hp_argv: Sequence[str]) -> None:
+    """What a job without network or in a VPC would only find out after it started; no AWS call."""
+    if bool(_ids(args.vpc_subnets)) != bool(_ids(args.vpc_security_groups)):
+        raise LaunchError("VPC_SUBNETS and VPC_SECURITY_GROUPS go together: a VpcConfig needs both")
+    if not args.network_isolation:
+        return
+    weights = effective_weights(args, hp_argv)
+    if weights == "zoo" and not args.pretrained:
+        raise LaunchError("NETWORK_ISOLATION=1 with weights=zoo: the job cannot download the model zoo's weights; "
+                          "run `make weights BUCKET=...` and pass the PRETRAINED=s3://... it prints "
+                          "(or WEIGHTS=s3://... of your own, or HP='--weights none')")
+    if weights.startswith(("http://", "https://")):
+        raise LaunchError("NETWORK_ISOLATION=1 with WEIGHTS={}: the job cannot download it; copy it to S3 and pass "
+                          "its s3:// URI".format(weights))
+
+
+def pretrained_input(cloud: aws.Aws, args: argparse.Namespace, hp_argv: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """The ``pretrained`` channel: the folder of zoo checkpoints the container reads weights=zoo from."""
+    if not args.pretrained:
+        return None
+    if effective_weights(args, hp_argv) != "zoo":
+        note("note: PRETRAINED is unused: the weights are not zoo")
+        return None
+    from ..config import ConfigError, zoo_key, zoo_weights
+
+    hps = hyperparameters(args.algo, hp_argv)
+    try:
+        key = zoo_key(zoo_weights(args.algo, hps["backbone"], hps["lr-schedule"]))
+    except ConfigError as err:
+        raise LaunchError(str(err)) from None
+    if not args.pretrained.startswith("s3://"):
+        raise LaunchError("PRETRAINED={}: an s3:// prefix (what `make weights` prints)".format(args.pretrained))
+    prefix = args.pretrained.rstrip("/") + "/"
+    if not cloud.check_prefix(prefix + key, "pretrained"):
+        raise LaunchError("{}{} not found: run `make weights BUCKET=... ALGO={}` (it uploads the zoo's checkpoints "
+                          "there)".format(prefix, key, args.algo))
+    return channel("pretrained", prefix, args.input_mode)
+
+
+def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str,
+               hp_argv: Sequence[str] = ()) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The parts a training job and a tuning job's definition have in common, and hyperparameters they imply."""
     if args.instance_count < 1:
         raise LaunchError("INSTANCE_COUNT must be at least 1")
+    check_locked_down(args, hp_argv)
     args.stack = args.stack or aws.default_stack(args.instance_type)
     if args.stack == "cpu" and aws.is_gpu_instance(args.instance_type):
         note("warning: STACK=cpu on GPU instances ({}): the job will not use the GPUs; pass STACK=cu101 or cu12".format(
@@ -109,20 +174,23 @@ def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str) -
     role = cloud.role_arn(args.role)
     bucket = cloud.check_bucket(args.bucket)
     image = cloud.image_uri("training", args.stack, args.image_uri)
-    inputs = data_channels(cloud, bucket, args.prefix)
+    inputs = data_channels(cloud, bucket, args.prefix, args.input_mode)
     weights_channel, weights_hp = weights_input(cloud, args.weights)
     if weights_channel:
         inputs.append(weights_channel)
+    pretrained = pretrained_input(cloud, args, hp_argv)
+    if pretrained:
+        inputs.append(pretrained)
     stopping = {"MaxRuntimeInSeconds": args.max_run}
     if args.spot:
         max_wait = args.max_wait or 2 * args.max_run
         if max_wait <= args.max_run:
             raise LaunchError("--max-wait ({}) must exceed --max-run ({}) for spot training".format(max_wait, args.max_run))
         stopping["MaxWaitTimeInSeconds"] = max_wait
-    return {
+    pieces = {
         "RoleArn": role,
         # SageMaker runs `docker run IMAGE train`: the image's entrypoint dispatches on it.
-        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File",
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": args.input_mode,
                                    "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
         "InputDataConfig": inputs,
         "OutputDataConfig": {"S3OutputPath": s3_uri(bucket, args.output_prefix)},
@@ -130,16 +198,28 @@ def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str) -
                            "VolumeSizeInGB": args.volume_size},
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": bool(args.spot),
+        "EnableNetworkIsolation": bool(args.network_isolation),
         "CheckpointConfig": {"S3Uri": s3_uri(bucket, args.checkpoint_prefix, checkpoint_name), "LocalPath": CHECKPOINT_DIR},
-    }, ({"weights": weights_hp} if weights_hp else {})
+    }
+    if _ids(args.vpc_subnets):
+        pieces["VpcConfig"] = {"SecurityGroupIds": _ids(args.vpc_security_groups), "Subnets": _ids(args.vpc_subnets)}
+    return pieces, ({"weights": weights_hp} if weights_hp else {})
 
 
 def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+    if not 0 <= args.keep_alive <= MAX_KEEP_ALIVE:
+        raise LaunchError("KEEP_ALIVE={}: seconds from 0 to {} (SageMaker's warm pool limit)".format(
+            args.keep_alive, MAX_KEEP_ALIVE))
     name = args.job_name or aws.job_name("detectron2", args.algo, aws.timestamp())
-    pieces, implied = job_pieces(args, cloud, name)
+    pieces, implied = job_pieces(args, cloud, name, hp_argv)
+    if args.keep_alive:
+        pieces["ResourceConfig"]["KeepAlivePeriodInSeconds"] = args.keep_alive
     request = {"TrainingJobName": name}
     request.update(pieces)
     request["HyperParameters"] = hyperparameters(args.algo, hp_argv, implied)
+    # SageMaker uploads what the job writes there while it runs: `make tensorboard JOB=<name>` reads it back.
+    request["TensorBoardOutputConfig"] = {"S3OutputPath": s3_uri(aws.split_s3(request["OutputDataConfig"]["S3OutputPath"])[0], args.tensorboard_prefix, name),
+                                          "LocalPath": TENSORBOARD_DIR}
     return request
 
 
@@ -249,9 +329,27 @@ def report(desc: Dict[str, Any]) -> None:
         print("metric {}: {}".format(m.get("MetricName"), m.get("Value")))
     if not metrics:
         print("metrics: none reported")
-    seconds = desc.get("BillableTimeInSeconds")
-    if seconds is not None:
-        print("billable seconds: {}".format(seconds))
+    line = bill(desc)
+    if line:
+        print(line)
+
+
+def bill(desc: Dict[str, Any]) -> Optional[str]:
+    """One line: billable seconds, instance-hours, and what spot saved (DescribeTrainingJob's own numbers)."""
+    billable = desc.get("BillableTimeInSeconds")
+    if billable is None:
+        return None
+    resources = desc.get("ResourceConfig", {})
+    count = int(resources.get("InstanceCount", 1))
+    # Billable time is wall-clock per instance; SageMaker bills it once per instance.
+    line = "bill: {} billable seconds x {} {} = {:.3f} instance-hours".format(
+        billable, count, resources.get("InstanceType", "instance"), billable * count / 3600.0)
+    trained = desc.get("TrainingTimeInSeconds")
+    if desc.get("EnableManagedSpotTraining") and trained:
+        line += "; spot saved {:.0f}% ({} s trained)".format(100.0 * (1.0 - float(billable) / trained), trained)
+    elif desc.get("EnableManagedSpotTraining"):
+        line += "; spot savings unknown (no training time reported)"
+    return line
 
 
 def _main(argv: List[str]) -> int:

@@ -64,7 +64,7 @@ def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.A
         if "val-ap" in pinned and not hp.BY_NAME["val-ap"].parse(hp.parse_cli(hp_argv).get("val-ap", "true")):
             raise LaunchError("OBJECTIVE=validation:ap needs val-ap true (the job prints validation_ap only then)")
         extra["val-ap"] = "true"
-    pieces, implied = training.job_pieces(args, cloud, name)
+    pieces, implied = training.job_pieces(args, cloud, name, hp_argv)
     extra.update(implied)
     ranges = parameter_ranges(args.algo, pinned)
     static = training.hyperparameters(args.algo, hp_argv, extra)

@@ -18,7 +18,7 @@ import traceback
 from typing import Any, Dict, List, Optional
 
 from .. import artefacts, catalog, hyperparameters
-from .environment import ContractError, Environment, check_channels, load
+from .environment import ContractError, Environment, check_channels, load, use_warmpool_cache
 
 log = logging.getLogger("shelfdet.training")
 
@@ -94,7 +94,8 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     from ..inference import options_of
 
     trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period,
-                      fast_eval=hp.evaluation_type != "coco", options=options_of(hp), crop=crop_of(hp))
+                      fast_eval=hp.evaluation_type != "coco", options=options_of(hp), crop=crop_of(hp),
+                      tensorboard_dir=os.path.join(env.output_dir, "tensorboard"))
     # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
     trainer.resume_or_load(resume=True)
     starts = comm.all_gather(trainer.start_iter)
@@ -215,9 +216,19 @@ def fail(env_root: str, message: str) -> int:
 def run(root: Optional[str] = None) -> int:
     root = root or os.environ.get("SHELFDET_ML_ROOT", "/opt/ml")
     try:
+        cache = use_warmpool_cache()
         env = load(root)
         check_channels(env)
         hp = hyperparameters.parse(env.hyperparameters)
+        pretrained = None
+        if hp.weights == "zoo" and "pretrained" in env.channels:
+            # The job may have no network (NETWORK_ISOLATION=1): the zoo's file comes in the channel.
+            from ..config import ConfigError, pretrained_file
+
+            try:
+                hp.weights = pretrained = pretrained_file(hp, env.channels["pretrained"])
+            except ConfigError as err:
+                raise ContractError(str(err)) from None
         # Read every manifest before any process starts: a bad line fails in a second, not after setup.
         eval_images = 0
         # Class maps too (read_channels): with GPUs, registration runs again in each spawned process.
@@ -244,6 +255,10 @@ def run(root: Optional[str] = None) -> int:
         from .. import runtime
 
         log.info(runtime.summary(env.hosts, env.current_host))
+        if cache:
+            log.info("warm pool: download caches (model zoo weights, torch, pip) kept in %s", cache)
+        if pretrained:
+            log.info("weights=zoo read from the pretrained channel: %s", hp.weights)
         log.info("Detectron2 environment:\n%s", runtime.details())
         log.info("training %s %s for %d iterations; model dir %s, checkpoints %s", hp.model_type, hp.backbone,
                  hp.num_iter, env.model_dir, env.checkpoint_dir)

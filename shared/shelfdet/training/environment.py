@@ -8,6 +8,10 @@ from typing import Any, Dict, List, NamedTuple, Optional
 DEFAULT_ROOT = "/opt/ml"
 REQUIRED_CHANNELS = ("training", "validation", "annotation")
 OPTIONAL_CHANNELS = ("test",)
+# Set by SageMaker on a job that keeps its instances warm (KEEP_ALIVE=): a folder the next job on them sees again.
+WARMPOOL_CACHE = "SAGEMAKER_MANAGED_WARMPOOL_CACHE_DIRECTORY"
+# The download caches moved there: the model zoo's weights (iopath reads FVCORE_CACHE), torch hub, pip.
+CACHE_VARIABLES = (("FVCORE_CACHE", "fvcore"), ("TORCH_HOME", "torch"), ("PIP_CACHE_DIR", "pip"), ("XDG_CACHE_HOME", "xdg"))
 
 
 class ContractError(ValueError):
@@ -100,3 +104,15 @@ def check_channels(env: Environment) -> None:
             manifest = os.path.join(env.channels["annotation"], name + ".manifest")
             if not os.path.isfile(manifest):
                 raise ContractError("channel '{}' has no manifest: {} not found".format(name, manifest))
+
+
+def use_warmpool_cache() -> Optional[str]:
+    """Points the download caches into the warm pool's folder, when the job has one (else None)."""
+    root = os.environ.get(WARMPOOL_CACHE)
+    if not root:
+        return None
+    for variable, name in CACHE_VARIABLES:
+        path = os.path.join(root, "shelfdet", name)
+        os.makedirs(path, exist_ok=True)
+        os.environ[variable] = path
+    return root

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from ..checkpoint import Checkpointer  # noqa: E402
 from ..data.mapper import FastDatasetMapper  # noqa: E402
+from . import tracking  # noqa: E402
 from .hooks import DataTimeWarning, PauseAfterCheckpoint, ValidationAP, ValidationLoss  # noqa: E402
 
 
@@ -40,7 +41,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: Any, class_names: Sequence[str], val_dicts: Sequence[Dict[str, Any]],
                  ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20,
-                 fast_eval: bool = True, options: Any = None, crop: Any = None):
+                 fast_eval: bool = True, options: Any = None, crop: Any = None, tensorboard_dir: Optional[str] = None):
         TrainerBase.__init__(self)
         self.class_names = list(class_names)
         self.val_dicts = list(val_dicts)
@@ -48,6 +49,7 @@ class Trainer(DefaultTrainer):
         self.log_period = log_period
         self.fast_eval = fast_eval
         self.options = options
+        self.tensorboard_dir = tensorboard_dir
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg, crop)
@@ -91,8 +93,10 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(cfg, mapper=FastDatasetMapper(cfg, is_train=True, crop=crop))
 
     def build_writers(self) -> List[Any]:
-        # No TensorBoard writer: SageMaker scrapes the printed lines.
-        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        # The printed lines are what SageMaker's metric regexes scrape; TensorBoard gets the same scalars.
+        writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        board = tracking.tensorboard(self.tensorboard_dir, self, self.cfg.SOLVER.IMS_PER_BATCH)
+        return writers + ([board] if board else [])
 
     @property
     def model(self) -> torch.nn.Module:
