@@ -134,6 +134,24 @@ def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
 
 
 @pytest.mark.parametrize("stack", sorted(TWINS))
+def test_twin_writes_tensorboard_event_files_across_the_resume(runs, stack):
+    """Detectron2's TensorboardXWriter on the stack's release and its pinned tensorboard (issue 23)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ml = runs(stack, "faster_rcnn")
+    assert "TensorBoard event files in /opt/ml/output/tensorboard" in (ml / "train.log").read_text()
+    board = ml / "output" / "tensorboard"
+    train, validation = (EventAccumulator(str(board / name), size_guidance={"scalars": 0}) for name in ("train", "validation"))
+    train.Reload()
+    validation.Reload()
+    assert {"total_loss", "lr", "data_time", "images_per_second"} <= set(train.Tags()["scalars"])
+    # log-period 4 over 24 iterations, resumed at 2: the resumed run writes on from where the first stopped.
+    assert [s.step for s in train.Scalars("total_loss")][-5:] == [7, 11, 15, 19, 23]
+    assert [s.step for s in validation.Scalars("AP")] == [11, 23]  # eval-period 12
+    assert "total_loss" in validation.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("stack", sorted(TWINS))
 def test_twin_serves_with_tiles_and_soft_nms_from_shelfdet_infer(runs, stack, tmp_path):
     """The RetinaNet model (trained with tiles and hard NMS) served with other tiles and Soft-NMS
     from SHELFDET_INFER on the twin's release."""
