@@ -326,6 +326,30 @@ def test_locked_down_mistakes_are_refused_before_any_aws_call(account, wire, cap
     assert wire == []
 
 
+def test_the_mlflow_server_goes_to_the_job_environment(account, wire, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "arn:aws:sagemaker:us-east-2:123456789012:mlflow-tracking-server/team")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "shelves")
+    rc, _, err = run(capsys, BASE)
+    assert rc == 0, err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert request["Environment"] == {"MLFLOW_TRACKING_URI": "arn:aws:sagemaker:us-east-2:123456789012:mlflow-tracking-server/team",
+                                      "MLFLOW_EXPERIMENT_NAME": "shelves"}
+
+
+@pytest.mark.parametrize("uri, extra, expect", [
+    ("/home/me/mlruns", [], "MLFLOW_TRACKING_URI=/home/me/mlruns is a path on this machine, which the job cannot write"),
+    ("http://mlflow.internal:5000", ["--network-isolation", "--", "--weights", "none"],
+     "NETWORK_ISOLATION=1: the job cannot reach MLFLOW_TRACKING_URI; not passed"),
+])
+def test_a_tracking_server_the_job_cannot_reach_is_not_passed(account, wire, capsys, monkeypatch, uri, extra, expect):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    rc, _, err = run(capsys, BASE + extra)
+    assert rc == 0, err
+    assert expect in err
+    (request,) = sent(wire, "CreateTrainingJob")
+    assert "Environment" not in request
+
+
 def test_isolation_without_zoo_weights_needs_no_channel(account, wire, capsys):
     rc, _, err = run(capsys, BASE + ["--network-isolation", "--", "--weights", "none"])
     assert rc == 0, err

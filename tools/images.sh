@@ -103,7 +103,7 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
       printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN" ;;
     training|serving) parent=${BASE_IMAGE:-$(name base "$stack")}; printf 'BASE_IMAGE=%s\n' "$parent" ;;
     test) parent=$(name training "$stack")
-          printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\n' "$parent" "$TEST_REQUIREMENTS" ;;
+          printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\nMLFLOW_SERVER_REQUIREMENTS=%s\n' "$parent" "$TEST_REQUIREMENTS" "$MLFLOW_SERVER_REQUIREMENTS" ;;
   esac
 }
 

@@ -161,6 +161,26 @@ def pretrained_input(cloud: aws.Aws, args: argparse.Namespace, hp_argv: Sequence
     return channel("pretrained", prefix, args.input_mode)
 
 
+def tracking_environment(args: argparse.Namespace) -> Dict[str, str]:
+    """MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME) of this shell, for the job's container, where
+    the job can reach it."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        return {}
+    if not uri.startswith(("http://", "https://", "arn:", "databricks")):
+        note("warning: MLFLOW_TRACKING_URI={} is a path on this machine, which the job cannot write: not passed "
+             "(use an http(s) URL or a SageMaker MLflow tracking server ARN)".format(uri))
+        return {}
+    if args.network_isolation:
+        note("warning: NETWORK_ISOLATION=1: the job cannot reach MLFLOW_TRACKING_URI; not passed "
+             "(TensorBoard event files still go to S3)")
+        return {}
+    env = {"MLFLOW_TRACKING_URI": uri}
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        env["MLFLOW_EXPERIMENT_NAME"] = os.environ["MLFLOW_EXPERIMENT_NAME"]
+    return env
+
+
 def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str,
                hp_argv: Sequence[str] = ()) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The parts a training job and a tuning job's definition have in common, and hyperparameters they imply."""
@@ -201,6 +221,9 @@ def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str,
         "EnableNetworkIsolation": bool(args.network_isolation),
         "CheckpointConfig": {"S3Uri": s3_uri(bucket, args.checkpoint_prefix, checkpoint_name), "LocalPath": CHECKPOINT_DIR},
     }
+    tracking = tracking_environment(args)
+    if tracking:
+        pieces["Environment"] = tracking
     if _ids(args.vpc_subnets):
         pieces["VpcConfig"] = {"SecurityGroupIds": _ids(args.vpc_security_groups), "Subnets": _ids(args.vpc_subnets)}
     return pieces, ({"weights": weights_hp} if weights_hp else {})

@@ -93,9 +93,10 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     from ..data.crops import crop_of
     from ..inference import options_of
 
+    mlflow = mlflow_run(env, hp) if comm.is_main_process() else None
     trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period,
                       fast_eval=hp.evaluation_type != "coco", options=options_of(hp), crop=crop_of(hp),
-                      tensorboard_dir=os.path.join(env.output_dir, "tensorboard"))
+                      tensorboard_dir=os.path.join(env.output_dir, "tensorboard"), mlflow=mlflow)
     # Resumes from the newest checkpoint in the checkpoint dir if there is one (spot restarts).
     trainer.resume_or_load(resume=True)
     starts = comm.all_gather(trainer.start_iter)
@@ -105,12 +106,33 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     if trainer.start_iter > 0:
         log.info("resuming from iteration %d of %d", trainer.start_iter, trainer.max_iter)
     start = time.time()
-    trainer.train()
-    train_seconds = time.time() - start
-    result = finish(env, hp, cfg, trainer, reg, train_seconds)
+    try:
+        trainer.train()
+        train_seconds = time.time() - start
+        result = finish(env, hp, cfg, trainer, reg, train_seconds)
+    except BaseException as err:
+        if mlflow:  # a resumed run sets it RUNNING again
+            mlflow.end(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    if mlflow:
+        mlflow.end(result, env.model_dir)
     # The others wait here while rank 0 scores and writes: the timeout run() gave the job covers it.
     comm.synchronize()
     return result
+
+
+def mlflow_run(env: Environment, hp: argparse.Namespace) -> Any:
+    """The run's MLflow run when MLFLOW_TRACKING_URI is set (see tracking.mlflow_run)."""
+    from .. import runtime
+    from .tracking import mlflow_run as start
+
+    # SageMaker sets TRAINING_JOB_NAME and TRAINING_JOB_ARN in the container; a local run is its folder.
+    name = os.environ.get("TRAINING_JOB_NAME") or os.path.basename(os.path.abspath(env.root))
+    tags = {"shelfdet.algorithm": hp.model_type, "shelfdet.recipe": hp.recipe, "shelfdet.run_folder": env.root}
+    tags.update({"sagemaker." + k.lower(): os.environ[k] for k in ("TRAINING_JOB_NAME", "TRAINING_JOB_ARN")
+                 if os.environ.get(k)})
+    params = dict(hyperparameters.as_strings(hp), environment=runtime.summary(env.hosts, env.current_host))
+    return start(os.environ.get("MLFLOW_TRACKING_URI"), env.checkpoint_dir, name, params, tags)
 
 
 def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg: Dict[str, Any],

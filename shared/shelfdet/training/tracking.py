@@ -1,14 +1,22 @@
-"""Where a run's numbers go besides the log: TensorBoard event files in ``<run>/output/tensorboard``
-(SageMaker's /opt/ml/output/tensorboard, which TensorBoardOutputConfig syncs to S3 while the job runs).
+"""Where a run's numbers go besides the log.
 
-Two sub-runs, ``train`` and ``validation``, with the same tag for the same quantity (``total_loss``,
-``loss_cls``, ...), so TensorBoard draws training and validation loss on one chart."""
+- TensorBoard event files in ``<run>/output/tensorboard`` (SageMaker's /opt/ml/output/tensorboard, which
+  TensorBoardOutputConfig syncs to S3 while the job runs). Two sub-runs, ``train`` and ``validation``,
+  with the same tag for the same quantity (``total_loss``, ``loss_cls``, ...), so TensorBoard draws
+  training and validation loss on one chart.
+- An MLflow run when ``MLFLOW_TRACKING_URI`` is set (an http URL, a local path, or a SageMaker MLflow
+  tracking server ARN through the sagemaker-mlflow plugin): hyperparameters and the environment line as
+  params, the same scalars per iteration, the final metrics, the model folder as artefacts. Tracking
+  never stops training: the first failure is one warning line and tracking is off for the run."""
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
-from typing import Any, Dict, Optional
+import platform
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import compat
 
@@ -21,6 +29,31 @@ log = logging.getLogger("shelfdet.training")
 # The validation hooks on the trainer; they keep their results out of the event storage so the printed
 # lines SageMaker's metric regexes read keep their form.
 VALIDATION_HOOKS = ("validation", "validation_ap")
+
+
+def _validation_rows(trainer: Any, written: Dict[str, int]) -> List[Tuple[int, str, float]]:
+    """(step, name, value) of the validation hooks' entries not yet written."""
+    rows = []
+    for attribute in VALIDATION_HOOKS:
+        hook = getattr(trainer, attribute, None)
+        entries = getattr(hook, "history", None) or []
+        for entry in entries[written.get(attribute, 0):]:
+            step = int(entry["iteration"]) - 1
+            for key, value in entry.items():
+                if key != "iteration" and isinstance(value, numbers.Number):
+                    rows.append((step, key.replace("total_val_loss", "total_loss"), float(value)))
+        written[attribute] = len(entries)
+    return rows
+
+
+def _images_per_second(images_per_batch: int, after: int) -> Optional[Tuple[int, float]]:
+    """(step, images/s over the last 20 iterations) when the storage has a step past ``after``."""
+    storage = get_event_storage()
+    if "time" not in storage.histories():
+        return None
+    history = storage.history("time")
+    step, seconds = int(history.values()[-1][1]), history.median(20)
+    return (step, images_per_batch / seconds) if step > after and seconds > 0 else None
 
 
 class TensorBoard(EventWriter):
@@ -41,23 +74,12 @@ class TensorBoard(EventWriter):
 
     def write(self) -> None:
         self.training.write()
-        storage = get_event_storage()
-        if "time" in storage.histories():
-            history = storage.history("time")
-            step = int(history.values()[-1][1])
-            seconds = history.median(20)
-            if step > self.last_rate and seconds > 0:
-                self.rate.add_scalar("images_per_second", self.images_per_batch / seconds, step)
-                self.last_rate = step
-        for attribute in VALIDATION_HOOKS:
-            hook = getattr(self.trainer, attribute, None)
-            entries = getattr(hook, "history", None) or []
-            for entry in entries[self.written.get(attribute, 0):]:
-                step = int(entry["iteration"]) - 1  # the hooks count iterations from 1, the storage from 0
-                for key, value in entry.items():
-                    if key != "iteration" and isinstance(value, numbers.Number):
-                        self.validation.add_scalar(key.replace("total_val_loss", "total_loss"), value, step)
-            self.written[attribute] = len(entries)
+        rate = _images_per_second(self.images_per_batch, self.last_rate)
+        if rate:
+            self.rate.add_scalar("images_per_second", rate[1], rate[0])
+            self.last_rate = rate[0]
+        for step, key, value in _validation_rows(self.trainer, self.written):
+            self.validation.add_scalar(key, value, step)
         self.rate.flush()
         self.validation.flush()
 
@@ -78,3 +100,140 @@ def tensorboard(log_dir: Optional[str], trainer: Any, images_per_batch: int) -> 
         return None
     log.info("TensorBoard event files in %s", log_dir)
     return writer
+
+
+# A run resumed from its checkpoints continues its MLflow run: the id lives beside the checkpoints
+# (on SageMaker, /opt/ml/checkpoints is synced to S3 and comes back after a spot interruption).
+MLFLOW_STATE = "mlflow_run.json"
+
+
+class MLflow(EventWriter):
+    """One MLflow run per training run, through ``MlflowClient`` only (the fluent API's global active run
+    would leak between the trainer and anything else in the process)."""
+
+    def __init__(self, client: Any, run_id: str, uri: str, trainer: Any = None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.uri = uri
+        self.trainer = trainer
+        self.last_step = -1
+        self.written: Dict[str, int] = {}
+        self.off = False
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+        if self.off:
+            return False
+        try:
+            fn(*args, **kwargs)
+            return True
+        except Exception as err:  # tracking never stops training
+            self.off = True
+            log.warning("MLflow tracking off for this run: %s at %s failed: %s: %s", what, self.uri,
+                        type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+            return False
+
+    def _log(self, what: str, metrics: List[Tuple[int, str, float]] = (), params: Dict[str, str] = None,
+             tags: Dict[str, str] = None) -> bool:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, step) for step, key, value in metrics]
+        params = [Param(k, v) for k, v in (params or {}).items()]
+        tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+        # log_batch takes at most 1000 metrics, 100 params and 100 tags per call.
+        calls = max(-(-len(batch) // 1000), -(-len(params) // 100), -(-len(tags) // 100), 1)
+        ok = True
+        for i in range(calls):
+            ok = self._call(what, self.client.log_batch, self.run_id, metrics=batch[i * 1000:(i + 1) * 1000],
+                            params=params[i * 100:(i + 1) * 100], tags=tags[i * 100:(i + 1) * 100]) and ok
+        return ok
+
+    def write(self) -> None:
+        if self.off:
+            return
+        storage = get_event_storage()
+        # Smoothed as Detectron2's JSONWriter and TensorboardXWriter write them (median of 20 for losses).
+        rows = [(int(step), name, float(value)) for name, (value, step) in storage.latest_with_smoothing_hint(20).items()
+                if int(step) > self.last_step and isinstance(value, numbers.Number)]
+        rate = _images_per_second(self.trainer.cfg.SOLVER.IMS_PER_BATCH, self.last_step)
+        if rate:
+            rows.append((rate[0], "images_per_second", rate[1]))
+        rows += [(step, "validation_" + key, value) for step, key, value in _validation_rows(self.trainer, self.written)]
+        if rows:
+            self.last_step = max([self.last_step] + [step for step, name, _ in rows if not name.startswith("validation_")])
+            self._log("logging metrics", rows)
+
+    def close(self) -> None:
+        pass  # the run ends in end(), after the final evaluation
+
+    def end(self, metrics: Optional[Dict[str, Any]] = None, model_dir: Optional[str] = None,
+            status: str = "FINISHED") -> None:
+        """Final metrics (at the last iteration), the model folder as artefacts under ``model/``, the status."""
+        if metrics:
+            step = int(metrics.get("iterations", 0))
+            self._log("logging the final metrics", [(step, k, float(v)) for k, v in metrics.items()
+                                                     if isinstance(v, numbers.Number) and not isinstance(v, bool)])
+        if model_dir and os.path.isdir(model_dir):
+            if self._call("uploading the model folder", self.client.log_artifacts, self.run_id, model_dir, "model"):
+                log.info("MLflow: model folder logged as artefacts of run %s", self.run_id)
+        self._call("ending the run", self.client.set_terminated, self.run_id, status)
+
+
+def mlflow_run(uri: Optional[str], state_dir: str, run_name: str, params: Dict[str, str], tags: Dict[str, str],
+               trainer: Any = None) -> Optional[MLflow]:
+    """The MLflow run for this training run (a resumed run continues its own), or None: no URI, or
+    one warning line saying why tracking is off."""
+    if not uri:
+        return None
+    # MLflow retries an unreachable server 7 times with backoff (minutes); one short retry is enough
+    # for a tracker that must not hold training up.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    if "://" not in uri or uri.startswith("file:"):
+        # A folder: MLflow 3 keeps its file store but refuses it unless asked; a folder is what was asked for.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError as err:
+        log.warning("MLflow tracking off: Python %s here cannot import mlflow (%s); MLFLOW_TRACKING_URI=%s is ignored",
+                    platform.python_version(), err, uri)
+        return None
+    if uri.startswith("arn:"):
+        try:
+            import sagemaker_mlflow  # noqa: F401  (registers the arn tracking store)
+        except ImportError:
+            log.warning("MLflow tracking off: MLFLOW_TRACKING_URI is a SageMaker MLflow ARN, and its plugin "
+                        "sagemaker-mlflow is not installed here")
+            return None
+    else:
+        # sagemaker-mlflow's header provider runs on every request and fails (one warning per request)
+        # on any URI that is not an ARN: only ARN URIs need it.
+        logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+    client = MlflowClient(tracking_uri=uri)
+    tracker = MLflow(client, "", uri, trainer)
+    state_file = os.path.join(state_dir, MLFLOW_STATE)
+    state = {}
+    if os.path.isfile(state_file):
+        with open(state_file) as f:
+            state = json.load(f)
+    try:
+        if state.get("tracking_uri") == uri and state.get("run_id"):
+            tracker.run_id = state["run_id"]
+            client.update_run(tracker.run_id, status="RUNNING")
+            log.info("MLflow: continuing run %s at %s", tracker.run_id, uri)
+            return tracker  # params are immutable in MLflow, and already there
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "shelfdet")
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+        run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    except Exception as err:
+        log.warning("MLflow tracking off: %s unreachable or refused the run: %s: %s", uri, type(err).__name__,
+                    str(err).splitlines()[0][:300] if str(err) else "")
+        return None
+    tracker.run_id = run.info.run_id
+    os.makedirs(state_dir, exist_ok=True)
+    with open(state_file, "w") as f:
+        json.dump({"tracking_uri": uri, "run_id": tracker.run_id}, f)
+    tracker._log("logging the hyperparameters", params={k: str(v)[:6000] for k, v in params.items()})
+    log.info("MLflow: run %s (%s) in experiment %s at %s", tracker.run_id, run_name, name, uri)
+    return tracker

@@ -41,7 +41,8 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg: Any, class_names: Sequence[str], val_dicts: Sequence[Dict[str, Any]],
                  ap_dicts: Optional[Sequence[Dict[str, Any]]] = None, log_period: int = 20,
-                 fast_eval: bool = True, options: Any = None, crop: Any = None, tensorboard_dir: Optional[str] = None):
+                 fast_eval: bool = True, options: Any = None, crop: Any = None, tensorboard_dir: Optional[str] = None,
+                 mlflow: Optional[tracking.MLflow] = None):
         TrainerBase.__init__(self)
         self.class_names = list(class_names)
         self.val_dicts = list(val_dicts)
@@ -50,6 +51,7 @@ class Trainer(DefaultTrainer):
         self.fast_eval = fast_eval
         self.options = options
         self.tensorboard_dir = tensorboard_dir
+        self.mlflow = mlflow
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg, crop)
@@ -96,7 +98,9 @@ class Trainer(DefaultTrainer):
         # The printed lines are what SageMaker's metric regexes scrape; TensorBoard gets the same scalars.
         writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
         board = tracking.tensorboard(self.tensorboard_dir, self, self.cfg.SOLVER.IMS_PER_BATCH)
-        return writers + ([board] if board else [])
+        if self.mlflow:
+            self.mlflow.trainer = self
+        return writers + [w for w in (board, self.mlflow) if w]
 
     @property
     def model(self) -> torch.nn.Module:
