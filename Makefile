@@ -42,6 +42,8 @@ KEEP_ALIVE     ?=
 RUNS           ?=
 JOB            ?=
 TB_PORT        ?= 6006
+# runs: REMOTE=1 adds SageMaker training jobs (ListTrainingJobs, DescribeTrainingJob) in REGION.
+REMOTE         ?=
 RECIPE         ?=
 WEIGHTS        ?=
 RUN_DIR        ?=
@@ -86,7 +88,7 @@ JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(filter 1 true yes,$(NETWORK_ISOLAT
   $(if $(VPC_SUBNETS),--vpc-subnets '$(VPC_SUBNETS)') $(if $(VPC_SECURITY_GROUPS),--vpc-security-groups '$(VPC_SECURITY_GROUPS)')
 AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX)
 
-.PHONY: help setup data upload visualize train tensorboard weights serve predict evaluate tune deploy undeploy transform \
+.PHONY: help setup data upload visualize train tensorboard runs compare weights serve predict evaluate tune deploy undeploy transform \
         build build-base build-training build-serving tag doctor push-base push-training push-serving test bench clean
 
 help: ## this list
@@ -98,7 +100,7 @@ help: ## this list
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  INPUT_MODE=$(INPUT_MODE) (FastFile: stream from S3)  NETWORK_ISOLATION=$(NETWORK_ISOLATION)  PRETRAINED=$(PRETRAINED) (s3:// zoo weights, from make weights)  VPC_SUBNETS=$(VPC_SUBNETS)  VPC_SECURITY_GROUPS=$(VPC_SECURITY_GROUPS)  KEEP_ALIVE=$(KEEP_ALIVE) (warm pool seconds, <= 3600)"
-	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard)"
+	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard, make compare)  REMOTE=$(REMOTE) (make runs: SageMaker jobs too)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
@@ -133,6 +135,13 @@ train: $(SETUP_STAMP) ## train ALGO locally (no INSTANCE_TYPE) or on SageMaker
 
 tensorboard: $(SETUP_STAMP) ## TensorBoard on 127.0.0.1:TB_PORT over every local run (RUNS="a b": those), or JOB=<training job> from s3://BUCKET
 	$(SHELFDET) tensorboard $(if $(RUNS),--runs $(RUNS)) $(if $(JOB),--job $(JOB) --region $(REGION) $(if $(BUCKET),--bucket $(BUCKET))) --port $(TB_PORT)
+
+runs: $(SETUP_STAMP) ## table of local runs: algorithm, recipe, iterations, AP, AP50, count MAE, wall time, status, resume (REMOTE=1: SageMaker jobs too, with the bill)
+	$(SHELFDET) runs $(if $(filter 1 true yes,$(REMOTE)),--remote --region $(REGION))
+
+compare: $(SETUP_STAMP) ## RUNS="a b": their loss and validation curves on one PNG (runs/compare.png), and results.csv in each run
+	$(if $(RUNS),,$(error make compare needs RUNS="<run> <run> ..."; make runs lists them))
+	$(SHELFDET) compare $(RUNS)
 
 weights: $(SETUP_STAMP) ## the model zoo's checkpoints of ALGO (several: ALGO="faster_rcnn retinanet") into s3://BUCKET/detectron2/weights/ for NETWORK_ISOLATION=1; prints PRETRAINED=
 	$(SHELFDET) weights --algo $(ALGO) $(AWS_FLAGS) $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))

@@ -16,6 +16,8 @@ COMMANDS = {
     "visualize": ("shelfdet.visualize", "PNGs of ground-truth (and predicted) boxes"),
     "train": ("shelfdet.local", "train locally in a SageMaker-shaped run folder, or launch on SageMaker"),
     "tensorboard": ("shelfdet.board", "TensorBoard over local runs or a SageMaker job's event files"),
+    "runs": ("shelfdet.runs:main_runs", "table of local runs (and SageMaker jobs with --remote): AP, count error, time, status"),
+    "compare": ("shelfdet.runs:main_compare", "runs' loss and validation curves on one PNG, results.csv per run"),
     "sm-train": ("shelfdet.training.entry", "the SageMaker training entrypoint (inside the image)"),
     "serve": ("shelfdet.serving.server", "run the SageMaker hosting app"),
     "predict": ("shelfdet.serving.predict", "predict one image (local model or endpoint)"),
@@ -48,5 +50,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in COMMANDS:
         print("error: unknown command '{}'\n\n{}".format(name, usage()), file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module, _, function = COMMANDS[name][0].partition(":")
+    return int(getattr(importlib.import_module(module), function or "main")(rest) or 0)

@@ -20,6 +20,7 @@ def _defs() -> List[Dict[str, str]]:
     defs += [{"Name": "validation:" + n, "Regex": "val_" + n + ": " + NUMBER} for n in TRAIN_LOSSES]
     defs.append({"Name": "validation:ap", "Regex": "validation_ap: " + NUMBER})
     defs.append({"Name": "test:ap", "Regex": "test_ap: " + NUMBER})
+    defs += [{"Name": c + ":ap50", "Regex": c + "_ap50: " + NUMBER} for c in ("validation", "test")]
     # Count error per image at the count threshold, fit on validation (the final evaluation's log lines).
     for channel in ("validation", "test"):
         defs += [{"Name": channel + ":" + n, "Regex": channel + "_" + n + ": " + NUMBER}

@@ -202,7 +202,7 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         metrics.update({"eval_channel": eval_channel, "eval_images": len(dicts), "max_dets": cfg.TEST.DETECTIONS_PER_IMAGE,
                         "eval_seconds": round(time.time() - start, 1)})
         metrics["count_threshold_fit"] = "validation"
-        log.info("%s_ap: %.6f", eval_channel, scores["AP"])
+        log.info("%s_ap: %.6f  %s_ap50: %.6f", eval_channel, scores["AP"], eval_channel, scores["AP50"])
         log.info("evaluation on %s (%d images, maxDets %d): %s", eval_channel, len(dicts),
                  cfg.TEST.DETECTIONS_PER_IMAGE, evaluation.format_metrics(scores))
         log.info("%s_count_mae: %.6f  %s_count_rel_error: %.6f  (score >= %.4f, fit on validation)", eval_channel,
