@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -106,9 +106,12 @@ TINY = {"model-type": "faster_rcnn", "backbone": "R_18_FPN", "weights": "none", 
         "checkpoint-period": 2, "log-period": 1, "augment": "none", "warmup-iters": 0}
 
 
-def docker_run(image: str, ml: Path, *cmd: str, timeout: int = TRAIN_TIMEOUT) -> subprocess.CompletedProcess:
+def docker_run(image: str, ml: Path, *cmd: str, timeout: int = TRAIN_TIMEOUT, env: Optional[Dict[str, str]] = None,
+               docker_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
     # SageMaker gives the container 1 host's CPUs; the test machine is small: 2 threads.
-    args = ["docker", "run", "--rm", "-v", "{}:/opt/ml".format(ml), "-e", "OMP_NUM_THREADS=2", image] + list(cmd)
+    env_args = [a for k, v in (env or {}).items() for a in ("-e", "{}={}".format(k, v))]
+    args = ["docker", "run", "--rm", "-v", "{}:/opt/ml".format(ml), "-e", "OMP_NUM_THREADS=2", *env_args,
+            *docker_args, image] + list(cmd)
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 

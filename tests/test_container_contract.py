@@ -62,6 +62,26 @@ def test_train_failure_is_reported(tmp_path):
     assert failure.is_file() and "num-iter" in failure.read_text(), out.stderr[-2000:]
 
 
+def test_train_without_network_reads_zoo_weights_from_the_channel_and_caches_in_the_warm_pool(tmp_path):
+    """NETWORK_ISOLATION=1 as SageMaker runs it (no network at all) with the `pretrained` channel mounted,
+    and KEEP_ALIVE's cache folder: the image trains from the channel's zoo file, caches land in the pool."""
+    from test_locked_down_job import zoo_checkpoint
+
+    lay_out_opt_ml(tmp_path, dict(TINY, **{"backbone": "R_50_FPN", "weights": "zoo", "num-iter": 2, "lr": "0.0001"}))
+    path = zoo_checkpoint(tmp_path, tmp_path / "scratch")
+    (tmp_path / "warmpool").mkdir()
+    out = docker_run(image("training"), tmp_path, "train", docker_args=["--network", "none"],
+                     env={"SAGEMAKER_MANAGED_WARMPOOL_CACHE_DIRECTORY": "/opt/ml/warmpool"})
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    inside = "/opt/ml/" + str(path.relative_to(tmp_path))
+    assert "weights=zoo read from the pretrained channel: {}".format(inside) in log, log[-3000:]
+    assert "Reading a file from 'shelfdet test'" in log  # Detectron2 loaded the channel's file
+    assert "warm pool: download caches (model zoo weights, torch, pip) kept in /opt/ml/warmpool" in log
+    assert sorted(p.name for p in (tmp_path / "warmpool" / "shelfdet").iterdir()) == ["fvcore", "pip", "torch", "xdg"]
+    assert (tmp_path / "model" / "artefacts.json").is_file()
+
+
 def test_serve_answers_ping_and_invocations(trained):
     name = "shelfdet-test-serve-{}".format(os.getpid())
     with serving_container(image("serving"), trained / "model", name) as base:

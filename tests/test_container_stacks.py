@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(not docker_answers(), reason=NO_DOCKER)
 
 # twin stack -> (the GPU stack whose Detectron2 source it pins, Detectron2's __version__ there)
 TWINS = {"cu101cpu": ("cu101", "0.4.1"), "cu12": ("cu12", "0.6")}
+TWINS_PYTHON = {"cu101cpu": "3.9", "cu12": "3.11"}  # Debian bullseye and bookworm (versions.env says why)
 ALGOS = ("faster_rcnn", "retinanet", "cascade_rcnn")
 STATS = ("AP", "AP50", "AP75", "AR")
 DENSE = {"faster_rcnn": {"anchors": "auto", "nms": "soft"}, "retinanet": {"nms": "hard", "tile-size": 96},
@@ -51,9 +52,13 @@ def _twin_images(stack: str):
     return image("training", stack), image("serving", stack)
 
 
+# MLflow's file store inside the job's folder: the stack's own mlflow-skinny writes it, the host's reads it.
+TRACKED = {"MLFLOW_TRACKING_URI": "/opt/ml/output/mlruns", "MLFLOW_EXPERIMENT_NAME": "twins"}
+
+
 def _train_killed_then_resumed(training: str, ml: Path, name: str) -> str:
     """Starts training, kills the container where it paused after its iteration-1 checkpoint, runs it again."""
-    started = docker_start(training, ml, "train", name=name, env=pause_env(1))
+    started = docker_start(training, ml, "train", name=name, env=dict(pause_env(1), **TRACKED))
     assert started.returncode == 0, started.stderr
     try:
         last = ml / "checkpoints" / "last_checkpoint"
@@ -69,7 +74,7 @@ def _train_killed_then_resumed(training: str, ml: Path, name: str) -> str:
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     assert not (ml / "model" / "artefacts.json").exists(), "the run finished before it was killed"
-    out = docker_run(training, ml, "train")
+    out = docker_run(training, ml, "train", env=TRACKED)
     log = out.stdout + out.stderr
     assert out.returncode == 0, "resumed run failed:\n" + log[-4000:]
     return log
@@ -149,6 +154,31 @@ def test_twin_writes_tensorboard_event_files_across_the_resume(runs, stack):
     assert [s.step for s in train.Scalars("total_loss")][-5:] == [7, 11, 15, 19, 23]
     assert [s.step for s in validation.Scalars("AP")] == [11, 23]  # eval-period 12
     assert "total_loss" in validation.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("stack", sorted(TWINS))
+def test_twin_tracks_the_killed_and_resumed_run_in_one_mlflow_run(runs, stack, monkeypatch):
+    """The stack's pinned mlflow-skinny (2.17.2 on Python 3.8/3.9 stacks) logs one run across the kill."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the host's MLflow 3 reads the file store too
+    ml = runs(stack, "faster_rcnn")
+    log = (ml / "train.log").read_text()
+    client = MlflowClient(tracking_uri=str(ml / "output" / "mlruns"))
+    experiment = client.get_experiment_by_name("twins")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert "MLflow: continuing run {}".format(run.info.run_id) in log, log[-3000:]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model-type"] == "faster_rcnn"
+    assert run.data.params["environment"].startswith("environment: python " + TWINS_PYTHON[stack])
+    # The same logged iterations as the TensorBoard files (log-period 4, resumed at 2).
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "total_loss"))
+    assert steps[-5:] == [7, 11, 15, 19, 23]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "validation_AP")) == [11, 23]
+    metrics = json.loads((ml / "model" / "metrics.json").read_text())
+    assert run.data.metrics["AP"] == pytest.approx(metrics["AP"])
+    artefacts = ml / "output" / "mlruns" / experiment.experiment_id / run.info.run_id / "artifacts" / "model"
+    assert (artefacts / "artefacts.json").read_bytes() == (ml / "model" / "artefacts.json").read_bytes()
 
 
 @pytest.mark.parametrize("stack", sorted(TWINS))

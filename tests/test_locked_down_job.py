@@ -20,21 +20,27 @@ def _zoo_file(root, hp):
     return root / "input" / "data" / "pretrained" / zoo_key(zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule))
 
 
-def test_zoo_weights_come_from_the_pretrained_channel_and_caches_from_the_warm_pool(tmp_path, tiny_dataset):
-    root = make_ml_root(tmp_path / "job", tiny_dataset, backbone="R_50_FPN", weights="zoo", num_iter="2", lr="0.0001",
-                        eval_period="0", checkpoint_period="2")
+def zoo_checkpoint(root, tmp_path):
+    """A checkpoint in the zoo's own format (a pickle of numpy arrays with an author) of the run's very
+    model, where the `pretrained` channel of /opt/ml-shaped ``root`` has it; returns its path."""
     hp = _hp(root)
     from shelfdet.config import build_config  # first: its compat shims come before Detectron2's modeling
 
     from detectron2.modeling import build_model  # noqa: I100
 
-    # A checkpoint in the zoo's own format (a pickle of numpy arrays with an author), of this very model.
     cfg = build_config(argparse.Namespace(**dict(vars(hp), weights="none")), ["SKU"], "train", "val", str(tmp_path))
     state = {k: v.detach().numpy() for k, v in build_model(cfg).state_dict().items()}
     path = _zoo_file(root, hp)
     path.parent.mkdir(parents=True)
     with open(path, "wb") as f:
         pickle.dump({"model": state, "__author__": "shelfdet test"}, f)
+    return path
+
+
+def test_zoo_weights_come_from_the_pretrained_channel_and_caches_from_the_warm_pool(tmp_path, tiny_dataset):
+    root = make_ml_root(tmp_path / "job", tiny_dataset, backbone="R_50_FPN", weights="zoo", num_iter="2", lr="0.0001",
+                        eval_period="0", checkpoint_period="2")
+    path = zoo_checkpoint(root, tmp_path)
     warm = tmp_path / "warm-pool"
     warm.mkdir()
 
