@@ -19,6 +19,8 @@ DATA_DIR       ?= $(if $(filter hard,$(PRESET)),data-hard,data)
 # Passed to `train` only when set (PRESET= sets it too): a resumed run (RUN_DIR=) trains on its own channels' data.
 DATA_DIR_GIVEN  = $(or $(filter-out default file,$(origin DATA_DIR)),$(PRESET))
 SRC            ?=
+# make data SRC=<folder> FORMAT=coco|voc|yolo|gt: labels exported from CVAT, Label Studio, Roboflow or Ground Truth.
+FORMAT         ?=
 MAX_SIDE       ?=
 PRESET         ?=
 BUCKET         ?=
@@ -115,8 +117,8 @@ $(SETUP_STAMP): versions.env tools/setup_venv.sh shared/pyproject.toml
 	@touch $@
 
 # ---- data --------------------------------------------------------------------
-data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL) or synthetic (PRESET=hard: SKU-110K-like); MAX_SIDE=1333 resizes the images once
-	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX)) $(if $(MAX_SIDE),--max-side $(MAX_SIDE)) $(if $(PRESET),--preset $(PRESET))
+data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL; FORMAT=coco|voc|yolo|gt: those labels) or synthetic (PRESET=hard: SKU-110K-like); MAX_SIDE=1333 resizes the images once
+	$(SHELFDET) data --data-dir $(DATA_DIR) $(if $(SRC),--src "$(SRC)") $(if $(FORMAT),--format $(FORMAT)) $(if $(BUCKET),--bucket $(BUCKET) --prefix $(PREFIX)) $(if $(MAX_SIDE),--max-side $(MAX_SIDE)) $(if $(PRESET),--preset $(PRESET))
 
 $(DATA_DIR)/report.json:
 	@$(MAKE) --no-print-directory data DATA_DIR=$(DATA_DIR)

@@ -12,7 +12,7 @@ import shutil
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import CHANNELS, DEFAULT_LABEL, REPORT, DataError, fetch, sku110k, synthetic
+from . import CHANNELS, DEFAULT_LABEL, REPORT, DataError, fetch, formats, sku110k, synthetic
 
 
 def _size(text: str) -> Tuple[int, int]:
@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="output folder (channels, annotations/, report.json)")
     p.add_argument("--src", help="SKU110K_fixed folder, SKU110K_fixed.tar.gz, or its http(s)/s3 URL; "
                                  "omitted: generate the synthetic set into DATA_DIR/source")
+    p.add_argument("--format", choices=("sku110k",) + formats.FORMATS, default="sku110k",
+                   help="labels in SRC: sku110k (its CSVs, the default), coco, voc, yolo or gt (Ground Truth output "
+                        "manifests); see docs/own-data.md")
     p.add_argument("--bucket", help="manifest source-refs point at s3://BUCKET/PREFIX/<channel>/<image>")
     p.add_argument("--prefix", default="detectron2/data")
     p.add_argument("--label", default=DEFAULT_LABEL, help="label attribute name in the manifests")
@@ -61,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _csv_stamp(root: str) -> List[List[Any]]:
+def _csv_stamp(root: str, fmt: str = "sku110k") -> List[List[Any]]:
+    if fmt != "sku110k":
+        return formats.stamp(root, fmt)
     return [[os.path.basename(c), os.path.getsize(c), int(os.path.getmtime(c))] for c in sku110k.find_csvs(root)]
 
 
@@ -78,6 +83,8 @@ def options(args: argparse.Namespace) -> Dict[str, Any]:
                             "label": args.label}
     if args.max_side:  # only when given: data folders built before the option stay current
         opts["max_side"] = args.max_side
+    if args.format != "sku110k":  # only then: data folders built before formats stay current
+        opts["format"] = args.format
     if args.src:
         opts["src"] = args.src if fetch.is_url(args.src) else os.path.abspath(args.src)
     else:
@@ -102,7 +109,10 @@ def up_to_date(data_dir: str, opts: Dict[str, Any]) -> bool:
     if opts["src"] != "synthetic" and not fetch.is_url(opts["src"]):
         # A local source edited in place must be converted again.
         root = report.get("source")
-        if not root or not os.path.isdir(root) or _csv_stamp(root) != report.get("source_stamp"):
+        try:
+            if not root or not os.path.isdir(root) or _csv_stamp(root, opts.get("format", "sku110k")) != report.get("source_stamp"):
+                return False
+        except DataError:
             return False
     return all(os.path.isfile(os.path.join(data_dir, "annotations", c + ".manifest"))
                for c, v in report.get("channels", {}).items() if v.get("images"))
@@ -117,6 +127,16 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             return json.load(f)
     os.makedirs(data_dir, exist_ok=True)
     work = os.path.join(data_dir, "source")
+    if args.format != "sku110k":
+        if not args.src:
+            raise DataError("FORMAT={} needs SRC=<folder> with the labels and images".format(args.format))
+        if fetch.is_url(args.src):
+            raise DataError("FORMAT={} reads a local folder; SRC={} is a URL (download and unpack it first)".format(
+                args.format, args.src))
+        root = args.src
+        return formats.convert(root, args.format, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
+                               workers=args.workers, extra={"options": opts, "source_stamp": _csv_stamp(root, args.format)},
+                               max_side=args.max_side)
     if args.src:
         root = fetch.resolve(args.src, work)
     else:

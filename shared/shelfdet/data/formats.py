@@ -1,0 +1,504 @@
+"""``make data SRC=<folder> FORMAT=coco|voc|yolo|gt``: labels from CVAT, Label Studio, Roboflow or
+SageMaker Ground Truth, through the same checks and the same report as the SKU-110K CSV.
+
+Each reader takes its format's standard layout and yields images with their boxes (in pixels,
+x1 y1 x2 y2) and where each was declared (file, line, field); :func:`convert` checks every image
+(decodes, size) and box (no area, outside the image, crossing its border, unknown class) and writes
+the channels, the manifests (multi-class maps kept) and ``report.json``:
+
+- coco: ``annotations/instances_<split>.json`` with the images in ``<split>/`` (COCO 2017's
+  ``train2017`` style, a year after the split, is allowed);
+- voc: ``Annotations/<id>.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``;
+- yolo: ``images/<split>/``, ``labels/<split>/<stem>.txt`` (class cx cy w h, normalised), class
+  names from ``data.yaml``;
+- gt: Ground Truth output manifests ``<split>.manifest`` (or ``output.manifest`` for one split given
+  as ``<split>/output.manifest``), image paths local (absolute or relative to SRC) or s3://.
+
+Splits ``train``, ``val`` (or ``valid``) and ``test`` become the training, validation and test channels.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from . import CHANNELS, REPORT, DataError, images
+
+FORMATS = ("coco", "voc", "yolo", "gt")
+SPLIT_TO_CHANNEL = {"train": "training", "val": "validation", "valid": "validation", "validation": "validation",
+                    "test": "test"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+JOB_NAME = "labeling-job/converted"
+
+
+class Box(NamedTuple):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    cls: str
+    file: str
+    line: int
+    field: str
+
+
+class Item(NamedTuple):
+    channel: str
+    name: str  # the file name in the channel folder
+    path: str  # the image file, or an s3:// URI
+    boxes: List[Box]
+    size: Optional[Tuple[float, float]]  # what the labels declare, checked against the file
+    file: str  # where the image is declared
+    line: int
+
+
+class Source(NamedTuple):
+    items: List[Item]
+    classes: List[str]
+    problems: List[Dict[str, Any]]
+    stamp_files: List[str]  # the label files: a rebuild is due when one changes
+
+
+def problem(file: str, line: int, image: str, field: str, kind: str, action: str, message: str) -> Dict[str, Any]:
+    return {"file": file, "line": int(line), "image": image, "field": field, "kind": kind, "action": action,
+            "message": message}
+
+
+def _channel(split: str, where: str) -> str:
+    channel = SPLIT_TO_CHANNEL.get(split)
+    if channel is None:
+        raise DataError("{}: split {!r} is not one of train, val (or valid), test".format(where, split))
+    return channel
+
+
+# ---- readers ---------------------------------------------------------------------------
+
+def read_coco(root: str) -> Source:
+    files = sorted(glob.glob(os.path.join(root, "annotations", "instances_*.json")))
+    if not files:
+        raise DataError("{}: no annotations/instances_<split>.json (COCO layout: annotations/instances_train2017.json "
+                        "with the images in train2017/)".format(root))
+    items, problems, categories = [], [], {}  # type: List[Item], List[Dict[str, Any]], Dict[int, str]
+    loaded = []
+    for path in files:
+        folder = os.path.basename(path)[len("instances_"):-len(".json")]
+        match = re.match(r"^([a-z]+?)(\d{4})?$", folder)
+        channel = _channel(match.group(1) if match else folder, path)
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except ValueError as err:
+            raise DataError("{}: not valid JSON ({})".format(path, err)) from None
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(doc.get(key), list):
+                raise DataError("{}: no {!r} list (a COCO instances file has images, annotations, categories)".format(path, key))
+        for i, c in enumerate(doc["categories"]):
+            name = str(c.get("name", ""))
+            if categories.get(c.get("id"), name) != name:
+                raise DataError("{}: categories[{}]: id {} is {!r} here and {!r} in another split".format(
+                    path, i, c.get("id"), name, categories[c["id"]]))
+            categories[c["id"]] = name
+        loaded.append((path, folder, channel, doc))
+    for path, folder, channel, doc in loaded:
+        image_dir = os.path.join(root, folder)
+        by_id = {}
+        for i, im in enumerate(doc["images"]):
+            name = os.path.basename(str(im.get("file_name", "")))
+            size = (float(im["width"]), float(im["height"])) if "width" in im and "height" in im else None
+            by_id[im.get("id")] = Item(channel, name, os.path.join(image_dir, name), [], size, path, i + 1)
+        for i, a in enumerate(doc["annotations"]):
+            where = "annotations[{}]".format(i)
+            item = by_id.get(a.get("image_id"))
+            if item is None:
+                problems.append(problem(path, i + 1, "", where + ".image_id", "unknown_image", "dropped",
+                                        "image_id {} is not in images".format(a.get("image_id"))))
+                continue
+            if a.get("iscrowd"):
+                problems.append(problem(path, i + 1, item.name, where + ".iscrowd", "crowd", "dropped",
+                                        "a crowd region (iscrowd=1), not one object"))
+                continue
+            try:
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(problem(path, i + 1, item.name, where + ".bbox", "bad_value", "dropped",
+                                        "bbox {!r} is not [x, y, width, height]".format(a.get("bbox"))))
+                continue
+            cls = categories.get(a.get("category_id"))
+            field = where + (".bbox" if cls is not None else ".category_id")
+            item.boxes.append(Box(x, y, x + w, y + h, "#{}".format(a.get("category_id")) if cls is None else cls,
+                                  path, i + 1, field))
+        items += by_id.values()
+    classes = [categories[k] for k in sorted(categories)]
+    return Source(items, classes, problems, files)
+
+
+def _object_lines(text: str) -> List[int]:
+    """The line of each <object> element, in document order (ElementTree keeps no line numbers)."""
+    return [text.count("\n", 0, m.start()) + 1 for m in re.finditer(r"<object[\s>]", text)]
+
+
+def read_voc(root: str) -> Source:
+    sets = sorted(glob.glob(os.path.join(root, "ImageSets", "Main", "*.txt")))
+    sets = [s for s in sets if os.path.basename(s)[:-4] in SPLIT_TO_CHANNEL]
+    if not sets:
+        raise DataError("{}: no ImageSets/Main/<split>.txt (Pascal VOC layout: Annotations/*.xml, JPEGImages/, "
+                        "ImageSets/Main/train.txt)".format(root))
+    items, problems, names = [], [], set()  # type: List[Item], List[Dict[str, Any]], set
+    stamp = list(sets)
+    for split_file in sets:
+        channel = _channel(os.path.basename(split_file)[:-4], split_file)
+        with open(split_file) as f:
+            ids = [(n + 1, line.split()[0]) for n, line in enumerate(f) if line.strip()]
+        for line_no, image_id in ids:
+            xml = os.path.join(root, "Annotations", image_id + ".xml")
+            if not os.path.isfile(xml):
+                problems.append(problem(split_file, line_no, image_id, "id", "labels_missing", "dropped",
+                                        "no {}".format(xml)))
+                continue
+            stamp.append(xml)
+            with open(xml) as f:
+                text = f.read()
+            try:
+                doc = ET.fromstring(text)
+            except ET.ParseError as err:
+                problems.append(problem(xml, err.position[0], image_id, "xml", "bad_value", "dropped",
+                                        "not valid XML ({})".format(err)))
+                continue
+            name = (doc.findtext("filename") or image_id + ".jpg").strip()
+            size = doc.find("size")
+            declared = None
+            if size is not None and size.findtext("width") and size.findtext("height"):
+                declared = (float(size.findtext("width")), float(size.findtext("height")))
+            item = Item(channel, name, os.path.join(root, "JPEGImages", name), [], declared, xml, 1)
+            for obj, line in zip(doc.findall("object"), _object_lines(text)):
+                cls = (obj.findtext("name") or "").strip()
+                box = obj.find("bndbox")
+                try:
+                    # VOC counts pixels from 1 (Detectron2's own VOC loader subtracts 1 the same way).
+                    x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                except (AttributeError, TypeError, ValueError):
+                    problems.append(problem(xml, line, name, "bndbox", "bad_value", "dropped",
+                                            "object {!r} has no numeric xmin/ymin/xmax/ymax".format(cls)))
+                    continue
+                item.boxes.append(Box(x1 - 1, y1 - 1, x2, y2, cls, xml, line, "bndbox"))
+            items.append(item)
+            names.update(b.cls for b in item.boxes)
+    return Source(items, sorted(names), problems, stamp)
+
+
+def _yaml_names(path: str) -> List[str]:
+    import yaml
+
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    names = doc.get("names")
+    if isinstance(names, dict):  # Ultralytics writes {0: name, 1: name}
+        try:
+            return [str(names[k]) for k in sorted(names, key=int)]
+        except ValueError:
+            raise DataError("{}: names keys must be class indices 0..N-1".format(path)) from None
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    raise DataError("{}: no class names (names: [a, b] or names: {{0: a, 1: b}})".format(path))
+
+
+def read_yolo(root: str) -> Source:
+    data_yaml = os.path.join(root, "data.yaml")
+    if not os.path.isfile(data_yaml):
+        raise DataError("{}: no data.yaml (YOLO layout as Ultralytics exports it: data.yaml, images/<split>/, "
+                        "labels/<split>/)".format(root))
+    classes = _yaml_names(data_yaml)
+    splits = sorted(d for d in os.listdir(os.path.join(root, "images")) if d in SPLIT_TO_CHANNEL) \
+        if os.path.isdir(os.path.join(root, "images")) else []
+    if not splits:
+        raise DataError("{}: no images/<split>/ folder (train, val or valid, test)".format(root))
+    items, problems, stamp = [], [], [data_yaml]  # type: List[Item], List[Dict[str, Any]], List[str]
+    for split in splits:
+        channel = _channel(split, os.path.join(root, "images", split))
+        for name in sorted(os.listdir(os.path.join(root, "images", split))):
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            label = os.path.join(root, "labels", split, os.path.splitext(name)[0] + ".txt")
+            item = Item(channel, name, os.path.join(root, "images", split, name), [], None, label, 1)
+            items.append(item)
+            if not os.path.isfile(label):
+                continue  # an image without a label file has no objects (Ultralytics' convention)
+            stamp.append(label)
+            with open(label) as f:
+                for line_no, line in enumerate(f, 1):
+                    words = line.split()
+                    if not words:
+                        continue
+                    try:
+                        if len(words) != 5:
+                            raise ValueError("{} values, expected 5 (class cx cy w h)".format(len(words)))
+                        index = int(words[0])
+                        cx, cy, w, h = (float(v) for v in words[1:])
+                    except ValueError as err:
+                        problems.append(problem(label, line_no, name, "row", "bad_value", "dropped",
+                                                "{!r}: {}".format(line.strip(), err)))
+                        continue
+                    cls = classes[index] if 0 <= index < len(classes) else "#{}".format(index)
+                    # Normalised until the image's size is known (convert scales them).
+                    item.boxes.append(Box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, cls, label, line_no,
+                                          "class" if cls.startswith("#") else "cx cy w h"))
+    return Source(items, classes, problems, stamp)
+
+
+def _gt_label(record: Dict[str, Any]) -> Optional[str]:
+    for key, value in record.items():
+        if isinstance(value, dict) and "annotations" in value and key + "-metadata" in record:
+            return key
+    return None
+
+
+def read_gt(root: str) -> Source:
+    files = []
+    for split in SPLIT_TO_CHANNEL:
+        for pattern in ("{}.manifest", "{}/output.manifest", "{}/manifests/output/output.manifest"):
+            path = os.path.join(root, pattern.format(split))
+            if os.path.isfile(path):
+                files.append((split, path))
+                break
+    if not files:
+        raise DataError("{}: no <split>.manifest (Ground Truth output manifests: train.manifest, val.manifest, "
+                        "test.manifest, or <split>/output.manifest)".format(root))
+    items, problems, class_map = [], [], {}  # type: List[Item], List[Dict[str, Any]], Dict[int, str]
+    for split, path in files:
+        channel = _channel(split, path)
+        with open(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as err:
+                    problems.append(problem(path, line_no, "", "json", "bad_value", "dropped",
+                                            "not a JSON line ({})".format(err)))
+                    continue
+                ref = str(record.get("source-ref", ""))
+                label = _gt_label(record)
+                name = os.path.basename(ref)
+                if not ref or label is None:
+                    problems.append(problem(path, line_no, name, "source-ref" if not ref else "label", "bad_value",
+                                            "dropped", "no source-ref" if not ref else
+                                            "no bounding-box label attribute (<name> with annotations, and <name>-metadata)"))
+                    continue
+                meta = record[label + "-metadata"]
+                for k, v in (meta.get("class-map") or {}).items():
+                    if class_map.setdefault(int(k), str(v)) != str(v):
+                        raise DataError("{}:{}: class-map {} is {!r} here and {!r} on an earlier line".format(
+                            path, line_no, k, v, class_map[int(k)]))
+                sizes = record[label].get("image_size") or [{}]
+                declared = (float(sizes[0]["width"]), float(sizes[0]["height"])) if "width" in sizes[0] else None
+                local = ref if ref.startswith("s3://") else (ref if os.path.isabs(ref) else os.path.join(root, ref))
+                item = Item(channel, name, local, [], declared, path, line_no)
+                for i, a in enumerate(record[label]["annotations"]):
+                    try:
+                        x, y, w, h = (float(a[k]) for k in ("left", "top", "width", "height"))
+                    except (KeyError, TypeError, ValueError):
+                        problems.append(problem(path, line_no, name, "annotations[{}]".format(i), "bad_value", "dropped",
+                                                "{!r} is not left/top/width/height".format(a)))
+                        continue
+                    cid = a.get("class_id", 0)
+                    item.boxes.append(Box(x, y, x + w, y + h, "#{}".format(cid), path, line_no, "annotations[{}]".format(i)))
+                items.append(item)
+    if not class_map:
+        class_map = {0: "SKU"}
+    classes = [class_map[k] for k in sorted(class_map)]
+    by_id = {"#{}".format(k): v for k, v in class_map.items()}
+    items = [i._replace(boxes=[b._replace(cls=by_id.get(b.cls, b.cls)) for b in i.boxes]) for i in items]
+    return Source(items, classes, problems, [p for _, p in files])
+
+
+READERS: Dict[str, Callable[[str], Source]] = {"coco": read_coco, "voc": read_voc, "yolo": read_yolo, "gt": read_gt}
+
+
+def stamp(root: str, fmt: str) -> List[List[Any]]:
+    """Size and mtime of every label file (the data is rebuilt when one changes)."""
+    return [[os.path.relpath(p, root), os.path.getsize(p), int(os.path.getmtime(p))] for p in READERS[fmt](root).stamp_files]
+
+
+# ---- the common half: checks, channels, manifests, report ---------------------------------
+
+def _s3_images(items: List[Item], work: str, log: Callable[[str], None]) -> List[Item]:
+    """Ground Truth's s3:// images, downloaded once into DATA_DIR/source (kept when the size matches)."""
+    remote = [i for i in items if i.path.startswith("s3://")]
+    if not remote:
+        return items
+    import boto3
+
+    s3 = boto3.client("s3")
+    out, fetched = {}, 0
+    for item in remote:
+        bucket, _, key = item.path[len("s3://"):].partition("/")
+        local = os.path.join(work, "s3", bucket, key)
+        try:
+            size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+            if not (os.path.isfile(local) and os.path.getsize(local) == size):
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                s3.download_file(bucket, key, local)
+                fetched += 1
+        except Exception as err:  # reported per image as missing, with the reason
+            log("data: cannot download {}: {}".format(item.path, err))
+            local = item.path
+        out[id(item)] = local
+    log("data: {} image(s) from S3 ({} downloaded) into {}".format(len(remote), fetched, os.path.join(work, "s3")))
+    return [i._replace(path=out.get(id(i), i.path)) for i in items]
+
+
+def _number(v: float) -> Any:
+    return int(v) if float(v).is_integer() else round(float(v), 2)
+
+
+def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
+            label: str = "sku", workers: Optional[int] = None, extra: Optional[Dict[str, Any]] = None,
+            log: Callable[[str], None] = print, max_side: Optional[int] = None) -> Dict[str, Any]:
+    """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
+    from .sku110k import _dump, _link, _natural, source_ref, summarize
+
+    if fmt not in READERS:
+        raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
+    if not os.path.isdir(root):
+        raise DataError("{}: not a folder (FORMAT={} reads a folder)".format(root, fmt))
+    source = READERS[fmt](root)
+    items = _s3_images(source.items, os.path.join(data_dir, "source"), log)
+    problems = list(source.problems)
+    # A label the reader could not use is a dropped box, as a malformed CSV row is (a missing label
+    # file is not: it held no boxes to count).
+    by_reason = Counter(p["kind"] for p in problems if p["kind"] != "labels_missing")  # type: Counter
+    rows = sum(by_reason.values())
+    clipped = 0
+    classes = list(source.classes)
+    index = {c: i for i, c in enumerate(classes)}
+    present = [i for i in items if os.path.isfile(i.path)]
+    checked = images.check_all([i.path for i in present], workers)
+    corrupted, dropped_images = [], []  # type: List[Dict[str, Any]], List[Dict[str, Any]]
+    per_channel = {c: [] for c in CHANNELS}  # type: Dict[str, List[Tuple[Item, Tuple[int, int], List[List[Any]]]]]
+    seen = {}  # type: Dict[Tuple[str, str], str]
+
+    def drop(item: Item, kind: str, message: str) -> None:
+        problems.append(problem(item.file, item.line, item.name, "image", kind, "dropped", message))
+        by_reason[kind] += len(item.boxes)
+        dropped_images.append({"image": item.name, "reason": kind})
+
+    for item in items:
+        rows += len(item.boxes)
+        if (item.channel, item.name) in seen:
+            drop(item, "duplicate_name", "{} is already in {} from {}: its boxes are dropped".format(
+                item.name, item.channel, seen[item.channel, item.name]))
+            continue
+        seen[item.channel, item.name] = item.path
+        c = checked.get(item.path)
+        if c is None:
+            drop(item, "image_missing", "no such file {}: its boxes are dropped".format(item.path))
+            continue
+        if c.error:
+            corrupted.append({"image": item.name, "channel": item.channel, "reason": c.error})
+            drop(item, "image_corrupted", "image does not decode: its boxes are dropped")
+            continue
+        W, H = float(c.width), float(c.height)
+        if item.size and fmt != "yolo" and item.size != (W, H):
+            problems.append(problem(item.file, item.line, item.name, "size", "size_mismatch", "kept",
+                                    "labels say {:g}x{:g}, the image file is {:g}x{:g}{}; boxes checked against the file".format(
+                                        item.size[0], item.size[1], W, H, " (swapped: EXIF orientation?)"
+                                        if item.size == (H, W) else "")))
+        out_w, out_h = images.fit(int(W), int(H), max_side) if max_side else (int(W), int(H))
+        sx, sy = out_w / W, out_h / H
+        kept = []
+        for b in item.boxes:
+            x1, y1, x2, y2 = b.x1, b.y1, b.x2, b.y2
+            if fmt == "yolo":
+                x1, y1, x2, y2 = x1 * W, y1 * H, x2 * W, y2 * H
+            if b.cls not in index:
+                kind, message = "unknown_class", "class {!r} is not in the class list {}".format(b.cls, classes)
+            elif x2 <= x1 or y2 <= y1:
+                kind, message = "degenerate", "box ({:g},{:g},{:g},{:g}) has no area".format(x1, y1, x2, y2)
+            else:
+                cx1, cy1, cx2, cy2 = min(max(x1, 0), W), min(max(y1, 0), H), min(max(x2, 0), W), min(max(y2, 0), H)
+                if cx2 <= cx1 or cy2 <= cy1:
+                    kind, message = "outside_image", "box ({:g},{:g},{:g},{:g}) lies outside the {:g}x{:g} image".format(
+                        x1, y1, x2, y2, W, H)
+                else:
+                    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+                        clipped += 1
+                        problems.append(problem(b.file, b.line, item.name, b.field, "clipped", "clipped",
+                                                "box ({:g},{:g},{:g},{:g}) crosses the {:g}x{:g} image border: clipped to "
+                                                "({:g},{:g},{:g},{:g})".format(x1, y1, x2, y2, W, H, cx1, cy1, cx2, cy2)))
+                    box = [cx1 * sx, cy1 * sy, (cx2 - cx1) * sx, (cy2 - cy1) * sy]
+                    kept.append([index[b.cls]] + [_number(round(v, 2) if max_side or fmt == "yolo" else v) for v in box])
+                    continue
+            problems.append(problem(b.file, b.line, item.name, b.field, kind, "dropped", message))
+            by_reason[kind] += 1
+        if not kept:
+            dropped_images.append({"image": item.name, "reason": "no_boxes",
+                                   "message": "no usable box in the labels: left out of the manifest"})
+            continue
+        per_channel[item.channel].append((item, (out_w, out_h), kept))
+
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    meta = {"job-name": JOB_NAME, "class-map": {str(i): c for i, c in enumerate(classes)}, "human-annotated": "yes",
+            "type": "groundtruth/object-detection", "creation-date": created}
+    ann_dir = os.path.join(data_dir, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    channels, resize_jobs = {}, []  # type: Dict[str, Dict[str, int]], List[Any]
+    for ch in CHANNELS:
+        entries = sorted(per_channel[ch], key=lambda e: _natural(e[0].name))
+        manifest = os.path.join(ann_dir, ch + ".manifest")
+        ch_dir = os.path.join(data_dir, ch)
+        if not entries:
+            if os.path.exists(manifest):
+                os.remove(manifest)
+            channels[ch] = {"images": 0, "boxes": 0}
+            continue
+        with open(manifest + ".tmp", "w") as f:
+            for item, (w, h), kept in entries:
+                record = {"source-ref": source_ref(bucket, prefix, ch, item.name, data_dir),
+                          label: {"annotations": [{"class_id": k[0], "left": k[1], "top": k[2], "width": k[3], "height": k[4]}
+                                                  for k in kept], "image_size": [{"width": w, "height": h, "depth": 3}]},
+                          label + "-metadata": dict(meta, objects=[{"confidence": 1.0}] * len(kept))}
+                f.write(json.dumps(record) + "\n")
+        os.replace(manifest + ".tmp", manifest)
+        os.makedirs(ch_dir, exist_ok=True)
+        wanted = {e[0].name for e in entries}
+        for old in os.listdir(ch_dir):
+            if old not in wanted:
+                os.remove(os.path.join(ch_dir, old))
+        for item, (w, h), _ in entries:
+            c = checked[item.path]
+            if (w, h) != (c.width, c.height):
+                resize_jobs.append((item.path, os.path.join(ch_dir, item.name), (w, h)))
+            else:
+                _link(item.path, os.path.join(ch_dir, item.name))
+        channels[ch] = {"images": len(entries), "boxes": sum(len(e[2]) for e in entries)}
+    resized = None
+    if max_side:
+        written = images.resize_all(resize_jobs, workers)
+        resized = {"max_side": max_side, "images": len(resize_jobs),
+                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(written)}
+    n_kept = sum(c["boxes"] for c in channels.values())
+    report = {
+        "format": fmt, "created": created[:19] + "+00:00", "source": os.path.abspath(root),
+        "data_dir": os.path.abspath(data_dir), "label": label, "classes": classes,
+        "source_refs": "s3://{}/{}".format(bucket, prefix.strip("/")) if bucket else "local",
+        "sizes_from": "image files", "channels": channels,
+        "boxes": {"rows": rows, "kept": n_kept, "clipped": clipped, "dropped": rows - n_kept,
+                  "dropped_by_reason": dict(sorted(by_reason.items()))},
+        "images": {"files": len(present), "in_manifests": sum(c["images"] for c in channels.values()),
+                   "corrupted": corrupted, "dropped": dropped_images},
+        "resized": resized, "problems": problems,
+    }
+    report.update(extra or {})
+    if sum(by_reason.values()) != report["boxes"]["dropped"]:
+        raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
+    path = os.path.join(data_dir, REPORT)
+    with open(path + ".tmp", "w") as f:
+        f.write(_dump(report))
+    os.replace(path + ".tmp", path)
+    summarize(report, log)
+    return report
