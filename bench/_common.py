@@ -1,13 +1,16 @@
 """What every benchmark writes: bench/results/<name>.json with the machine it ran on."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
 from typing import Any, Dict
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The pages whose generated blocks the benchmarks keep current (docs/benchmarks.md, docs/training.md, ...).
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
 def machine(**extra: Any) -> Dict[str, Any]:
@@ -35,14 +38,13 @@ def write_result(name: str, metrics: Dict[str, Any], target: str, **extra: Any) 
 
 
 def update_readme(marker: str, text: str) -> None:
-    """Replaces what stands between README's ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
+    """Replaces what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in the page that has them."""
     start, end = "<!-- {}:start -->".format(marker), "<!-- {}:end -->".format(marker)
-    if not os.path.exists(README):
-        return
-    with open(README) as f:
-        body = f.read()
-    if start not in body or end not in body:
-        return
-    head, rest = body.split(start, 1)
-    with open(README, "w") as f:
-        f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    for page in PAGES:
+        with open(page) as f:
+            body = f.read()
+        if start not in body or end not in body:
+            continue
+        head, rest = body.split(start, 1)
+        with open(page, "w") as f:
+            f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])

@@ -11,7 +11,7 @@ Cascade R-CNN, each with and without its crops (same seed, iterations and
 images per batch as the rows above), evaluated with the settings they saved;
 the goals (issue 22) are checked against their rows. Writes
 bench/results/dense.json and
-prints the README's markdown table (`--table` re-prints it from the JSON;
+prints the docs' markdown table (docs/training.md) (`--table` re-prints it from the JSON;
 `--reuse` reads evaluations already in predictions/bench-dense/; `--recipe-only`
 keeps the option rows of the last full run and measures the recipe's, ~60 min).
 """

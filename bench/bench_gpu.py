@@ -3,7 +3,7 @@
 Runs our training entry (R_50_FPN, batch 16, SKU-110K-like 1333x800 inputs,
 from scratch since no weights can be downloaded on the test machines) and
 times iterations and inference images/s. Skips (exit 0) without a GPU.
-Writes bench/results/gpu.json; README compares it with the reference's V100.
+Writes bench/results/gpu.json; docs/benchmarks.md compares it with the reference's V100.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each benchmark writes ``bench/results/<name>.json`` as
 ``{"name", "metrics": {...}, "target": "...", "machine": {...}}``. The table
-also replaces the block between the bench markers in README.md.
+also replaces the block between the bench markers in docs/benchmarks.md.
 ``python bench/run.py --table`` only re-renders the table.
 """
 from __future__ import annotations

@@ -42,11 +42,11 @@ def test_unknown_combinations_fail_clearly():
         H.parse({"num-iters": "5"})
 
 
-def test_readme_documents_the_current_hyperparameter_table():
+def test_the_training_page_documents_the_current_hyperparameter_table():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert H.markdown_table() in readme, "README's table is stale: paste `python -m shelfdet hp-table`"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert H.markdown_table() in page, "docs/training.md's table is stale: paste `python -m shelfdet hp-table`"
 
 
 @pytest.mark.parametrize("cpus,procs,expected", [

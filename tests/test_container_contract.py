@@ -65,16 +65,26 @@ def test_train_failure_is_reported(tmp_path):
 def test_train_without_network_reads_zoo_weights_from_the_channel_and_caches_in_the_warm_pool(tmp_path):
     """NETWORK_ISOLATION=1 as SageMaker runs it (no network at all) with the `pretrained` channel mounted,
     and KEEP_ALIVE's cache folder: the image trains from the channel's zoo file, caches land in the pool."""
-    from test_locked_down_job import zoo_checkpoint
-
     lay_out_opt_ml(tmp_path, dict(TINY, **{"backbone": "R_50_FPN", "weights": "zoo", "num-iter": 2, "lr": "0.0001"}))
-    path = zoo_checkpoint(tmp_path, tmp_path / "scratch")
+    # The zoo's own format (a pickle of numpy arrays with an author), written by the image's own numpy
+    # and Detectron2: a pickle from the host's numpy 2 does not load in numpy 1.
+    script = ("import json, pickle, os, argparse; from shelfdet import hyperparameters as H; "
+              "from shelfdet.config import build_config, zoo_key, zoo_weights; "
+              "from detectron2.modeling import build_model; "
+              "hp = H.parse(json.load(open('/opt/ml/input/config/hyperparameters.json'))); "
+              "cfg = build_config(argparse.Namespace(**dict(vars(hp), weights='none')), ['SKU'], 't', 'v', '/tmp'); "
+              "p = '/opt/ml/input/data/pretrained/' + zoo_key(zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule)); "
+              "os.makedirs(os.path.dirname(p)); "
+              "pickle.dump({'model': {k: v.numpy() for k, v in build_model(cfg).state_dict().items()}, "
+              "'__author__': 'shelfdet test'}, open(p, 'wb')); print(p)")
+    made = docker_run(image("training"), tmp_path, "-c", script, docker_args=["--entrypoint", "python"])
+    assert made.returncode == 0, made.stderr[-3000:]
+    inside = made.stdout.strip().splitlines()[-1]
     (tmp_path / "warmpool").mkdir()
     out = docker_run(image("training"), tmp_path, "train", docker_args=["--network", "none"],
                      env={"SAGEMAKER_MANAGED_WARMPOOL_CACHE_DIRECTORY": "/opt/ml/warmpool"})
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
-    inside = "/opt/ml/" + str(path.relative_to(tmp_path))
     assert "weights=zoo read from the pretrained channel: {}".format(inside) in log, log[-3000:]
     assert "Reading a file from 'shelfdet test'" in log  # Detectron2 loaded the channel's file
     assert "warm pool: download caches (model zoo weights, torch, pip) kept in /opt/ml/warmpool" in log

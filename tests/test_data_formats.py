@@ -21,14 +21,13 @@ SPLITS = {"train_": "train", "val_": "val", "test_": "test"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def shelves(tmp_path_factory):
-    """A small synthetic SKU-110K (with its deliberate defects) and the CSV path's data folder."""
-    out = tmp_path_factory.mktemp("csv-path")
-    assert build.main(["--data-dir", str(out), "--train-images", "6", "--val-images", "3", "--test-images", "3",
-                       "--image-size", "160x128", "--workers", "2"]) == 0
+def synthetic_shelves(out: Path, train: int = 6, val: int = 3, test: int = 3):
+    """A small synthetic SKU-110K (with its deliberate defects) built by the CSV path into ``out``;
+    returns its images folder and labels: image -> (split, declared size, [x1 y1 x2 y2 boxes])."""
+    assert build.main(["--data-dir", str(out), "--train-images", str(train), "--val-images", str(val),
+                       "--test-images", str(test), "--image-size", "160x128", "--workers", "2"]) == 0
     source = out / "source" / "SKU110K_fixed"
-    labels = {}  # image -> (split, declared size, [boxes])
+    labels = {}
     for path in sorted((source / "annotations").glob("*.csv")):
         with open(path, newline="") as f:
             for row in csv.reader(f):
@@ -45,7 +44,15 @@ def shelves(tmp_path_factory):
             split = next((s for p, s in SPLITS.items() if image.name.startswith(p)), None)
             if split:
                 labels[image.name] = (split, (160, 128), [])
-    return out, source / "images", labels
+    return source / "images", labels
+
+
+@pytest.fixture(scope="module")
+def shelves(tmp_path_factory):
+    """The CSV path's data folder, its images and their labels."""
+    out = tmp_path_factory.mktemp("csv-path")
+    images, labels = synthetic_shelves(out)
+    return out, images, labels
 
 
 def _link(src: Path, dst: Path) -> None:
