@@ -129,3 +129,46 @@ def run_train(root: Path, env: "dict | None" = None, timeout: float = 600) -> su
     cmd = [sys.executable, "-m", "shelfdet", "sm-train", "--ml-root", str(root)]
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+# ---- the AWS calls the product makes (docs/iam-policy.json is checked against them) ----------------
+
+AWS_CALLS: "dict[str, str]" = {}  # IAM action -> the first test that made it
+
+
+def _product_frame(package: str) -> bool:
+    """Whether shelfdet's code made the API call (not a test's own boto3 client, even one a product
+    callback runs): the first caller outside botocore and boto3 decides. Transfers run in s3transfer's
+    threads, whose stacks never reach their caller: only the product starts those."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "botocore" not in name and "boto3" not in name:
+            return name.startswith(package) or "s3transfer" in name
+        frame = frame.f_back
+    return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def record_aws_calls():
+    """Every AWS API call made from shelfdet's code in this session, as IAM actions (tests/iam.py)."""
+    try:
+        from botocore.client import BaseClient
+    except ImportError:
+        yield AWS_CALLS
+        return
+    import iam
+    import shelfdet
+
+    package = os.path.dirname(os.path.abspath(shelfdet.__file__)) + os.sep
+    original = BaseClient._make_api_call
+
+    def recording(self, operation_name, api_params):
+        if _product_frame(package):
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            AWS_CALLS.setdefault(iam.action(self.meta.service_model.endpoint_prefix, operation_name), test)
+        return original(self, operation_name, api_params)
+
+    BaseClient._make_api_call = recording
+    yield AWS_CALLS
+    BaseClient._make_api_call = original
