@@ -56,6 +56,14 @@ def logged(run: str) -> List[Dict[str, Any]]:
     return [rows[i] for i in sorted(rows)]
 
 
+def _first_line(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
 def _duration(seconds: Optional[float], estimate: bool = False) -> str:
     if seconds is None:
         return "-"
@@ -83,18 +91,8 @@ def local_row(run: str, now: Optional[float] = None) -> Dict[str, str]:
             seconds += r.get("time", 0.0) * (r["iteration"] - last)
             last = r["iteration"]
         wall = _duration(seconds, estimate=True) if records else "-"
-    checkpoint = ""
-    try:
-        with open(os.path.join(run, "checkpoints", "last_checkpoint")) as f:
-            checkpoint = f.read().strip()
-    except OSError:
-        pass
-    failure = ""
-    try:
-        with open(os.path.join(run, "output", "failure")) as f:
-            failure = f.readline().strip()
-    except OSError:
-        pass
+    checkpoint = _first_line(os.path.join(run, "checkpoints", "last_checkpoint"))
+    failure = _first_line(os.path.join(run, "output", "failure"))
     log_path = os.path.join(run, LOG_FILE)
     if os.path.isfile(os.path.join(run, COMPLETE_FILE)):
         status, resume = "complete", "complete"

@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import CHANNELS, REPORT, DataError, images
+from . import CHANNELS, DataError, images
 
 FORMATS = ("coco", "voc", "yolo", "gt")
 SPLIT_TO_CHANNEL = {"train": "training", "val": "validation", "valid": "validation", "validation": "validation",
@@ -360,7 +360,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
             label: str = "sku", workers: Optional[int] = None, extra: Optional[Dict[str, Any]] = None,
             log: Callable[[str], None] = print, max_side: Optional[int] = None) -> Dict[str, Any]:
     """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
-    from .sku110k import _dump, _link, _natural, source_ref, summarize
+    from .sku110k import _link, _natural, source_ref, write_report
 
     if fmt not in READERS:
         raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
@@ -493,12 +493,4 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
                    "corrupted": corrupted, "dropped": dropped_images},
         "resized": resized, "problems": problems,
     }
-    report.update(extra or {})
-    if sum(by_reason.values()) != report["boxes"]["dropped"]:
-        raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
-    path = os.path.join(data_dir, REPORT)
-    with open(path + ".tmp", "w") as f:
-        f.write(_dump(report))
-    os.replace(path + ".tmp", path)
-    summarize(report, log)
-    return report
+    return write_report(report, data_dir, extra, log)

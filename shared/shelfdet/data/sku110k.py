@@ -292,6 +292,12 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                     "validate": round(t_val - t_img, 3), "manifests": round(t_out - t_val, 3),
                     "total": round(time.time() - t0, 3)},
     }
+    return write_report(report, data_dir, extra, log)
+
+
+def write_report(report: Dict[str, Any], data_dir: str, extra: Optional[Dict[str, Any]],
+                 log: Callable[[str], None]) -> Dict[str, Any]:
+    """DATA_DIR/report.json, after the box accounting adds up; the summary lines; the report."""
     report.update(extra or {})
     if sum(report["boxes"]["dropped_by_reason"].values()) != report["boxes"]["dropped"]:
         raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
