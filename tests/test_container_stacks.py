@@ -1,6 +1,6 @@
 """Each GPU stack's CPU twin runs the container contracts with the stack's own Detectron2.
 
-A twin differs from its GPU stack only where the GPU is involved (README, "Stacks"):
+A twin differs from its GPU stack only where the GPU is involved (docs/images.md):
 - ``cu101cpu`` for cu101: Detectron2 v0.4.1 with its C++ ops compiled for the CPU, the
   stack's requirement pins, on Python 3.9 / torch 1.8.1 (3.8 / 1.6 cannot be had here);
 - ``cu12`` is its own twin: the very image, CUDA ops compiled, run on the CPU.

@@ -30,7 +30,7 @@ case "${1:-}" in
   check)
     pins "${2:?stack}"
     f=$(path)
-    [ -f "$f" ] || { echo "missing: $f (Detectron2 $REF for stack $2; see README, 'Detectron2 sources')"; exit 1; }
+    [ -f "$f" ] || { echo "missing: $f (Detectron2 $REF for stack $2; see docs/images.md, 'External parts')"; exit 1; }
     verify "$f" || { echo "corrupt: $f does not match D2_$(echo "$2" | tr '[:lower:]' '[:upper:]')_TAR_SHA256"; exit 1; }
     echo "ok: $f (Detectron2 $REF)" ;;
   cu101|cu12)

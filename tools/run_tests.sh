@@ -58,7 +58,7 @@ for image in base training serving test; do
   fi
 done
 # The GPU stacks' CPU twins (tests/test_container_stacks.py) need their pinned
-# Detectron2 source (README, "Detectron2 sources") and one earlier
+# Detectron2 source (docs/images.md, "External parts") and one earlier
 # `make build STACK=<twin>`: this rebuilds them for the current code from the
 # layer cache, never a first from-scratch compile. Others skip, saying why.
 for twin in ${SHELFDET_TWINS-cu101cpu cu12}; do

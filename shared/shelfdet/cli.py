@@ -11,7 +11,7 @@ from typing import List, Optional
 
 COMMANDS = {
     "data": ("shelfdet.data.build", "build the dataset (synthetic or SKU-110K) into manifests"),
-    "data-stats": ("shelfdet.data.stats", "objects per image and box sizes of a built dataset (README's table)"),
+    "data-stats": ("shelfdet.data.stats", "objects per image and box sizes of a built dataset (docs/data.md's table)"),
     "upload": ("shelfdet.data.upload", "upload a built dataset to S3"),
     "visualize": ("shelfdet.visualize", "PNGs of ground-truth (and predicted) boxes"),
     "train": ("shelfdet.local", "train locally in a SageMaker-shaped run folder, or launch on SageMaker"),

@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
                         "manifests); smaller images are kept as they are. E.g. 1333, the training scale")
     p.add_argument("--preset", choices=sorted(synthetic.PRESETS), default="default",
                    help="synthetic only: default (the main job's set) or hard (SKU-110K-like: ~140 objects per "
-                        "photo with a long tail, perspective, occlusion; see README)")
+                        "photo with a long tail, perspective, occlusion; see docs/data.md)")
     d, h = synthetic.DEFAULT_IMAGES, synthetic.HARD_IMAGES
     for split, flag in (("train", "--train-images"), ("val", "--val-images"), ("test", "--test-images")):
         p.add_argument(flag, type=int, default=None, help="synthetic only (default {}, hard {})".format(d[split], h[split]))
