@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,16 @@ def wait_for_port(port: int, timeout: float = 120.0, proc: "subprocess.Popen | N
                 return
         time.sleep(0.1)
     raise TimeoutError("nothing listens on 127.0.0.1:{} after {}s".format(port, timeout))
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a process started with start_new_session=True and its children; SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def pause_env(iteration: int) -> dict:

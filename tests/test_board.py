@@ -11,7 +11,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, stop_group
 from test_launch_support import BUCKET, REGION, account, client, fast_sessions  # noqa: F401
 
 
@@ -46,15 +46,6 @@ def _serve(cmd, **kw):
                             start_new_session=True, **kw)
 
 
-def _stop(proc):
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-
-
 def test_make_tensorboard_serves_a_runs_scalars(tmp_path):
     run = tmp_path / "my-run"
     _events(run / "output" / "tensorboard" / "train", [3.0, 2.0, 1.5])
@@ -64,7 +55,7 @@ def test_make_tensorboard_serves_a_runs_scalars(tmp_path):
     try:
         points = _scalars(port, "my-run/train", "total_loss", proc)
     finally:
-        _stop(proc)
+        stop_group(proc)
     assert [(p[1], p[2]) for p in points] == [(0, 3.0), (1, 2.0), (2, 1.5)]
 
 
@@ -88,6 +79,6 @@ def test_a_sagemaker_jobs_event_files_are_copied_from_s3_and_served(account, tmp
     try:
         points = _scalars(port, job + "/train", "total_loss", proc)
     finally:
-        _stop(proc)
+        stop_group(proc)
     assert [(p[1], p[2]) for p in points] == [(0, 4.0), (1, 1.0)]
     assert (runs / "sagemaker" / job / "output" / "tensorboard" / "train" / name).is_file()

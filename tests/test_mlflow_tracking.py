@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, make_ml_root, pause_env, run_train, wait_for_checkpoint
+from conftest import free_port, make_ml_root, pause_env, run_train, stop_group, wait_for_checkpoint
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is pinned in every stack's requirements")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -51,12 +51,7 @@ def mlflow_server(tmp_path_factory):
         assert time.time() < deadline, (home / "server.log").read_text()[-3000:]
         time.sleep(0.5)
     yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_group(proc)
     log.close()
 
 

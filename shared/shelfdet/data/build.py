@@ -135,7 +135,7 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
                 args.format, args.src))
         root = args.src
         return formats.convert(root, args.format, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
-                               workers=args.workers, extra={"options": opts, "source_stamp": _csv_stamp(root, args.format)},
+                               workers=args.workers, extra={"options": opts},
                                max_side=args.max_side)
     if args.src:
         root = fetch.resolve(args.src, work)

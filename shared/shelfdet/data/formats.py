@@ -319,9 +319,11 @@ def read_gt(root: str) -> Source:
 READERS: Dict[str, Callable[[str], Source]] = {"coco": read_coco, "voc": read_voc, "yolo": read_yolo, "gt": read_gt}
 
 
-def stamp(root: str, fmt: str) -> List[List[Any]]:
-    """Size and mtime of every label file (the data is rebuilt when one changes)."""
-    return [[os.path.relpath(p, root), os.path.getsize(p), int(os.path.getmtime(p))] for p in READERS[fmt](root).stamp_files]
+def stamp(root: str, fmt: str, files: Optional[List[str]] = None) -> List[List[Any]]:
+    """Size and mtime of every label file (the data is rebuilt when one changes); ``files``: the reader's
+    list when the labels were just read."""
+    files = READERS[fmt](root).stamp_files if files is None else files
+    return [[os.path.relpath(p, root), os.path.getsize(p), int(os.path.getmtime(p))] for p in files]
 
 
 # ---- the common half: checks, channels, manifests, report ---------------------------------
@@ -367,6 +369,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
     if not os.path.isdir(root):
         raise DataError("{}: not a folder (FORMAT={} reads a folder)".format(root, fmt))
     source = READERS[fmt](root)
+    extra = dict(extra or {}, source_stamp=stamp(root, fmt, source.stamp_files))  # from this read, not another
     items = _s3_images(source.items, os.path.join(data_dir, "source"), log)
     problems = list(source.problems)
     # A label the reader could not use is a dropped box, as a malformed CSV row is (a missing label
