@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import random
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+import messages
 from _serving_support import ServerProcess, encode, make_tiny_model, png_bomb, shelf_image
 
 PAYLOAD_MB = 1  # small, so the 413 cases send little
@@ -242,6 +244,30 @@ def test_bad_input(client, name, method, path, headers, body, status, needle):
     assert r.status_code == status, r.text
     assert needle in r.json()["error"], r.json()
     assert client.get("/ping").status_code == 200
+    if status not in (404, 405):  # Starlette's own words for a wrong path or method
+        said = r.json()["error"]
+        assert any(messages.pattern(span).fullmatch(said) for span in messages.documented()), \
+            "{!r} is not on docs/troubleshooting.md as sent".format(said)
+
+
+def _documented_json():
+    page = (messages.ROOT / "docs" / "serving.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", page, re.S)
+    return [json.loads(line) for line in blocks[-1].splitlines()], [json.loads(b) for b in blocks[:-1]]
+
+
+def test_the_answers_and_errors_serving_md_shows_are_what_the_server_sends(client):
+    errors, answers = _documented_json()
+    one, batch = answers
+    real = client.post("/invocations", content=JPEG, headers={"Content-Type": "image/jpeg"}).json()
+    assert list(one) == list(real)
+    real_batch = client.post("/invocations", json=[base64.b64encode(JPEG).decode()] * 2).json()
+    assert [list(a) for a in batch] == [list(a) for a in real_batch]
+    r = client.post("/invocations", content=JPEG, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json() == errors[0]
+    r = client.post("/invocations", json=[base64.b64encode(JPEG).decode(), base64.b64encode(_truncated()).decode()])
+    assert r.status_code == 400 and set(r.json()) == set(errors[1]) and r.json()["index"] == errors[1]["index"]
+    assert r.json()["error"].split("(")[0] == errors[1]["error"].split("(")[0]
 
 
 def test_batch_error_names_the_instance(client):

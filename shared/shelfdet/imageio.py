@@ -52,8 +52,8 @@ def inference_size(height: int, width: int, min_size: int, max_size: int) -> Tup
 def _open(fp, name: str) -> Image.Image:
     try:
         img = Image.open(fp)
-    except Image.DecompressionBombError as err:
-        raise ImageDecodeError("{}: {}".format(name, err)) from None
+    except Image.DecompressionBombError as err:  # PIL's own cap, far above ours: say ours
+        raise ImageDecodeError("{}: declared size exceeds the {} pixel limit ({})".format(name, MAX_PIXELS, err)) from None
     except Exception as err:  # PIL raises several types for junk input
         raise ImageDecodeError("{}: not a decodable image ({})".format(name, type(err).__name__)) from None
     width, height = img.size
