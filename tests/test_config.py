@@ -45,8 +45,11 @@ def test_unknown_combinations_fail_clearly():
 def test_the_training_page_documents_the_current_hyperparameter_table():
     from pathlib import Path
 
+    from shelfdet import hyperparameters_doc
+
     page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
-    assert H.markdown_table() in page, "docs/training.md's table is stale: paste `python -m shelfdet hp-table`"
+    assert hyperparameters_doc.between_markers(page) == H.markdown_table(), \
+        "docs/training.md's table is stale: python -m shelfdet hp-table --write docs/training.md"
 
 
 @pytest.mark.parametrize("cpus,procs,expected", [
