@@ -32,6 +32,7 @@ PAGE = ROOT / "docs" / "troubleshooting.md"
 HOLE = "<?>"
 PLACEHOLDER = r"<[^<>\s][^<>]*>"
 PREFIX = "error: "
+WARNINGS = "\n## Warnings\n"
 
 # The product's own errors (each one reaches the user as an `error:` line, an HTTP error body, or
 # a job's failure reason), and the builtin ones that it raises for bad input.
@@ -253,15 +254,16 @@ def _code_spans(cell: str) -> List[str]:
 
 
 def documented(page: Optional[str] = None) -> List[str]:
-    """The code spans in the first column of the page's tables (the messages it documents)."""
+    """The code spans in the first column of the page's tables (the messages it documents), up to its Warnings."""
     page = PAGE.read_text() if page is None else page
+    page = page.split(WARNINGS, 1)[0]  # what follows is not errors, and not collected
     out = []
     for line in page.splitlines():
         if not line.startswith("|") or set(line) <= set("|-: "):
             continue
         cells = re.split(r"(?<!\\)\|", line)[1:-1]
         if cells and cells[0].strip() != "message":
-            out += [s.replace("\\|", "|") for s in _code_spans(cells[0])]
+            out += [s.replace("\\|", "|") for s in _code_spans(cells[0])[:1]]  # the message; later spans are remarks
     return out
 
 
@@ -291,7 +293,7 @@ def undocumented(messages: List[Message], spans: List[str]) -> List[Message]:
 
 
 def stale(messages: List[Message], spans: List[str]) -> List[str]:
-    return [s for s in spans if s.startswith(PREFIX) and not any(matches(s, m) for m in messages)]
+    return [s for s in spans if not any(matches(s, m) for m in messages)]
 
 
 def row(message: Message) -> str:
