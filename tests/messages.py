@@ -5,8 +5,8 @@ Collected (by reading the code, not running it) from shared/shelfdet:
 - the messages of the product's own error classes, and of the builtin ones it raises for bad input;
 - every string that starts with ``error: `` (printed, or given to SystemExit);
 - the messages handed to a function that prints ``error: `` + its argument (the launchers' ``fail``);
-from the Makefile, its ``$(error ...)`` lines; from tools/*.sh (make build, make setup, make test),
-what they ``die`` with or echo as ``error:``.
+from the Makefile, its ``$(error ...)`` lines; from tools/*.sh, images/*/*.sh and the Dockerfiles
+(make build, make setup, make test), what they ``die`` with or quote as ``"error: ..."``.
 
 A message is a template: ``<?>`` stands where the code puts a value in. A page row documents a
 template when the row's code span, with ``<name>`` for any value and ``…`` for text left out,
@@ -234,12 +234,15 @@ def collect() -> List[Message]:
             if text is None or any(rel == f and text.startswith(start) for f, start in INTERNAL):
                 continue
             found.setdefault((rel, text), Message(rel, line, text))
-    for path in sorted((ROOT / "tools").glob("*.sh")):
+    scripts = sorted((ROOT / "tools").glob("*.sh")) + sorted((ROOT / "images").glob("*/*.sh")) + sorted(
+        (ROOT / "images").glob("*/Dockerfile"))
+    for path in scripts:
+        rel = path.relative_to(ROOT).as_posix()
         for n, raw in enumerate(path.read_text().splitlines(), 1):
-            for m in re.finditer(r'\bdie\s+"|\becho\s+"(?=error: )', raw):
-                text = _normal(_shell_template(_shell_string(raw, m.end())))
+            for m in re.finditer(r'\bdie\s+"|"(?=error: )', raw):
+                said = _shell_string(raw, m.end())
+                text = _normal(_format_template(_shell_template(said)) if "{}" in said else _shell_template(said))
                 if text and not text.startswith("usage:"):
-                    rel = "tools/" + path.name
                     found.setdefault((rel, text), Message(rel, n, text))
     for n, raw in enumerate((ROOT / "Makefile").read_text().splitlines(), 1):
         for m in re.finditer(r"\$\(error ([^)]*(?:\([^)]*\)[^)]*)*)\)", raw):

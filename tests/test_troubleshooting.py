@@ -37,7 +37,7 @@ def test_every_row_gives_a_cause_and_a_fix():
 # One message the collector must find for each way the code makes one: a message in an error class
 # (.format, an f-string, %, a helper returning the exception or the string, a module constant, a
 # variable, an attribute), `error:` printed, handed to a function that prints it, a Makefile $(error),
-# a shell die.
+# a shell die or echo, a Dockerfile.
 KNOWN = [
     ("catalog.py", "manifest not found: <?>"),                                   # ManifestError("...".format())
     ("checkpoint.py", "<?> does not match the model built from its config: <?>"),  # a helper returns it
@@ -53,6 +53,8 @@ KNOWN = [
     ("Makefile", 'make compare needs RUNS="<run> <run> ..."'),                    # $(error ...)
     ("tools/images.sh", "stack <?> needs <?> (Detectron2 <?>, sha256-pinned)"),  # die "... $(...) ..."
     ("tools/setup_venv.sh", "Python >= 3.10 is needed for the local stack (<?> is <?>)"),  # echo "error: ..."
+    ("images/base/Dockerfile", "unreadable for non-root users"),                 # a Dockerfile's RUN
+    ("images/codebuild/run_buildspec.sh", "<?> is buildspec version <?>, not 0.2"),  # Python inside a script
 ]
 
 
