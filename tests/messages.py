@@ -162,10 +162,12 @@ def _normal(text: str) -> Optional[str]:
 def _templates(module: _Module) -> Iterator[tuple]:
     sinks = module.sinks()
     for node in ast.walk(module.tree):
+        if not isinstance(node, ast.Call):
+            continue
         scope = module.enclosing_function(node)
-        name = (node.func.id if isinstance(node.func, ast.Name) else node.func.attr if isinstance(node.func, ast.Attribute)
-                else None) if isinstance(node, ast.Call) else None
-        if name is not None and not isinstance(node.func, ast.Attribute) or name in CLASSES:
+        # A plain call (print, fail, SystemExit, DataError), or an error class named through its module.
+        name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+        if name is not None and (isinstance(node.func, ast.Name) or name in CLASSES):
             if name in CLASSES and node.args:
                 # RequestError(status, message)
                 arg = node.args[1] if name == "RequestError" and len(node.args) > 1 else node.args[0]
