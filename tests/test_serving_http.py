@@ -267,7 +267,8 @@ def test_the_answers_and_errors_serving_md_shows_are_what_the_server_sends(clien
     assert r.status_code == 415 and r.json() == errors[0]
     r = client.post("/invocations", json=[base64.b64encode(JPEG).decode(), base64.b64encode(_truncated()).decode()])
     assert r.status_code == 400 and set(r.json()) == set(errors[1]) and r.json()["index"] == errors[1]["index"]
-    assert r.json()["error"].split("(")[0] == errors[1]["error"].split("(")[0]
+    assert r.json()["error"].split(" (")[0] == errors[1]["error"].split(" (")[0]
+    assert "truncated" in r.json()["error"].split(" (", 1)[1] and "truncated" in errors[1]["error"].split(" (", 1)[1]
 
 
 def test_batch_error_names_the_instance(client):
