@@ -48,7 +48,6 @@ INTERNAL = {
     ("modeling.py", "<?> needs MODEL.RETINANET.NORM"),    # the recipe sets the norm with the head
     ("modeling.py", "every pyramid level needs"),         # the anchor generator is built per level
     ("data/sku110k.py", "max_side needs the images"),     # sizes_from_csv is called without max_side
-    ("data/synthetic.py", "cv2 could not encode"),        # a JPEG encoder failing is not the user's input
     ("data/synthetic.py", "unknown preset"),              # the CLI's choices= refuses it first
 }
 
@@ -226,16 +225,30 @@ def _shell_template(said: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def collect() -> List[Message]:
+def _python_messages() -> List[Message]:
     found: Dict[tuple, Message] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
-        module = _Module(path)
-        for line, raw in _templates(module):
+        for line, raw in _templates(_Module(path)):
             text = _normal(raw)
-            if text is None or any(rel == f and text.startswith(start) for f, start in INTERNAL):
-                continue
-            found.setdefault((rel, text), Message(rel, line, text))
+            if text is not None:
+                found.setdefault((rel, text), Message(rel, line, text))
+    return list(found.values())
+
+
+def _internal(message: Message) -> bool:
+    return any(message.file == f and message.text.startswith(start) for f, start in INTERNAL)
+
+
+def unused_internal() -> List[tuple]:
+    """INTERNAL entries that no message in the code starts with any more."""
+    return [(f, start) for f, start in sorted(INTERNAL)
+            if not any(m.file == f and m.text.startswith(start) for m in _python_messages())]
+
+
+@functools.lru_cache(maxsize=None)
+def collect() -> List[Message]:
+    found: Dict[tuple, Message] = {(m.file, m.text): m for m in _python_messages() if not _internal(m)}
     scripts = sorted((ROOT / "tools").glob("*.sh")) + sorted((ROOT / "images").glob("*/*.sh")) + sorted(
         (ROOT / "images").glob("*/Dockerfile"))
     for path in scripts:

@@ -68,6 +68,7 @@ def test_the_collector_leaves_out_values_only_and_internal_messages():
     texts = [m.text for m in M.collect()]
     assert all(m.literal().strip(" :;,.()'\"-") for m in M.collect())
     assert not any(t.startswith("expected an HxWx3 image") for t in texts)  # INTERNAL: a caller's bug
+    assert not M.unused_internal(), "INTERNAL names messages the code no longer has: take them out"
 
 
 def test_a_row_must_quote_the_message_not_gesture_at_it():
