@@ -39,12 +39,12 @@ def write_result(name: str, metrics: Dict[str, Any], target: str, **extra: Any) 
 
 def update_readme(marker: str, text: str) -> None:
     """Replaces what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in the page that has them."""
-    start, end = "<!-- {}:start -->".format(marker), "<!-- {}:end -->".format(marker)
+    from shelfdet import pages
+
     for page in PAGES:
         with open(page) as f:
             body = f.read()
-        if start not in body or end not in body:
+        if pages.block(body, marker) is None:
             continue
-        head, rest = body.split(start, 1)
         with open(page, "w") as f:
-            f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+            f.write(pages.replace_block(body, marker, text))

@@ -306,6 +306,12 @@ def matches(span: str, message: Message) -> bool:
     return literal_length(span) >= enough and pattern(span).fullmatch(message.text) is not None
 
 
+def on_page(line: str, spans: Optional[List[str]] = None) -> bool:
+    """Whether a line as printed (or an HTTP error as sent) reads as one of the page's rows."""
+    line = line[len(PREFIX):] if line.startswith(PREFIX) else line
+    return any(pattern(span).fullmatch(line) for span in (documented() if spans is None else spans))
+
+
 def undocumented(messages: List[Message], spans: List[str]) -> List[Message]:
     return [m for m in messages if not any(matches(s, m) for s in spans)]
 

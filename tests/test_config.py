@@ -45,10 +45,10 @@ def test_unknown_combinations_fail_clearly():
 def test_the_training_page_documents_the_current_hyperparameter_table():
     from pathlib import Path
 
-    from shelfdet import hyperparameters_doc
+    from shelfdet import hyperparameters_doc, pages
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
-    assert hyperparameters_doc.between_markers(page) == H.markdown_table(), \
+    assert pages.block(page, hyperparameters_doc.BLOCK) == H.markdown_table(), \
         "docs/training.md's table is stale: python -m shelfdet hp-table --write docs/training.md"
 
 

@@ -151,5 +151,6 @@ def test_the_benchmark_table_is_what_the_results_say():
     finally:
         sys.path.pop(0)
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    block = page.split("<!-- bench:start -->\n", 1)[1].split("\n<!-- bench:end -->", 1)[0]
-    assert block == run.table(), "docs/benchmarks.md's table is stale: python bench/run.py --table"
+    from shelfdet import pages
+
+    assert pages.block(page, "bench") == run.table(), "docs/benchmarks.md's table is stale: python bench/run.py --table"

@@ -6,16 +6,10 @@ import argparse
 import sys
 from typing import List
 
+from . import pages
 from .hyperparameters import markdown_table
 
-START, END = "<!-- hp-table:start -->", "<!-- hp-table:end -->"
-
-
-def between_markers(page: str) -> str:
-    """The table a page holds now ("" when it has no markers)."""
-    if START not in page or END not in page:
-        return ""
-    return page.split(START, 1)[1].split(END, 1)[0].strip("\n")
+BLOCK = "hp-table"
 
 
 def main(argv: List[str]) -> int:
@@ -28,12 +22,11 @@ def main(argv: List[str]) -> int:
         return 0
     with open(args.write) as f:
         page = f.read()
-    if START not in page or END not in page:
-        print("error: {} has no {} ... {} markers to write the table between".format(args.write, START, END),
+    if pages.block(page, BLOCK) is None:
+        print("error: {} has no {} ... {} markers to write the table between".format(args.write, *pages.markers(BLOCK)),
               file=sys.stderr)
         return 2
-    head, rest = page.split(START, 1)
     with open(args.write, "w") as f:
-        f.write(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+        f.write(pages.replace_block(page, BLOCK, table))
     print("{}: hyperparameter table written ({} rows)".format(args.write, table.count("\n") - 1))
     return 0
