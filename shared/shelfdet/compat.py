@@ -74,6 +74,34 @@ class _MissingOpsNamespace(types.ModuleType):
         return _MissingOp("torch.ops.detectron2." + name)
 
 
+# Names Pillow 10 removed that the pinned Detectron2 releases still use, and what they meant.
+# v0.4.1, 0.6 and 2dde706 use exactly one: ``Image.LINEAR``, the default ``interp`` of
+# ``ExtentTransform`` in detectron2/data/transforms/transform.py, read when that module is
+# imported (every other ``Image.<NAME>`` they use is still in Pillow 10 to 13; tests/test_compat.py
+# checks that on the pinned sources).
+PILLOW_REMOVED = {"LINEAR": "BILINEAR"}
+
+
+def restore_pillow_names() -> List[str]:
+    """Puts back the :data:`PILLOW_REMOVED` names this Pillow lacks; returns those it put back.
+
+    Older Pillows keep them (9.x with a deprecation warning), and then nothing changes.
+    """
+    import warnings
+
+    from PIL import Image
+
+    restored = []
+    for name, same in sorted(PILLOW_REMOVED.items()):
+        with warnings.catch_warnings():  # Pillow 9 answers these through a module __getattr__ that warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            present = hasattr(Image, name)
+        if not present:
+            setattr(Image, name, getattr(Image, same))
+            restored.append(name)
+    return restored
+
+
 def has_compiled_ops() -> bool:
     mod = sys.modules.get("detectron2._C")
     if mod is not None:
@@ -88,14 +116,10 @@ def apply() -> None:
         return
     import warnings
 
-    from PIL import Image
-
     # Detectron2's model_zoo imports pkg_resources (hence setuptools<81 in versions.env).
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-    # Pillow 10 removed the alias; Detectron2 <= 0.6 uses it as a default argument.
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
+    restore_pillow_names()
 
     if importlib.util.find_spec("detectron2") is None:
         raise ImportError("detectron2 is not installed: run `make setup` (or use the project's images)")
