@@ -40,6 +40,14 @@ PRETRAINED     ?=
 VPC_SUBNETS    ?=
 VPC_SECURITY_GROUPS ?=
 KEEP_ALIVE     ?=
+# KMS_KEY=<key id, ARN or alias/name>: training/tuning volumes and output, endpoint storage and async output,
+# transform output and volume, make upload/weights (SSE-KMS). ENCRYPT_TRAFFIC=0: no inter-container
+# encryption for INSTANCE_COUNT>1 (on by default). VPC_*/NETWORK_ISOLATION also apply to deploy and transform.
+KMS_KEY        ?=
+ENCRYPT_TRAFFIC ?=
+# make policy / bootstrap-policy: ACCOUNT (default: the credentials' account), CODEBUILD_ROLE (default: bootstrap's).
+ACCOUNT        ?=
+CODEBUILD_ROLE ?=
 # tensorboard: RUNS="<run> ..." (default: every run), JOB=<training job> (its event files from s3://BUCKET), on TB_PORT.
 RUNS           ?=
 JOB            ?=
@@ -86,12 +94,14 @@ MAX_JOBS       ?= 8
 MAX_PARALLEL   ?= 2
 PYTEST_ARGS    ?=
 
-JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(filter 1 true yes,$(NETWORK_ISOLATION)),--network-isolation) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) \
+NET_FLAGS = $(if $(filter 1 true yes,$(NETWORK_ISOLATION)),--network-isolation) \
   $(if $(VPC_SUBNETS),--vpc-subnets '$(VPC_SUBNETS)') $(if $(VPC_SECURITY_GROUPS),--vpc-security-groups '$(VPC_SECURITY_GROUPS)')
-AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX)
+JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(NET_FLAGS) $(if $(filter 0 false no,$(ENCRYPT_TRAFFIC)),--no-encrypt-traffic)
+AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX) $(if $(KMS_KEY),--kms-key '$(KMS_KEY)')
 
-.PHONY: help setup data upload visualize train tensorboard runs compare weights serve predict evaluate tune deploy undeploy transform \
-        build build-base build-training build-serving tag doctor push-base push-training push-serving test bench clean
+.PHONY: help setup data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model tune deploy undeploy transform \
+        build build-base build-training build-serving tag doctor push-base push-training push-serving \
+        policy bootstrap-policy bootstrap test bench clean
 
 help: ## this list
 	@echo "Targets:"
@@ -102,11 +112,13 @@ help: ## this list
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  INPUT_MODE=$(INPUT_MODE) (FastFile: stream from S3)  NETWORK_ISOLATION=$(NETWORK_ISOLATION)  PRETRAINED=$(PRETRAINED) (s3:// zoo weights, from make weights)  VPC_SUBNETS=$(VPC_SUBNETS)  VPC_SECURITY_GROUPS=$(VPC_SECURITY_GROUPS)  KEEP_ALIVE=$(KEEP_ALIVE) (warm pool seconds, <= 3600)"
+	@echo "  KMS_KEY=$(KMS_KEY) (KMS key: job volumes and outputs, endpoints, transform, uploads)  ENCRYPT_TRAFFIC=$(ENCRYPT_TRAFFIC) (0: no inter-container encryption when INSTANCE_COUNT>1)"
 	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard, make compare)  REMOTE=$(REMOTE) (make runs: SageMaker jobs too)"
 	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "  BUILDER=$(BUILDER) (push-*: docker builds here; codebuild builds on AWS CodeBuild, zip in s3://BUCKET or sagemaker-<region>-<account>/shelfdet/codebuild, ROLE= its service role)"
+	@echo "  ACCOUNT=$(ACCOUNT)  CODEBUILD_ROLE=$(CODEBUILD_ROLE) (make policy, bootstrap-policy: default the credentials' account, shelfdet-codebuild)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in docs/training.md)"
 
 # ---- local environment -------------------------------------------------------
@@ -163,15 +175,18 @@ predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT (also a fold
 evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir), or MODEL_DIR run with INFER, against MANIFEST: COCO AP and count error
 	$(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))
 
+convert-model: $(SETUP_STAMP) ## rewrite an old MODEL_DIR's model_final.pth (a pickle) as model_final.safetensors; TRUST_PICKLE=1 says you trust it
+	$(SHELFDET) convert-model "$(MODEL_DIR)" $(if $(filter 1 true yes,$(TRUST_PICKLE)),--trust-pickle)
+
 deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name); ASYNC=1 asynchronous, MIN_/MAX_INSTANCES autoscaling
-	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) \
+	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) $(NET_FLAGS) \
 	  $(if $(filter 1 true yes,$(ASYNC)),--async) $(if $(MIN_INSTANCES),--min-instances $(MIN_INSTANCES)) $(if $(MAX_INSTANCES),--max-instances $(MAX_INSTANCES)) $(if $(SNS_SUCCESS),--sns-success $(SNS_SUCCESS)) $(if $(SNS_ERROR),--sns-error $(SNS_ERROR))
 
 undeploy: $(SETUP_STAMP) ## delete the endpoint, its config, model and scaling
 	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
 
 transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, then evaluate
-	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) $(if $(STACK),--stack $(STACK)) --manifest "$(MANIFEST)" $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS)
+	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) $(if $(STACK),--stack $(STACK)) --manifest "$(MANIFEST)" $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) $(NET_FLAGS)
 
 # ---- images ------------------------------------------------------------------
 build: build-training build-serving ## all images for STACK
@@ -200,6 +215,19 @@ push-training: $(SETUP_STAMP) ## push the training image of STACK (default: the 
 
 push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default: the card's) to ECR in REGION (BUILDER=codebuild: built on CodeBuild)
 	$(SHELFDET) push serving $(if $(STACK),--stack $(STACK)) --builder $(BUILDER) $(AWS_FLAGS)
+
+# ---- permissions (docs/aws.md) ------------------------------------------------
+POLICY_FLAGS = --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(BUCKET),--bucket $(BUCKET)) $(if $(ROLE),--role $(ROLE)) \
+  $(if $(CODEBUILD_ROLE),--codebuild-role $(CODEBUILD_ROLE)) $(if $(KMS_KEY),--kms-key '$(KMS_KEY)')
+
+policy: $(SETUP_STAMP) ## print the day-to-day IAM policy (docs/iam-policy.json) for BUCKET, ROLE (and KMS_KEY) on stdout
+	@$(SHELFDET) policy --template docs/iam-policy.json $(POLICY_FLAGS)
+
+bootstrap-policy: $(SETUP_STAMP) ## print the IAM policy an administrator needs for make bootstrap (docs/iam-bootstrap.json)
+	@$(SHELFDET) policy --template docs/iam-bootstrap.json $(POLICY_FLAGS)
+
+bootstrap: $(SETUP_STAMP) ## once, by an administrator: the CodeBuild service role (zips in BUCKET) and endpoint scaling's service-linked role
+	$(SHELFDET) bootstrap $(AWS_FLAGS)
 
 # ---- quality -----------------------------------------------------------------
 test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs, else .venv)

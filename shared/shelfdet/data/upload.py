@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; call nothing")
     p.add_argument("--role", help="accepted for the Makefile's common AWS flags; uploads use your credentials")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--kms-key", help="KMS key (ID, ARN, alias/<name>): every object is sent with SSE-KMS under it")
     return p
 
 
@@ -134,21 +135,36 @@ def checksums(item: Item, part_size: int = PART_SIZE) -> Tuple[str, str]:
             base64.b64encode(hashlib.sha256(b"".join(shas)).digest()).decode() + parts)
 
 
-def compare(s3, bucket: str, item: Item, etag: str, part_size: int = PART_SIZE) -> str:
-    """Whether the object there, of the item's size, holds its content: same, changed or unknown (no checksum)."""
+def kms_key_matches(there: Optional[str], wanted: str) -> bool:
+    """Whether S3's SSEKMSKeyId (a key ARN) is the key ``wanted`` names (ID or ARN; an alias: any KMS key)."""
+    if not there:
+        return False
+    if "alias/" in wanted:
+        return True  # only KMS can say which key an alias names: any KMS key counts
+    return there == wanted or there.endswith("/" + wanted)
+
+
+def compare(s3, bucket: str, item: Item, etag: str, part_size: int = PART_SIZE, kms_key: Optional[str] = None) -> str:
+    """Whether the object there, of the item's size, holds its content: same, changed or unknown (no checksum);
+    with ``kms_key``, unencrypted when it holds it but not under that key (it is sent again, encrypted)."""
     local_etag, local_sha = checksums(item, part_size)
-    if etag == local_etag:
+    if etag == local_etag and not kms_key:
         return "same"
     import botocore.exceptions
 
     # Not the MD5: changed, or an ETag that is no MD5 (SSE-KMS, SSE-C); the checksum tells which.
     try:
-        remote_sha = s3.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED").get("ChecksumSHA256")
+        head = s3.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED")
+        remote_sha = head.get("ChecksumSHA256")
     except botocore.exceptions.ClientError as err:
         # A write-only role may not read objects back: sending again is the safe answer.
         if err.response.get("Error", {}).get("Code", "") in ("403", "AccessDenied"):
             return "unknown"
         raise
+    if kms_key and not (head.get("ServerSideEncryption") == "aws:kms" and kms_key_matches(head.get("SSEKMSKeyId"), kms_key)):
+        return "unencrypted"
+    if etag == local_etag:
+        return "same"
     if remote_sha is None:
         return "unknown"
     # Compared without the "-<parts>" S3 appends to a composite (moto's HEAD leaves it out): the parts'
@@ -161,14 +177,15 @@ def _keys(items: List[Item]) -> str:
 
 
 def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None, dry_run: bool = False,
-           concurrency: int = 16, part_size: int = PART_SIZE) -> Dict[str, int]:
+           concurrency: int = 16, part_size: int = PART_SIZE, kms_key: Optional[str] = None) -> Dict[str, int]:
     items = plan(data_dir, bucket, prefix)
     total = sum(i.size for i in items)
     if dry_run:
         for i in items[:5]:
             print("would upload {} -> s3://{}/{}".format(i.path, bucket, i.key))
-        print("dry run: {} files, {:.1f} MB to s3://{}/{} (nothing called)".format(
-            len(items), total / 1e6, bucket, prefix.strip("/")))
+        print("dry run: {} files, {:.1f} MB to s3://{}/{}{} (nothing called)".format(
+            len(items), total / 1e6, bucket, prefix.strip("/"),
+            ", SSE-KMS with key {}".format(kms_key) if kms_key else ""))
         return {"files": len(items), "uploaded": 0, "skipped": 0}
 
     import boto3.session
@@ -201,18 +218,22 @@ def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None
         print("upload: {} objects of the same size there: comparing checksums".format(len(same_size)), flush=True)
         try:
             with ThreadPoolExecutor(concurrency) as pool:
-                verdicts = list(pool.map(lambda i: compare(s3, bucket, i, there[i.key][1], part_size), same_size))
+                verdicts = list(pool.map(lambda i: compare(s3, bucket, i, there[i.key][1], part_size, kms_key), same_size))
         except botocore.exceptions.ClientError as err:
             raise DataError("bucket {}: {}".format(bucket, err)) from None
         changed = [i for i, v in zip(same_size, verdicts) if v == "changed"]
         unknown = [i for i, v in zip(same_size, verdicts) if v == "unknown"]
+        unencrypted = [i for i, v in zip(same_size, verdicts) if v == "unencrypted"]
         if changed:
             print("upload: {} of the same size but another checksum, sent again: {}".format(
                 len(changed), _keys(changed)))
         if unknown:
             print("upload: {} of the same size with no checksum to compare (ETag not their MD5, no readable "
                   "ChecksumSHA256), sent again: {}".format(len(unknown), _keys(unknown)))
-        todo += changed + unknown
+        if unencrypted:
+            print("upload: {} not encrypted with KMS_KEY {}, sent again with it: {}".format(
+                len(unencrypted), kms_key, _keys(unencrypted)))
+        todo += changed + unknown + unencrypted
     skipped = len(items) - len(todo)
     send = sum(i.size for i in todo)
     print("upload: {} files to s3://{}/{}: {} already there, {} to send ({:.1f} MB)".format(
@@ -220,6 +241,8 @@ def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None
     config = TransferConfig(max_concurrency=concurrency, use_threads=True, multipart_threshold=part_size,
                             multipart_chunksize=part_size)
     extra = {"ChecksumAlgorithm": "SHA256"}
+    if kms_key:
+        extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=kms_key)
     failures: List[str] = []
     with create_transfer_manager(s3, config) as tm:
         futures = [(i, tm.upload(io.BytesIO(i.body) if i.body is not None else i.path, bucket, i.key,
@@ -244,7 +267,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: no bucket: make upload BUCKET=<bucket> (or --bucket)", file=sys.stderr)
         return 2
     try:
-        upload(args.data_dir, args.bucket, args.prefix, args.region, args.dry_run, args.concurrency)
+        upload(args.data_dir, args.bucket, args.prefix, args.region, args.dry_run, args.concurrency,
+               kms_key=args.kms_key)
     except DataError as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ def add_common(parser: argparse.ArgumentParser, stack: bool = True) -> None:
     parser.add_argument("--role", help="SageMaker execution role: ARN or name (default: found by name)")
     parser.add_argument("--bucket", help="S3 bucket holding the uploaded data and the outputs")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix of the uploaded data")
+    parser.add_argument("--kms-key", help="KMS key (ID, ARN, alias/<name> or its ARN) for volumes, outputs and uploads")
     if stack:
         parser.add_argument("--stack", default=None,
                             help="image stack: cpu, cu101 or cu12 (default: from the instance type)")
@@ -89,6 +90,35 @@ def default_stack(instance_type: Optional[str]) -> str:
     if not instance_type or not is_gpu_instance(instance_type):
         return "cpu"
     return "cu101" if re.match(r"^ml\.(p3|p3dn|g4dn)\.", instance_type) else "cu12"
+
+
+# Families with local NVMe instance storage, which the instance's own hardware encrypts: SageMaker
+# refuses a KMS key for their volume (VolumeKmsKeyId, an endpoint config's KmsKeyId) and fails the
+# request. A "d" after the generation (m5d, g4dn, p3dn, p4d, p4de, m6id), and g5, g6, g6e, p5*, trn*.
+LOCAL_STORAGE = re.compile(r"^ml\.(?:[a-z]+\d+[a-z]*d[a-z]*|g5|g6e?|p5[a-z]*|trn\d+n?)\.")
+
+
+def local_storage(instance_type: str) -> bool:
+    """Whether the instance type has local NVMe storage (no KMS key for its volume)."""
+    return bool(LOCAL_STORAGE.match(instance_type or ""))
+
+
+def volume_key(kms_key: Optional[str], instance_type: str, field: str) -> Optional[str]:
+    """The KMS key for an instance's storage volume, or None with a note where the type has local storage."""
+    if not kms_key:
+        return None
+    if local_storage(instance_type):
+        note("note: {} has local NVMe storage, encrypted by the instance itself: {} not set (SageMaker refuses "
+             "it there); KMS_KEY still encrypts the outputs".format(instance_type, field))
+        return None
+    return kms_key
+
+
+def sse_kms(kms_key: Optional[str]) -> Dict[str, str]:
+    """S3 upload arguments that encrypt the object with the KMS key (none without one)."""
+    if not kms_key:
+        return {}
+    return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key}
 
 
 def note(message: str) -> None:

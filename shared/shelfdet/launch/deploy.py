@@ -42,6 +42,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="container environment (repeatable)")
     parser.add_argument("--output-prefix", default="detectron2/output", help="S3 prefix training wrote artefacts to")
+    training.add_network_flags(parser, "the serving container needs none (SageMaker itself reads the model and S3)")
     aws.add_common(parser)
 
 
@@ -124,15 +125,24 @@ def environment(pairs: List[str]) -> Dict[str, str]:
     return env
 
 
-def model_request(name: str, image: str, data: str, role: str, env: Dict[str, str], tags: List[Dict[str, str]]) -> Dict[str, Any]:
+def model_request(name: str, image: str, data: str, role: str, env: Dict[str, str], tags: List[Dict[str, str]],
+                  args: Optional[argparse.Namespace] = None) -> Dict[str, Any]:
+    """CreateModel; ``args`` brings VPC_SUBNETS/VPC_SECURITY_GROUPS (VpcConfig) and NETWORK_ISOLATION."""
     container = {"Image": image, "ModelDataUrl": data}  # type: Dict[str, Any]
     if env:
         container["Environment"] = env
-    return {"ModelName": name, "PrimaryContainer": container, "ExecutionRoleArn": role, "Tags": tags}
+    request = {"ModelName": name, "PrimaryContainer": container, "ExecutionRoleArn": role, "Tags": tags}  # type: Dict[str, Any]
+    vpc = training.vpc_config(args) if args is not None else None
+    if vpc:
+        request["VpcConfig"] = vpc
+    if args is not None and args.network_isolation:
+        request["EnableNetworkIsolation"] = True
+    return request
 
 
 def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     """[(operation, request), ...] in the order they are sent."""
+    training.check_vpc(args)
     stamp = aws.timestamp()
     endpoint = args.endpoint or aws.job_name("detectron2", stamp)
     tags = [{"Key": TAG, "Value": endpoint}]
@@ -152,12 +162,15 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
         "ProductionVariants": [{"VariantName": VARIANT, "ModelName": model_name,
                                 "InstanceType": args.instance_type, "InitialInstanceCount": initial}],
         "Tags": tags}  # type: Dict[str, Any]
+    storage_key = aws.volume_key(args.kms_key, args.instance_type, "the endpoint config's KmsKeyId")
+    if storage_key:
+        config["KmsKeyId"] = storage_key
     if args.async_inference:
         config["AsyncInferenceConfig"] = async_config(args, cloud, endpoint)
         # SageMaker hands /invocations the S3 object whole: the real-time 6 MB cap would refuse big photos.
         env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(limits.ASYNC_MAX_PAYLOAD_MB))
     return [
-        ("create_model", model_request(model_name, image, data, role, env, tags)),
+        ("create_model", model_request(model_name, image, data, role, env, tags, args)),
         ("create_endpoint_config", config),
         ("create_endpoint", {"EndpointName": endpoint, "EndpointConfigName": config_name, "Tags": tags}),
     ]
@@ -179,6 +192,8 @@ def async_config(args: argparse.Namespace, cloud: aws.Aws, endpoint: str) -> Dic
                 cloud.region, cloud.account(), topic)
     if topics:
         output["NotificationConfig"] = topics
+    if args.kms_key:
+        output["KmsKeyId"] = args.kms_key
     return {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": args.max_concurrent}, "OutputConfig": output}
 
 

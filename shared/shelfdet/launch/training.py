@@ -39,16 +39,43 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="initial weights: zoo, none, an https URL or an s3:// URI")
     parser.add_argument("--input-mode", default="File", choices=INPUT_MODES,
                         help="File copies the channels to EBS first; FastFile streams them from S3 at the same paths")
-    parser.add_argument("--network-isolation", action="store_true",
-                        help="no network in the container: weights=zoo then needs --pretrained")
+    add_network_flags(parser, "weights=zoo then needs --pretrained")
     parser.add_argument("--pretrained", help="s3:// prefix holding the model zoo's checkpoints (`make weights`): "
                                              "weights=zoo is read from it, not downloaded")
-    parser.add_argument("--vpc-subnets", default="", help="subnet IDs (comma- or space-separated) for VpcConfig")
-    parser.add_argument("--vpc-security-groups", default="", help="security group IDs for VpcConfig")
+    parser.add_argument("--no-encrypt-traffic", action="store_true",
+                        help="with several instances, leave the traffic between them unencrypted (faster)")
     parser.add_argument("--output-prefix", default="detectron2/output", help="S3 prefix of model artefacts")
     parser.add_argument("--checkpoint-prefix", default="detectron2/checkpoints", help="S3 prefix of checkpoints")
     parser.add_argument("--job-name", help="explicit job name (default: generated, unique)")
     aws.add_common(parser)
+
+
+def add_network_flags(parser: argparse.ArgumentParser, isolation: str) -> None:
+    """VPC and network isolation: for training and tuning jobs, and for the models of endpoints and transforms."""
+    parser.add_argument("--network-isolation", action="store_true", help="no network in the container: " + isolation)
+    parser.add_argument("--vpc-subnets", default="", help="subnet IDs (comma- or space-separated) for VpcConfig")
+    parser.add_argument("--vpc-security-groups", default="", help="security group IDs for VpcConfig")
+
+
+def check_vpc(args: argparse.Namespace) -> None:
+    if bool(_ids(args.vpc_subnets)) != bool(_ids(args.vpc_security_groups)):
+        raise LaunchError("VPC_SUBNETS and VPC_SECURITY_GROUPS go together: a VpcConfig needs both")
+
+
+def vpc_config(args: argparse.Namespace) -> Optional[Dict[str, List[str]]]:
+    if not _ids(args.vpc_subnets):
+        return None
+    return {"SecurityGroupIds": _ids(args.vpc_security_groups), "Subnets": _ids(args.vpc_subnets)}
+
+
+def encrypt_traffic(args: argparse.Namespace) -> bool:
+    """EnableInterContainerTrafficEncryption: on for several instances unless ENCRYPT_TRAFFIC=0."""
+    if args.instance_count <= 1:
+        return False
+    if args.no_encrypt_traffic:
+        note("note: ENCRYPT_TRAFFIC=0: the traffic between the {} instances is not encrypted".format(args.instance_count))
+        return False
+    return True
 
 
 def parser() -> argparse.ArgumentParser:
@@ -124,8 +151,7 @@ def effective_weights(args: argparse.Namespace, hp_argv: Sequence[str]) -> str:
 
 def check_locked_down(args: argparse.Namespace, hp_argv: Sequence[str]) -> None:
     """What a job without network or in a VPC would only find out after it started; no AWS call."""
-    if bool(_ids(args.vpc_subnets)) != bool(_ids(args.vpc_security_groups)):
-        raise LaunchError("VPC_SUBNETS and VPC_SECURITY_GROUPS go together: a VpcConfig needs both")
+    check_vpc(args)
     if not args.network_isolation:
         return
     weights = effective_weights(args, hp_argv)
@@ -161,12 +187,20 @@ def pretrained_input(cloud: aws.Aws, args: argparse.Namespace, hp_argv: Sequence
     return channel("pretrained", prefix, args.input_mode)
 
 
+# Credentials MLflow reads from the environment: never put in a job's Environment, which
+# DescribeTrainingJob and the console show to anyone who may describe the job.
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def tracking_environment(args: argparse.Namespace) -> Dict[str, str]:
     """MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME) of this shell, for the job's container, where
-    the job can reach it."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
+    the job can reach it; without a user, password or token (see redact.uri)."""
+    from .. import redact
+
+    raw = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not raw:
         return {}
+    uri = redact.uri(raw) or ""
     if not uri.startswith(("http://", "https://", "arn:", "databricks")):
         note("warning: MLFLOW_TRACKING_URI={} is a path on this machine, which the job cannot write: not passed "
              "(use an http(s) URL or a SageMaker MLflow tracking server ARN)".format(uri))
@@ -175,6 +209,12 @@ def tracking_environment(args: argparse.Namespace) -> Dict[str, str]:
         note("warning: NETWORK_ISOLATION=1: the job cannot reach MLFLOW_TRACKING_URI; not passed "
              "(TensorBoard event files still go to S3)")
         return {}
+    if uri != raw:
+        note("note: MLFLOW_TRACKING_URI passed to the job as {}: its user, password or token stay here (a job's "
+             "Environment is shown by DescribeTrainingJob); see docs/aws.md for how a job authenticates".format(uri))
+    held = [k for k in MLFLOW_CREDENTIALS if os.environ.get(k)]
+    if held:
+        note("note: {} not passed to the job (a job's Environment is shown by DescribeTrainingJob)".format(", ".join(held)))
     env = {"MLFLOW_TRACKING_URI": uri}
     if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         env["MLFLOW_EXPERIMENT_NAME"] = os.environ["MLFLOW_EXPERIMENT_NAME"]
@@ -219,13 +259,20 @@ def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str,
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": bool(args.spot),
         "EnableNetworkIsolation": bool(args.network_isolation),
+        "EnableInterContainerTrafficEncryption": encrypt_traffic(args),
         "CheckpointConfig": {"S3Uri": s3_uri(bucket, args.checkpoint_prefix, checkpoint_name), "LocalPath": CHECKPOINT_DIR},
     }
+    if args.kms_key:
+        pieces["OutputDataConfig"]["KmsKeyId"] = args.kms_key
+    volume_key = aws.volume_key(args.kms_key, args.instance_type, "VolumeKmsKeyId")
+    if volume_key:
+        pieces["ResourceConfig"]["VolumeKmsKeyId"] = volume_key
     tracking = tracking_environment(args)
     if tracking:
         pieces["Environment"] = tracking
-    if _ids(args.vpc_subnets):
-        pieces["VpcConfig"] = {"SecurityGroupIds": _ids(args.vpc_security_groups), "Subnets": _ids(args.vpc_subnets)}
+    vpc = vpc_config(args)
+    if vpc:
+        pieces["VpcConfig"] = vpc
     return pieces, ({"weights": weights_hp} if weights_hp else {})
 
 

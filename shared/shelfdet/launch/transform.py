@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
+    training.check_vpc(args)
     name = args.job_name or aws.job_name("detectron2-transform", aws.timestamp())
     role = cloud.role_arn(args.role)
     bucket = cloud.check_bucket(args.bucket)
@@ -60,7 +61,13 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     }  # type: Dict[str, Any]
     if args.max_concurrent:
         job["MaxConcurrentTransforms"] = args.max_concurrent
-    model = deploy.model_request(name, image, data, role, deploy.environment(args.env), [{"Key": "shelfdet:transform", "Value": name}])
+    if args.kms_key:
+        job["TransformOutput"]["KmsKeyId"] = args.kms_key
+    volume_key = aws.volume_key(args.kms_key, args.instance_type, "VolumeKmsKeyId")
+    if volume_key:
+        job["TransformResources"]["VolumeKmsKeyId"] = volume_key
+    model = deploy.model_request(name, image, data, role, deploy.environment(args.env),
+                                 [{"Key": "shelfdet:transform", "Value": name}], args)
     return [("create_model", model), ("create_transform_job", job)]
 
 

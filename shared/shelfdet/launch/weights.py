@@ -135,7 +135,7 @@ def _main(argv: List[str]) -> int:
         if present:
             note("{}: already in {} ({})".format(key, target, checked))
             continue
-        s3.upload_file(path, b, k)
+        s3.upload_file(path, b, k, ExtraArgs=aws.sse_kms(args.kms_key) or None)
         note("{}: uploaded to {} ({:.0f} MB, {})".format(key, target, size / 1e6, checked))
     print("PRETRAINED={}".format(prefix))
     note("pass it with NETWORK_ISOLATION=1: make train INSTANCE_TYPE=... NETWORK_ISOLATION=1 PRETRAINED={}".format(prefix))

@@ -18,7 +18,7 @@ import platform
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import compat
+from .. import compat, redact
 
 compat.apply()
 
@@ -114,7 +114,7 @@ class MLflow(EventWriter):
     def __init__(self, client: Any, run_id: str, uri: str, trainer: Any = None) -> None:
         self.client = client
         self.run_id = run_id
-        self.uri = uri
+        self.uri = redact.uri(uri)  # what the log shows: the client alone holds the credentials
         self.trainer = trainer
         self.last_step = -1
         self.written: Dict[str, int] = {}
@@ -129,7 +129,7 @@ class MLflow(EventWriter):
         except Exception as err:  # tracking never stops training
             self.off = True
             log.warning("MLflow tracking off for this run: %s at %s failed: %s: %s", what, self.uri,
-                        type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+                        type(err).__name__, _reason(err))
             return False
 
     def _log(self, what: str, metrics: List[Tuple[int, str, float]] = (), params: Dict[str, str] = None,
@@ -179,12 +179,19 @@ class MLflow(EventWriter):
         self._call("ending the run", self.client.set_terminated, self.run_id, status)
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of an error, without the credentials of any URL it quotes (MLflow's name the URL called)."""
+    return redact.text(str(err).splitlines()[0][:300]) if str(err) else ""
+
+
 def mlflow_run(uri: Optional[str], state_dir: str, run_name: str, params: Dict[str, str], tags: Dict[str, str],
                trainer: Any = None) -> Optional[MLflow]:
     """The MLflow run for this training run (a resumed run continues its own), or None: no URI, or
     one warning line saying why tracking is off."""
     if not uri:
         return None
+    # Logged and stored without a user, password or token: MlflowClient alone gets the URI as given.
+    shown = redact.uri(uri)
     # MLflow retries an unreachable server 7 times with backoff (minutes); one short retry is enough
     # for a tracker that must not hold training up.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -196,7 +203,7 @@ def mlflow_run(uri: Optional[str], state_dir: str, run_name: str, params: Dict[s
         from mlflow.tracking import MlflowClient
     except ImportError as err:
         log.warning("MLflow tracking off: Python %s here cannot import mlflow (%s); MLFLOW_TRACKING_URI=%s is ignored",
-                    platform.python_version(), err, uri)
+                    platform.python_version(), err, shown)
         return None
     if uri.startswith("arn:"):
         try:
@@ -217,23 +224,23 @@ def mlflow_run(uri: Optional[str], state_dir: str, run_name: str, params: Dict[s
         with open(state_file) as f:
             state = json.load(f)
     try:
-        if state.get("tracking_uri") == uri and state.get("run_id"):
+        if redact.uri(state.get("tracking_uri")) == shown and state.get("run_id"):
             tracker.run_id = state["run_id"]
             client.update_run(tracker.run_id, status="RUNNING")
-            log.info("MLflow: continuing run %s at %s", tracker.run_id, uri)
+            log.info("MLflow: continuing run %s at %s", tracker.run_id, shown)
             return tracker  # params are immutable in MLflow, and already there
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "shelfdet")
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
     except Exception as err:
-        log.warning("MLflow tracking off: %s unreachable or refused the run: %s: %s", uri, type(err).__name__,
-                    str(err).splitlines()[0][:300] if str(err) else "")
+        log.warning("MLflow tracking off: %s unreachable or refused the run: %s: %s", shown, type(err).__name__,
+                    _reason(err))
         return None
     tracker.run_id = run.info.run_id
     os.makedirs(state_dir, exist_ok=True)
     with open(state_file, "w") as f:
-        json.dump({"tracking_uri": uri, "run_id": tracker.run_id}, f)
+        json.dump({"tracking_uri": shown, "run_id": tracker.run_id}, f)
     tracker._log("logging the hyperparameters", params={k: str(v)[:6000] for k, v in params.items()})
-    log.info("MLflow: run %s (%s) in experiment %s at %s", tracker.run_id, run_name, name, uri)
+    log.info("MLflow: run %s (%s) in experiment %s at %s", tracker.run_id, run_name, name, shown)
     return tracker
