@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, "shared"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from _common import write_result  # noqa: E402
-from shelfdet import artefacts, imageio, inference  # noqa: E402  (inference applies compat first)
+from shelfdet import artefacts, imageio, inference, safeweights  # noqa: E402  (inference applies compat first)
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -81,7 +81,7 @@ def build_model(model_dir: str) -> str:
             layer.bias.zero_()
         model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([2.0, 0.0]))
     os.makedirs(model_dir, exist_ok=True)
-    torch.save({"model": model.state_dict()}, os.path.join(model_dir, artefacts.WEIGHTS))
+    safeweights.save(model.state_dict(), os.path.join(model_dir, artefacts.WEIGHTS))
     with open(os.path.join(model_dir, artefacts.CONFIG), "w") as f:
         f.write(cfg.dump())
     artefacts.write_manifest(model_dir, ["SKU"], "faster_rcnn")

@@ -30,7 +30,7 @@ def make_tiny_model(base_dir: Path, seed: int = 0, score_thresh: float = 0.05, d
     model_dir = Path(base_dir) / "tiny-model-{}-{}-{}".format(seed, score_thresh, det_per_img)
     if (model_dir / "artefacts.json").is_file():
         return str(model_dir)
-    from shelfdet import artefacts, inference  # noqa: F401  (inference applies compat before detectron2)
+    from shelfdet import artefacts, inference, safeweights  # noqa: F401  (inference applies compat before detectron2)
 
     import torch
     from detectron2 import model_zoo
@@ -58,7 +58,7 @@ def make_tiny_model(base_dir: Path, seed: int = 0, score_thresh: float = 0.05, d
     model = build_model(cfg)
     _spread_scores(model, cfg)
     model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, str(model_dir / artefacts.WEIGHTS))
+    safeweights.save(model.state_dict(), str(model_dir / artefacts.WEIGHTS))
     (model_dir / artefacts.CONFIG).write_text(cfg.dump())
     artefacts.write_manifest(str(model_dir), ["SKU"], "faster_rcnn", {"det-per-img": str(det_per_img)})
     return str(model_dir)

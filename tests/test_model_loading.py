@@ -18,7 +18,7 @@ import yaml
 
 from _serving_support import make_tiny_model
 from conftest import free_port, wait_for_port
-from shelfdet import artefacts, compat, hyperparameters
+from shelfdet import artefacts, compat, hyperparameters, safeweights
 from shelfdet.checkpoint import CheckpointMismatch, Checkpointer, load_exact
 from shelfdet.config import ConfigError, _set, build_config
 from shelfdet.inference import Detector, load_config
@@ -34,9 +34,9 @@ def model_dir(tmp_path_factory):
 def _copy_with_state(src: Path, dst: Path, edit) -> Path:
     shutil.copytree(str(src), str(dst))
     weights = dst / artefacts.WEIGHTS
-    blob = torch.load(str(weights), map_location="cpu")
-    edit(blob["model"])
-    torch.save(blob, str(weights))
+    state = safeweights.load(str(weights))
+    edit(state)
+    safeweights.save(state, str(weights))
     return dst
 
 
@@ -48,11 +48,11 @@ def _one_line(err: BaseException) -> str:
 
 def test_the_saved_model_loads_exactly(model_dir):
     det = Detector.from_model_dir(str(model_dir), "cpu")
-    saved = torch.load(str(model_dir / artefacts.WEIGHTS), map_location="cpu")["model"]
+    saved = safeweights.load(str(model_dir / artefacts.WEIGHTS))
     own = det.model.state_dict()
+    assert set(saved) == set(own)
     for key, value in saved.items():
-        if key in own:
-            assert torch.equal(own[key], value), key
+        assert torch.equal(own[key], value) and own[key].dtype == value.dtype, key
 
 
 KINDS = {"missing": "model tensor(s) not in the checkpoint",
@@ -98,7 +98,7 @@ def test_load_exact_fails_naming_the_tensor_and_its_kind(model_dir, tmp_path, ki
 @pytest.mark.parametrize("kinds", BROKEN, ids="+".join)
 def test_resume_fails_naming_the_tensor_and_its_kind(model_dir, tmp_path, kinds):
     model = build_model(load_config(str(model_dir / artefacts.CONFIG), "cpu"))
-    state = torch.load(str(model_dir / artefacts.WEIGHTS), map_location="cpu")["model"]
+    state = safeweights.load(str(model_dir / artefacts.WEIGHTS))
     _break(state, kinds)
     torch.save({"model": state, "iteration": 3}, str(tmp_path / "model_0000003.pth"))
     (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
@@ -110,7 +110,7 @@ def test_resume_fails_naming_the_tensor_and_its_kind(model_dir, tmp_path, kinds)
 
 def test_resume_from_the_run_s_own_checkpoint_loads_it(model_dir, tmp_path):
     model = build_model(load_config(str(model_dir / artefacts.CONFIG), "cpu"))
-    saved = torch.load(str(model_dir / artefacts.WEIGHTS), map_location="cpu")["model"]
+    saved = safeweights.load(str(model_dir / artefacts.WEIGHTS))
     torch.save({"model": dict(saved), "iteration": 3}, str(tmp_path / "model_0000003.pth"))
     (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
     assert Checkpointer(model, str(tmp_path)).resume_or_load("", resume=True)["iteration"] == 3
@@ -131,12 +131,28 @@ def test_config_buffers_saved_by_older_releases_must_agree_with_the_config(model
         Detector.from_model_dir(str(other), "cpu")
 
 
-def test_not_a_checkpoint_fails_clearly(tmp_path):
-    path = tmp_path / "w.pth"
-    torch.save({"model": {"a": "not a tensor"}}, str(path))
-    model = torch.nn.Linear(2, 2)
-    with pytest.raises(CheckpointMismatch, match="is not a model checkpoint"):
-        load_exact(model, str(path))
+def test_a_weights_file_that_is_not_safetensors_fails_clearly_and_is_never_unpickled(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, str(path))
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
+    with pytest.raises(artefacts.ArtefactError) as err:
+        load_exact(torch.nn.Linear(2, 2), str(path))
+    assert _one_line(err.value).startswith("{} is not a safetensors weights file shelfdet can read (".format(path))
+    assert not unpickled
+
+
+def test_half_and_bfloat16_tensors_are_kept_exactly(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].half()
+    model[1].to(torch.bfloat16)
+    safeweights.save(model.state_dict(), str(tmp_path / "w.safetensors"))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    other[0].half()
+    other[1].to(torch.bfloat16)
+    load_exact(other, str(tmp_path / "w.safetensors"))
+    for (key, mine), theirs in zip(model.state_dict().items(), other.state_dict().values()):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs), key
 
 
 def test_resume_from_a_checkpoint_of_another_model_fails(tmp_path):

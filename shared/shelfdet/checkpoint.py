@@ -1,4 +1,4 @@
-"""Exact loading of our own checkpoints (resume, evaluation, serving).
+"""Exact loading of our own checkpoints (resume) and model folders' weights (evaluation, serving).
 
 Detectron2's checkpointer only logs tensors it could not place, which is right
 for ImageNet or COCO initial weights and wrong for a trained model: a model
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
-from . import compat
+from . import compat, safeweights
 
 compat.apply()
 
@@ -50,13 +50,19 @@ def _config_buffers_agree(model: torch.nn.Module, state: Dict[str, Any], where: 
             del state[name]
 
 
-def load_exact(model: torch.nn.Module, path: str) -> None:
-    """Loads ``path`` (a ``{"model": state_dict}`` file or a bare state dict) into ``model``."""
-    blob = compat.torch_load(path)
+def state_of(blob: Any, path: str) -> Dict[str, Any]:
+    """The state dict of a loaded ``.pth`` (``{"model": state_dict}`` or a bare state dict)."""
     state = blob.get("model", blob) if isinstance(blob, Mapping) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointMismatch("{} is not a model checkpoint (expected a state dict of tensors)".format(path))
-    state = dict(state)
+    return dict(state)
+
+
+def load_exact(model: torch.nn.Module, path: str) -> None:
+    """Loads the model folder's safetensors weights file ``path`` into ``model``.
+
+    Read as safetensors whatever its name: a model folder's file is never unpickled."""
+    state = safeweights.load(path)
     _config_buffers_agree(model, state, path)
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state and k not in compat.CONFIG_BUFFERS)

@@ -63,12 +63,13 @@ def predict_local(model_dir: str, data: bytes, name: str, score_threshold: Optio
                   max_detections: Optional[str], device: Optional[str], infer: str = "") -> Dict[str, Any]:
     """The image's prediction by a local model, decoded as its endpoint decodes it (``Detector.decode``)."""
     from ..artefacts import ArtefactError
+    from ..checkpoint import CheckpointMismatch
     from ..hyperparameters import HyperparameterError, parse_inference
     from ..inference import Detector
 
     try:
         detector = Detector.from_model_dir(model_dir, device, parse_inference(infer, "INFER"))
-    except (ArtefactError, HyperparameterError) as err:
+    except (ArtefactError, CheckpointMismatch, HyperparameterError) as err:
         raise PredictError(str(err)) from None
     try:
         thr, cap = limits.check_request_limits(score_threshold, max_detections, detector.min_score,

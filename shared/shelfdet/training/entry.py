@@ -139,10 +139,9 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
            train_seconds: float) -> Optional[Dict[str, float]]:
     """Every rank predicts its share of the final evaluation; rank 0 alone scores it and writes the
     model folder, metrics and plots, and returns the metrics (the others None)."""
-    import torch
     from detectron2.utils import comm
 
-    from .. import evaluation
+    from .. import evaluation, safeweights
     from ..inference import Detector, load_config, options_of
     from . import report
     from .distributed import broadcast_buffers
@@ -151,8 +150,8 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
     weights = os.path.join(env.model_dir, artefacts.WEIGHTS)
     if main:
         os.makedirs(env.model_dir, exist_ok=True)
-        torch.save({"model": trainer.bare_model().state_dict()}, weights + ".tmp")
-        os.replace(weights + ".tmp", weights)
+        # safetensors, not torch.save: whoever serves the model must not have to unpickle it.
+        safeweights.save(trainer.bare_model().state_dict(), weights)
         with open(os.path.join(env.model_dir, artefacts.CONFIG), "w") as f:
             f.write(cfg.dump())
     from .. import compat
