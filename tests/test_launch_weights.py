@@ -116,3 +116,15 @@ def test_make_weights(account, mirror, tmp_path):
     listed = client("s3").list_objects_v2(Bucket=BUCKET, Prefix="detectron2/weights/")["Contents"]
     assert [o["Key"] for o in listed] == ["detectron2/weights/" + key]
     assert (tmp_path / ".cache" / "shelfdet" / "weights" / key).is_file()
+
+
+def test_kms_key_encrypts_the_uploaded_checkpoints(account, mirror, tmp_path, capsys):
+    key = _key("retinanet", X101[1:])
+    (mirror / key).parent.mkdir(parents=True)
+    (mirror / key).write_bytes(b"x101 imagenet weights" * 100)
+    kms = client("kms").create_key()["KeyMetadata"]["Arn"]
+    rc, _, err = run(capsys, ["--algo", "retinanet", "--region", REGION, "--bucket", BUCKET, "--cache",
+                              str(tmp_path / "cache"), "--kms-key", kms] + X101)
+    assert rc == 0, err
+    head = client("s3").head_object(Bucket=BUCKET, Key="detectron2/weights/" + key)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms)

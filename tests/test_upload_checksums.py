@@ -131,3 +131,37 @@ def test_an_etag_that_is_no_md5_falls_back_to_the_sha256_checksum(data_dir, buck
     assert upload.compare(bucket, "shelf", item, "not-an-md5") == "same"
     image.write_bytes(bytes(255 - b for b in image.read_bytes()))
     assert upload.compare(bucket, "shelf", item, "not-an-md5") == "changed"
+
+
+def test_kms_key_encrypts_every_object_and_resends_those_without_it(data_dir, bucket, capsys):
+    """make upload KMS_KEY=: each object goes up with SSE-KMS under the key (S3's HEAD says so); objects an
+    earlier upload left unencrypted are sent again with it, and a third run sends nothing."""
+    key_arn = boto3.client("kms", region_name="us-east-2").create_key(Description="shelfdet uploads")["KeyMetadata"]["Arn"]
+    plain = upload.upload(str(data_dir), "shelf", PREFIX, "us-east-2")
+    n = plain["files"]
+    capsys.readouterr()
+    assert upload.main(["--data-dir", str(data_dir), "--bucket", "shelf", "--prefix", PREFIX, "--region", "us-east-2",
+                        "--kms-key", key_arn]) == 0
+    out = capsys.readouterr().out
+    assert "upload: {} not encrypted with KMS_KEY {}, sent again with it".format(n, key_arn) in out, out
+    keys = sorted(puts(bucket))
+    assert len(keys) == n and set(puts(bucket).values()) == {2}
+    for k in keys:
+        head = bucket.head_object(Bucket="shelf", Key=k)
+        assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key_arn), k
+    # Encrypted under the key and unchanged: nothing goes up; the key's ID names it as well as its ARN.
+    key_id = key_arn.rsplit("/", 1)[-1]
+    assert upload.upload(str(data_dir), "shelf", PREFIX, "us-east-2", kms_key=key_id) == {
+        "files": n, "uploaded": 0, "skipped": n}
+    assert set(puts(bucket).values()) == {2}
+    # Another key: sent again under it.
+    other = boto3.client("kms", region_name="us-east-2").create_key()["KeyMetadata"]["Arn"]
+    assert upload.upload(str(data_dir), "shelf", PREFIX, "us-east-2", kms_key=other)["uploaded"] == n
+
+
+def test_make_upload_passes_the_kms_key(data_dir):
+    from test_launch_support import make
+
+    out = make("upload", "DRY_RUN=1", "DATA_DIR=" + str(data_dir), "BUCKET=shelf", "KMS_KEY=alias/shelves")
+    assert out.returncode == 0, out.stderr
+    assert ", SSE-KMS with key alias/shelves (nothing called)" in out.stdout
