@@ -89,6 +89,10 @@ BUILDER        ?= docker
 unexport CARD_STACK
 CARD_STACK      = $(shell sed -n 's/^CARD_STACK = "\([a-z0-9]*\)".*/\1/p' shared/shelfdet/launch/images.py)
 PORT           ?= 8080
+# make serve listens on this machine only unless HOST= is given on the command line (HOST=0.0.0.0: every
+# interface, with no authentication). A HOST in the environment, which some shells set to the machine's
+# name, is not taken for it.
+SERVE_HOST      = $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
 OBJECTIVE      ?= validation:ap
 MAX_JOBS       ?= 8
 MAX_PARALLEL   ?= 2
@@ -114,7 +118,7 @@ help: ## this list
 	@echo "  INPUT_MODE=$(INPUT_MODE) (FastFile: stream from S3)  NETWORK_ISOLATION=$(NETWORK_ISOLATION)  PRETRAINED=$(PRETRAINED) (s3:// zoo weights, from make weights)  VPC_SUBNETS=$(VPC_SUBNETS)  VPC_SECURITY_GROUPS=$(VPC_SECURITY_GROUPS)  KEEP_ALIVE=$(KEEP_ALIVE) (warm pool seconds, <= 3600)"
 	@echo "  KMS_KEY=$(KMS_KEY) (KMS key: job volumes and outputs, endpoints, transform, uploads)  ENCRYPT_TRAFFIC=$(ENCRYPT_TRAFFIC) (0: no inter-container encryption when INSTANCE_COUNT>1)"
 	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard, make compare)  REMOTE=$(REMOTE) (make runs: SageMaker jobs too)"
-	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
+	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  HOST=$(SERVE_HOST) (make serve)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "  BUILDER=$(BUILDER) (push-*: docker builds here; codebuild builds on AWS CodeBuild, zip in s3://BUCKET or sagemaker-<region>-<account>/shelfdet/codebuild, ROLE= its service role)"
@@ -165,8 +169,8 @@ tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 	  $(if $(filter 0 false no,$(SPOT)),,--spot) $(if $(STACK),--stack $(STACK)) $(JOB_FLAGS) $(AWS_FLAGS) $(if $(RECIPE)$(HP),-- $(if $(RECIPE),--recipe $(RECIPE)) $(HP))
 
 # ---- serving -----------------------------------------------------------------
-serve: $(SETUP_STAMP) ## serve MODEL_DIR on PORT (the serving image's app)
-	SHELFDET_INFER="$(INFER)" $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --port $(PORT)
+serve: $(SETUP_STAMP) ## serve MODEL_DIR on 127.0.0.1:PORT, or HOST:PORT (the serving image's app)
+	SHELFDET_INFER="$(INFER)" $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --host '$(SERVE_HOST)' --port $(PORT)
 
 predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT (also a folder; RESIZE=1): predictions/<image file>.json + .png
 	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)") $(if $(SCORE),--score $(SCORE)) \
@@ -236,5 +240,6 @@ test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs
 bench: $(SETUP_STAMP) ## benchmarks -> bench/results/*.json and a table (BENCH=name: one of bench/bench_<name>.py)
 	$(PY) bench/run.py $(BENCH)
 
-clean: ## remove runs/ and generated data (keeps .venv)
-	rm -rf runs $(DATA_DIR)
+# No .venv needed (standard library only). Only what the project's own records name goes.
+clean: ## remove what make data wrote in DATA_DIR (by its written.json) and the run folders in runs/; keeps runs/deployments and files the project did not write
+	@PYTHONPATH=shared $(if $(wildcard $(PY)),$(PY),python3) -m shelfdet clean --data-dir "$(DATA_DIR)" --runs-dir runs

@@ -245,7 +245,8 @@ def test_bad_labels_are_named_by_file_line_and_field_in_each_format(shelves, tmp
     ("gt", "no <split>.manifest"),
 ])
 def test_a_folder_without_the_layout_is_one_line(tmp_path, fmt, expect):
-    proc = subprocess.run(["make", "-s", "data", "SRC={}".format(tmp_path), "FORMAT=" + fmt,
+    (tmp_path / "src").mkdir()
+    proc = subprocess.run(["make", "-s", "data", "SRC={}".format(tmp_path / "src"), "FORMAT=" + fmt,
                            "DATA_DIR={}".format(tmp_path / "out")], cwd=str(ROOT), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0

@@ -34,6 +34,7 @@ COMMANDS = {
     "preflight": ("shelfdet.launch.preflight", "is every external part of a stack's image build reachable?"),
     "doctor": ("shelfdet.launch.doctor", "Docker, AWS and every stack's external parts, as a table"),
     "hp-table": ("shelfdet.hyperparameters_doc", "print the hyperparameter table (markdown)"),
+    "clean": ("shelfdet.clean", "remove what make data and the runs wrote, by their records (runs/deployments kept)"),
 }
 
 

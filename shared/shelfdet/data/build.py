@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import CHANNELS, DEFAULT_LABEL, REPORT, DataError, fetch, formats, sku110k, synthetic
+from .written import Written
 
 
 def _size(text: str) -> Tuple[int, int]:
@@ -118,14 +118,34 @@ def up_to_date(data_dir: str, opts: Dict[str, Any]) -> bool:
                for c, v in report.get("channels", {}).items() if v.get("images"))
 
 
+def check_apart(data_dir: str, src: Optional[str], fmt: str = "sku110k") -> None:
+    """DataError when DATA_DIR is SRC, lies inside it or holds it: make data would write among the source's
+    files. For a SKU-110K SRC the folder compared is the SKU110K_fixed one read (SRC may be its parent)."""
+    if not src or fetch.is_url(src):
+        return
+    root = (fetch.find_root(src) or src) if fmt == "sku110k" and os.path.isdir(src) else src
+    data, source = os.path.realpath(data_dir), os.path.realpath(root)
+    if data == source:
+        relation = "is"
+    elif data.startswith(source.rstrip(os.sep) + os.sep):
+        relation = "lies inside"
+    elif source.startswith(data.rstrip(os.sep) + os.sep):
+        relation = "holds"
+    else:
+        return
+    raise DataError("DATA_DIR={} {} SRC={}: make data writes its channels, manifests and report there; pick a "
+                    "DATA_DIR apart from SRC".format(data_dir, relation, src))
+
+
 def build(args: argparse.Namespace) -> Dict[str, Any]:
     data_dir = args.data_dir
+    check_apart(data_dir, args.src, args.format)
     opts = options(args)
     if not args.force and up_to_date(data_dir, opts):
         print("data: {} is up to date ({}); --force rebuilds".format(data_dir, opts["src"]))
         with open(os.path.join(data_dir, REPORT)) as f:
             return json.load(f)
-    os.makedirs(data_dir, exist_ok=True)
+    written = Written(data_dir)
     work = os.path.join(data_dir, "source")
     if args.format != "sku110k":
         if not args.src:
@@ -136,8 +156,14 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         root = args.src
         return formats.convert(root, args.format, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
                                workers=args.workers, extra={"options": opts},
-                               max_side=args.max_side)
+                               max_side=args.max_side, written=written)
     if args.src:
+        # A download and an extraction each get a folder of their own under source/.
+        if fetch.is_url(args.src):
+            written.claim_tree("source/download")
+        if fetch.is_url(args.src) or os.path.isfile(args.src):
+            written.claim_tree("source/extracted")
+        written.begin()
         root = fetch.resolve(args.src, work)
     else:
         counts, size = _synthetic(args)
@@ -145,7 +171,10 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             if n < 1:
                 raise DataError("--train/--val/--test-images must be at least 1, got {}".format(n))
         # Regenerate from scratch: a smaller set must not inherit the old set's extra images.
-        shutil.rmtree(os.path.join(work, synthetic.ROOT_NAME), ignore_errors=True)
+        tree = "source/{}/".format(synthetic.ROOT_NAME)
+        written.claim_tree(tree)
+        written.begin()
+        written.remove(tree)
         gen = synthetic.generate(work, counts, size, args.seed, preset=args.preset)
         root = gen.root
         print("data: generated synthetic SKU-110K ({}{} images, {}x{}, seed {}) in {}".format(
@@ -153,7 +182,7 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             len(gen.boxes), size[0], size[1], args.seed, root))
     extra = {"options": opts, "source_stamp": _csv_stamp(root)}
     return sku110k.convert(root, data_dir, bucket=args.bucket, prefix=args.prefix, label=args.label,
-                           workers=args.workers, extra=extra, max_side=args.max_side)
+                           workers=args.workers, extra=extra, max_side=args.max_side, written=written)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from typing import IO, Callable, Iterator, Optional, Tuple
 
+from .. import safepath
 from . import ROOT_NAME, DataError
 
 CHUNK = 1 << 20
@@ -95,7 +96,11 @@ def _s3_stream(url: str, offset: int) -> Tuple[Iterator[bytes], Optional[int], b
 
 def download(url: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
-    dest = os.path.join(dest_dir, name)
+    try:
+        dest = safepath.inside(dest_dir, name)
+        safepath.check(name + ".part")
+    except safepath.UnsafeName as err:
+        raise DataError("SRC {}: its file name {}".format(url, err)) from None
     if os.path.isfile(dest):
         return dest
     os.makedirs(dest_dir, exist_ok=True)

@@ -27,7 +27,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import CHANNELS, DataError, images
+from .. import safepath
+from . import CHANNELS, REPORT, DataError, images
 
 FORMATS = ("coco", "voc", "yolo", "gt")
 SPLIT_TO_CHANNEL = {"train": "training", "val": "validation", "valid": "validation", "validation": "validation",
@@ -69,6 +70,13 @@ def problem(file: str, line: int, image: str, field: str, kind: str, action: str
             "message": message}
 
 
+def unsafe(file: str, line: int, field: str, err: Exception, boxes: int = 0, image: str = "") -> Dict[str, Any]:
+    """The problem of an image whose name would lead out of its folder: the image and its ``boxes`` dropped."""
+    out = problem(file, line, image, field, "unsafe_name", "dropped", "{}: the image and its boxes are dropped".format(err))
+    out["rows"] = boxes
+    return out
+
+
 def _channel(split: str, where: str) -> str:
     channel = SPLIT_TO_CHANNEL.get(split)
     if channel is None:
@@ -106,11 +114,19 @@ def read_coco(root: str) -> Source:
         loaded.append((path, folder, channel, doc))
     for path, folder, channel, doc in loaded:
         image_dir = os.path.join(root, folder)
-        by_id = {}
+        by_id, refused = {}, {}  # type: Dict[Any, Item], Dict[Any, Tuple[int, Exception]]
         for i, im in enumerate(doc["images"]):
-            name = os.path.basename(str(im.get("file_name", "")))
+            # Exports may name a folder in file_name; the image is looked up by its file name in <split>/.
+            file_name = im.get("file_name", "")
+            try:
+                safepath.check(file_name, subpath=True)
+                name = os.path.basename(file_name)
+                image = safepath.inside(image_dir, name, links=True)
+            except safepath.UnsafeName as err:
+                refused[im.get("id")] = (i + 1, err)
+                name, image = "", ""
             size = (float(im["width"]), float(im["height"])) if "width" in im and "height" in im else None
-            by_id[im.get("id")] = Item(channel, name, os.path.join(image_dir, name), [], size, path, i + 1)
+            by_id[im.get("id")] = Item(channel, name, image, [], size, path, i + 1)
         for i, a in enumerate(doc["annotations"]):
             where = "annotations[{}]".format(i)
             item = by_id.get(a.get("image_id"))
@@ -132,6 +148,8 @@ def read_coco(root: str) -> Source:
             field = where + (".bbox" if cls is not None else ".category_id")
             item.boxes.append(Box(x, y, x + w, y + h, "#{}".format(a.get("category_id")) if cls is None else cls,
                                   path, i + 1, field))
+        for image_id, (line, err) in refused.items():
+            problems.append(unsafe(path, line, "images[{}].file_name".format(line - 1), err, len(by_id.pop(image_id).boxes)))
         items += by_id.values()
     classes = [categories[k] for k in sorted(categories)]
     return Source(items, classes, problems, files)
@@ -140,6 +158,11 @@ def read_coco(root: str) -> Source:
 def _object_lines(text: str) -> List[int]:
     """The line of each <object> element, in document order (ElementTree keeps no line numbers)."""
     return [text.count("\n", 0, m.start()) + 1 for m in re.finditer(r"<object[\s>]", text)]
+
+
+def _line_of(text: str, tag: str) -> int:
+    at = text.find(tag)
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
 
 
 def read_voc(root: str) -> Source:
@@ -155,7 +178,11 @@ def read_voc(root: str) -> Source:
         with open(split_file) as f:
             ids = [(n + 1, line.split()[0]) for n, line in enumerate(f) if line.strip()]
         for line_no, image_id in ids:
-            xml = os.path.join(root, "Annotations", image_id + ".xml")
+            try:
+                xml = safepath.inside(os.path.join(root, "Annotations"), image_id + ".xml", links=True)
+            except safepath.UnsafeName as err:
+                problems.append(unsafe(split_file, line_no, "id", err))
+                continue
             if not os.path.isfile(xml):
                 problems.append(problem(split_file, line_no, image_id, "id", "labels_missing", "dropped",
                                         "no {}".format(xml)))
@@ -174,7 +201,12 @@ def read_voc(root: str) -> Source:
             declared = None
             if size is not None and size.findtext("width") and size.findtext("height"):
                 declared = (float(size.findtext("width")), float(size.findtext("height")))
-            item = Item(channel, name, os.path.join(root, "JPEGImages", name), [], declared, xml, 1)
+            try:
+                image = safepath.inside(os.path.join(root, "JPEGImages"), name, links=True)
+            except safepath.UnsafeName as err:
+                problems.append(unsafe(xml, _line_of(text, "<filename"), "filename", err, len(doc.findall("object"))))
+                continue
+            item = Item(channel, name, image, [], declared, xml, 1)
             for obj, line in zip(doc.findall("object"), _object_lines(text)):
                 cls = (obj.findtext("name") or "").strip()
                 box = obj.find("bndbox")
@@ -224,6 +256,8 @@ def read_yolo(root: str) -> Source:
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             label = os.path.join(root, "labels", split, os.path.splitext(name)[0] + ".txt")
+            # Names listed from the folder itself: bare file names; data.yaml's path/train/val/test
+            # entries are never read as paths (the layout above is the one read).
             item = Item(channel, name, os.path.join(root, "images", split, name), [], None, label, 1)
             items.append(item)
             if not os.path.isfile(label):
@@ -281,8 +315,9 @@ def read_gt(root: str) -> Source:
                     problems.append(problem(path, line_no, "", "json", "bad_value", "dropped",
                                             "not a JSON line ({})".format(err)))
                     continue
-                ref = str(record.get("source-ref", ""))
-                label = _gt_label(record)
+                ref = record.get("source-ref", "") if isinstance(record, dict) else ""
+                ref = ref if isinstance(ref, str) else str(ref)
+                label = _gt_label(record) if isinstance(record, dict) else None
                 name = os.path.basename(ref)
                 if not ref or label is None:
                     problems.append(problem(path, line_no, name, "source-ref" if not ref else "label", "bad_value",
@@ -296,7 +331,13 @@ def read_gt(root: str) -> Source:
                             path, line_no, k, v, class_map[int(k)]))
                 sizes = record[label].get("image_size") or [{}]
                 declared = (float(sizes[0]["width"]), float(sizes[0]["height"])) if "width" in sizes[0] else None
-                local = ref if ref.startswith("s3://") else (ref if os.path.isabs(ref) else os.path.join(root, ref))
+                try:
+                    safepath.check(name)
+                    # s3:// refs are checked where they are downloaded: their key becomes a path there.
+                    local = ref if ref.startswith("s3://") else safepath.inside(root, ref, subpath=True, absolute=True, links=True)
+                except safepath.UnsafeName as err:
+                    problems.append(unsafe(path, line_no, "source-ref", err, len(record[label].get("annotations") or [])))
+                    continue
                 item = Item(channel, name, local, [], declared, path, line_no)
                 for i, a in enumerate(record[label]["annotations"]):
                     try:
@@ -328,18 +369,26 @@ def stamp(root: str, fmt: str, files: Optional[List[str]] = None) -> List[List[A
 
 # ---- the common half: checks, channels, manifests, report ---------------------------------
 
-def _s3_images(items: List[Item], work: str, log: Callable[[str], None]) -> List[Item]:
-    """Ground Truth's s3:// images, downloaded once into DATA_DIR/source (kept when the size matches)."""
+def _s3_images(items: List[Item], written: "Any", problems: List[Dict[str, Any]], log: Callable[[str], None]) -> List[Item]:
+    """Ground Truth's s3:// images, downloaded once into DATA_DIR/source/s3/<bucket>/<key> (kept when the size
+    matches); a bucket or key that would lead out of that folder is dropped and reported."""
     remote = [i for i in items if i.path.startswith("s3://")]
     if not remote:
         return items
     import boto3
 
     s3 = boto3.client("s3")
-    out, fetched = {}, 0
+    work = written.claim_tree("source/s3")
+    written.begin()
+    out, fetched, refused = {}, 0, set()
     for item in remote:
         bucket, _, key = item.path[len("s3://"):].partition("/")
-        local = os.path.join(work, "s3", bucket, key)
+        try:
+            local = safepath.inside(safepath.inside(work, bucket), key, subpath=True)
+        except safepath.UnsafeName as err:
+            problems.append(unsafe(item.file, item.line, "source-ref", err, len(item.boxes), item.name))
+            refused.add(id(item))
+            continue
         try:
             size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
             if not (os.path.isfile(local) and os.path.getsize(local) == size):
@@ -350,8 +399,8 @@ def _s3_images(items: List[Item], work: str, log: Callable[[str], None]) -> List
             log("data: cannot download {}: {}".format(item.path, err))
             local = item.path
         out[id(item)] = local
-    log("data: {} image(s) from S3 ({} downloaded) into {}".format(len(remote), fetched, os.path.join(work, "s3")))
-    return [i._replace(path=out.get(id(i), i.path)) for i in items]
+    log("data: {} image(s) from S3 ({} downloaded) into {}".format(len(remote) - len(refused), fetched, work))
+    return [i._replace(path=out.get(id(i), i.path)) for i in items if id(i) not in refused]
 
 
 def _number(v: float) -> Any:
@@ -360,9 +409,11 @@ def _number(v: float) -> Any:
 
 def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
             label: str = "sku", workers: Optional[int] = None, extra: Optional[Dict[str, Any]] = None,
-            log: Callable[[str], None] = print, max_side: Optional[int] = None) -> Dict[str, Any]:
+            log: Callable[[str], None] = print, max_side: Optional[int] = None,
+            written: "Optional[Any]" = None) -> Dict[str, Any]:
     """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
     from .sku110k import _link, _natural, source_ref, write_report
+    from .written import Written
 
     if fmt not in READERS:
         raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
@@ -370,11 +421,15 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
         raise DataError("{}: not a folder (FORMAT={} reads a folder)".format(root, fmt))
     source = READERS[fmt](root)
     extra = dict(extra or {}, source_stamp=stamp(root, fmt, source.stamp_files))  # from this read, not another
-    items = _s3_images(source.items, os.path.join(data_dir, "source"), log)
+    written = written or Written(data_dir)
     problems = list(source.problems)
+    items = _s3_images(source.items, written, problems, log)
     # A label the reader could not use is a dropped box, as a malformed CSV row is (a missing label
-    # file is not: it held no boxes to count).
-    by_reason = Counter(p["kind"] for p in problems if p["kind"] != "labels_missing")  # type: Counter
+    # file is not: it held no boxes to count); an image refused for its name drops its boxes.
+    by_reason = Counter()  # type: Counter
+    for p in problems:
+        if p["kind"] != "labels_missing":
+            by_reason[p["kind"]] += p.get("rows", 1)
     rows = sum(by_reason.values())
     clipped = 0
     classes = list(source.classes)
@@ -447,6 +502,15 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
     meta = {"job-name": JOB_NAME, "class-map": {str(i): c for i, c in enumerate(classes)}, "human-annotated": "yes",
             "type": "groundtruth/object-detection", "creation-date": created}
+    # Every file this run writes is claimed before the first is written: one that is not the
+    # project's, in the way, stops the run with nothing changed.
+    for ch in CHANNELS:
+        if per_channel[ch]:
+            written.claim("annotations/{}.manifest".format(ch))
+            for entry in per_channel[ch]:
+                written.claim("{}/{}".format(ch, entry[0].name))
+    written.claim(REPORT)
+    written.begin()
     ann_dir = os.path.join(data_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     channels, resize_jobs = {}, []  # type: Dict[str, Dict[str, int]], List[Any]
@@ -454,9 +518,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
         entries = sorted(per_channel[ch], key=lambda e: _natural(e[0].name))
         manifest = os.path.join(ann_dir, ch + ".manifest")
         ch_dir = os.path.join(data_dir, ch)
-        if not entries:
-            if os.path.exists(manifest):
-                os.remove(manifest)
+        if not entries:  # an earlier run's manifest of this channel is removed with the record's other leftovers
             channels[ch] = {"images": 0, "boxes": 0}
             continue
         with open(manifest + ".tmp", "w") as f:
@@ -468,22 +530,18 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
                 f.write(json.dumps(record) + "\n")
         os.replace(manifest + ".tmp", manifest)
         os.makedirs(ch_dir, exist_ok=True)
-        wanted = {e[0].name for e in entries}
-        for old in os.listdir(ch_dir):
-            if old not in wanted:
-                os.remove(os.path.join(ch_dir, old))
         for item, (w, h), _ in entries:
             c = checked[item.path]
             if (w, h) != (c.width, c.height):
                 resize_jobs.append((item.path, os.path.join(ch_dir, item.name), (w, h)))
             else:
-                _link(item.path, os.path.join(ch_dir, item.name))
+                _link(item.path, "{}/{}".format(ch, item.name), written)
         channels[ch] = {"images": len(entries), "boxes": sum(len(e[2]) for e in entries)}
     resized = None
     if max_side:
-        written = images.resize_all(resize_jobs, workers)
+        sizes = images.resize_all(resize_jobs, workers)
         resized = {"max_side": max_side, "images": len(resize_jobs),
-                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(written)}
+                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(sizes)}
     n_kept = sum(c["boxes"] for c in channels.values())
     report = {
         "format": fmt, "created": created[:19] + "+00:00", "source": os.path.abspath(root),
@@ -491,9 +549,11 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
         "source_refs": "s3://{}/{}".format(bucket, prefix.strip("/")) if bucket else "local",
         "sizes_from": "image files", "channels": channels,
         "boxes": {"rows": rows, "kept": n_kept, "clipped": clipped, "dropped": rows - n_kept,
-                  "dropped_by_reason": dict(sorted(by_reason.items()))},
+                  "dropped_by_reason": dict(sorted((k, v) for k, v in by_reason.items() if v))},
         "images": {"files": len(present), "in_manifests": sum(c["images"] for c in channels.values()),
                    "corrupted": corrupted, "dropped": dropped_images},
         "resized": resized, "problems": problems,
     }
-    return write_report(report, data_dir, extra, log)
+    report = write_report(report, data_dir, extra, log)
+    written.finish()
+    return report

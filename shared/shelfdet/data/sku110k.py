@@ -23,12 +23,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from .. import safepath
 from . import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of, csvrows, images
+from .written import Written
 
 JOB_NAME = "shelfdet-sku110k"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FORMAT = "shelfdet-data-report/1"
-IMAGE_REASONS = ("", "image_corrupted", "image_missing", "unknown_split")
+IMAGE_REASONS = ("", "image_corrupted", "image_missing", "unknown_split", "unsafe_name")
 
 
 def find_csvs(root: str) -> List[str]:
@@ -88,11 +90,14 @@ def _numbers(coords: np.ndarray) -> List[str]:
     return [repr(v) for v in coords.ravel().tolist()]
 
 
-def _link(src: str, dst: str) -> None:
-    if os.path.exists(dst):
-        if os.path.samefile(src, dst):
+def _link(src: str, rel: str, written: Written) -> None:
+    """Links (or copies) ``src`` to ``rel`` in the record's folder; what is there already goes only when
+    the record names it (a link to an original is removed as a link: the original is never written)."""
+    dst = written.path(rel)
+    if os.path.lexists(dst):
+        if os.path.exists(dst) and os.path.samefile(src, dst):
             return
-        os.remove(dst)
+        written.remove(rel)
     try:
         os.link(src, dst)
     except OSError:  # another file system, or links not allowed
@@ -102,7 +107,7 @@ def _link(src: str, dst: str) -> None:
 def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
             label: str = DEFAULT_LABEL, sizes_from_csv: bool = False, workers: Optional[int] = None,
             extra: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
-            max_side: Optional[int] = None) -> Dict[str, Any]:
+            max_side: Optional[int] = None, written: Optional[Written] = None) -> Dict[str, Any]:
     """Converts and returns the report (also written to DATA_DIR/report.json).
 
     ``sizes_from_csv`` trusts the CSV's image sizes and neither reads nor
@@ -132,6 +137,15 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     # Why an image's rows cannot be used ("" when they can).
     reason = np.zeros(n_img, np.int8)  # index into IMAGE_REASONS
     corrupted: List[Dict[str, Any]] = []
+    # A CSV name that would lead out of images/ is never opened.
+    unsafe: Dict[int, str] = {}
+    for i, name in enumerate(names):
+        try:
+            safepath.inside(img_dir, name, links=True)
+        except safepath.UnsafeName as err:
+            unsafe[i] = str(err)
+            reason[i] = IMAGE_REASONS.index("unsafe_name")
+    files = [f for f in files if index[f] not in unsafe]
     if sizes_from_csv:
         first = np.unique(rows.image, return_index=True)[1]
         width[rows.image[first]] = rows.values[first, 4]
@@ -147,7 +161,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                 reason[i] = IMAGE_REASONS.index("image_corrupted")
                 corrupted.append({"image": f, "channel": channel_of(f), "reason": c.error})
             width[i], height[i] = c.width, c.height
-        reason[~present] = IMAGE_REASONS.index("image_missing")
+        reason[~present & (reason == 0)] = IMAGE_REASONS.index("image_missing")
     channel = [channel_of(n) for n in names]
     for i, ch in enumerate(channel):
         if ch is None and not reason[i]:
@@ -184,6 +198,10 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
             f = field or ("x2" if x2[i] <= x1[i] else "y2")
             problems.append({"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": names[img[i]],
                              "field": f, "kind": kind, "action": action, "message": messages[j]})
+    for i in _first_per_image(np.flatnonzero(row_reason == IMAGE_REASONS.index("unsafe_name")), img):
+        problems.append(csvrows.problem(field="image_name", kind="unsafe_name", action="dropped",
+                                        message="{}: its boxes are dropped".format(unsafe[int(img[i])]),
+                                        rows=int(np.count_nonzero(img == img[i])), **_w(where(i))))
     for kind in ("image_corrupted", "image_missing", "unknown_split"):
         _per_image(problems, np.flatnonzero(row_reason == IMAGE_REASONS.index(kind)), img, kind, "dropped", where, names,
                    {"image_corrupted": "image does not decode: its boxes are dropped",
@@ -228,6 +246,17 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
             continue
         per_channel[channel[i]].append(i)
 
+    # Every file this run writes is claimed before the first is written: one that is not the
+    # project's, in the way, stops the run with nothing changed.
+    written = written or Written(data_dir)
+    for ch in CHANNELS:
+        if per_channel[ch]:
+            written.claim("annotations/{}.manifest".format(ch))
+            if not sizes_from_csv:
+                for i in per_channel[ch]:
+                    written.claim("{}/{}".format(ch, names[i]))
+    written.claim(REPORT)
+    written.begin()
     ann_dir = os.path.join(data_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     channels: Dict[str, Dict[str, int]] = {}
@@ -237,9 +266,8 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
         ch_dir = os.path.join(data_dir, ch)
         manifest = os.path.join(ann_dir, ch + ".manifest")
         if not ids:
-            # A missing channel must not leave an old manifest that looks current.
-            if os.path.exists(manifest):
-                os.remove(manifest)
+            # An earlier run's manifest of a missing channel (it would look current) goes with the record's
+            # other leftovers.
             channels[ch] = {"images": 0, "boxes": 0}
             continue
         tmp = manifest + ".tmp"
@@ -250,22 +278,18 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
         os.replace(tmp, manifest)
         if not sizes_from_csv:
             os.makedirs(ch_dir, exist_ok=True)
-            wanted = {names[i] for i in ids}
-            for old in os.listdir(ch_dir):
-                if old not in wanted:
-                    os.remove(os.path.join(ch_dir, old))
             for i in ids:
                 src_file, dst_file = os.path.join(img_dir, names[i]), os.path.join(ch_dir, names[i])
                 if (out_w[i], out_h[i]) != (width[i], height[i]):
                     resize_jobs.append((src_file, dst_file, (int(out_w[i]), int(out_h[i]))))
                 else:
-                    _link(src_file, dst_file)
+                    _link(src_file, "{}/{}".format(ch, names[i]), written)
         channels[ch] = {"images": len(ids), "boxes": int(counts[ids].sum())}
     resized = None
     if max_side:
-        written = images.resize_all(resize_jobs, workers)
+        sizes = images.resize_all(resize_jobs, workers)
         resized = {"max_side": max_side, "images": len(resize_jobs),
-                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(written)}
+                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(sizes)}
 
     t_out = time.time()
     by_reason = Counter()
@@ -292,7 +316,9 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
                     "validate": round(t_val - t_img, 3), "manifests": round(t_out - t_val, 3),
                     "total": round(time.time() - t0, 3)},
     }
-    return write_report(report, data_dir, extra, log)
+    report = write_report(report, data_dir, extra, log)
+    written.finish()
+    return report
 
 
 def write_report(report: Dict[str, Any], data_dir: str, extra: Optional[Dict[str, Any]],
