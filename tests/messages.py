@@ -38,7 +38,7 @@ WARNINGS = "\n## Warnings\n"
 # a job's failure reason), and the builtin ones that it raises for bad input.
 CLASSES = {"ArtefactError", "BackendError", "CheckpointMismatch", "CompiledOpsMissing", "ConfigError", "ContractError",
            "DataError", "HyperparameterError", "ImageDecodeError", "ImageError", "LaunchError", "LimitError",
-           "ManifestError", "PredictError", "RequestError", "ResumeError", "UnknownConfigKey",
+           "ManifestError", "PredictError", "RequestError", "ResumeError", "UnknownConfigKey", "UnsafeName",
            "ValueError", "FileNotFoundError", "ImportError", "SystemExit"}
 # Raised for a bug in the caller, never for what a user gave: (file, the message's first words).
 INTERNAL = {

@@ -36,19 +36,41 @@ def fetch_job(job: str, bucket: str, prefix: str, region: str, runs_dir: str) ->
     """Copies the job's synced event files from S3 (files already here at the same size are kept)."""
     from .launch import aws
 
+    from . import safepath
+    from .data import DataError
+    from .data.written import Written
+
+    try:
+        folder = safepath.inside(os.path.join(runs_dir, "sagemaker"), job)
+    except safepath.UnsafeName as err:
+        raise aws.LaunchError("JOB={}: not a training job name: {}".format(job, err)) from None
     cloud = aws.Aws(region)
     s3 = cloud.client("s3")
     key_prefix = "{}/{}/".format(prefix.strip("/"), job)
-    target = os.path.join(runs_dir, "sagemaker", job, EVENTS)
+    target = os.path.join(folder, EVENTS)
+    # The job folder keeps a record of what was downloaded into it, so that make clean removes just that.
+    written = Written(folder, legacy=False)
+    wanted = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
+            for item in page.get("Contents", []):
+                try:
+                    rel = safepath.check(item["Key"][len(key_prefix):], subpath=True)
+                except safepath.UnsafeName as err:
+                    print("warning: s3://{}/{}: skipped: {}".format(bucket, item["Key"], err), file=sys.stderr)
+                    continue
+                wanted.append((item, written.claim("{}/{}".format(EVENTS, rel))))
+        written.begin()
+    except DataError as err:
+        raise aws.LaunchError(str(err)) from None
     copied = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
-        for item in page.get("Contents", []):
-            path = os.path.join(target, item["Key"][len(key_prefix):])
-            if os.path.isfile(path) and os.path.getsize(path) == item["Size"]:
-                continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            s3.download_file(bucket, item["Key"], path)
-            copied += 1
+    for item, path in wanted:
+        if os.path.isfile(path) and os.path.getsize(path) == item["Size"]:
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file(bucket, item["Key"], path)
+        copied += 1
+    written.finish(keep=("",))  # event files synced earlier stay
     if not os.path.isdir(target):
         raise aws.LaunchError("no event files under s3://{}/{} (has the job written any yet?)".format(bucket, key_prefix))
     print("{} file(s) copied from s3://{}/{} to {}".format(copied, bucket, key_prefix, target), file=sys.stderr)
@@ -79,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rc = aws.run(fetch, [])
         if rc:
             return rc
-        runs = {args.job: os.path.join(args.runs_dir, "sagemaker", args.job, EVENTS)}
+        runs = {args.job: os.path.join(args.runs_dir, "sagemaker", args.job, EVENTS)}  # the name checked by fetch_job
     else:
         runs = local_runs(args.runs, args.runs_dir)
     if not runs:

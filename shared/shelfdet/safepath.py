@@ -19,10 +19,8 @@ class UnsafeName(ValueError):
 
 def check(name: str, subpath: bool = False) -> str:
     """``name`` when its text may name a file in a folder (see :func:`inside`); else :class:`UnsafeName`."""
-    if not isinstance(name, str):
-        raise UnsafeName("{!r}: not a text name".format(name))
-    if not name:
-        raise UnsafeName("{!r}: an empty name".format(name))
+    if not isinstance(name, str) or not name:
+        raise UnsafeName("{!r}: not a file name (empty, or not text)".format(name))
     if "\0" in name:
         raise UnsafeName("{!r}: holds a NUL byte".format(name))
     if "\\" in name or _DRIVE.match(name):

@@ -88,17 +88,40 @@ def wait(cloud: aws.Aws, name: str) -> Dict[str, Any]:
 
 
 def download(cloud: aws.Aws, output_uri: str, folder: str) -> int:
-    """Fetches every ``*.out`` under the output prefix, flat, keeping ``<image>.out`` names."""
+    """Fetches every ``*.out`` under the output prefix, flat, keeping ``<image>.out`` names.
+
+    A key that would lead out of the folder is skipped with a warning; the folder's written.json records
+    what was downloaded (make clean removes that), and a file there that the project did not write is
+    never replaced.
+    """
+    from .. import safepath
+    from ..data import DataError
+    from ..data.written import Written
+
     s3 = cloud.client("s3")
     bucket, prefix = aws.split_s3(output_uri)
-    os.makedirs(folder, exist_ok=True)
-    count = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".out"):
-                s3.download_file(bucket, obj["Key"], os.path.join(folder, os.path.basename(obj["Key"])))
-                count += 1
-    return count
+    written = Written(folder, legacy=False)
+    wanted = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith(".out"):
+                    continue
+                try:
+                    # Below the prefix: a key with '..' or an absolute part names another place.
+                    safepath.check(obj["Key"][len(prefix.rstrip("/")) + 1:] if prefix else obj["Key"], subpath=True)
+                    path = written.claim(safepath.check(os.path.basename(obj["Key"])))
+                except safepath.UnsafeName as err:
+                    note("warning: s3://{}/{}: skipped: {}".format(bucket, obj["Key"], err))
+                    continue
+                wanted.append((obj["Key"], path))
+        written.begin()
+    except DataError as err:
+        raise LaunchError(str(err)) from None
+    for key, path in wanted:
+        s3.download_file(bucket, key, path)
+    written.finish(keep=("",))
+    return len(wanted)
 
 
 def evaluate_command(predictions: str, manifest: str) -> List[str]:
