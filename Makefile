@@ -103,7 +103,7 @@ NET_FLAGS = $(if $(filter 1 true yes,$(NETWORK_ISOLATION)),--network-isolation) 
 JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(NET_FLAGS) $(if $(filter 0 false no,$(ENCRYPT_TRAFFIC)),--no-encrypt-traffic)
 AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX) $(if $(KMS_KEY),--kms-key '$(KMS_KEY)')
 
-.PHONY: help setup data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model tune deploy undeploy transform \
+.PHONY: help setup lock data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model tune deploy undeploy transform \
         build build-base build-training build-serving tag doctor push-base push-training push-serving \
         policy bootstrap-policy bootstrap test bench clean
 
@@ -131,6 +131,9 @@ setup: $(SETUP_STAMP) ## create .venv with the pinned stack (implicit in every t
 $(SETUP_STAMP): versions.env tools/setup_venv.sh shared/pyproject.toml
 	@bash tools/setup_venv.sh
 	@touch $@
+
+lock: $(SETUP_STAMP) ## locks/<stack>.txt from versions.env: every Python package each image installs, by sha256 (after any pin change)
+	$(PY) tools/lock.py
 
 # ---- data --------------------------------------------------------------------
 data: $(SETUP_STAMP) ## build DATA_DIR from SRC (folder, tarball or URL; FORMAT=coco|voc|yolo|gt: those labels) or synthetic (PRESET=hard: SKU-110K-like); MAX_SIDE=1333 resizes the images once

@@ -40,11 +40,14 @@ def env_overrides(kind="training", stack="cu101", **more):
 
 
 @pytest.fixture
-def cb_env(aws_env, monkeypatch):
+def cb_env(aws_env, monkeypatch, capsys):
+    """An account where an administrator ran `make bootstrap` (tests/test_launch_permissions.py tests it)."""
     monkeypatch.setenv("SHELFDET_IMAGE_TAG", IMAGE_TAG)
     monkeypatch.setenv("SHELFDET_POLL_SECONDS", "0")
     for name in ("CODEBUILD_BUILD_ID", "PARENT", "BASE_IMAGE", "SHELFDET_VERSIONS_ENV"):
         monkeypatch.delenv(name, raising=False)
+    rc, _, err = cli(capsys, "bootstrap", "--region", REGION)
+    assert rc == 0, err
     return aws_env
 
 
@@ -71,7 +74,7 @@ def codebuild_lines(err: str):
     return [l for l in err.splitlines() if l.startswith("[codebuild] ")]
 
 
-def test_push_uploads_the_context_makes_role_and_project_and_follows_the_build(cb_env, wire, capsys):
+def test_push_uploads_the_context_makes_the_project_with_bootstraps_role_and_follows_the_build(cb_env, wire, capsys):
     pushed("shelfdet-training", TAG)
     rc, out, err = cli(capsys, *PUSH)
     assert rc == 0, err
@@ -83,21 +86,7 @@ def test_push_uploads_the_context_makes_role_and_project_and_follows_the_build(c
     assert project["source"] == {"type": "S3", "location": DEFAULT_BUCKET + "/" + KEY,
                                  "buildspec": "images/codebuild/buildspec.yml"}
     assert project["artifacts"] == {"type": "NO_ARTIFACTS"}
-    iam = client("iam")
-    role = iam.get_role(RoleName="shelfdet-codebuild")["Role"]
-    assert project["serviceRole"] == role["Arn"]
-    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"] == {"Service": "codebuild.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
-    policy = iam.get_role_policy(RoleName="shelfdet-codebuild", PolicyName="shelfdet-codebuild")["PolicyDocument"]
-    grants = {s["Sid"]: (s["Action"], s["Resource"]) for s in policy["Statement"]}
-    assert grants["BuildContext"] == (["s3:GetObject", "s3:GetObjectVersion"],
-                                      "arn:aws:s3:::{}/shelfdet/codebuild/*".format(DEFAULT_BUCKET))
-    assert grants["EcrLogin"] == (["ecr:GetAuthorizationToken"], "*")
-    assert {"ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-            "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:CreateRepository", "ecr:DescribeRepositories",
-            "ecr:BatchGetImage"} <= set(grants["EcrPush"][0])
-    assert "arn:aws:ecr:{}:{}:repository/shelfdet-base".format(REGION, ACCOUNT) in grants["EcrPush"][1]
-    assert set(grants["Logs"][0]) == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+    assert project["serviceRole"] == client("iam").get_role(RoleName="shelfdet-codebuild")["Role"]["Arn"]
     (start,) = sent(wire, "StartBuild")
     assert start == {"projectName": PROJECT, "sourceTypeOverride": "S3",
                      "sourceLocationOverride": DEFAULT_BUCKET + "/" + KEY, "environmentVariablesOverride": env_overrides()}
@@ -322,11 +311,7 @@ def test_make_dry_run_prints_the_requests_and_calls_nothing(monkeypatch, capsys)
     monkeypatch.setenv("SHELFDET_IMAGE_TAG", IMAGE_TAG)
     out = make("push-serving", "BUILDER=codebuild", "DRY_RUN=1", "REGION=" + REGION)
     assert out.returncode == 0, out.stderr
-    create_role, put_policy, project, start = json_docs(out.stdout)
-    assert create_role["RoleName"] == "shelfdet-codebuild"
-    assert json.loads(create_role["AssumeRolePolicyDocument"])["Statement"][0]["Principal"] == {
-        "Service": "codebuild.amazonaws.com"}
-    assert put_policy["RoleName"] == "shelfdet-codebuild"
+    project, start = json_docs(out.stdout)
     location = "sagemaker-{}-<account>/shelfdet/codebuild/shelfdet-serving-{}.zip".format(REGION, TAG)
     assert project["source"] == {"type": "S3", "location": location, "buildspec": "images/codebuild/buildspec.yml"}
     assert project["environment"]["privilegedMode"] is True

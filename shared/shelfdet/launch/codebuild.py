@@ -10,7 +10,7 @@ As sagemaker-studio-image-build does from SageMaker Studio, it
 2. creates (or updates) the CodeBuild project shelfdet-image-build: privileged
    (Docker inside), aws/codebuild/standard:7.0, the buildspec
    images/codebuild/buildspec.yml from that zip, the service role ROLE or
-   shelfdet-codebuild (made here: logs, read of the zips, ECR push);
+   shelfdet-codebuild (made once by ``make bootstrap``: logs, read of the zips, ECR push);
 3. starts a build with KIND, STACK and REGION, whose buildspec runs
    ``make push-$KIND STACK=$STACK REGION=$REGION``, the very recipe of a local
    push, so the remote image gets the tag this checkout computes; follows its
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import json
 import os
 import stat
 import time
@@ -80,12 +79,14 @@ def _image_hash(root: Path) -> Any:
 
 
 def context_files(root: Path) -> List[str]:
-    """The paths ``docker build`` would send from ``root`` (.dockerignore applied), minus NEVER."""
+    """The files git tracks in ``root`` (.dockerignore applied), minus NEVER: the zip carries the
+    repository as committed or staged, never untracked or ignored files (where ``root`` is no git
+    work tree, every file: a zip unpacked from an earlier push holds only tracked ones)."""
     hashing = _image_hash(root)
     ignore_file = root / ".dockerignore"
     ignore = hashing.DockerIgnore(ignore_file.read_text() if ignore_file.is_file() else "")
     kept = []
-    for rel in hashing.context_files(str(root), ["."], ignore):
+    for rel in hashing.context_files(str(root), ["."], ignore, hashing.tracked_files(str(root))):
         parts = rel.split("/")
         if any(rel == n or rel.startswith(n + "/") for n in NEVER) or "__pycache__" in parts:
             continue
@@ -124,36 +125,13 @@ def default_bucket(region: str, account: str) -> str:
     return "sagemaker-{}-{}".format(region, account)
 
 
+def zip_prefix(prefix: Optional[str]) -> str:
+    """Where the build zips go: PREFIX when chosen, else their own folder (Make passes the data's prefix by default)."""
+    return (prefix if prefix and prefix != aws.DEFAULT_PREFIX else DEFAULT_PREFIX).strip("/")
+
+
 def zip_key(prefix: str, image: images.Image) -> str:
     return "{}/{}.zip".format(prefix.strip("/"), image.local.replace(":", "-"))
-
-
-def role_requests(region: str, account: str, bucket: str, prefix: str, project: str,
-                  repos: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """create_role and put_role_policy for ROLE_NAME: only what a push from a zip needs."""
-    arn = "arn:{}".format(partition(region))
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "codebuild.amazonaws.com"}, "Action": "sts:AssumeRole",
-        # Only this account's builds may assume it (the confused-deputy guard AWS recommends).
-        "Condition": {"StringEquals": {"aws:SourceAccount": account}}}]}
-    group = "{}:logs:{}:{}:log-group:/aws/codebuild/{}".format(arn, region, account, project)
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Sid": "Logs", "Effect": "Allow",
-         "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-         "Resource": [group, group + ":*"]},
-        {"Sid": "BuildContext", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-         "Resource": "{}:s3:::{}/{}/*".format(arn, bucket, prefix.strip("/"))},
-        {"Sid": "BuildContextBucket", "Effect": "Allow", "Action": ["s3:GetBucketAcl", "s3:GetBucketLocation"],
-         "Resource": "{}:s3:::{}".format(arn, bucket)},
-        {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
-        {"Sid": "EcrPush", "Effect": "Allow", "Action": list(ECR_ACTIONS),
-         "Resource": ["{}:ecr:{}:{}:repository/{}".format(arn, region, account, r) for r in repos]},
-    ]}
-    create = {"RoleName": ROLE_NAME, "AssumeRolePolicyDocument": json.dumps(trust),
-              "Description": "CodeBuild builds and pushes the shelfdet images (make push-* BUILDER=codebuild)",
-              "Tags": [{"Key": "project", "Value": "shelfdet"}]}
-    put = {"RoleName": ROLE_NAME, "PolicyName": ROLE_NAME, "PolicyDocument": json.dumps(policy)}
-    return create, put
 
 
 def project_request(project: str, role_arn: str, location: str, compute_type: str, build_image: str) -> Dict[str, Any]:
@@ -229,40 +207,34 @@ def given_role(cloud: aws.Aws, role: str) -> str:
         found = iam.get_role(RoleName=m.group(2) if m else role)["Role"]
     except iam.exceptions.NoSuchEntityException:
         raise LaunchError("CodeBuild service role '{}' not found in account {}: pass ROLE=<arn or name> of a role "
-                          "codebuild.amazonaws.com can assume, or no ROLE to have {} made".format(
+                          "codebuild.amazonaws.com can assume, or no ROLE for the {} of `make bootstrap`".format(
                               role, cloud.account(), ROLE_NAME)) from None
     # ROLE is SageMaker's execution role for the other targets: the likely mix-up, caught before anything is made.
     if not aws.trusts(found.get("AssumeRolePolicyDocument"), "codebuild.amazonaws.com"):
         raise LaunchError("role '{}' does not let codebuild.amazonaws.com assume it (with BUILDER=codebuild, ROLE is "
-                          "CodeBuild's service role, not SageMaker's): pass such a role, or no ROLE to have {} made".format(
+                          "CodeBuild's service role, not SageMaker's): pass such a role, or no ROLE for the {} of `make bootstrap`".format(
                               role, ROLE_NAME))
     return found["Arn"]
 
 
-def service_role(cloud: aws.Aws, role: Optional[str], requests: Tuple[Dict[str, Any], Dict[str, Any]]) -> Tuple[str, bool]:
-    """The project's service role ARN, and whether it was created just now (IAM takes a while to tell CodeBuild)."""
+def service_role(cloud: aws.Aws, role: Optional[str]) -> str:
+    """The project's service role ARN: ROLE, else the one `make bootstrap` made (never made here)."""
     if role:
-        return given_role(cloud, role), False
+        return given_role(cloud, role)
     if cloud.dry_run:
-        note("# the role below is created only when missing; its policy is set each time")
-        cloud.send("iam", "create_role", requests[0])
-        cloud.send("iam", "put_role_policy", requests[1])
-        return "arn:{}:iam::{}:role/{}".format(partition(cloud.region), cloud.account(), ROLE_NAME), False
+        return "arn:{}:iam::{}:role/{}".format(partition(cloud.region), cloud.account(), ROLE_NAME)
     iam = cloud.client("iam")
     try:
-        arn = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
-        fresh = False
+        return iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
-        note("creating IAM role {} for CodeBuild (logs, read of the build zips, ECR push)".format(ROLE_NAME))
-        arn = iam.create_role(**requests[0])["Role"]["Arn"]
-        fresh = True
-    # Set each time: a new BUCKET or PREFIX must be readable by the next build.
-    iam.put_role_policy(**requests[1])
-    return arn, fresh
+        raise LaunchError("CodeBuild service role '{}' not found in account {}: an administrator runs `make bootstrap "
+                          "REGION={}` once (docs/aws.md), or pass ROLE=<arn or name> of a role "
+                          "codebuild.amazonaws.com can assume".format(ROLE_NAME, cloud.account(), cloud.region)) from None
 
 
-def _role_retry(call: Callable[[], Any], fresh: bool, wait: float = 90.0) -> Any:
-    """A role created seconds ago is not yet assumable by CodeBuild: retry that one refusal a while."""
+def _role_retry(call: Callable[[], Any], wait: float = 90.0) -> Any:
+    """A role made seconds ago (a `make bootstrap` just before) is not yet assumable by CodeBuild: retry
+    that one refusal a while."""
     from botocore.exceptions import ClientError
 
     deadline = time.time() + wait
@@ -271,14 +243,14 @@ def _role_retry(call: Callable[[], Any], fresh: bool, wait: float = 90.0) -> Any
             return call()
         except ClientError as err:
             text = err.response.get("Error", {}).get("Message", "")
-            if not (fresh and _error_code(err) == "InvalidInputException" and "AssumeRole" in text
+            if not (_error_code(err) == "InvalidInputException" and "AssumeRole" in text
                     and time.time() < deadline):
                 raise
             note("waiting for IAM to let CodeBuild assume the new role ...")
             time.sleep(5)
 
 
-def ensure_project(cloud: aws.Aws, request: Dict[str, Any], fresh_role: bool) -> None:
+def ensure_project(cloud: aws.Aws, request: Dict[str, Any]) -> None:
     if cloud.dry_run:
         note("# sent as update_project (same fields) when the project exists with other settings; "
              "nothing when it matches")
@@ -289,12 +261,12 @@ def ensure_project(cloud: aws.Aws, request: Dict[str, Any], fresh_role: bool) ->
     if not found:
         note("creating CodeBuild project {} ({}, {}, privileged)".format(
             request["name"], request["environment"]["image"], request["environment"]["computeType"]))
-        _role_retry(lambda: cb.create_project(**request), fresh_role)
+        _role_retry(lambda: cb.create_project(**request))
         return
     changes = differs(found[0], request)
     if changes:
         note("updating CodeBuild project {} ({})".format(request["name"], ", ".join(changes)))
-        _role_retry(lambda: cb.update_project(**request), fresh_role)
+        _role_retry(lambda: cb.update_project(**request))
     else:
         note("CodeBuild project {} is up to date".format(request["name"]))
 
@@ -427,14 +399,11 @@ def push(args: argparse.Namespace, cloud: aws.Aws, image: images.Image) -> int:
     files = context_files(root)
     account = cloud.account()
     bucket = args.bucket or default_bucket(cloud.region, account)
-    # Make passes the data prefix by default; the zips get their own folder unless PREFIX is chosen.
-    prefix = (args.prefix if args.prefix and args.prefix != aws.DEFAULT_PREFIX else DEFAULT_PREFIX).strip("/")
+    prefix = zip_prefix(args.prefix)
     key = zip_key(prefix, image)
     location = "{}/{}".format(bucket, key)
     uri = image.ecr_uri(account, cloud.region)
-    v = images.read_versions()
-    repos = [v[k] for k in ("IMAGE_REPO_BASE", "IMAGE_REPO_TRAINING", "IMAGE_REPO_SERVING") if k in v]
-    role_arn, fresh = service_role(cloud, args.role, role_requests(cloud.region, account, bucket, prefix, args.project, repos))
+    role_arn = service_role(cloud, args.role)
     if cloud.dry_run:
         note("# would zip {} files of {} (.dockerignore applied) to s3://{} (bucket created if missing), then "
              "build {} on CodeBuild".format(len(files), root, location, uri))
@@ -444,12 +413,12 @@ def push(args: argparse.Namespace, cloud: aws.Aws, image: images.Image) -> int:
         note("uploading the build context: {} files, {:.1f} MB zipped, to s3://{}".format(
             len(files), len(body) / 1e6, location))
         cloud.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
-    ensure_project(cloud, project_request(args.project, role_arn, location, args.compute_type, args.build_image), fresh)
+    ensure_project(cloud, project_request(args.project, role_arn, location, args.compute_type, args.build_image))
     start = start_request(args.project, location, args.kind, args.stack, cloud.region)
     if cloud.dry_run:
         cloud.send("codebuild", "start_build", start)
         return 0
-    build = _role_retry(lambda: cloud.send("codebuild", "start_build", start), fresh)["build"]
+    build = _role_retry(lambda: cloud.send("codebuild", "start_build", start))["build"]
     note("started CodeBuild build {}: https://{}.console.aws.amazon.com/codesuite/codebuild/projects/{}/build/{}/?region={}".format(
         build["id"], cloud.region, args.project, build["id"].replace(":", "%3A"), cloud.region))
     final = follow(describer(cloud), build["id"], logs=LogTail(cloud))
