@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 from typing import Dict, List, Optional
@@ -57,7 +58,9 @@ def fetch_job(job: str, bucket: str, prefix: str, region: str, runs_dir: str) ->
                 try:
                     rel = safepath.check(item["Key"][len(key_prefix):], subpath=True)
                 except safepath.UnsafeName as err:
-                    print("warning: s3://{}/{}: skipped: {}".format(bucket, item["Key"], err), file=sys.stderr)
+                    # The key escaped: a control character in it must not forge or cut the line.
+                    print("warning: s3://{}/{}: skipped: {}".format(bucket, json.dumps(item["Key"])[1:-1], err),
+                          file=sys.stderr)
                     continue
                 wanted.append((item, written.claim("{}/{}".format(EVENTS, rel))))
         written.begin()

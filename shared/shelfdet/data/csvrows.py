@@ -86,6 +86,7 @@ class _Words:
     """
 
     def __init__(self, buf: bytes):
+        self.size = len(buf)
         self.padded = bytes(8) + buf + bytes(8)
         self.view = np.ndarray((len(self.padded) - 7,), dtype="<u8", buffer=self.padded, strides=(1,))
 
@@ -127,7 +128,9 @@ def _same_as_previous(words: _Words, start: np.ndarray, end: np.ndarray) -> np.n
     same = np.zeros(len(start), bool)
     same[1:] = length[1:] == length[:-1]
     for k in range(0, int(length.max()) if len(length) else 0, 8):
-        w = words.starting(start + k) & _low_bytes_mask(length - k)
+        # A shorter name near the end of the block has nothing at start + k: its bytes there are masked
+        # out, but the read itself must stay inside the buffer.
+        w = words.starting(np.minimum(start + k, words.size)) & _low_bytes_mask(length - k)
         same[1:] &= w[1:] == w[:-1]
     return same
 

@@ -72,7 +72,7 @@ class Written:
             self.exists = found is not None
             self.old = found or set()
         except (ValueError, KeyError, TypeError):
-            raise DataError("{}: not a record of make data (JSON with a files list); move it away".format(self.record)) from None
+            raise DataError("{}: not a record of shelfdet (JSON with a files list); move it away".format(self.record)) from None
 
     @staticmethod
     def _rel(rel: str) -> str:
@@ -95,7 +95,7 @@ class Written:
         """``rel`` will be written by this run: its path, or DataError when a file not ours is there."""
         path = self.path(rel)
         if os.path.lexists(path) and not self.owns(rel):
-            raise DataError("{}: already there and not written by make data ({} does not name it); move it away "
+            raise DataError("{}: already there and not written by shelfdet ({} does not name it); move it away "
                             "or pick another folder".format(path, self.record))
         self.new.add(self._rel(rel))
         return path
@@ -105,7 +105,7 @@ class Written:
         rel = self._rel(rel).rstrip("/") + "/"
         path = self.path(rel)
         if os.path.lexists(path) and not self.owns(rel):
-            raise DataError("{}: already there and not written by make data ({} does not name it); move it away "
+            raise DataError("{}: already there and not written by shelfdet ({} does not name it); move it away "
                             "or pick another folder".format(path, self.record))
         self.new.add(rel)
         return path
@@ -113,7 +113,7 @@ class Written:
     def remove(self, rel: str) -> None:
         """Removes the file or folder ``rel``, only when the record names it (else a bug: refused loudly)."""
         if not self.owns(rel):
-            raise DataError("{}: not written by make data; left in place".format(self.path(rel)))
+            raise DataError("{}: not written by shelfdet ({} does not name it); left in place".format(self.path(rel), self.record))
         path = self.path(rel)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

@@ -6,6 +6,7 @@ downloaded to a local folder and scored against the test manifest.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def download(cloud: aws.Aws, output_uri: str, folder: str) -> int:
                     safepath.check(obj["Key"][len(prefix.rstrip("/")) + 1:] if prefix else obj["Key"], subpath=True)
                     path = written.claim(safepath.check(os.path.basename(obj["Key"])))
                 except safepath.UnsafeName as err:
-                    note("warning: s3://{}/{}: skipped: {}".format(bucket, obj["Key"], err))
+                    note("warning: s3://{}/{}: skipped: {}".format(bucket, json.dumps(obj["Key"])[1:-1], err))
                     continue
                 wanted.append((obj["Key"], path))
         written.begin()
