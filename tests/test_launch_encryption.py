@@ -191,6 +191,11 @@ def test_redacted_uri_keeps_scheme_host_and_path(given, shown):
     assert redact.text("API request to {}/api/2.0 failed".format(given)).count("s3cret") == 0
 
 
+def test_a_credential_quoted_without_a_scheme_is_taken_out_of_text():
+    said = "Max retries exceeded with url: /?access_token=tok-s3cret/api/2.0/x&experiment_name=shelves"
+    assert redact.text(said) == "Max retries exceeded with url: /?access_token=<redacted>/api/2.0/x&experiment_name=shelves"
+
+
 def test_the_job_gets_the_tracking_uri_without_credentials(account, wire, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "env-s3cret")

@@ -100,7 +100,7 @@ def test_a_run_logs_params_metrics_per_iteration_final_metrics_and_the_model(tin
 
     # The model folder, as artefacts, byte for byte.
     names = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/artefacts.json", "model/model_final.pth", "model/config.yaml", "model/metrics.json"} <= names
+    assert {"model/artefacts.json", "model/model_final.safetensors", "model/config.yaml", "model/metrics.json"} <= names
     got = client.download_artifacts(run.info.run_id, "model/artefacts.json", str(tmp_path / "back"))
     assert Path(got).read_bytes() == (root / "model" / "artefacts.json").read_bytes()
 
@@ -168,3 +168,43 @@ def test_a_python_without_mlflow_says_so_in_one_line(tmp_path, monkeypatch, capl
         assert tracking.mlflow_run("http://127.0.0.1:1", str(tmp_path), "r", {}, {}) is None
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("MLflow tracking off: Python ") and "cannot import mlflow" in line
+
+
+def _files_holding(root: Path, secret: bytes):
+    return [str(p) for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()]
+
+
+def test_credentials_in_the_tracking_uri_reach_no_log_or_file(tiny_dataset, tmp_path, mlflow_server):
+    """user:password@ and ?token= go to the server (MLflow's client sends them) and nowhere else: not
+    in the log, not in any file of the run folder (mlflow_run.json, metrics, model), not in MLflow's params."""
+    root = make_ml_root(tmp_path / "credentialed-run", tiny_dataset, evaluation_type="none", eval_period="0")
+    host = mlflow_server.split("://", 1)[1]
+    uri = "http://alice:pw-s3cret@{}".format(host)
+    proc = run_train(root, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "credentialed"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "MLflow: run " in out and " at {}".format(mlflow_server) in out, out[-3000:]
+    assert "s3cret" not in out
+    assert _files_holding(root, b"s3cret") == []
+    state = json.loads((root / "checkpoints" / "mlflow_run.json").read_text())
+    assert state["tracking_uri"] == mlflow_server  # scheme, host and port kept
+    run = _the_run(MlflowClient(tracking_uri=mlflow_server), "credentialed", "credentialed-run")
+    assert run.info.status == "FINISHED"
+    assert "s3cret" not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+
+
+def test_an_unreachable_server_with_credentials_is_named_without_them(tmp_path, caplog):
+    from shelfdet.training import tracking
+
+    port = free_port()
+    with caplog.at_level(logging.DEBUG):
+        got = tracking.mlflow_run("http://bob:pw-s3cret@127.0.0.1:{}/?access_token=tok-s3cret".format(port),
+                                  str(tmp_path / "ckpt"), "r", {}, {})
+    assert got is None
+    lines = [r.getMessage() for r in caplog.records]  # MLflow's and urllib3's own records too
+    assert not [line for line in lines if "s3cret" in line], lines
+    ours = [r.getMessage() for r in caplog.records if r.name == "shelfdet.training" and r.levelno >= logging.WARNING]
+    assert ours[0].startswith("MLflow: the credential in MLFLOW_TRACKING_URI's query string is not sent"), ours
+    assert ours[1].startswith("MLflow tracking off: http://127.0.0.1:{}/ unreachable".format(port)), ours
+    assert len(ours) == 2
+    assert not (tmp_path / "ckpt").exists() or _files_holding(tmp_path / "ckpt", b"s3cret") == []

@@ -21,13 +21,14 @@ def _secret(name: str) -> bool:
     return bool(SECRET_PARAM.match(name.lower().replace("-", "_")))
 
 
-def uri(value: Optional[str]) -> Optional[str]:
-    """``value`` without ``user:password@`` and without query parameters (or a fragment) that carry a credential."""
+def uri(value: Optional[str], keep_user: bool = False) -> Optional[str]:
+    """``value`` without ``user:password@`` (unless ``keep_user``) and without query parameters (or a
+    fragment) that carry a credential."""
     if not has_credentials(value):
         return value  # a path, an ARN, or a URI with nothing to take out: as given
     try:
         parts = urlsplit(value)
-        host = parts.netloc.rsplit("@", 1)[-1]
+        host = parts.netloc if keep_user else parts.netloc.rsplit("@", 1)[-1]
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _secret(k)]
         fragment = "" if "=" in parts.fragment else parts.fragment  # an OAuth-style #access_token=...
         return urlunsplit((parts.scheme, host, parts.path, urlencode(query), fragment))
@@ -35,9 +36,15 @@ def uri(value: Optional[str]) -> Optional[str]:
         return value.split("://", 1)[0] + "://<redacted>"
 
 
+# A credential parameter in text that holds no scheme (a URL's path and query quoted alone).
+PARAM_IN_TEXT = re.compile(r"([?&#;]([A-Za-z0-9_.-]+)=)([^&#\s'\"<>/]+)")
+
+
 def text(message: str) -> str:
-    """``message`` with every URI in it passed through :func:`uri` (error messages quote the URL they called)."""
-    return IN_TEXT.sub(lambda m: uri(m.group(0)) or "", message)
+    """``message`` with every URI in it passed through :func:`uri`, and the value of any credential
+    parameter it quotes without a scheme (``/?token=...``) taken out: error messages quote the URL they called."""
+    message = IN_TEXT.sub(lambda m: uri(m.group(0)) or "", message)
+    return PARAM_IN_TEXT.sub(lambda m: m.group(1) + "<redacted>" if _secret(m.group(2)) else m.group(0), message)
 
 
 def has_credentials(value: Optional[str]) -> bool:

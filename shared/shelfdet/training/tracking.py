@@ -192,6 +192,10 @@ def mlflow_run(uri: Optional[str], state_dir: str, run_name: str, params: Dict[s
         return None
     # Logged and stored without a user, password or token: MlflowClient alone gets the URI as given.
     shown = redact.uri(uri)
+    if shown != uri:
+        # MLflow prints "View run ... at <its host URL>" when a run ends, credentials and all; our own
+        # "MLflow: run ... at" line already names it without them. Overridden, not defaulted: "false" would leak.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # MLflow retries an unreachable server 7 times with backoff (minutes); one short retry is enough
     # for a tracker that must not hold training up.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -216,7 +220,14 @@ def mlflow_run(uri: Optional[str], state_dir: str, run_name: str, params: Dict[s
         # sagemaker-mlflow's header provider runs on every request and fails (one warning per request)
         # on any URI that is not an ARN: only ARN URIs need it.
         logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
-    client = MlflowClient(tracking_uri=uri)
+    # MLflow appends its API paths to the URI, so a query-string token could never reach the server (it
+    # would end up inside the query, and in urllib3's retry warnings): the client gets the URI without it,
+    # and user:password@ stays (MLflow's HTTP client sends it as basic auth).
+    client_uri = redact.uri(uri, keep_user=True) or uri
+    if client_uri != uri:
+        log.warning("MLflow: the credential in MLFLOW_TRACKING_URI's query string is not sent (MLflow adds its API "
+                    "paths after it); set MLFLOW_TRACKING_TOKEN, or user:password@ in the URI")
+    client = MlflowClient(tracking_uri=client_uri)
     tracker = MLflow(client, "", uri, trainer)
     state_file = os.path.join(state_dir, MLFLOW_STATE)
     state = {}
