@@ -25,7 +25,12 @@ IMAGES = ("base", "training", "serving", "test")
 STACKS = ("cpu", "cu101", "cu12", "cu101cpu")
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "USER", "EXPOSE", "CMD", "ENTRYPOINT",
                 "LABEL", "HEALTHCHECK", "SHELL", "VOLUME", "STOPSIGNAL", "ONBUILD"}
-GENERATED = {"images/.build/host-ca.crt", "images/.build/detectron2-src.tar"}  # written by tools/images.sh before each build
+# Written by tools/images.sh before each build (the Dockerfile's source: what the script names).
+GENERATED = {"images/.build/host-ca.crt": "images/.build/host-ca.crt",
+             "images/.build/detectron2-src.tar": "images/.build/detectron2-src.tar",
+             "images/.build/lock-${STACK}.txt": "images/.build/lock-$name.txt",
+             "images/.build/lock-test.txt": "images/.build/lock-$name.txt",
+             "images/.build/lock-mlflow-server.txt": "images/.build/lock-$name.txt"}
 
 
 def parse_dockerfile(path: Path) -> List[Tuple[str, str, int]]:
@@ -142,7 +147,7 @@ def test_every_copy_source_exists(image):
             continue
         for src in parts[:-1]:
             if src in GENERATED:
-                assert src in images_script, "{} is not written by tools/images.sh".format(src)
+                assert GENERATED[src] in images_script, "{} is not written by tools/images.sh".format(src)
                 continue
             assert (ROOT / src).exists(), "{}:{}: COPY source {} does not exist".format(path, line, src)
             assert src.split("/")[0] not in ignored, "{}:{}: {} is excluded by .dockerignore".format(path, line, src)
@@ -388,7 +393,8 @@ def test_tags_carry_the_stack(stack):
 
 
 # What tools/images.sh reads to name the images: a copy of these is a repository as far as tags go.
-IMAGE_INPUTS = ("versions.env", ".dockerignore", "README.md", "tools/images.sh", "tools/image_hash.py", "images", "shared")
+IMAGE_INPUTS = ("versions.env", ".dockerignore", "README.md", "tools/images.sh", "tools/image_hash.py", "tools/lock.py",
+                "images", "shared", "locks")
 
 
 def copy_of_image_inputs(dest: Path) -> Path:
@@ -436,7 +442,7 @@ def test_tags_follow_the_content_of_each_image(tmp_path):
     assert tags_of(repo) == before, "what .dockerignore keeps out of the context"
 
     new = repo / "shared" / "shelfdet" / "new_module.py"
-    new.write_text("X = 1\n")  # untracked: docker build sends it all the same
+    new.write_text("X = 1\n")  # no git here (as in the zip CodeBuild unpacks): every file is part of the image
     assert changed(before, tags_of(repo)) == ["base", "training", "serving", "test"]
     new.unlink()
 
@@ -500,8 +506,10 @@ def hashed_files(image: str, stack: str = "cpu") -> List[str]:
 
 
 def test_the_hash_covers_what_each_dockerfile_copies():
+    tracked = image_hash_module().tracked_files(str(ROOT))  # None outside a git work tree: every file
     shared = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "shared").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p))
+                    if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p)
+                    and (tracked is None or str(p.relative_to(ROOT)) in tracked))
     assert hashed_files("base") == sorted(["images/base/install.sh", "images/base/smoke.py"] + shared)
     assert hashed_files("training") == ["images/training/train"]
     assert hashed_files("serving") == ["images/serving/healthcheck", "images/serving/serve"]

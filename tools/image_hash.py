@@ -3,25 +3,32 @@
 launch/images.py asks tools/images.sh), so the rule lives here only.
 
   bash tools/images.sh buildargs <image> <stack> | python3 tools/image_hash.py <image> [--root DIR] [--list]
+  python3 tools/image_hash.py --context <image> [--root DIR]   # the build context tools/images.sh sends
 
 It hashes exactly what goes into the image:
 - images/<image>/Dockerfile;
-- the build-context files its COPY/ADD instructions name, as `docker build`
-  sends them: working-tree files (committed or not), .dockerignore applied with
-  Docker's own rules, each as path + executable bit + content (or link target);
+- the build-context files its COPY/ADD instructions name, as tools/images.sh
+  sends them: the files git tracks (their working-tree content, edits not yet
+  committed included; a new file once `git add`ed), .dockerignore applied with
+  Docker's own rules, each as path + executable bit + content (or link target).
+  Where the root is no git work tree (the zip CodeBuild unpacks, which holds
+  only tracked files), every file there;
 - the build arguments on stdin (KEY=VALUE a line): the stack's pins from
   versions.env for base, the parent's tag for training, serving and test (so a
   change to the base reaches them).
 Left out: images/.build/, which tools/images.sh writes before each build (the
 host's CA bundle, read by pip in builder stages only; the Detectron2 source
 archive, whose sha256 is a build argument).
-Prints 12 hex digits of a sha256; --list prints the hashed paths instead.
+Prints 12 hex digits of a sha256; --list prints the hashed paths instead;
+--context prints, NUL-separated, the files of the build context: the Dockerfile,
+.dockerignore, the hashed files and the images/.build files the Dockerfile copies.
 """
 import argparse
 import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 
 GENERATED = "images/.build"
@@ -118,8 +125,21 @@ class DockerIgnore(object):
         return matched
 
 
-def context_files(root, sources, ignore):
-    """The context files (relative paths) under the sources, as Docker would send them."""
+def tracked_files(root):
+    """The files git tracks under root (relative paths), or None where root is no git work tree's top."""
+    try:
+        top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(root):
+            return None
+        out = subprocess.run(["git", "-C", root, "ls-files", "-z", "--cached"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(p for p in out.stdout.decode("utf-8", "surrogateescape").split("\0") if p)
+
+
+def context_files(root, sources, ignore, tracked=None):
+    """The context files (relative paths) under the sources, as tools/images.sh sends them
+    (only those in ``tracked`` when it is given)."""
     found = set()
     for src in sources:
         if src == GENERATED or src.startswith(GENERATED + "/"):
@@ -132,7 +152,33 @@ def context_files(root, sources, ignore):
                     found.add(path)
         else:
             found.update(_walk(root, src, ignore))
+    if tracked is not None:
+        found &= tracked
     return sorted(found)
+
+
+def build_context(root, image):
+    """Every file of the image's build context (see --context)."""
+    dockerfile = "images/{}/Dockerfile".format(image)
+    with open(os.path.join(root, dockerfile)) as f:
+        sources = dockerfile_sources(f.read())
+    ignore = _ignore(root)
+    files = [dockerfile] + [".dockerignore"] * os.path.isfile(os.path.join(root, ".dockerignore"))
+    files += context_files(root, sources, ignore, tracked_files(root))
+    for src in sources:
+        if src == GENERATED or src.startswith(GENERATED + "/"):  # written by tools/images.sh for this build
+            pattern = _regex(re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "*", src))
+            folder = os.path.join(root, GENERATED)
+            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                rel = GENERATED + "/" + name
+                if pattern.match(rel) and os.path.isfile(os.path.join(root, rel)) and rel not in files:
+                    files.append(rel)
+    return files
+
+
+def _ignore(root):
+    path = os.path.join(root, ".dockerignore")
+    return DockerIgnore(open(path).read() if os.path.exists(path) else "")
 
 
 def _walk(root, rel, ignore):
@@ -173,9 +219,8 @@ def content_hash(root, image, buildargs, listing=None):
         text = f.read()
     field("dockerfile")
     field(text)
-    ignore_path = os.path.join(root, ".dockerignore")
-    ignore = DockerIgnore(open(ignore_path).read() if os.path.exists(ignore_path) else "")
-    for rel in context_files(root, dockerfile_sources(text.decode("utf-8")), ignore):
+    ignore = _ignore(root)
+    for rel in context_files(root, dockerfile_sources(text.decode("utf-8")), ignore, tracked_files(root)):
         full = os.path.join(root, rel)
         if listing is not None:
             listing.append(rel)
@@ -196,10 +241,14 @@ def main(argv=None):
     p.add_argument("image")
     p.add_argument("--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     p.add_argument("--list", action="store_true", help="print the hashed context files instead")
+    p.add_argument("--context", action="store_true", help="print the build context's files, NUL-separated")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.root, "images", args.image, "Dockerfile")):
         sys.stderr.write("error: no images/{}/Dockerfile under {}\n".format(args.image, args.root))
         return 2
+    if args.context:
+        sys.stdout.write("".join(f + "\0" for f in build_context(args.root, args.image)))
+        return 0
     listing = []
     digest = content_hash(args.root, args.image, sys.stdin.read().splitlines(), listing)
     print("\n".join(listing) if args.list else digest)

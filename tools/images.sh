@@ -7,6 +7,7 @@
 #   bash tools/images.sh name <image> <stack>    # one tag
 #   bash tools/images.sh hash <image> <stack>    # its content hash (the tag's last part)
 #   bash tools/images.sh buildargs <image> <stack>  # the --build-arg list (for the static tests)
+#   bash tools/images.sh context <image> <stack>    # the files its build context holds, one a line
 #   bash tools/images.sh parents <stack>         # its public parents: present, pulled, or debootstrap stand-ins
 #   bash tools/images.sh prebuild <stack>        # base, training, serving (+ test for cpu), in order
 #   PARENT=debootstrap bash tools/images.sh build base cpu  # stand-ins even where the parents can be pulled
@@ -19,7 +20,11 @@
 # into the image (tools/image_hash.py: its Dockerfile, the context files it copies, its build
 # args, which name the parent's tag), so an uncommitted edit changes it and a README edit does
 # not. `build` of training, serving or test builds a missing parent first. The build context
-# is the repo root (see .dockerignore). Classic builder (BuildKit is not packaged here).
+# is a tar of the files the Dockerfile copies that git tracks (working-tree content;
+# .dockerignore applied; see tools/image_hash.py), plus what this script writes into
+# images/.build (the host's CA bundle, the stack's lock, the Detectron2 archive).
+# Pip installs read the stack's lock (locks/<stack>.txt, `make lock`): a lock that no longer
+# matches versions.env stops the build. Classic builder (BuildKit is not packaged here).
 # Pins, for tests and `make test`: SHELFDET_IMAGE_TAG=<x> ends every tag with x;
 # SHELFDET_IMAGE_NAMES='<name> ...' (full names, e.g. from `tags`) are used as they are.
 set -euo pipefail
@@ -40,7 +45,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 STACKS="cpu cu101 cu12 cu101cpu"
 IMAGES="base training serving test"
 # Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
-STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX CUDA_PIP CUDA_DEB CUDA_APT CUDA_RUNFILE DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
+STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX CUDA_PIP CUDA_DEB CUDA_APT CUDA_RUNFILE CUDA_RUNFILE_SHA256 CUDA_KEYRING_SHA256 DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
 # PARENT=<variant> (e.g. PARENT=nvidia for cu12) takes STACK_<STACK>_<VARIANT>_<KEY>
 # where versions.env has one: the same stack on other parents (NVIDIA's CUDA images).
 # PARENT=debootstrap keeps the stack's parents and makes them from debootstrap.
@@ -100,11 +105,45 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
       done
       printf 'DETECTRON2_SDIST=%s\nDETECTRON2_SDIST_SHA256=%s\n' "$DETECTRON2_SDIST" "$DETECTRON2_SDIST_SHA256"
       printf 'DETECTRON2_SRC_SHA256=%s\n' "$(src_sha "$stack")"
-      printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN" ;;
+      printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN"
+      printf 'LOCK_SHA256=%s\n' "$(lock_sha "$stack")" ;;
     training|serving) parent=${BASE_IMAGE:-$(name base "$stack")}; printf 'BASE_IMAGE=%s\n' "$parent" ;;
     test) parent=$(name training "$stack")
-          printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\nMLFLOW_SERVER_REQUIREMENTS=%s\n' "$parent" "$TEST_REQUIREMENTS" "$MLFLOW_SERVER_REQUIREMENTS" ;;
+          printf 'TRAINING_IMAGE=%s\nTEST_REQUIREMENTS=%s\nMLFLOW_SERVER_REQUIREMENTS=%s\n' "$parent" "$TEST_REQUIREMENTS" "$MLFLOW_SERVER_REQUIREMENTS"
+          printf 'TEST_LOCK_SHA256=%s\n' "$(lock_sha test mlflow-server)" ;;
   esac
+}
+
+locks_of() {  # locks_of <image> <stack>: the lock files (locks/<name>.txt) its pip installs read
+  case $1 in base) echo "$2" ;; test) echo "test mlflow-server" ;; esac
+}
+
+lock_sha() {  # lock_sha <name>...: the sha256 of those locks, one after the other (a build argument: it names the tag)
+  local name
+  for name in "$@"; do
+    [ -f "locks/$name.txt" ] || die "locks/$name.txt is missing: \`make lock\` writes it from versions.env"
+  done
+  for name in "$@"; do cat "locks/$name.txt"; done | sha256sum | cut -c1-64
+}
+
+check_locks() {  # check_locks <image> <stack>: its locks match versions.env and pin every file, else one line
+  local names name err
+  names=$(locks_of "$1" "$2")
+  [ -n "$names" ] || return 0
+  for name in $names; do
+    [ -f "locks/$name.txt" ] || die "locks/$name.txt is missing: \`make lock\` writes it from versions.env"
+    err=$(python3 tools/lock.py --stale "$name") || die "tools/lock.py --stale $name failed (output above)"
+    [ -z "$err" ] || die "locks/$name.txt is stale: $err changed in versions.env since it was made (make lock)"
+    err=$(sed -n 's/^# unpinned: //p' "locks/$name.txt")
+    [ -z "$err" ] || die "locks/$name.txt cannot be installed with --require-hashes: $err"
+    cp "locks/$name.txt" "images/.build/lock-$name.txt"
+  done
+}
+
+context() {  # context <image> <file>: the build context as a tar: what the Dockerfile copies, git-tracked files only
+  python3 "$ROOT/tools/image_hash.py" --root "$ROOT" --context "$1" \
+    | tar -C "$ROOT" -c --null --no-recursion -T - -f "$2" \
+    || die "cannot pack the build context of $1"
 }
 
 src_pin() {  # src_pin <stack>: the D2_<PIN>_* source pin of the stack's Detectron2 commit, lowercase (empty: none)
@@ -284,17 +323,26 @@ build() {  # build <image> <stack>
   lock "$image-$stack"
   host_ca
   if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; emulation_note "$stack"; fi
+  check_locks "$image" "$stack"
   tag=$(name "$image" "$stack")
   local -a args=()
   while IFS= read -r kv; do args+=(--build-arg "$kv"); done < <(buildargs "$image" "$stack")
   local -a net=()
   # With the vfs/no-bridge daemon, build containers need the host's network.
   [ "$(bash tools/docker_daemon.sh mode 2>/dev/null)" = "vfs, no bridge" ] && net=(--network host)
+  # The context is a tar of exactly the files the image is made of, never the folder: nothing
+  # untracked or ignored (.venv, runs/, data/, sources/, a stray file) reaches the daemon.
+  local ctx
+  ctx=$(mktemp "${TMPDIR:-/tmp}/shelfdet-context.XXXXXX")
+  context "$image" "$ctx"
   say "building $tag (stack $stack)"
-  docker build "${net[@]}" --platform "$PLATFORM" -f "images/$image/Dockerfile" -t "$tag" \
+  if ! docker build "${net[@]}" --platform "$PLATFORM" -f "images/$image/Dockerfile" -t "$tag" \
       --label "shelfdet.stack=$stack" \
       ${PARENT:+--label "shelfdet.parent=$PARENT"} ${NO_CACHE:+--no-cache} \
-      "${args[@]}" . >&2 || die "docker build of $tag failed (output above)"
+      "${args[@]}" - <"$ctx" >&2; then
+    rm -f "$ctx"; die "docker build of $tag failed (output above)"
+  fi
+  rm -f "$ctx"
   say "built $tag in $((SECONDS - t0)) s"
   echo "$tag"
 }
@@ -312,8 +360,10 @@ case "${1:-}" in
   hash) [ $# -eq 3 ] || die "usage: $0 hash <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
         content_hash "$2" "$3" ;;
   buildargs) check_image "$2"; check_stack "$3"; check_parent "$3"; buildargs "$2" "$3" ;;
+  context) [ $# -eq 3 ] || die "usage: $0 context <image> <stack>"; check_image "$2"; check_stack "$3"
+           python3 "$ROOT/tools/image_hash.py" --root "$ROOT" --context "$2" | tr '\0' '\n' ;;
   parents) [ $# -eq 2 ] || die "usage: $0 parents <stack>"; check_stack "$2"; check_parent "$2"; parents "$2" ;;
   prebuild) check_stack "$2"; check_parent "$2"
         for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
-  *) die "usage: $0 build|tags|name|hash|buildargs|parents|prebuild ..." ;;
+  *) die "usage: $0 build|tags|name|hash|buildargs|context|parents|prebuild ..." ;;
 esac

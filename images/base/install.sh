@@ -2,7 +2,7 @@
 # Runs inside the base image's builder stage (see Dockerfile): one script for
 # every stack, driven by the build arguments from versions.env.
 #   install.sh python      # system packages + the /opt/venv virtual environment
-#   install.sh deps        # torch (GPU stacks), requirements
+#   install.sh deps        # everything pip installs in the venv, from the stack's lock (/tmp/lock.txt, --require-hashes)
 #   install.sh cuda        # a CUDA compiler where the parent has none: NVIDIA's apt repository (CUDA_APT,
 #                          # its runfile CUDA_RUNFILE when the repository is gone), or /opt/cuda (CUDA_PIP, CUDA_DEB)
 #   install.sh detectron2  # Detectron2: the sdist, or compiled from the pinned source
@@ -27,11 +27,22 @@ fi
 # CUDA runtime libraries the final stage needs beside torch's (see the detectron2 step).
 CUDA_RUNTIME=/opt/cuda-runtime
 
+fetch_pinned() {  # fetch_pinned <url> <sha256> <file>: downloaded, then checked against its pin before any use
+  curl -fsSL --retry 3 -o "$3" "$1" || return 1
+  if ! echo "$2  $3" | sha256sum -c --quiet - >/dev/null 2>&1; then
+    # A mismatch is never a reason to try another source: the build stops.
+    echo "error: $1 has sha256 $(sha256sum "$3" | cut -c1-64), not the one pinned in versions.env ($2)" >&2
+    rm -f "$3"
+    exit 3
+  fi
+}
+
 cuda_from_apt() {  # CUDA_APT: "<repository> <its cuda-keyring .deb> <package>=<version>..."
   local repo keyring packages
   read -r repo keyring packages <<<"$CUDA_APT"
   say "CUDA from NVIDIA's apt repository $repo: $packages"
-  curl -fsSL --retry 3 -o "/tmp/$keyring" "$repo/$keyring" || return 1
+  # The keyring is the trust root of that repository (apt checks every package against it).
+  fetch_pinned "$repo/$keyring" "$CUDA_KEYRING_SHA256" "/tmp/$keyring" || return 1
   dpkg -i "/tmp/$keyring" >/dev/null && rm -f "/tmp/$keyring"
   apt-get update -qq || return 1
   # shellcheck disable=SC2086
@@ -43,8 +54,11 @@ cuda_from_apt() {  # CUDA_APT: "<repository> <its cuda-keyring .deb> <package>=<
 }
 
 cuda_from_runfile() {  # CUDA_RUNFILE: NVIDIA's installer, the toolkit alone
-  say "CUDA from NVIDIA's runfile $CUDA_RUNFILE (--silent --toolkit)"
-  curl -fsSL --retry 3 -o /tmp/cuda.run "$CUDA_RUNFILE"
+  [ -n "${CUDA_RUNFILE_SHA256:-}" ] \
+    || { echo "error: $CUDA_RUNFILE has no sha256 pinned in versions.env (STACK_<STACK>_CUDA_RUNFILE_SHA256)" >&2; exit 3; }
+  say "CUDA from NVIDIA's runfile $CUDA_RUNFILE (--silent --toolkit, sha256 checked)"
+  fetch_pinned "$CUDA_RUNFILE" "$CUDA_RUNFILE_SHA256" /tmp/cuda.run \
+    || { echo "error: cannot download $CUDA_RUNFILE" >&2; exit 3; }
   sh /tmp/cuda.run --silent --toolkit --override
   rm -f /tmp/cuda.run
 }
@@ -63,30 +77,57 @@ python)
   [ -z "${TORCH_PIP:-}" ] && flags=(--system-site-packages)
   "$PYTHON" -m venv "${flags[@]}" "$VENV"
   mkdir -p "$CUDA_RUNTIME"
-  # shellcheck disable=SC2086
-  "${PIP[@]}" install -q $PIP_PIN
   "$VENV/bin/python" -V
   ;;
 deps)
+  # The lock (locks/<stack>.txt, `make lock`) names every distribution and the sha256 of each of
+  # its files: pip installs those bytes or stops. Sdists in it are built with the locked
+  # setuptools and wheel (--no-build-isolation), so no unpinned build tool is fetched either.
+  LOCK=/tmp/lock.txt
+  echo "$LOCK_SHA256  $LOCK" | sha256sum -c --quiet - >/dev/null 2>&1 \
+    || { echo "error: $LOCK is not the lock tools/images.sh named (LOCK_SHA256 $LOCK_SHA256)" >&2; exit 3; }
   # The parent's torch stack (cpu: Debian's torch, torchvision, numpy, Pillow)
-  # is pinned as it is: pip must not replace the numpy that torch was built
-  # with. Other parent packages may be shadowed by newer ones in the venv.
+  # is pinned as it is: pip must not replace the numpy that torch was built with.
   "${PIP[@]}" freeze --all | grep -iE '^(torch|torchvision|numpy|pillow)==' >/tmp/constraints.txt || true
   say "kept from the parent: $(tr '\n' ' ' </tmp/constraints.txt)"
-  index=()
-  case "${TORCH_INDEX:-}" in
-    "") ;;
-    *.html) index=(--find-links "$TORCH_INDEX") ;;
-    *) index=(--extra-index-url "$TORCH_INDEX") ;;
-  esac
-  say "pip: ${TORCH_PIP:-(torch from the parent)} + requirements"
-  # shellcheck disable=SC2086
-  "${PIP[@]}" install -q "${index[@]}" -c /tmp/constraints.txt $TORCH_PIP $REQUIREMENTS
+  # cpu: the lock was resolved against Debian's python3-* packages as versions.env names them.
+  system=$(sed -n 's/^# Left out (Debian[^:]*: //p' "$LOCK")
+  if [ -n "$system" ]; then
+    "$VENV/bin/python" - "$system" <<'PY' || exit 3
+import sys
+from importlib import metadata
+for pin in sys.argv[1].split():
+    name, want = pin.split("==")
+    try:
+        have = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        have = "none"
+    if have != want:
+        msg = "error: the lock was made against Debian's {} {}, the parent has {} (fix STACK_CPU_SYSTEM_PYTHON, then make lock)"
+        sys.exit(msg.format(name, want, have))
+PY
+  fi
+  # CUDA_PIP's wheels go to /opt/cuda (the cuda step), not into the venv.
+  cp "$LOCK" /tmp/venv-lock.txt
+  for p in ${CUDA_PIP:-}; do
+    grep -viE "^${p%%==*}==" /tmp/venv-lock.txt >/tmp/venv-lock.next || true
+    mv /tmp/venv-lock.next /tmp/venv-lock.txt
+  done
+  grep -E '^(pip|setuptools|wheel)==' "$LOCK" >/tmp/tools-lock.txt || true
+  say "pip: $(grep -cE '^[A-Za-z0-9]' /tmp/venv-lock.txt) locked distributions, --require-hashes"
+  # The locked setuptools and wheel first: they build the lock's sdists (--no-build-isolation).
+  if [ -s /tmp/tools-lock.txt ]; then "${PIP[@]}" install -q --require-hashes --no-deps -r /tmp/tools-lock.txt; fi
+  "${PIP[@]}" install -q --require-hashes --no-build-isolation -c /tmp/constraints.txt -r /tmp/venv-lock.txt
   find "$VENV" -name '__pycache__' -prune -exec rm -rf {} +
   ;;
 cuda)
   if [ -n "${CUDA_APT:-}" ]; then
-    if ! cuda_from_apt; then
+    if [ -z "${CUDA_KEYRING_SHA256:-}" ]; then
+      # An unpinned keyring is never installed: the runfile is pinned.
+      [ -n "${CUDA_RUNFILE:-}" ] || { echo "error: CUDA_APT's keyring has no pinned sha256 and no CUDA_RUNFILE is pinned" >&2; exit 3; }
+      say "no sha256 pinned for $(echo "$CUDA_APT" | cut -d' ' -f2) (CUDA_KEYRING_SHA256): the pinned runfile instead of NVIDIA's apt repository"
+      cuda_from_runfile
+    elif ! cuda_from_apt; then
       [ -n "${CUDA_RUNFILE:-}" ] || { echo "error: CUDA from $CUDA_APT failed and no CUDA_RUNFILE is pinned" >&2; exit 3; }
       say "NVIDIA's apt repository failed: falling back to the runfile"
       cuda_from_runfile
@@ -109,8 +150,10 @@ cuda)
   C=$ASSEMBLED_CUDA SITE=$(site) tmp=/tmp/cuda-parts
   mkdir -p "$tmp/lists/partial" "$tmp/archives/partial" "$tmp/deb" "$C/bin" "$C/nvvm/bin" "$C/include" "$C/lib64"
   say "CUDA from PyPI: $CUDA_PIP"
-  # shellcheck disable=SC2086
-  "${PIP[@]}" install -q --no-deps --target "$tmp/pip" $CUDA_PIP
+  for p in $CUDA_PIP; do
+    grep -iE "^${p%%==*}==" /tmp/lock.txt || { echo "error: $p is not in the stack's lock (make lock)" >&2; exit 3; }
+  done >"$tmp/cuda-lock.txt"
+  "${PIP[@]}" install -q --require-hashes --no-deps --target "$tmp/pip" -r "$tmp/cuda-lock.txt"
   read -r suite package <<<"$CUDA_DEB"
   mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
   echo "deb ${mirror:-http://deb.debian.org/debian} ${suite%%/*} ${suite#*/}" >"$tmp/sources.list"
