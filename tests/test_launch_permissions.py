@@ -133,10 +133,17 @@ def test_make_policy_refuses_what_it_cannot_fill_in_one_line(args, message):
 def test_cloudsplaining_finds_none_of_the_four_risks_in_the_filled_policy():
     from cloudsplaining.command.scan_policy_file import scan_policy
 
-    results = scan_policy(filled("KMS_KEY=" + KMS_KEY))
+    policy = filled("KMS_KEY=" + KMS_KEY)
+    results = scan_policy(policy)
     found = {k: results[k]["findings"] for k in ("PrivilegeEscalation", "ResourceExposure", "DataExfiltration",
                                                   "InfrastructureModification")}
     assert found == {k: [] for k in found}
+    # The scan is not blind: the same actions on "*" without conditions are what it reports.
+    wide = dict(policy, Statement=[{"Sid": s["Sid"], "Effect": "Allow", "Action": s["Action"], "Resource": "*"}
+                                   for s in policy["Statement"]])
+    loose = scan_policy(wide)
+    assert "s3:GetObject" in loose["DataExfiltration"]["findings"]
+    assert {"sagemaker:CreateTrainingJob", "s3:PutObject", "ecr:PutImage"} <= set(loose["InfrastructureModification"]["findings"])
     # What stays, and why: `docker login` needs an ECR token, which AWS cannot scope to a repository.
     assert results["CredentialsExposure"]["findings"] == ["ecr:GetAuthorizationToken"]
 
