@@ -398,10 +398,21 @@ IMAGE_INPUTS = ("versions.env", ".dockerignore", "README.md", "tools/images.sh",
 
 
 def copy_of_image_inputs(dest: Path) -> Path:
+    """A checkout of them: in a git work tree, the files git tracks (as the images are made of), else every file."""
+    tracked = image_hash_module().tracked_files(str(ROOT))
+    generated = shutil.ignore_patterns("__pycache__", ".build")
+
+    def skip(folder: str, names: List[str]) -> set:
+        out = set(generated(folder, names))
+        if tracked is not None:
+            out |= {n for n in names if os.path.isfile(os.path.join(folder, n))
+                    and os.path.relpath(os.path.join(folder, n), str(ROOT)) not in tracked}
+        return out
+
     for rel in IMAGE_INPUTS:
         src, to = ROOT / rel, dest / rel
         if src.is_dir():
-            shutil.copytree(str(src), str(to), symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".build"))
+            shutil.copytree(str(src), str(to), symlinks=True, ignore=skip)
         else:
             to.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(str(src), str(to))
