@@ -256,7 +256,8 @@ detectron2)
   find "$VENV" -name '__pycache__' -prune -exec rm -rf {} +
   ;;
 wheel)
-  "${PIP[@]}" wheel -q --no-deps -w /tmp/wheels /tmp/shared
+  # The locked setuptools builds it: build isolation would fetch an unpinned one.
+  "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w /tmp/wheels /tmp/shared
   ls /tmp/wheels
   ;;
 *) echo "usage: install.sh python|deps|cuda|detectron2|wheel" >&2; exit 2 ;;
