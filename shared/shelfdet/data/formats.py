@@ -413,7 +413,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
             written: "Optional[Any]" = None) -> Dict[str, Any]:
     """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
     from .sku110k import _link, _natural, source_ref, write_report
-    from .written import Written
+    from .written import Written, temp_beside
 
     if fmt not in READERS:
         raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
@@ -521,14 +521,15 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
         if not entries:  # an earlier run's manifest of this channel is removed with the record's other leftovers
             channels[ch] = {"images": 0, "boxes": 0}
             continue
-        with open(manifest + ".tmp", "w") as f:
+        tmp = temp_beside(manifest)
+        with open(tmp, "w") as f:
             for item, (w, h), kept in entries:
                 record = {"source-ref": source_ref(bucket, prefix, ch, item.name, data_dir),
                           label: {"annotations": [{"class_id": k[0], "left": k[1], "top": k[2], "width": k[3], "height": k[4]}
                                                   for k in kept], "image_size": [{"width": w, "height": h, "depth": 3}]},
                           label + "-metadata": dict(meta, objects=[{"confidence": 1.0}] * len(kept))}
                 f.write(json.dumps(record) + "\n")
-        os.replace(manifest + ".tmp", manifest)
+        os.replace(tmp, manifest)
         os.makedirs(ch_dir, exist_ok=True)
         for item, (w, h), _ in entries:
             c = checked[item.path]

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import safepath
 from . import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of, csvrows, images
-from .written import Written
+from .written import Written, temp_beside
 
 JOB_NAME = "shelfdet-sku110k"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -270,7 +270,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
             # other leftovers.
             channels[ch] = {"images": 0, "boxes": 0}
             continue
-        tmp = manifest + ".tmp"
+        tmp = temp_beside(manifest)
         with open(tmp, "w") as f:
             for i in ids:
                 src = source_ref(bucket, prefix, ch, names[i], data_dir)
@@ -328,9 +328,10 @@ def write_report(report: Dict[str, Any], data_dir: str, extra: Optional[Dict[str
     if sum(report["boxes"]["dropped_by_reason"].values()) != report["boxes"]["dropped"]:
         raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
     path = os.path.join(data_dir, REPORT)
-    with open(path + ".tmp", "w") as f:
+    tmp = temp_beside(path)
+    with open(tmp, "w") as f:
         f.write(_dump(report))
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     summarize(report, log)
     return report
 
