@@ -227,10 +227,13 @@ push-serving: $(SETUP_STAMP) ## push the serving image of STACK (default: the ca
 POLICY_FLAGS = --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(BUCKET),--bucket $(BUCKET)) $(if $(ROLE),--role $(ROLE)) \
   $(if $(CODEBUILD_ROLE),--codebuild-role $(CODEBUILD_ROLE)) $(if $(KMS_KEY),--kms-key '$(KMS_KEY)')
 
-policy: $(SETUP_STAMP) ## print the day-to-day IAM policy (docs/iam-policy.json) for BUCKET, ROLE (and KMS_KEY) on stdout
+# stdout is the policy alone (`make policy ... > policy.json`): a first-time setup talks on stderr.
+policy: ## print the day-to-day IAM policy (docs/iam-policy.json) for BUCKET, ROLE (and KMS_KEY) on stdout
+	@$(MAKE) --no-print-directory $(SETUP_STAMP) >&2
 	@$(SHELFDET) policy --template docs/iam-policy.json $(POLICY_FLAGS)
 
-bootstrap-policy: $(SETUP_STAMP) ## print the IAM policy an administrator needs for make bootstrap (docs/iam-bootstrap.json)
+bootstrap-policy: ## print the IAM policy an administrator needs for make bootstrap (docs/iam-bootstrap.json)
+	@$(MAKE) --no-print-directory $(SETUP_STAMP) >&2
 	@$(SHELFDET) policy --template docs/iam-bootstrap.json $(POLICY_FLAGS)
 
 bootstrap: $(SETUP_STAMP) ## once, by an administrator: the CodeBuild service role (zips in BUCKET) and endpoint scaling's service-linked role
