@@ -2,13 +2,15 @@
 
     python tests/_gated_serve.py GATE_DIR <serve arguments>
 
-The real ``server.main`` runs; two of the app's steps are wrapped:
+The real ``server.main`` runs; three of the app's steps are wrapped:
 - each body read first creates ``GATE_DIR/read-<n>``: the server has the request;
+- each request that takes a place in the line for a thread creates ``GATE_DIR/admitted-<n>``;
 - each forward pass creates ``GATE_DIR/held-<n>``, then waits until ``GATE_DIR/open`` exists.
 So a test knows a request is being computed, signals the server, and only then lets it finish.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 import threading
@@ -26,12 +28,12 @@ def _announce(gate: Path, kind: str, counter: "itertools.count[int]", lock: thre
 
 def install(gate: Path) -> None:
     lock = threading.Lock()
-    reads, holds = itertools.count(), itertools.count()
-    read_body, load_detector = app._read_body, app.load_detector
+    reads, holds, admits = itertools.count(), itertools.count(), itertools.count()
+    read_body, load_detector, slot = app._read_body, app.load_detector, app.InferencePool.slot
 
-    async def gated_read(request, limit):
+    async def gated_read(request, *args):
         _announce(gate, "read", reads, lock)
-        return await read_body(request, limit)
+        return await read_body(request, *args)
 
     def gated_load(*args, **kwargs):
         detector = load_detector(*args, **kwargs)
@@ -46,7 +48,13 @@ def install(gate: Path) -> None:
         detector.predict = held
         return detector
 
-    app._read_body, app.load_detector = gated_read, gated_load
+    @contextlib.contextmanager
+    def gated_slot(pool):
+        with slot(pool):  # a refused request raises here, unannounced
+            _announce(gate, "admitted", admits, lock)
+            yield
+
+    app._read_body, app.load_detector, app.InferencePool.slot = gated_read, gated_load, gated_slot
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ WARNINGS = "\n## Warnings\n"
 # The product's own errors (each one reaches the user as an `error:` line, an HTTP error body, or
 # a job's failure reason), and the builtin ones that it raises for bad input.
 CLASSES = {"ArtefactError", "BackendError", "CheckpointMismatch", "CompiledOpsMissing", "ConfigError", "ContractError",
-           "DataError", "HyperparameterError", "ImageDecodeError", "ImageError", "LaunchError", "LimitError",
-           "ManifestError", "PredictError", "RequestError", "ResumeError", "UnknownConfigKey", "UnsafeName",
+           "DataError", "FormatNotAccepted", "HyperparameterError", "ImageDecodeError", "ImageError", "LaunchError",
+           "LimitError", "ManifestError", "PredictError", "RequestError", "ResumeError", "UnknownConfigKey", "UnsafeName",
            "ValueError", "FileNotFoundError", "ImportError", "SystemExit"}
 # Raised for a bug in the caller, never for what a user gave: (file, the message's first words).
 INTERNAL = {

@@ -6,7 +6,9 @@ import io
 import json
 import random
 import re
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -29,7 +31,9 @@ def model_dir(tmp_path_factory):
 def server(model_dir, tmp_path_factory):
     srv = ServerProcess(model_dir, tmp_path_factory.mktemp("serve") / "server.log",
                         env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": str(PAYLOAD_MB), "OMP_NUM_THREADS": "1",
-                             "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "2", "SAGEMAKER_BATCH_STRATEGY": "MultiRecord"})
+                             "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "2", "SAGEMAKER_BATCH_STRATEGY": "MultiRecord",
+                             # Stalled uploads stay held however slow the machine (the 408 has its own server).
+                             "SHELFDET_BODY_TIMEOUT": "3600"})
     try:
         srv.wait_ready()
         yield srv
@@ -53,6 +57,18 @@ def detector(model_dir):
 
 JPEG = encode(shelf_image(1))
 PNG = encode(shelf_image(2), "PNG")
+
+
+def _as(fmt: str) -> bytes:
+    """The shelf photo in a format the server must never decode."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(shelf_image(1, 64, 48)).save(buf, fmt)
+    return buf.getvalue()
+
+
+WEBP, TIFF, ICO = _as("WEBP"), _as("TIFF"), _as("ICO")
 
 
 def direct(detector, data, **kw):
@@ -198,7 +214,18 @@ BAD = [
     ("no content type", "POST", "/invocations", {}, JPEG, 415, "Content-Type"),
     ("text/plain", "POST", "/invocations", {"Content-Type": "text/plain"}, JPEG, 415, "text/plain"),
     ("csv", "POST", "/invocations", {"Content-Type": "text/csv"}, b"1,2,3", 415, "unsupported"),
-    ("garbage", "POST", "/invocations", {"Content-Type": "application/x-image"}, b"not an image at all", 400,
+    ("garbage", "POST", "/invocations", {"Content-Type": "application/x-image"}, b"not an image at all", 415,
+     "image: not a JPEG or PNG image (unrecognised data)"),
+    ("webp as jpeg", "POST", "/invocations", {"Content-Type": "image/jpeg"}, WEBP, 415,
+     "image: not a JPEG or PNG image (WebP image)"),
+    ("tiff as jpeg", "POST", "/invocations", {"Content-Type": "image/jpeg"}, TIFF, 415,
+     "image: not a JPEG or PNG image (TIFF image)"),
+    ("ico as jpeg", "POST", "/invocations", {"Content-Type": "image/jpeg"}, ICO, 415,
+     "image: not a JPEG or PNG image (ICO image)"),
+    ("webp in a batch", "POST", "/invocations", {"Content-Type": "application/json"},
+     json.dumps([base64.b64encode(JPEG).decode(), base64.b64encode(WEBP).decode()]).encode(), 415,
+     "instance 1: not a JPEG or PNG image (WebP image)"),
+    ("jpeg header cut short", "POST", "/invocations", {"Content-Type": "image/jpeg"}, JPEG[:12], 400,
      "not a decodable image"),
     ("truncated jpeg", "POST", "/invocations", {"Content-Type": "image/jpeg"}, _truncated(), 400, "truncated"),
     ("zero length", "POST", "/invocations", {"Content-Type": "image/jpeg"}, b"", 400, "empty"),
@@ -230,7 +257,11 @@ BAD = [
     ("bad base64", "POST", "/invocations", {"Content-Type": "application/json"}, b'["%%%"]', 400, "base64"),
     ("number instance", "POST", "/invocations", {"Content-Type": "application/json"}, b"[1]", 400, "base64 string"),
     ("bad image in batch", "POST", "/invocations", {"Content-Type": "application/json"},
-     json.dumps([base64.b64encode(JPEG).decode(), base64.b64encode(b"junk").decode()]).encode(), 400, "instance 1"),
+     json.dumps([base64.b64encode(JPEG).decode(), base64.b64encode(JPEG[:12]).decode()]).encode(), 400,
+     "instance 1: not a decodable image"),
+    ("junk in a batch", "POST", "/invocations", {"Content-Type": "application/json"},
+     json.dumps([base64.b64encode(JPEG).decode(), base64.b64encode(b"junk").decode()]).encode(), 415,
+     "instance 1: not a JPEG or PNG image (unrecognised data)"),
     ("wrong accept", "POST", "/invocations", {"Content-Type": "image/jpeg", "Accept": "text/csv"}, JPEG, 406,
      "application/json"),
     ("unknown path", "GET", "/nope", {}, None, 404, "Not Found"),
@@ -415,3 +446,114 @@ def test_damaged_jpegs_are_answered_with_warnings_and_clean_ones_without(client,
     r = client.post("/invocations", json={"instances": [base64.b64encode(d).decode() for d, _ in cases]})
     assert r.status_code == 200, r.text[:300]
     assert [p.get("warnings") for p in r.json()] == [w for _, w in cases]
+
+
+def test_other_formats_never_reach_a_decoder(client, monkeypatch):
+    """WebP, TIFF and ICO bodies (sent as image/jpeg) are refused before Pillow opens them: its WebP,
+    TIFF and ICO openers are never asked, here or in the server (same code)."""
+    from PIL import Image
+
+    from shelfdet import imageio
+
+    Image.init()
+    asked = []
+    for fmt in ("WEBP", "TIFF", "ICO"):
+        factory, accept = Image.OPEN[fmt]
+        monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, _f=factory, _n=fmt, **k: asked.append(_n) or _f(*a, **k),
+                                              lambda prefix, _a=accept, _n=fmt: asked.append(_n) or _a(prefix)))
+    for data, kind in ((WEBP, "WebP image"), (TIFF, "TIFF image"), (ICO, "ICO image")):
+        with pytest.raises(imageio.FormatNotAccepted) as err:
+            imageio.decode_scaled(data, 64, 128)
+        assert err.value.kind == kind
+        r = client.post("/invocations", content=data, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 415 and r.json() == {"error": "image: not a JPEG or PNG image ({})".format(kind),
+                                                      "supported": ["JPEG", "PNG"]}, r.text
+    assert asked == []
+    assert Image.open(io.BytesIO(WEBP)).format == "WEBP"  # what an unrestricted open does: asks them
+    assert asked
+
+
+def _stalled_upload(port: int, declared: int = 200000) -> socket.socket:
+    """An upload that sends its headers, waits until the app reads its body (uvicorn answers
+    ``Expect: 100-continue`` then), sends a part of the body and then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock.sendall("POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                 "Content-Length: {}\r\nExpect: 100-continue\r\n\r\n".format(declared).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before 100 Continue: {!r}".format(head)
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 100"), head
+    sock.sendall(JPEG[:1000])
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple:
+    """(status, JSON body, whether the server closed the connection after it), read as it arrives."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "closed without an answer: {!r}".format(data)
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    length = int(next(v for k, _, v in (line.partition(": ") for line in lines[1:]) if k.lower() == "content-length"))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "closed mid-answer"
+        body += chunk
+    closed = sock.recv(1) == b""
+    return int(lines[0].split()[1]), json.loads(body[:length]), closed
+
+
+def test_30_stalled_uploads_do_not_keep_a_normal_request_from_its_answer(server, client, detector):
+    """Each stalled upload is inside the app, reading its body, before the normal request is sent
+    (it got its 100 Continue). The server has 4 threads and at most 16 waiting places: had a body
+    taken its place before it arrived, the 21st upload would have got 503."""
+    held = []
+    try:
+        for _ in range(30):
+            held.append(_stalled_upload(server.port))
+        r = client.post("/invocations", content=JPEG, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        assert_same(r.json(), direct(detector, JPEG))
+        for sock in held:  # still held: no answer, not closed
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in held:
+            sock.close()
+    assert client.get("/ping").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def impatient(model_dir, tmp_path_factory):
+    """A server whose body timeout is short, so a stalled upload gets its 408 soon."""
+    srv = ServerProcess(model_dir, tmp_path_factory.mktemp("impatient") / "server.log",
+                        env={"OMP_NUM_THREADS": "1"}, extra_args=["--body-timeout", "5"])
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, "server exited with {}:\n{}".format(code, srv.log())
+
+
+def test_a_body_not_arrived_in_time_gets_408_and_its_connection_closed(impatient):
+    stalled = [_stalled_upload(impatient.port) for _ in range(3)]
+    try:
+        for sock in stalled:
+            status, body, closed = _answer(sock)  # the socket's own 120 s timeout is the deadline
+            assert status == 408 and closed, (status, body)
+            assert body == {"error": "the request body did not arrive within 5 s (SHELFDET_BODY_TIMEOUT or serve "
+                                     "--body-timeout)"}
+            assert messages.on_page(body["error"]), "{!r} is not on docs/troubleshooting.md".format(body["error"])
+    finally:
+        for sock in stalled:
+            sock.close()
+    # And the server goes on serving, a whole body as fast as ever.
+    r = httpx.post(impatient.url + "/invocations", content=JPEG, headers={"Content-Type": "image/jpeg"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert "Traceback" not in impatient.log(tail=None)

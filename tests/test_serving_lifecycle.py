@@ -22,6 +22,21 @@ def model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.getbasetemp())
 
 
+def _listens_on_every_interface(port: int) -> bool:
+    """Whether a server on ``port`` also answers at 127.0.0.2 (Linux routes all of 127/8 to the loopback
+    interface): a socket bound to 0.0.0.0 does, one bound to 127.0.0.1 does not."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.2", port)) == 0
+
+
+def test_the_listening_probe_tells_every_interface_from_loopback_only():
+    for host, expected in (("0.0.0.0", True), ("127.0.0.1", False)):
+        with socket.socket() as listener:
+            listener.bind((host, 0))
+            listener.listen(1)
+            assert _listens_on_every_interface(listener.getsockname()[1]) is expected, host
+
+
 def _refused(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -127,14 +142,15 @@ def test_a_burst_beyond_the_queue_gets_503_with_retry_after_while_ping_stays_200
         data, results, threads = _hold_one(srv, gate, "computing")
         for n in (1, 2):
             threads.append(_post_in_thread(srv, data, results, "waiting-{}".format(n)))
-            _wait_for(gate / "read-{}".format(n), "waiting request {} being read".format(n), srv)
+            _wait_for(gate / "admitted-{}".format(n), "waiting request {} taking its place".format(n), srv)
         r = httpx.post(srv.url + "/invocations", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60)
         assert r.status_code == 503, r.text
         assert int(r.headers["Retry-After"]) >= 1
         assert "server busy" in r.json()["error"] and "SHELFDET_MAX_QUEUE=2" in r.json()["error"], r.json()
         assert r.json()["retry_after_seconds"] == int(r.headers["Retry-After"])
         assert httpx.get(srv.url + "/ping", timeout=60).status_code == 200
-        assert not (gate / "read-3").exists(), "the refused request's body was read"
+        # Its body was read first (a body arrives before its request queues), and it took no place.
+        assert (gate / "read-3").exists() and not (gate / "admitted-3").exists()
         (gate / "open").touch()
         for t in threads:
             t.join(300)
@@ -157,7 +173,7 @@ def test_decoded_pixels_in_flight_are_capped_across_requests(model_dir, tmp_path
                         extra_args=["--threads", "2", "--log-level", "debug"])
     try:
         srv.wait_ready()
-        assert "0 MP decoded in flight (SHELFDET_PIXELS_IN_FLIGHT)" in srv.log()
+        assert "0 MP decoded in flight (SHELFDET_PIXELS_IN_FLIGHT)" in srv.log(tail=None)
         data, results, threads = _hold_one(srv, gate, "first")
         threads.append(_post_in_thread(srv, data, results, "second"))
         deadline = time.time() + 120
@@ -223,7 +239,9 @@ def test_not_a_model_folder_fails_fast_with_one_line(tmp_path):
                                         ({"SHELFDET_INFER": "--lr 0.1"}, "SHELFDET_INFER: 'lr' is a training"),
                                         ({"SHELFDET_MAX_QUEUE": "-1"}, "SHELFDET_MAX_QUEUE=-1 must be >= 0"),
                                         ({"SHELFDET_MAX_QUEUE": "many"}, "SHELFDET_MAX_QUEUE='many' is not"),
-                                        ({"SHELFDET_PIXELS_IN_FLIGHT": "0"}, "SHELFDET_PIXELS_IN_FLIGHT=0 must be")])
+                                        ({"SHELFDET_PIXELS_IN_FLIGHT": "0"}, "SHELFDET_PIXELS_IN_FLIGHT=0 must be"),
+                                        ({"SHELFDET_BODY_TIMEOUT": "0"}, "SHELFDET_BODY_TIMEOUT=0 is outside (0, 3600]"),
+                                        ({"SHELFDET_BODY_TIMEOUT": "soon"}, "SHELFDET_BODY_TIMEOUT='soon' is not")])
 def test_bad_environment_fails_fast(model_dir, env, needle):
     full = dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env)
     args = [] if "SAGEMAKER_BIND_TO_PORT" in env else ["--port", str(free_port())]
@@ -240,9 +258,10 @@ def test_port_and_model_dir_from_sagemaker_environment(model_dir, tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(ROOT / "shared"), **env))
     try:
         wait_for_port(port, timeout=120, proc=proc)
-        # 0.0.0.0 by default: SageMaker reaches the container from outside.
+        # 127.0.0.1 without --host: this machine only (the serving image passes --host 0.0.0.0).
         text = _wait_log(tmp_path / "log", "Uvicorn running")
-        assert "0.0.0.0:{}".format(port) in text
+        assert "127.0.0.1:{}".format(port) in text and "0.0.0.0" not in text
+        assert _listens_on_every_interface(port) is False
         # What it runs on, before it serves: the first line to read when an endpoint misbehaves.
         import torch
 

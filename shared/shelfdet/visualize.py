@@ -189,14 +189,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.predictions and score_threshold is None:
         score_threshold, origin = default_score_threshold(args.predictions)
         print("score threshold {:.4f} ({})".format(score_threshold, origin))
-    import cv2
+    from . import imageio
 
     written = []
     for d in dicts[:max(0, args.n)]:
         name = os.path.basename(d["file_name"])
-        image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
-        if image is None:
-            print("error: {}: cannot read the image".format(d["file_name"]), file=sys.stderr)
+        try:
+            image = imageio.read(d["file_name"])  # JPEG and PNG only, upright, BGR: as training reads it
+        except (OSError, imageio.ImageDecodeError) as err:
+            print("error: {}: cannot read the image ({})".format(d["file_name"], err), file=sys.stderr)
             return 2
         gt = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in d["annotations"])]
         out = os.path.join(out_dir, os.path.splitext(name)[0] + ".png")

@@ -21,8 +21,10 @@ level on photos: ``tests/test_data_mapper.py``) by
 
 PNGs and JPEGs too small to draft take the same steps without the reduced
 decode and give Detectron2's pixels exactly. Anything this path does not
-cover (masks, keypoints, proposals, semantic segmentation, other image
-formats or augmentations) goes through Detectron2's own ``__call__``.
+cover (masks, keypoints, proposals, semantic segmentation, other
+augmentations) goes through Detectron2's own ``__call__``. Both paths take
+JPEG and PNG only (``imageio.open_image``); another format raises
+``imageio.FormatNotAccepted`` naming the file before any decoder sees it.
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from detectron2.data import detection_utils as utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from .. import imageio  # noqa: E402
 from .crops import ObjectCrop  # noqa: E402
 from .images import SWAPS_SIDES, decode_crop, decode_resized, exif_transpose_method  # noqa: E402
 
@@ -91,6 +93,9 @@ class FastDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         if not self.fast_path(dataset_dict):
+            # Detectron2's read_image opens whatever Pillow knows: the header is checked here first.
+            with PathManager.open(dataset_dict["file_name"], "rb") as f:
+                imageio.open_image(f, dataset_dict["file_name"]).close()
             return super().__call__(dataset_dict)
         # Shallow: the annotations are read, never changed (DatasetMapper deep-copies ~150 box dicts).
         dataset_dict = dict(dataset_dict)
@@ -99,7 +104,7 @@ class FastDatasetMapper(DatasetMapper):
         if annos is not None and self.is_train:
             annos, boxes = self.xyxy(annos)
         with PathManager.open(dataset_dict["file_name"], "rb") as f:
-            image = Image.open(f)
+            image = imageio.open_image(f, dataset_dict["file_name"])
             method = exif_transpose_method(image)
             width, height = image.size
             if method in SWAPS_SIDES:

@@ -286,9 +286,10 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
                 raise RequestError(503, holder.error or "model is loading")
             detector = holder.detector
             thr, cap = _request_params(request, detector)
-            # Admitted before the body is read: a waiting body is what the queue bounds.
+            # The body first, under its timeout, and only then a slot: an upload that is slow or has
+            # stopped holds its own connection, never a place that requests ready to compute need.
+            body = await _read_body(request, settings.max_payload_bytes, settings.body_timeout)
             with work.slot():
-                body = await _read_body(request, settings.max_payload_bytes)
                 content = await work.run(_handle, detector, kind, body, thr, cap, budget)
         except asyncio.CancelledError:
             # Only uvicorn's graceful timeout cancels a request: the caller learns it was cut, not a 500.
@@ -337,11 +338,20 @@ def _request_params(request: Request, detector: Any) -> Tuple[Optional[float], O
         raise RequestError(400, str(err)) from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without buffering them.
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refusing more than ``limit`` bytes without buffering them, and a body still arriving
+    after ``timeout`` seconds (408; the connection is closed, as the rest of the body would follow).
 
     Answering early is safe: uvicorn discards the rest of an unread body.
     """
+    try:
+        return await asyncio.wait_for(_receive_body(request, limit), timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(408, "the request body did not arrive within {:g} s (SHELFDET_BODY_TIMEOUT or serve "
+                           "--body-timeout)".format(timeout), headers={"Connection": "close"}) from None
+
+
+async def _receive_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -389,6 +399,8 @@ def _declared(data: bytes, name: str, index: Optional[int] = None) -> int:
     extra = {} if index is None else {"index": index}
     try:
         return imageio.declared_pixels(data, name)
+    except imageio.FormatNotAccepted as err:  # a WebP, TIFF, ... whatever the Content-Type said
+        raise RequestError(415, str(err), supported=list(imageio.ACCEPTED_FORMATS), **extra) from None
     except imageio.ImageDecodeError as err:
         raise RequestError(400, str(err), **extra) from None
 
@@ -409,6 +421,8 @@ def _decode(detector: Any, data: bytes, name: str, index: Optional[int] = None) 
     extra = {} if index is None else {"index": index}
     try:
         return detector.decode(data, name)
+    except imageio.FormatNotAccepted as err:
+        raise RequestError(415, str(err), supported=list(imageio.ACCEPTED_FORMATS), **extra) from None
     except imageio.ImageDecodeError as err:
         raise RequestError(400, str(err), **extra) from None
 

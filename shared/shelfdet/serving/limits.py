@@ -17,6 +17,10 @@ ASYNC_MAX_PAYLOAD_MB = 200
 MAX_PAYLOAD_MB = 1024  # asynchronous inference's maximum; batch transform's is 100, real-time's 6
 BATCH_MAX_PAYLOAD_MB = 100
 DEFAULT_MAX_CONCURRENT_TRANSFORMS = 1
+# Seconds a request's body may take to arrive, read before the request queues for a thread: 6 MB
+# over a 1 Mbit/s uplink takes under 50 s. SageMaker hands the server whole bodies; a slow or
+# stalled upload comes from a client on the network that a local server listens on.
+DEFAULT_BODY_TIMEOUT = 60.0
 BATCH_STRATEGIES = {"singlerecord": "SINGLE_RECORD", "multirecord": "MULTI_RECORD"}
 PARAMS = ("score_threshold", "max_detections")
 CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
@@ -36,6 +40,8 @@ class Settings(NamedTuple):
     max_queue: Optional[int] = None
     # SHELFDET_PIXELS_IN_FLIGHT: decoded pixels all requests may hold together; None: see pixels_in_flight.
     pixels_in_flight: Optional[int] = None
+    # SHELFDET_BODY_TIMEOUT (or serve --body-timeout): seconds a body may take to arrive, else 408.
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     @property
     def max_payload_bytes(self) -> int:
@@ -81,7 +87,15 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
         pixels = _number(env, "SHELFDET_PIXELS_IN_FLIGHT", None, int)
         if pixels < 1:
             raise LimitError("SHELFDET_PIXELS_IN_FLIGHT={} must be >= 1 (empty: half the free memory)".format(pixels))
-    return Settings(payload, concurrent, strategy, inference, queue, pixels)
+    body_timeout = check_body_timeout(_number(env, "SHELFDET_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT, float),
+                                      "SHELFDET_BODY_TIMEOUT")
+    return Settings(payload, concurrent, strategy, inference, queue, pixels, body_timeout)
+
+
+def check_body_timeout(seconds: float, origin: str) -> float:
+    if not 0 < seconds <= 3600:
+        raise LimitError("{}={:g} is outside (0, 3600] seconds".format(origin, seconds))
+    return seconds
 
 
 # Bytes a decoded pixel costs while a request is computed: PIL's 4-byte buffer, its RGB copy, and the

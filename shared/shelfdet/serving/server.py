@@ -33,12 +33,17 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR,
                     help="model folder with artefacts.json (default: $SM_MODEL_DIR or /opt/ml/model)")
     ap.add_argument("--port", default=_default_port(), help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
-    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only; the serving image "
+                         "passes 0.0.0.0, as SageMaker requires)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=None,
                     help="inference thread pool size (default: max(4, MaxConcurrentTransforms))")
     ap.add_argument("--graceful-timeout", type=float, default=30.0,
                     help="seconds in-flight requests get to finish after SIGTERM; then the rest are cut, exit 1")
+    ap.add_argument("--body-timeout", type=float, default=None,
+                    help="seconds a request's body may take to arrive before it is answered 408 "
+                         "(default: $SHELFDET_BODY_TIMEOUT or {:g})".format(limits.DEFAULT_BODY_TIMEOUT))
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--no-access-log", action="store_true")
     return ap.parse_args(argv)
@@ -62,6 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Fail fast on a folder that is not a model; weights load in the background.
         artefacts.read(args.model_dir)
         settings = limits.settings_from_env()
+        if args.body_timeout is not None:
+            settings = settings._replace(body_timeout=limits.check_body_timeout(args.body_timeout, "--body-timeout"))
     except (artefacts.ArtefactError, limits.LimitError) as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
@@ -91,10 +98,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger("shelfdet.serving").info(runtime.summary())
     logging.getLogger("shelfdet.serving").info(
         "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), %.0f MP decoded in "
-        "flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, %s)", args.model_dir, args.host, port, threads,
-        app.state.work.queue, "" if settings.max_queue is not None else ": from the threads and free memory",
+        "flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, bodies within %g s, %s)", args.model_dir, args.host,
+        port, threads, app.state.work.queue, "" if settings.max_queue is not None else ": from the threads and free memory",
         app.state.budget.total / 1e6, "" if settings.pixels_in_flight is not None else ": half the free memory",
-        settings.max_payload_mb, settings.batch_strategy)
+        settings.max_payload_mb, settings.body_timeout, settings.batch_strategy)
     server.run()
     if cut:
         print("error: {}".format(cut[0]), file=sys.stderr)
