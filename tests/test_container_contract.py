@@ -45,6 +45,9 @@ def test_train_writes_the_model_artefacts(trained):
     assert art.model_type == "faster_rcnn" and art.class_names == ["SKU"], art.manifest
     names = art.manifest["files"]
     assert {"weights", "config", "metrics"} <= set(names), names
+    # The weights are safetensors, and no pickle sits in the folder that becomes model.tar.gz.
+    assert names["weights"] == artefacts.WEIGHTS == "model_final.safetensors", names
+    assert not [p.name for p in model.rglob("*") if p.suffix in (".pth", ".pkl")], sorted(p.name for p in model.iterdir())
     for role, name in names.items():
         assert (model / name).is_file() and (model / name).stat().st_size > 0, (role, name)
     assert (model / names["weights"]).stat().st_size > 1_000_000, "weights file too small to be a model"
@@ -52,6 +55,53 @@ def test_train_writes_the_model_artefacts(trained):
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["iterations"] == int(TINY["num-iter"]), metrics
     assert not (trained / "output" / "failure").exists() or not (trained / "output" / "failure").read_text().strip()
     assert list((trained / "checkpoints").iterdir()), "no checkpoints written to /opt/ml/checkpoints"
+
+
+class _RunsCode:
+    """Unpickled, it creates ``marker`` (a hostile model file would run a shell command instead)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind", ["pth", "disguised"])
+def test_serve_never_unpickles_the_model_folder(trained, tmp_path, kind):
+    """The serving image (torch 1.13, whose torch.load unpickles anything by default) on a model folder
+    whose weights would run code when unpickled: an old folder naming model_final.pth stops it with the one
+    line naming convert-model; a pickle under the safetensors name fails to load, saying so. Neither runs."""
+    import shutil
+
+    import torch
+
+    from shelfdet import artefacts
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(str(trained / "model"), str(model))
+    out.mkdir()
+    out.chmod(0o777)  # the server runs as uid 1000: the code, if it ran, could write its marker
+    hostile = _RunsCode("/opt/ml/out/ran")
+    manifest = json.loads((model / artefacts.MANIFEST).read_text())
+    if kind == "pth":
+        (model / artefacts.WEIGHTS).unlink()
+        torch.save({"model": hostile}, str(model / artefacts.LEGACY_WEIGHTS))
+        manifest.update(format=artefacts.LEGACY_FORMAT, files=dict(manifest["files"], weights=artefacts.LEGACY_WEIGHTS))
+        (model / artefacts.MANIFEST).write_text(json.dumps(manifest))
+    else:
+        torch.save({"model": hostile}, str(model / artefacts.WEIGHTS))
+    run = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", "{}:/opt/ml/model:ro".format(model),
+                          "-v", "{}:/opt/ml/out".format(out), image("serving"), "serve"],
+                         capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert not (out / "ran").exists(), "the model folder's pickle ran in the serving container"
+    if kind == "pth":
+        errors = [line for line in log.splitlines() if line.startswith("error:")]
+        assert run.returncode == 2 and len(errors) == 1, log[-3000:]
+        assert "holds its weights as a pickle (model_final.pth)" in errors[0] and "convert-model" in errors[0], errors
+    else:
+        assert run.returncode != 0 and "is not a safetensors weights file shelfdet can read" in log, log[-3000:]
 
 
 def test_train_failure_is_reported(tmp_path):

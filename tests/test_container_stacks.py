@@ -113,6 +113,9 @@ def test_twin_trains_resumes_and_evaluates(runs, stack, algo):
     assert manifest["detectron2"]["version"] == TWINS[stack][1], manifest["detectron2"]
     for name in manifest["files"].values():
         assert (ml / "model" / name).is_file(), name
+    # Written by this stack's safetensors (numpy writer, no pickle); the cpu stack serves it below.
+    assert manifest["files"]["weights"] == "model_final.safetensors", manifest["files"]
+    assert not list((ml / "model").glob("*.pth")), sorted(p.name for p in (ml / "model").iterdir())
     metrics = json.loads((ml / "model" / manifest["files"]["metrics"]).read_text())
     assert metrics["iterations"] == 24 and metrics["eval_channel"] == "test"
     assert all(0.0 <= metrics[k] <= 1.0 for k in STATS), metrics

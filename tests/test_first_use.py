@@ -47,7 +47,7 @@ HAVE_GIT = shutil.which("git") is not None and _git("rev-parse").returncode == 0
 
 
 @pytest.mark.skipif(not HAVE_GIT, reason="needs git and the repository's .git")
-@pytest.mark.parametrize("path", ["data/annotations/training.manifest", "runs/detectron2-faster-rcnn-x/model/x.pth",
+@pytest.mark.parametrize("path", ["data/annotations/training.manifest", "runs/detectron2-faster-rcnn-x/model/x.safetensors",
                                   "predictions/shelf.jpg.json", "data/visualize/validation/a.png",
                                   "bench/results/loss.png", "sources/detectron2-v0.4.1.tar.gz", ".venv/bin/python"])
 def test_every_generated_path_is_ignored_by_git(path):
@@ -62,7 +62,7 @@ def test_model_dir_defaults_to_the_newest_complete_model(tmp_path):
     complete.mkdir(parents=True)
     (complete / "artefacts.json").write_text("{}")
     interrupted.mkdir(parents=True)  # newer, but never finished: no artefacts.json
-    (interrupted / "model_final.pth.tmp").write_text("")
+    (interrupted / "model_final.safetensors.tmp").write_text("")
     now = time.time()
     os.utime(str(complete / "artefacts.json"), (now - 60, now - 60))
     os.utime(str(interrupted), (now, now))

@@ -67,3 +67,39 @@ def test_resume_without_algo_or_hp_finishes_the_run_as_started(interrupted_retin
     final = torch.load(str(run / "checkpoints" / "model_final.pth"), map_location="cpu", weights_only=False)
     assert final["iteration"] == 7
     assert any(k.startswith("head.") for k in final["model"]), "not a RetinaNet checkpoint"
+    _model_folder_is_the_trained_model(run, final["model"], tiny_dataset)
+
+
+def _model_folder_is_the_trained_model(run, trained, data_dir):
+    """The model folder holds safetensors and no pickle, and it is the trained model: the run's own final
+    checkpoint (Detectron2's file, the same iteration), loaded in memory, predicts exactly what the folder does."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from shelfdet import imageio, safeweights
+    from shelfdet.inference import Detector, inference_hyperparameters, load_config, options_of
+
+    model_dir = run / "model"
+    files = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
+    assert artefacts.WEIGHTS in files and not [f for f in files if f.endswith((".pth", ".pkl"))], files
+    saved = safeweights.load(str(model_dir / artefacts.WEIGHTS))
+    assert saved.keys() == trained.keys()
+    for key, value in trained.items():
+        assert saved[key].dtype == value.dtype and torch.equal(saved[key], value), key
+    art = artefacts.read(str(model_dir))
+    # Every candidate box: a model trained for 8 iterations scores few boxes above its own threshold.
+    overrides = {"pred-thr": "0.001"}
+    hp = inference_hyperparameters(art.manifest.get("hyperparameters") or {}, overrides)
+    cfg = load_config(art.config, "cpu", art.changed_config_keys, hp, overrides.keys())
+    in_memory = build_model(cfg)
+    in_memory.load_state_dict(trained)
+    from_memory = Detector.from_model(cfg, in_memory, art.class_names, options=options_of(hp))
+    from_folder = Detector.from_model_dir(str(model_dir), "cpu", overrides)
+    photos = sorted((data_dir / "test").glob("*.jpg"))
+    boxes = 0
+    for photo in photos:
+        image = imageio.read(str(photo))
+        got = from_folder.predict([image])[0]
+        assert got == from_memory.predict([image])[0], photo
+        boxes += len(got["scores"])
+    assert photos and boxes, "no box on any test photo: the comparison would be vacuous"
