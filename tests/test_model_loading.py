@@ -170,6 +170,17 @@ def test_resume_from_a_checkpoint_of_another_model_fails(tmp_path):
     Checkpointer(model, str(tmp_path)).resume_or_load(str(tmp_path / "model_0000003.pth"), resume=True)
 
 
+def test_a_model_folder_s_safetensors_serve_as_initial_weights_without_unpickling(model_dir, tmp_path, monkeypatch):
+    model = build_model(load_config(str(model_dir / artefacts.CONFIG), "cpu"))
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a))
+    Checkpointer(model, str(tmp_path)).resume_or_load(str(model_dir / artefacts.WEIGHTS), resume=True)
+    saved = safeweights.load(str(model_dir / artefacts.WEIGHTS))
+    own = model.state_dict()
+    assert not unpickled and set(saved) == set(own)
+    assert all(torch.equal(own[k], v) for k, v in saved.items())
+
+
 def _saved_config(model_dir: Path, tmp_path: Path, extra: dict) -> Path:
     data = yaml.safe_load((model_dir / artefacts.CONFIG).read_text())
     for key, value in extra.items():

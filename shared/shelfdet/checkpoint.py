@@ -90,6 +90,13 @@ class Checkpointer(DetectionCheckpointer):
         finally:
             self._exact = False
 
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        # A model folder's weights as initial weights (fine-tuning a trained model): read as
+        # safetensors, never unpickled, then matched like any checkpoint of ours.
+        if filename.endswith(".safetensors"):
+            return {"model": safeweights.load(filename)}
+        return super()._load_file(filename)
+
     def _load_model(self, checkpoint: Any) -> Any:
         if self._exact:
             model = getattr(self.model, "module", self.model)

@@ -124,7 +124,8 @@ TABLE: Tuple[Param, ...] = (
           "Soft-NMS; locally also lr-steps 0.8,0.95 and bbox-head-pos-fraction 0.5 (printed at start).", ("none", "dense")),
     Param("backbone", str, "R_50_FPN", "R_18_FPN", "Backbone from the Detectron2 model zoo (R_18_FPN: from-scratch, BN).", BACKBONES),
     Param("lr-schedule", _schedule, "1x", SAME, "Model-zoo schedule whose config and weights are used (1x or 3x)."),
-    Param("weights", str, "zoo", "none", "Initial weights: zoo (model-zoo pretrained), none (from scratch), or a .pth/.pkl path or URL."),
+    Param("weights", str, "zoo", "none", "Initial weights: zoo (model-zoo pretrained), none (from scratch), a .pth/.pkl "
+          "path or URL, or a model folder's model_final.safetensors."),
     Param("norm", str, "auto", SAME, "Backbone norm; auto = FrozenBN with pretrained weights, BN from scratch (SyncBN on several GPUs).",
           ("auto", "FrozenBN", "BN", "SyncBN", "GN")),
     Param("lr", float, 0.005, {"faster_rcnn": 0.02, "retinanet": 0.01, "cascade_rcnn": 0.02}, "Base learning rate (for the whole batch).", low=1e-7, high=1.0, tune=("continuous", 0.0005, 0.1, "Logarithmic")),
