@@ -403,6 +403,47 @@ def test_resize_refuses_an_endpoint_that_tiles(account, sagemaker, capsys, tmp_p
     assert sagemaker.sent("InvokeEndpoint") == []
 
 
+def test_realtime_predict_sends_the_photo_and_writes_the_answer(account, sagemaker, capsys, tmp_path):
+    realtime_endpoint("shelf-rt")
+    served = {"image_height": 30, "image_width": 40, "pred_boxes": [[10.0, 10.0, 50.0, 60.0], [60, 20, 90, 100]],
+              "scores": [0.9, 0.4], "pred_classes": [0, 0], "pred_class_names": ["SKU", "SKU"],
+              "class_names": ["SKU"]}
+    sagemaker.answer = lambda body, ctype, attributes: (200, json.dumps(served).encode())
+    photo = tmp_path / "shelf.png"
+    photo.write_bytes(encode(shelf_image(9, 40, 30), "PNG"))
+    out = tmp_path / "preds"
+    rc, stdout, err = cli(capsys, "predict", "--image", str(photo), "--endpoint", "shelf-rt", "--region", REGION,
+                          "--out", str(out), "--score-threshold", "0.3")
+    assert rc == 0, err
+    (sent,) = sagemaker.sent("InvokeEndpoint")
+    assert sent["Body"] == photo.read_bytes() and sent["ContentType"] == "image/png"
+    assert "2 boxes (endpoint shelf-rt)" in stdout
+    assert json.loads((out / "shelf.png.json").read_text()) == served
+    assert (out / "shelf.png.png").stat().st_size > 1000
+
+
+def test_an_endpoint_answer_that_is_not_a_prediction_is_a_clear_error(account, sagemaker, capsys, tmp_path):
+    realtime_endpoint("shelf-rt")
+    sagemaker.answer = lambda body, ctype, attributes: (200, b"hello")  # as a misconfigured endpoint might send
+    photo = tmp_path / "shelf.jpg"
+    photo.write_bytes(encode(shelf_image(9, 40, 30)))
+    rc, _, err = cli(capsys, "predict", "--image", str(photo), "--endpoint", "shelf-rt", "--region", REGION,
+                     "--out", str(tmp_path / "o"))
+    assert rc == 2
+    assert "not JSON" in one_error_line(err) or "without pred_boxes" in one_error_line(err), err
+
+
+def test_a_photo_in_another_format_is_refused_before_it_is_sent(account, sagemaker, capsys, tmp_path):
+    realtime_endpoint("shelf-rt")
+    photo = tmp_path / "shelf.ppm"
+    Image.fromarray(shelf_image(9, 40, 30)).save(str(photo), "PPM")
+    rc, _, err = cli(capsys, "predict", "--image", str(photo), "--endpoint", "shelf-rt", "--region", REGION,
+                     "--out", str(tmp_path / "o"))
+    assert rc == 2
+    assert one_error_line(err) == "error: {}: not a JPEG or PNG image (unrecognised data)".format(photo)
+    assert sagemaker.sent("InvokeEndpoint") == []
+
+
 def test_an_unknown_endpoint_is_one_line_naming_the_call(account, sagemaker, capsys, tmp_path):
     photo = tmp_path / "shelf.jpg"
     photo.write_bytes(encode(shelf_image(1, 96, 72)))

@@ -1,11 +1,10 @@
-"""``make predict`` (python -m shelfdet predict): a local model folder or a SageMaker endpoint (moto)."""
+"""``make predict`` (python -m shelfdet predict) with a local model folder; with an endpoint: tests/test_predict_endpoints.py."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 import pytest
@@ -23,15 +22,6 @@ def model_dir(tmp_path_factory):
 def image(tmp_path):
     path = tmp_path / "shelf.jpg"
     path.write_bytes(encode(shelf_image(9, 160, 120)))
-    return path
-
-
-@pytest.fixture
-def ascii_image(tmp_path):
-    """A plain (P3) PPM: moto's server cannot hash a non-UTF-8 request body (HTTP 500)."""
-    rgb = shelf_image(9, 40, 30)
-    path = tmp_path / "shelf.ppm"
-    path.write_text("P3\n40 30\n255\n" + "\n".join(" ".join(str(v) for v in row.ravel()) for row in rgb) + "\n")
     return path
 
 
@@ -89,55 +79,18 @@ def test_the_png_draws_what_the_count_threshold_counts(model_dir, image, tmp_pat
 
 @pytest.mark.parametrize("case,needle", [("missing image", "image not found"), ("no model", "no model"),
                                          ("not a model", "artefacts.json"), ("corrupt image", "not a decodable image"),
-                                         ("threshold", "score_threshold")])
+                                         ("threshold", "score_threshold"),
+                                         ("webp image", "shelf.webp: not a JPEG or PNG image (WebP image)")])
 def test_errors_are_one_line(model_dir, image, tmp_path, case, needle):
     args = {"missing image": ["--image", tmp_path / "nope.jpg", "--model-dir", model_dir],
             "no model": ["--image", image],
             "not a model": ["--image", image, "--model-dir", tmp_path],
             "corrupt image": ["--image", tmp_path / "bad.jpg", "--model-dir", model_dir],
-            "threshold": ["--image", image, "--model-dir", model_dir, "--score-threshold", "7"]}[case]
+            "threshold": ["--image", image, "--model-dir", model_dir, "--score-threshold", "7"],
+            "webp image": ["--image", tmp_path / "shelf.webp", "--model-dir", model_dir]}[case]
     (tmp_path / "bad.jpg").write_bytes(image.read_bytes()[:400])
+    Image.open(str(image)).save(str(tmp_path / "shelf.webp"), "WEBP")
     proc = predict(*args, "--out", tmp_path / "o")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and needle in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def moto_endpoint(name):
-    """A real-time endpoint in moto: predict asks its kind before invoking it."""
-    import boto3
-
-    sm = boto3.client("sagemaker", region_name="us-east-2")
-    sm.create_model(ModelName=name, ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
-                    PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-2.amazonaws.com/s:t",
-                                      "ModelDataUrl": "s3://b/model.tar.gz"})
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
-
-
-def test_endpoint_mode_uses_invoke_endpoint(aws_env, moto_server, ascii_image, tmp_path):
-    moto_endpoint("shelfdet-ep")
-    served = {"image_height": 30, "image_width": 40, "pred_boxes": [[10.0, 10.0, 50.0, 60.0], [60, 20, 90, 100]],
-              "scores": [0.9, 0.4], "pred_classes": [0, 0], "pred_class_names": ["SKU", "SKU"],
-              "class_names": ["SKU"]}
-    queue = {"region": "us-east-2", "results": [{"Body": json.dumps(served), "ContentType": "application/json"}]}
-    req = urllib.request.Request(moto_server + "/moto-api/static/sagemaker/endpoint-results",
-                                 data=json.dumps(queue).encode(), headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req).read()
-    out = tmp_path / "preds"
-    proc = predict("--image", ascii_image, "--endpoint", "shelfdet-ep", "--region", "us-east-2", "--out", out,
-                   "--score-threshold", "0.3")
-    assert proc.returncode == 0, proc.stderr
-    assert "2 boxes (endpoint shelfdet-ep)" in proc.stdout
-    assert json.loads((out / "shelf.ppm.json").read_text()) == served
-    assert (out / "shelf.ppm.png").stat().st_size > 1000
-
-
-def test_endpoint_answer_that_is_not_a_prediction_is_a_clear_error(aws_env, ascii_image, tmp_path):
-    # moto's default answer is a fixed string, as a misconfigured endpoint might send.
-    moto_endpoint("other-ep")
-    proc = predict("--image", ascii_image, "--endpoint", "other-ep", "--region", "us-east-2", "--out", tmp_path / "o")
-    assert proc.returncode == 2, proc.stderr
-    assert "not JSON" in proc.stderr or "without pred_boxes" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
