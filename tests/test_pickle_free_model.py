@@ -260,3 +260,15 @@ def test_convert_model_trusting_a_hostile_pth_still_loads_tensors_only_where_tor
     err = capsys.readouterr().err
     assert "torch could not load it as a checkpoint of tensors" in err and len(_error_lines(err)) == 1, err
     assert not marker.exists() and not (folder / artefacts.WEIGHTS).exists()
+
+
+def test_convert_model_on_a_converted_folder_checks_its_weights(folders, capsys):
+    from shelfdet import convert_model
+
+    assert convert_model.main([str(folders[0])]) == 0
+    assert "nothing to convert" in capsys.readouterr().out
+    folder, marker = folders[1]["disguised"]
+    assert convert_model.main([str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert NOT_SAFETENSORS in err and len(_error_lines(err)) == 1, err
+    assert not marker.exists()

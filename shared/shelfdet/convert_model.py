@@ -30,7 +30,9 @@ def convert(model_dir: str, trust_pickle: bool, device: str = "cpu") -> str:
     """Writes WEIGHTS beside the folder's .pth and rewrites its manifest; returns a line saying what it did."""
     manifest = artefacts.read_manifest(model_dir)
     if manifest.get("format") == artefacts.FORMAT:
-        artefacts.read(model_dir)  # a format 2 folder must be whole
+        from . import safeweights
+
+        safeweights.load(artefacts.read(model_dir).weights)  # whole, and its weights readable
         return "{} already holds its weights as {}: nothing to convert".format(model_dir, artefacts.WEIGHTS)
     if manifest.get("format") != artefacts.LEGACY_FORMAT:
         raise artefacts.ArtefactError("{}: format {!r}, expected {!r} to convert".format(
