@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .. import imageio
+from . import written
 
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED = (5, 6, 7, 8)
@@ -299,12 +300,16 @@ def write_resized(src: str, dst: str, size: Tuple[int, int]) -> int:
         out = out.resize(stored, RESIZE_FILTER)
         if orientation in UPRIGHT:
             out = out.transpose(UPRIGHT[orientation])
-    tmp = dst + ".tmp"
-    if fmt in ("JPEG", "MPO"):
-        out.save(tmp, "JPEG", quality=JPEG_QUALITY)
-    else:
-        out.save(tmp, fmt)
-    os.replace(tmp, dst)
+    tmp = written.temp_beside(dst)
+    try:
+        if fmt in ("JPEG", "MPO"):
+            out.save(tmp, "JPEG", quality=JPEG_QUALITY)
+        else:
+            out.save(tmp, fmt)
+        os.replace(tmp, dst)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return os.path.getsize(dst)
 
 
