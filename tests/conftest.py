@@ -144,42 +144,42 @@ def run_train(root: Path, env: "dict | None" = None, timeout: float = 600) -> su
 
 # ---- the AWS calls the product makes (docs/iam-policy.json is checked against them) ----------------
 
-AWS_CALLS: "dict[str, str]" = {}  # IAM action -> the first test that made it
+AWS_RECORD_DIR = ROOT / "tests" / "awsrecord"
+sys.path.insert(0, str(AWS_RECORD_DIR))
+import aws_record  # noqa: E402
 
 
-def _product_frame(package: str) -> bool:
-    """Whether shelfdet's code made the API call (not a test's own boto3 client, even one a product
-    callback runs): the first caller outside botocore and boto3 decides. Transfers run in s3transfer's
-    threads, whose stacks never reach their caller: only the product starts those."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if "botocore" not in name and "boto3" not in name:
-            return name.startswith(package) or "s3transfer" in name
-        frame = frame.f_back
-    return False
+# Set by tests/test_zz_iam_policy.py for the pytest it runs when run alone: only the tests that talk to
+# moto, the only ones whose AWS calls get an answer.
+MOTO_TESTS_ONLY = "SHELFDET_MOTO_TESTS_ONLY"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get(MOTO_TESTS_ONLY):
+        return
+    kept = [i for i in items if "moto_server" in getattr(i, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+    items[:] = kept
 
 
 @pytest.fixture(scope="session", autouse=True)
-def record_aws_calls():
-    """Every AWS API call made from shelfdet's code in this session, as IAM actions (tests/iam.py)."""
+def record_aws_calls(tmp_path_factory):
+    """Every AWS API call made from shelfdet's code in this session, in this process and in its Python
+    subprocesses (tests/awsrecord), appended to a file: this one's, or the one a parent session named."""
     try:
-        from botocore.client import BaseClient
+        import botocore.client  # noqa: F401
     except ImportError:
-        yield AWS_CALLS
+        yield None
         return
-    import iam
-    import shelfdet
-
-    package = os.path.dirname(os.path.abspath(shelfdet.__file__)) + os.sep
-    original = BaseClient._make_api_call
-
-    def recording(self, operation_name, api_params):
-        if _product_frame(package):
-            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-            AWS_CALLS.setdefault(iam.action(self.meta.service_model.endpoint_prefix, operation_name), test)
-        return original(self, operation_name, api_params)
-
-    BaseClient._make_api_call = recording
-    yield AWS_CALLS
-    BaseClient._make_api_call = original
+    saved = {k: os.environ.get(k) for k in (aws_record.ENV, "PYTHONPATH")}
+    path = os.environ.get(aws_record.ENV) or str(tmp_path_factory.mktemp("aws-calls") / "calls.jsonl")
+    os.environ[aws_record.ENV] = path
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(AWS_RECORD_DIR)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
+    aws_record.install()
+    yield Path(path)
+    aws_record.uninstall()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
