@@ -221,7 +221,7 @@ def test_the_build_context_holds_only_tracked_files(tmp_path):
                                     "| grep -c '^ctx'); cat >\"$FAKE_STATE/ctx$n.tar\" ;; esac\n")
     (bin_dir / "docker").chmod(0o755)
     env = dict(PATH="{}:{}".format(bin_dir, os.environ["PATH"]), FAKE_STATE=str(tmp_path), TMPDIR=str(tmp_path))
-    for image in ("base", "serving", "test"):
+    for image in ("base", "training", "serving", "test"):
         for old in tmp_path.glob("ctx*.tar"):
             old.unlink()
         images_sh("build", image, "cpu", root=repo, **env)
