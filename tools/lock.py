@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make lock`: one lock file per pip install of the images, locks/<name>.txt, from versions.env.
 
-  python tools/lock.py [NAME ...]     # write the locks (default: all of them)
+  python tools/lock.py [NAME ...]     # write the locks whose inputs changed (named ones: those, always)
+  python tools/lock.py --all          # write every lock again (newer releases of unpinned dependencies)
   python tools/lock.py --check        # exit 1, naming each stale lock, when versions.env moved on
   python tools/lock.py --stale NAME   # the versions.env keys changed since locks/NAME.txt (tools/images.sh)
 
@@ -238,7 +239,8 @@ def read_lock(path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", help="locks to write (default: all: {})".format(" ".join(NAMES)))
+    p.add_argument("names", nargs="*", help="locks to write (default: the stale ones of {})".format(" ".join(NAMES)))
+    p.add_argument("--all", action="store_true", help="write every lock again")
     p.add_argument("--check", action="store_true", help="only say which locks are stale")
     p.add_argument("--stale", metavar="NAME", help="print the versions.env keys that changed since locks/NAME.txt")
     args = p.parse_args(argv)
@@ -254,6 +256,13 @@ def main(argv=None):
                 print("error: {} (make lock)".format(s), file=sys.stderr)
             return 1 if problems else 0
         os.makedirs(LOCKS, exist_ok=True)
+        if not args.names and not args.all:
+            # A lock whose inputs did not change stays as it is: its transitive versions do not drift.
+            names = [n for n in NAMES if stale(n, v)]
+            if "cpu" in names and "test" not in names:
+                names.append("test")  # made on top of cpu's
+            if not names:
+                print("[lock] every lock matches versions.env (--all makes them again)")
         # test's lock is made on top of cpu's: cpu first.
         for name in sorted(names, key=lambda n: n == "test"):
             text = make(name, v)
