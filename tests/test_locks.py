@@ -37,10 +37,11 @@ def test_each_lock_was_made_from_the_pins_in_versions_env(name):
 def test_every_locked_distribution_is_pinned_by_sha256(name):
     lines = lock_lines(name)
     assert len(lines) > 10, name
-    unpinned = [l for l in (ROOT / "locks" / (name + ".txt")).read_text().splitlines() if l.startswith("# unpinned:")]
+    at_build = [l for l in (ROOT / "locks" / (name + ".txt")).read_text().splitlines()
+                if l.startswith("# from PyTorch's index at build time:")]
     for line in lines:
-        if re.match(r"^[a-z0-9-]+ @ https://\S+$", line):  # a URL wheel without its sha256: said in the header
-            assert unpinned and line.split()[0] in unpinned[0], line
+        if re.match(r"^[a-z0-9-]+ @ https://\S+$", line):  # its sha256 from the index, at build time: said so
+            assert at_build and line.split()[0] in at_build[0].split(), line
             continue
         assert re.match(r"^[a-z0-9-]+(==\S+| @ https://\S+)( {})+$".format(HASH), line), line
 
@@ -118,16 +119,16 @@ def test_a_lock_change_changes_the_tag():
     assert lock.NAMES == ("cpu", "cu101", "cu101cpu", "cu12", "test", "mlflow-server")
 
 
-def test_an_unpinned_wheel_stops_the_build_in_one_line(tmp_path):
+def test_a_wheel_without_a_pinned_sha256_does_not_stop_the_build(tmp_path):
     pins = env_file()
     if pins["STACK_CU101_TORCH_SHA256"]:
         pytest.skip("torch's sha256 is pinned for cu101")
+    lock = (ROOT / "locks" / "cu101.txt").read_text()
+    assert "# from PyTorch's index at build time: torch torchvision (" in lock
     repo = copy_with_locks(tmp_path / "repo")
     out = build_base(repo, tmp_path, "cu101", ["ubuntu:18.04"])
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
-    assert out.returncode != 0 and len(errors) == 1, out.stderr
-    assert errors[0].startswith("error: locks/cu101.txt cannot be installed with --require-hashes: torch torchvision")
-    assert not _calls(tmp_path, "build")
+    assert not [l for l in out.stderr.splitlines() if l.startswith("error: ") and "lock" in l], out.stderr
+    assert (repo / "images" / ".build" / "lock-cu101.txt").read_text() == lock, "the lock goes into the context"
 
 
 # Where curl is missing (the test image), file:// downloads as `curl -fsSL --retry 3 -o FILE URL` makes them.
@@ -137,14 +138,14 @@ exec cp "${url#file://}" "$out"
 """
 
 
-def install_sh(tmp_path: Path, step: str, **env: str) -> subprocess.CompletedProcess:
+def install_sh(tmp_path: Path, step: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     path = os.environ["PATH"]
     if shutil.which("curl") is None:
         (tmp_path / "bin").mkdir(exist_ok=True)
         (tmp_path / "bin" / "curl").write_text(FILE_CURL)
         (tmp_path / "bin" / "curl").chmod(0o755)
         path = "{}:{}".format(tmp_path / "bin", path)
-    return subprocess.run(["bash", str(ROOT / "images" / "base" / "install.sh"), step], capture_output=True,
+    return subprocess.run(["bash", str(ROOT / "images" / "base" / "install.sh"), step] + list(args), capture_output=True,
                           text=True, cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path), PATH=path, **env),
                           timeout=120)
 
@@ -174,6 +175,114 @@ def test_a_cuda_download_that_does_not_match_its_pin_stops_the_build(tmp_path):
                      CUDA_RUNFILE_SHA256="", FORCE_CUDA="1")
     assert out.returncode == 3 and out.stderr.strip().splitlines()[-1] == (
         "error: file://{} has no sha256 pinned in versions.env (STACK_<STACK>_CUDA_RUNFILE_SHA256)".format(runfile))
+
+
+def tiny_wheel(path: Path, name: str, version: str) -> bytes:
+    """A real wheel of one empty module, installable anywhere (py3-none-any)."""
+    import base64
+    import hashlib
+    import io
+    import zipfile
+    info = "{}-{}.dist-info".format(name, version)
+    files = {name + "/__init__.py": b"",
+             info + "/METADATA": "Metadata-Version: 2.1\nName: {}\nVersion: {}\n".format(name, version).encode(),
+             info + "/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join("{},sha256={},{}\n".format(
+        n, base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b"=").decode(), len(b)) for n, b in files.items())
+    files[info + "/RECORD"] = (record + info + "/RECORD,,\n").encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+@pytest.fixture
+def index_server(tmp_path):
+    """PyTorch's index as files served over HTTP on 127.0.0.1: /whl/cu101/<wheel> and /whl/cu101/torch/."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / "www"
+    (root / "whl" / "cu101" / "torch").mkdir(parents=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, "http://127.0.0.1:{}".format(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+NO_PROXY = dict(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+
+
+def pip_install(tmp_path: Path, lock: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(NO_PROXY, PIP_CONFIG_FILE=os.devnull)
+    return subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir",
+                           "--no-index", "--require-hashes", "--no-deps", "--target", str(tmp_path / "site"),
+                           "-r", str(lock)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_wheel_without_a_pinned_sha256_is_checked_by_the_one_its_index_publishes(tmp_path, index_server):
+    www, base = index_server
+    filename = "torch-1.6.0+cu101-py3-none-any.whl"
+    wheel = tiny_wheel(www / "whl" / "cu101" / filename, "torch", "1.6.0+cu101")
+    import hashlib
+    sha = hashlib.sha256(wheel).hexdigest()
+    quoted = filename.replace("+", "%2B")
+    url = "{}/whl/cu101/{}".format(base, quoted)
+    page = www / "whl" / "cu101" / "torch" / "index.html"
+    page.write_text('<html><body>\n<a href="/whl/cu101/torch-1.5.0%2Bcu101-py3-none-any.whl#sha256={}">x</a><br>\n'
+                    '<a href="/whl/cu101/{}#sha256={}">{}</a><br>\n</body></html>\n'.format("1" * 64, quoted, sha,
+                                                                                          filename))
+    head = "# from PyTorch's index at build time: torch (sha256 as the index publishes it)\n"
+    other = "six==1.16.0 --hash=sha256:" + "2" * 64 + "\n"
+    lock = tmp_path / "lock.txt"
+    lock.write_text(head + other + "torch @ {}\n".format(url))
+    # (a) the published sha256 goes into the lock line, said in one line, and pip installs those bytes.
+    out = install_sh(tmp_path, "index-hashes", str(lock), **NO_PROXY)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[base] {}: sha256 {}, taken from {}/whl/cu101/torch/".format(
+        filename, sha, base)], out.stdout
+    assert lock.read_text() == head + other + "torch @ {} --hash=sha256:{}\n".format(url, sha)
+    only_torch = tmp_path / "torch-lock.txt"
+    only_torch.write_text(lock.read_text().replace(other, ""))
+    installed = pip_install(tmp_path, only_torch)
+    assert installed.returncode == 0, installed.stderr
+    assert (tmp_path / "site" / "torch" / "__init__.py").is_file()
+    # (c) other bytes at that URL: pip refuses them.
+    shutil.rmtree(str(tmp_path / "site"))
+    tiny_wheel(www / "whl" / "cu101" / filename, "torch", "1.6.0+cu101.post1")
+    refused = pip_install(tmp_path, only_torch)
+    assert refused.returncode != 0 and "THESE PACKAGES DO NOT MATCH THE HASHES" in refused.stderr, refused.stderr
+    assert sha in refused.stderr and not (tmp_path / "site" / "torch").exists()
+    # (b) an index without that file, a link without sha256, no index at all: one line each, lock untouched.
+    fix = "pin STACK_<STACK>_TORCH_SHA256 in versions.env, then make lock"
+    unresolved = head + "torch @ {}\n".format(url)
+    for text, error in (
+            ('<a href="/whl/cu101/torch-1.5.0%2Bcu101-py3-none-any.whl#sha256={}">x</a>'.format("1" * 64),
+             "error: {}/whl/cu101/torch/ publishes no sha256 for {}: {}".format(base, filename, fix)),
+            ('<a href="/whl/cu101/{}">{}</a>'.format(quoted, filename),
+             "error: {}/whl/cu101/torch/ publishes no sha256 for {}: {}".format(base, filename, fix)),
+            (None, "error: cannot read {}/whl/cu101/torch/ for the sha256 of {} (HTTP Error 404: File not found): {}"
+             .format(base, filename, fix))):
+        if text is None:
+            shutil.rmtree(str(www / "whl" / "cu101" / "torch"))
+        else:
+            page.write_text("<html><body>{}</body></html>\n".format(text))
+        lock.write_text(unresolved)
+        out = install_sh(tmp_path, "index-hashes", str(lock), **NO_PROXY)
+        assert out.returncode == 3 and out.stderr.strip().splitlines() == [error], out.stderr
+        assert lock.read_text() == unresolved
+
+
+def test_deps_takes_the_index_sha256_before_pip_runs():
+    deps = (ROOT / "images" / "base" / "install.sh").read_text().split("\ndeps)\n", 1)[1].split("\n  ;;\n", 1)[0]
+    assert deps.index("index_hashes /tmp/venv-lock.txt") < deps.index("--require-hashes --no-build-isolation")
 
 
 def test_cu101_pins_the_cuda_runfile():

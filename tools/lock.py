@@ -24,8 +24,9 @@ Special cases, said in the lock itself:
 - cu101: torch and torchvision are wheels on PyTorch's own index, which this machine cannot
   reach. They are resolved as PyPI's torch 1.6.0/torchvision 0.7.0 (same requirements) and
   written as the pinned URL with the sha256 from STACK_CU101_TORCH_SHA256 (the `#sha256=` of
-  the wheel's link in PyTorch's index); an empty pin is written as `# unpinned:` and the
-  build refuses the lock until it is filled in.
+  the wheel's link in PyTorch's index). Where that pin is empty the line is the URL alone and
+  the lock says so (`# from PyTorch's index at build time:`): the build reads that `#sha256=`
+  from the index and writes it into the line before pip runs (images/base/install.sh deps).
 - test: the test image's additions over the cpu training image (TEST_REQUIREMENTS); the
   MLflow server's own venv is mlflow-server.
 """
@@ -199,13 +200,14 @@ def make(name, v):
             else:
                 unpinned.append(pkg)
                 lines.append("{} @ {}".format(pkg, url))
-        if urls:
+        pinned = [wheel_version(u)[0] for u in urls[:len(shas)]]
+        if pinned:
             notes.append("# {} from PyTorch's index (not reachable where locks are made): checked against "
                          "{}TORCH_SHA256, the sha256 that index publishes for each wheel".format(
-                             " and ".join(wheel_version(u)[0] for u in urls), up))
+                             " and ".join(pinned), up))
         if unpinned:
-            notes.append("# unpinned: {} (versions.env {}TORCH_SHA256 has no sha256 for it; the build refuses "
-                         "this lock until it does)".format(" ".join(unpinned), up))
+            notes.append("# from PyTorch's index at build time: {} (sha256 as the index publishes it; pin "
+                         "{}TORCH_SHA256 to freeze it)".format(" ".join(unpinned), up))
     elif name == "test":
         cpu = read_lock(os.path.join(LOCKS, "cpu.txt"))
         system = v["STACK_CPU_SYSTEM_PYTHON"].split()

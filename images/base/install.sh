@@ -3,6 +3,7 @@
 # every stack, driven by the build arguments from versions.env.
 #   install.sh python      # system packages + the /opt/venv virtual environment
 #   install.sh deps        # everything pip installs in the venv, from the stack's lock (/tmp/lock.txt, --require-hashes)
+#   install.sh index-hashes LOCK  # (part of deps) the sha256 PyTorch's index publishes, for its URL wheels
 #   install.sh cuda        # a CUDA compiler where the parent has none: NVIDIA's apt repository (CUDA_APT,
 #                          # its runfile CUDA_RUNFILE when the repository is gone), or /opt/cuda (CUDA_PIP, CUDA_DEB)
 #   install.sh detectron2  # Detectron2: the sdist, or compiled from the pinned source
@@ -26,6 +27,59 @@ if [ -z "${CUDA_HOME:-}" ] && [ -n "$toolkit" ] && [ -x "$toolkit/bin/nvcc" ]; t
 fi
 # CUDA runtime libraries the final stage needs beside torch's (see the detectron2 step).
 CUDA_RUNTIME=/opt/cuda-runtime
+
+index_hashes() {  # index_hashes <lock>: a wheel URL the lock gives without sha256 gets the one its index publishes
+  # Where locks are made, PyTorch's index cannot be read: the lock names the wheel's URL alone
+  # (STACK_<STACK>_TORCH_SHA256 empty), and the build takes the `#sha256=` of that file's link in
+  # the package's simple index beside it, so pip's --require-hashes still checks every byte.
+  local py=$VENV/bin/python
+  [ -x "$py" ] || py=python3
+  "$py" - "$1" <<'PY' || exit 3
+import os
+import re
+import ssl
+import sys
+import urllib.parse
+import urllib.request
+
+path = sys.argv[1]
+with open(path) as f:
+    lines = f.read().splitlines()
+out = []
+for line in lines:
+    m = re.match(r"^([A-Za-z0-9_.\-]+) @ ((https?)://\S+)$", line)
+    if not m:
+        out.append(line)
+        continue
+    name, url = m.group(1), m.group(2)
+    base, filename = url.rsplit("/", 1)
+    wanted = urllib.parse.unquote(filename)
+    index = "{}/{}/".format(base, name)
+    cafile = os.environ.get("PIP_CERT") or None
+    try:
+        context = ssl.create_default_context(cafile=cafile) if index.startswith("https:") else None
+        with urllib.request.urlopen(index, timeout=60, context=context) as r:
+            page = r.read().decode("utf-8", "replace")
+    except Exception as err:  # any failure to read it is the same one-line report
+        msg = "error: cannot read {} for the sha256 of {} ({}): pin STACK_<STACK>_TORCH_SHA256 in versions.env, then make lock"
+        sys.exit(msg.format(index, wanted, " ".join(str(err).split())))
+    sha = None
+    for href in re.findall(r"""href\s*=\s*["']([^"']+)["']""", page):
+        link, _, fragment = href.partition("#")
+        if urllib.parse.unquote(link.rsplit("/", 1)[-1]) == wanted:
+            found = re.match(r"^sha256=([0-9a-fA-F]{64})$", fragment)
+            if found:
+                sha = found.group(1).lower()
+                break
+    if sha is None:
+        sys.exit("error: {} publishes no sha256 for {}: pin STACK_<STACK>_TORCH_SHA256 in versions.env, then make lock"
+                 .format(index, wanted))
+    print("[base] {}: sha256 {}, taken from {}".format(wanted, sha, index))
+    out.append("{} @ {} --hash=sha256:{}".format(name, url, sha))
+with open(path, "w") as f:
+    f.write("\n".join(out) + "\n")
+PY
+}
 
 fetch_pinned() {  # fetch_pinned <url> <sha256> <file>: downloaded, then checked against its pin before any use
   curl -fsSL --retry 3 -o "$3" "$1" || return 1
@@ -109,6 +163,7 @@ PY
   fi
   # CUDA_PIP's wheels go to /opt/cuda (the cuda step), not into the venv.
   cp "$LOCK" /tmp/venv-lock.txt
+  index_hashes /tmp/venv-lock.txt
   for p in ${CUDA_PIP:-}; do
     grep -viE "^${p%%==*}==" /tmp/venv-lock.txt >/tmp/venv-lock.next || true
     mv /tmp/venv-lock.next /tmp/venv-lock.txt
@@ -119,6 +174,9 @@ PY
   if [ -s /tmp/tools-lock.txt ]; then "${PIP[@]}" install -q --require-hashes --no-deps -r /tmp/tools-lock.txt; fi
   "${PIP[@]}" install -q --require-hashes --no-build-isolation -c /tmp/constraints.txt -r /tmp/venv-lock.txt
   find "$VENV" -name '__pycache__' -prune -exec rm -rf {} +
+  ;;
+index-hashes)
+  index_hashes "$2"
   ;;
 cuda)
   if [ -n "${CUDA_APT:-}" ]; then
@@ -260,5 +318,5 @@ wheel)
   "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w /tmp/wheels /tmp/shared
   ls /tmp/wheels
   ;;
-*) echo "usage: install.sh python|deps|cuda|detectron2|wheel" >&2; exit 2 ;;
+*) echo "usage: install.sh python|deps|index-hashes LOCK|cuda|detectron2|wheel" >&2; exit 2 ;;
 esac
