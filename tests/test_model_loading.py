@@ -142,6 +142,22 @@ def test_a_weights_file_that_is_not_safetensors_fails_clearly_and_is_never_unpic
     assert not unpickled
 
 
+def test_weights_are_readable_by_the_serving_user_and_an_unreadable_file_says_why(tmp_path):
+    """safetensors 0.8 creates its file 0600; the serving image runs as uid 1000, not training's root."""
+    import os
+    import stat
+
+    path = tmp_path / "w.safetensors"
+    safeweights.save({"a": torch.ones(3)}, str(path))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask, oct(mode)
+    missing = tmp_path / "gone.safetensors"
+    with pytest.raises(artefacts.ArtefactError, match="cannot read weights file .*gone.safetensors"):
+        safeweights.load(str(missing))
+
+
 def test_half_and_bfloat16_tensors_are_kept_exactly(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     model[0].half()

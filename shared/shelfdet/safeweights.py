@@ -42,6 +42,11 @@ def save(state: Mapping[str, object], path: str) -> None:
     arrays = {name: _array(name, tensor) for name, tensor in state.items()}
     tmp = path + ".tmp"
     save_file(arrays, tmp, metadata=dict(METADATA))
+    # safetensors 0.8 creates the file owner-only (0600); the serving image runs as another user
+    # than training, so the weights get the mode open() would have given them.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -51,6 +56,12 @@ def load(path: str) -> Dict[str, object]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    # safetensors reports an unreadable file as "No such file or directory": open it first for the real reason.
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ArtefactError("cannot read weights file {}: {}".format(path, err.strerror or err)) from None
     try:
         arrays = load_file(path)
     except (SafetensorError, KeyError, TypeError, ValueError) as err:
