@@ -181,6 +181,14 @@ def test_yolo_reads_only_its_own_layout(tmp_path, outside):
     assert not os.path.samefile(str(data / "training" / "linked.jpg"), str(home / "photo.jpg"))
 
 
+def write_gt_manifest(manifest, refs):
+    """A Ground Truth manifest with one labelled box per source-ref."""
+    manifest.write_text("".join(json.dumps({
+        "source-ref": r, "shelf": {"annotations": [{"class_id": 0, "left": 20, "top": 20, "width": 100, "height": 80}],
+                                   "image_size": [{"width": 160, "height": 128, "depth": 3}]},
+        "shelf-metadata": {"class-map": {"0": "SKU"}}}) + "\n" for r in refs))
+
+
 def test_ground_truth_local_source_refs(tmp_path, outside):
     home, before = outside
     src = tmp_path / "gt"
@@ -189,10 +197,7 @@ def test_ground_truth_local_source_refs(tmp_path, outside):
     refs = ["images/good.jpg", str(src / "images" / "inside.jpg"), str(home / "photo.jpg"), "../outside/photo.jpg",
             "images/\0.jpg"]
     manifest = src / "train.manifest"
-    manifest.write_text("".join(json.dumps({
-        "source-ref": r, "shelf": {"annotations": [{"class_id": 0, "left": 20, "top": 20, "width": 100, "height": 80}],
-                                   "image_size": [{"width": 160, "height": 128, "depth": 3}]},
-        "shelf-metadata": {"class-map": {"0": "SKU"}}}) + "\n" for r in refs))
+    write_gt_manifest(manifest, refs)
     data = tmp_path / "data"
     assert run(src, data, "gt") == 0
     assert snapshot(home) == before
@@ -216,10 +221,7 @@ def test_ground_truth_s3_source_refs_on_moto(tmp_path, outside, aws_env):
     src = tmp_path / "gt"
     src.mkdir()
     manifest = src / "train.manifest"
-    manifest.write_text("".join(json.dumps({
-        "source-ref": r, "shelf": {"annotations": [{"class_id": 0, "left": 20, "top": 20, "width": 100, "height": 80}],
-                                   "image_size": [{"width": 160, "height": 128, "depth": 3}]},
-        "shelf-metadata": {"class-map": {"0": "SKU"}}}) + "\n" for r in refs))
+    write_gt_manifest(manifest, refs)
     data = tmp_path / "data"
     assert run(src, data, "gt") == 0
     assert snapshot(home) == before
