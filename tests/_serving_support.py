@@ -7,6 +7,7 @@ with near-equal scores a ranking would hinge on float noise.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 from PIL import Image
@@ -148,6 +149,16 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise TimeoutError("server not ready after {}s:\n{}".format(timeout, self.log()))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["ServerProcess"]:
+        """Ready inside the block; stopped after it, and it must have exited cleanly (SIGTERM: 0)."""
+        try:
+            self.wait_ready()
+            yield self
+        finally:
+            code = self.stop()
+            assert code == 0, "server exited with {}:\n{}".format(code, self.log())
 
     def log(self, tail: Optional[int] = 4000) -> str:
         self._log.flush()

@@ -181,12 +181,8 @@ def test_a_tiled_model_decodes_the_whole_photo(model_dir):
 def photo_server(model_dir, tmp_path_factory):
     real_photos()  # skips without them, before a server starts
     srv = ServerProcess(model_dir, tmp_path_factory.mktemp("photos") / "server.log", env={"OMP_NUM_THREADS": "1"})
-    try:
-        srv.wait_ready()
+    with srv.running():
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, "server exited with {}:\n{}".format(code, srv.log())
 
 
 def test_every_real_photo_is_served_in_its_own_pixels_and_only_the_damaged_one_warns(photo_server, model_dir):

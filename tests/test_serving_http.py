@@ -34,12 +34,8 @@ def server(model_dir, tmp_path_factory):
                              "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "2", "SAGEMAKER_BATCH_STRATEGY": "MultiRecord",
                              # Stalled uploads stay held however slow the machine (the 408 has its own server).
                              "SHELFDET_BODY_TIMEOUT": "3600"})
-    try:
-        srv.wait_ready()
+    with srv.running():
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, "server exited with {}:\n{}".format(code, srv.log())
 
 
 @pytest.fixture(scope="module")
@@ -533,12 +529,8 @@ def impatient(model_dir, tmp_path_factory):
     """A server whose body timeout is short, so a stalled upload gets its 408 soon."""
     srv = ServerProcess(model_dir, tmp_path_factory.mktemp("impatient") / "server.log",
                         env={"OMP_NUM_THREADS": "1"}, extra_args=["--body-timeout", "5"])
-    try:
-        srv.wait_ready()
+    with srv.running():
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, "server exited with {}:\n{}".format(code, srv.log())
 
 
 def test_a_body_not_arrived_in_time_gets_408_and_its_connection_closed(impatient):
