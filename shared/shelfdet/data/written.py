@@ -106,16 +106,13 @@ class Written:
 
     def claim(self, rel: str) -> str:
         """``rel`` will be written by this run: its path, or DataError when a file not ours is there."""
-        path = self.path(rel)
-        if os.path.lexists(path) and not self.owns(rel):
-            raise DataError("{}: already there and not written by shelfdet ({} does not name it); move it away "
-                            "or pick another folder".format(path, self.record))
-        self.new.add(self._rel(rel))
-        return path
+        return self._take(self._rel(rel))
 
     def claim_tree(self, rel: str) -> str:
         """The folder ``rel`` will be created whole by this run: refused when it holds files not ours."""
-        rel = self._rel(rel).rstrip("/") + "/"
+        return self._take(self._rel(rel).rstrip("/") + "/")
+
+    def _take(self, rel: str) -> str:
         path = self.path(rel)
         if os.path.lexists(path) and not self.owns(rel):
             raise DataError("{}: already there and not written by shelfdet ({} does not name it); move it away "
