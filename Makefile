@@ -85,9 +85,9 @@ MODEL          ?=
 STACK          ?=
 # docker: build and push from this machine; codebuild: the same push run on AWS CodeBuild (push-* only).
 BUILDER        ?= docker
-# Read, not repeated: launch/images.py's CARD_STACK is the one place push's default is set.
+# Read, not repeated: launch/image_names.py's CARD_STACK is the one place push's default is set.
 unexport CARD_STACK
-CARD_STACK      = $(shell sed -n 's/^CARD_STACK = "\([a-z0-9]*\)".*/\1/p' shared/shelfdet/launch/images.py)
+CARD_STACK      = $(shell sed -n 's/^CARD_STACK = "\([a-z0-9]*\)".*/\1/p' shared/shelfdet/launch/image_names.py)
 PORT           ?= 8080
 # make serve listens on this machine only unless HOST= is given on the command line (HOST=0.0.0.0: every
 # interface, with no authentication). A HOST in the environment, which some shells set to the machine's
@@ -212,7 +212,7 @@ tag: ## print the image tags for STACK
 
 # No .venv needed: without boto3 the AWS rows say so and the rest still runs.
 doctor: ## Docker, AWS (credentials, REGION, ECR, ROLE) and what the builds of STACK (default: every pushable stack) fetch, as a table
-	@PYTHONPATH=shared $(if $(wildcard $(PY)),$(PY),python3) -m shelfdet.launch.doctor $(if $(STACK),--stack "$(STACK)") --region $(REGION) $(if $(ROLE),--role $(ROLE))
+	@PYTHONPATH=shared $(if $(wildcard $(PY)),$(PY),python3) -m shelfdet.images.doctor $(if $(STACK),--stack "$(STACK)") --region $(REGION) $(if $(ROLE),--role $(ROLE))
 
 push-base: $(SETUP_STAMP) ## push the base image of STACK (default: the card's) to ECR in REGION; later builds take BASE_IMAGE=<its URI>
 	$(SHELFDET) push base $(if $(STACK),--stack $(STACK)) --builder $(BUILDER) $(AWS_FLAGS)

@@ -39,7 +39,7 @@ def write_result(name: str, metrics: Dict[str, Any], target: str, **extra: Any) 
 
 def update_readme(marker: str, text: str) -> None:
     """Replaces what stands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in the page that has them."""
-    from shelfdet import pages
+    from shelfdet.core import pages
 
     for page in PAGES:
         with open(page) as f:

@@ -3,7 +3,7 @@
 Writes bench/results/data.json. The CSV has the real dataset's shape (11,762
 images, ~1.73M header-less rows, a few bad rows); images need not exist for
 the CSV part (sizes come from the CSV). The training manifest (1.2M boxes)
-is then read the way every training process reads it (shelfdet.catalog),
+is then read the way every training process reads it (shelfdet.core.catalog),
 and turned into Detectron2 dataset dicts as each DatasetCatalog.get does.
 The decode check runs on generated JPEGs: synthetic-size ones and a few at
 the real photos' resolution.
@@ -26,7 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 
-from shelfdet.data import images, sku110k, synthetic  # noqa: E402
+from shelfdet.core import photo_files
+from shelfdet.data import sku110k, synthetic  # noqa: E402
 
 SPLITS = {"train": 8233, "val": 588, "test": 2941}  # 11,762 images, as in SKU-110K
 MEAN_BOXES = 147.4
@@ -87,7 +88,7 @@ def bench_convert(tmp: Path) -> dict:
 
 
 def bench_catalog(tmp: Path) -> dict:
-    from shelfdet import catalog
+    from shelfdet.core import catalog
 
     t0 = time.time()
     records, _ = catalog.read_manifest(str(tmp / "out" / "annotations" / "training.manifest"), str(tmp / "images"),
@@ -117,7 +118,7 @@ def bench_decode(tmp: Path) -> dict:
     for label, paths in (("small", small_paths), ("photo", big_paths)):
         for workers in (1, os.cpu_count() or 1):
             t0 = time.time()
-            checked = images.check_all(paths, workers)
+            checked = photo_files.check_all(paths, workers)
             dt = time.time() - t0
             assert not any(c.error for c in checked.values())
             out["decode_{}_images_per_s_{}w".format(label, workers)] = round(len(paths) / dt, 1)

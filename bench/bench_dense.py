@@ -83,8 +83,8 @@ def _test_size(model: str) -> tuple:
 def _effective(model: str, infer) -> dict:
     """The inference hyperparameters a model runs with under ``infer`` (a string or a parsed dict)."""
     sys.path.insert(0, os.path.join(ROOT, "shared"))
-    from shelfdet import hyperparameters
-    from shelfdet.inference import inference_hyperparameters
+    from shelfdet.core import hyperparameters
+    from shelfdet.core.inference import inference_hyperparameters
 
     with open(os.path.join(ROOT, model, "artefacts.json")) as f:
         saved = json.load(f).get("hyperparameters") or {}
@@ -110,15 +110,15 @@ def time_options(model: str, images: int = 8, rounds: int = 2) -> dict:
     """Seconds per image of each option on the same test images, in one process, options
     alternated ``rounds`` times, best of each: the ratios compare, whatever else the machine does."""
     sys.path.insert(0, os.path.join(ROOT, "shared"))
-    from shelfdet import hyperparameters, imageio
-    from shelfdet.inference import Detector
+    from shelfdet.core import hyperparameters, photos
+    from shelfdet.core.inference import Detector
 
     folder = os.path.join(ROOT, DATA, "test")
     pictures = []
     for name in sorted(os.listdir(folder)):
         try:
-            pictures.append(imageio.read(os.path.join(folder, name)))
-        except imageio.ImageDecodeError:
+            pictures.append(photos.read(os.path.join(folder, name)))
+        except photos.ImageDecodeError:
             continue
         if len(pictures) == images:
             break

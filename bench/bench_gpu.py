@@ -29,10 +29,11 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("[bench] gpu: no CUDA device here; skipped (results/gpu.json keeps the last GPU run)")
         return 0
-    from shelfdet import hyperparameters, local
+    from shelfdet.core import hyperparameters
+    from shelfdet.commands import train
     from shelfdet.data import build
-    from shelfdet.inference import Detector
-    from shelfdet import imageio
+    from shelfdet.core.inference import Detector
+    from shelfdet.core import photos
 
     device = torch.cuda.get_device_name(0)
     tmp = tempfile.mkdtemp()
@@ -47,7 +48,7 @@ def main() -> int:
                "num-workers": "8", "log-period": "20", "augment": "flip"}
         hp = hyperparameters.parse(raw)
         root = os.path.join(tmp, algo)
-        local.lay_out(root, data, hyperparameters.as_strings(hp))
+        train.lay_out(root, data, hyperparameters.as_strings(hp))
         t0 = time.time()
         out = subprocess.run([sys.executable, "-m", "shelfdet", "sm-train", "--ml-root", root],
                              capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -64,7 +65,7 @@ def main() -> int:
         metrics[algo + "_speedup_vs_reference_v100"] = round(REFERENCE_V100_S[algo] / float(speed.group(2)), 2)
         det = Detector.from_model_dir(os.path.join(root, "model"))
         names = sorted(os.listdir(os.path.join(data, "test")))
-        images = [imageio.read(os.path.join(data, "test", n)) for n in names]
+        images = [photos.read(os.path.join(data, "test", n)) for n in names]
         det.predict(images[:8])  # warm-up: cuDNN autotune, allocator
         torch.cuda.synchronize()
         t0 = time.time()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import write_result  # noqa: E402
-from shelfdet import compat  # noqa: E402
+from shelfdet.core import compat  # noqa: E402
 
 compat.apply()
 
@@ -39,9 +39,10 @@ from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from shelfdet import hyperparameters  # noqa: E402
-from shelfdet.config import build_config  # noqa: E402
-from shelfdet.data import images, synthetic  # noqa: E402
+from shelfdet.core import hyperparameters  # noqa: E402
+from shelfdet.core.config import build_config  # noqa: E402
+from shelfdet.core import photo_files
+from shelfdet.data import synthetic  # noqa: E402
 from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
 
 N_IMAGES = 16
@@ -73,7 +74,7 @@ def make_photos(out_dir: Path, seed: int = 0) -> List[Dict[str, Any]]:
         if orientation:
             # Stored sideways; the EXIF tag turns it back upright (6: 90 degrees clockwise, 8: counter-clockwise).
             exif = Image.Exif()
-            exif[images.EXIF_ORIENTATION] = orientation
+            exif[photo_files.EXIF_ORIENTATION] = orientation
             stored = rgb.transpose(Image.ROTATE_90 if orientation == 6 else Image.ROTATE_270)
             stored.save(path, "JPEG", quality=synthetic.JPEG_QUALITY, exif=exif.tobytes())
         else:
@@ -141,9 +142,9 @@ def resized_copy(dicts: List[Dict[str, Any]], out_dir: Path) -> List[Dict[str, A
     """What ``make data MAX_SIDE=1333`` writes: each photo once at a longer side of 1333, boxes scaled."""
     out = []
     for d in dicts:
-        w, h = images.fit(d["width"], d["height"], MAX_SIDE)
+        w, h = photo_files.fit(d["width"], d["height"], MAX_SIDE)
         dst = str(out_dir / os.path.basename(d["file_name"]))
-        images.write_resized(d["file_name"], dst, (w, h))
+        photo_files.write_resized(d["file_name"], dst, (w, h))
         s = w / float(d["width"]), h / float(d["height"])
         annos = [dict(a, bbox=[a["bbox"][0] * s[0], a["bbox"][1] * s[1], a["bbox"][2] * s[0], a["bbox"][3] * s[1]])
                  for a in d["annotations"]]

@@ -8,7 +8,7 @@ default of min-size/max-size) and at SageMaker's default (800/1333):
 * decode + resize per photo, in this process, one thread. ``old`` is the
   decoder before issue 21: a full decode, ``ImageOps.exif_transpose``, the
   BGR copy, then Detectron2's ``ResizeTransform`` as ``Detector._inputs``
-  applied it. ``new`` is ``imageio.decode_scaled`` (libjpeg's reduced DCT
+  applied it. ``new`` is ``photos.decode_scaled`` (libjpeg's reduced DCT
   scales, then the resize). Best of REPEATS each, the two alternated; and
   the mean absolute pixel difference between their outputs (grey levels).
 * served: two ``python -m shelfdet serve`` processes on the same model, one
@@ -53,7 +53,7 @@ COUNT_SCORE = 0.5
 
 
 def old_decode(data: bytes) -> np.ndarray:
-    """``imageio.decode`` before issue 21: every pixel, then the orientation, then a BGR copy."""
+    """``photos.decode`` before issue 21: every pixel, then the orientation, then a BGR copy."""
     from PIL import Image, ImageOps
 
     img = Image.open(io.BytesIO(data))
@@ -63,16 +63,16 @@ def old_decode(data: bytes) -> np.ndarray:
 
 
 def old_path(data: bytes, min_size: int, max_size: int) -> np.ndarray:
-    from shelfdet.inference import inference_resize
+    from shelfdet.core.inference import inference_resize
 
     image = old_decode(data)
     return inference_resize(image.shape[0], image.shape[1], min_size, max_size).apply_image(image)
 
 
 def new_path(data: bytes, min_size: int, max_size: int) -> np.ndarray:
-    from shelfdet import imageio
+    from shelfdet.core import photos
 
-    return imageio.decode_scaled(data, min_size, max_size).image
+    return photos.decode_scaled(data, min_size, max_size).image
 
 
 def decode_times(photos: dict) -> dict:
@@ -98,7 +98,7 @@ def decode_times(photos: dict) -> dict:
 
 def serve_old(argv: list) -> int:
     """``shelfdet serve`` decoding as before issue 21 (the Detector resizes the full photo itself)."""
-    from shelfdet import inference
+    from shelfdet.core import inference
     from shelfdet.serving import server
 
     inference.Detector.decode = lambda self, data, name="image": old_decode(data)
@@ -136,7 +136,7 @@ def served(photos: dict, model_dir: str, tmp: str, min_size: int, max_size: int)
     import httpx
     import yaml
 
-    from shelfdet import artefacts
+    from shelfdet.core import artefacts
 
     # The same model at this test size.
     scaled = os.path.join(tmp, "model-{}".format(min_size))

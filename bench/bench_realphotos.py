@@ -39,12 +39,12 @@ DRAWN_SIDE = 1000   # the photo is downscaled to this before the boxes are drawn
 MAX_BYTES = 1_000_000
 
 
-def render(model_dir: str, label: str, photos: list) -> dict:
+def render(model_dir: str, label: str, paths: list) -> dict:
     import numpy as np
     from PIL import Image
 
-    from shelfdet import imageio, visualize
-    from shelfdet.inference import Detector
+    from shelfdet.core import photos, visualize
+    from shelfdet.core.inference import Detector
 
     with open(os.path.join(model_dir, "metrics.json")) as f:
         threshold = float(json.load(f).get("count_threshold", 0.5))
@@ -52,7 +52,7 @@ def render(model_dir: str, label: str, photos: list) -> dict:
     out_dir = os.path.join(ROOT, "runs", "realphotos", label)
     os.makedirs(out_dir, exist_ok=True)
     counts, tiles, seconds = {}, [], []
-    for path in photos:
+    for path in paths:
         name = os.path.basename(path)
         with open(path, "rb") as f:
             data = f.read()
@@ -61,7 +61,7 @@ def render(model_dir: str, label: str, photos: list) -> dict:
             decoded = detector.decode(data, name)
             pred = detector.predict([decoded])[0]
             seconds.append(time.perf_counter() - start)
-        except imageio.ImageDecodeError as err:
+        except photos.ImageDecodeError as err:
             counts[name] = {"error": str(err)}
             tiles.append((name, None, str(err)))
             continue
@@ -69,7 +69,7 @@ def render(model_dir: str, label: str, photos: list) -> dict:
         kept = sum(1 for s in scores if s >= threshold)
         counts[name] = {"boxes": kept, "in_json": len(scores), "warnings": list(getattr(decoded, "warnings", []) or [])}
         # Drawn on a downscaled copy of the photo (the boxes scaled with it): a sheet, not the original.
-        image = imageio.decode(data, name)  # full size, BGR
+        image = photos.decode(data, name)  # full size, BGR
         h, w = image.shape[:2]
         s = min(1.0, DRAWN_SIDE / float(max(h, w)))
         small = np.asarray(Image.fromarray(np.ascontiguousarray(image[:, :, ::-1])).resize(

@@ -4,7 +4,7 @@ A Faster R-CNN R50-FPN (random weights, biased to answer ~300 boxes per image
 as on SKU-110K shelves, so the JSON is full size) at a 256 px test size, on
 640x480 JPEGs, CPU. The same bytes go
 
-* direct: ``imageio.decode`` + ``Detector.predict`` in this process (the
+* direct: ``photos.decode`` + ``Detector.predict`` in this process (the
   least any caller must do), and
 * served: ``POST /invocations`` (application/x-image) to
   ``python -m shelfdet serve``.
@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, "shared"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from _common import write_result  # noqa: E402
-from shelfdet import artefacts, imageio, inference, safeweights  # noqa: E402  (inference applies compat first)
+from shelfdet.core import artefacts, photos, inference, safeweights  # noqa: E402  (inference applies compat first)
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
         detector = inference.Detector.from_model_dir(model_dir, "cpu")
 
         def direct(data):
-            return detector.predict([imageio.decode(data)])[0]
+            return detector.predict([photos.decode(data)])[0]
 
         proc, url, log = start_server(model_dir, os.path.join(tmp, "server.log"))
         local = threading.local()

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
 
 from _common import write_result  # noqa: E402
-from shelfdet import compat, evaluation, hyperparameters  # noqa: E402
+from shelfdet.core import compat, evaluation, hyperparameters  # noqa: E402
 
 compat.apply()
 
@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer  # noqa: E402
 
-from shelfdet import catalog  # noqa: E402
-from shelfdet.config import build_config  # noqa: E402
+from shelfdet.core import catalog  # noqa: E402
+from shelfdet.core.config import build_config  # noqa: E402
 from shelfdet.data import build  # noqa: E402
 from shelfdet.training.trainer import Trainer  # noqa: E402
 

@@ -31,7 +31,7 @@ def make_tiny_model(base_dir: Path, seed: int = 0, score_thresh: float = 0.05, d
     model_dir = Path(base_dir) / "tiny-model-{}-{}-{}".format(seed, score_thresh, det_per_img)
     if (model_dir / "artefacts.json").is_file():
         return str(model_dir)
-    from shelfdet import artefacts, inference, safeweights  # noqa: F401  (inference applies compat before detectron2)
+    from shelfdet.core import artefacts, inference, safeweights  # noqa: F401  (inference applies compat before detectron2)
 
     import torch
     from detectron2 import model_zoo
@@ -69,7 +69,7 @@ def _spread_scores(model, cfg) -> None:
     """Rescales the random classifier so foreground logits have a std of TARGET_STD on a sample image."""
     import torch
 
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     seen = []
     cls = model.roi_heads.box_predictor.cls_score

@@ -127,12 +127,13 @@ TINY_HP = {"num-iter": "4", "batch-size": "2", "min-size": "128", "max-size": "1
 
 def make_ml_root(root: Path, data_dir: Path, algo: str = "faster_rcnn", **overrides: str) -> Path:
     """A SageMaker-shaped /opt/ml folder over a built dataset, as `make train` lays it out."""
-    from shelfdet import hyperparameters, local
+    from shelfdet.core import hyperparameters
+    from shelfdet.commands import train
 
     raw = dict(TINY_HP, **{k.replace("_", "-"): v for k, v in overrides.items()})
     raw["model-type"] = algo
     hp = hyperparameters.parse(raw, profile="local")
-    local.lay_out(str(root), str(data_dir), hyperparameters.as_strings(hp))
+    train.lay_out(str(root), str(data_dir), hyperparameters.as_strings(hp))
     return root
 
 

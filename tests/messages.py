@@ -42,11 +42,11 @@ CLASSES = {"ArtefactError", "BackendError", "CheckpointMismatch", "CompiledOpsMi
            "ValueError", "FileNotFoundError", "ImportError", "SystemExit"}
 # Raised for a bug in the caller, never for what a user gave: (file, the message's first words).
 INTERNAL = {
-    ("inference.py", "expected an HxWx3 image"),          # Detector.predict's own callers decode first
-    ("inference.py", "tiles are cut from the photo"),     # the tiled path decodes at full size itself
-    ("modeling.py", "expected <?> feature levels"),       # the FPN gives one map per level
-    ("modeling.py", "<?> needs MODEL.RETINANET.NORM"),    # the recipe sets the norm with the head
-    ("modeling.py", "every pyramid level needs"),         # the anchor generator is built per level
+    ("core/inference.py", "expected an HxWx3 image"),          # Detector.predict's own callers decode first
+    ("core/inference.py", "tiles are cut from the photo"),     # the tiled path decodes at full size itself
+    ("core/modeling.py", "expected <?> feature levels"),       # the FPN gives one map per level
+    ("core/modeling.py", "<?> needs MODEL.RETINANET.NORM"),    # the recipe sets the norm with the head
+    ("core/modeling.py", "every pyramid level needs"),         # the anchor generator is built per level
     ("data/sku110k.py", "max_side needs the images"),     # sizes_from_csv is called without max_side
     ("data/synthetic.py", "unknown preset"),              # the CLI's choices= refuses it first
 }

@@ -1,11 +1,11 @@
-"""Manifests -> Detectron2 dataset dicts (shelfdet.catalog): the boxes read at once, errors named as before."""
+"""Manifests -> Detectron2 dataset dicts (shelfdet.core.catalog): the boxes read at once, errors named as before."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from shelfdet import catalog, compat
+from shelfdet.core import catalog, compat
 
 compat.apply()
 

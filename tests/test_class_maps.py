@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import make_ml_root, run_train
-from shelfdet import catalog, compat
+from shelfdet.core import catalog, compat
 
 compat.apply()
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from shelfdet import compat, hyperparameters
-from shelfdet.config import build_config
+from shelfdet.core import compat, hyperparameters
+from shelfdet.core.config import build_config
 
 compat.apply()
 
@@ -140,7 +140,7 @@ import numpy as np
 from PIL import Image
 sys.path.insert(0, sys.argv[1])
 if sys.argv[2] == "shim":
-    from shelfdet import compat
+    from shelfdet.core import compat
     print("restored", compat.restore_pillow_names())
 import d2v041_transforms as T
 image = (np.arange(40 * 60 * 3) % 251).astype(np.uint8).reshape(40, 60, 3)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shelfdet import hyperparameters as H
-from shelfdet.config import ConfigError, build_config
+from shelfdet.core import hyperparameters as H
+from shelfdet.core.config import ConfigError, build_config
 
 
 def _cfg(profile="sagemaker", **raw):
@@ -45,10 +45,11 @@ def test_unknown_combinations_fail_clearly():
 def test_the_training_page_documents_the_current_hyperparameter_table():
     from pathlib import Path
 
-    from shelfdet import hyperparameters_doc, pages
+    from shelfdet.commands import hp_table
+    from shelfdet.core import pages
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
-    assert pages.block(page, hyperparameters_doc.BLOCK) == H.markdown_table(), \
+    assert pages.block(page, hp_table.BLOCK) == H.markdown_table(), \
         "docs/training.md's table is stale: python -m shelfdet hp-table --write docs/training.md"
 
 
@@ -62,13 +63,13 @@ def test_the_training_page_documents_the_current_hyperparameter_table():
     (8, 8, 1),     # fewer CPUs than GPUs would need
 ])
 def test_num_workers_auto_is_the_cpus_per_process_less_one(cpus, procs, expected):
-    from shelfdet.config import num_workers
+    from shelfdet.core.config import num_workers
 
     assert num_workers("auto", procs, cpus) == expected
 
 
 def test_num_workers_defaults_to_auto_and_stays_overridable(monkeypatch):
-    from shelfdet import runtime
+    from shelfdet.core import runtime
 
     monkeypatch.setattr(runtime, "available_cpus", lambda: 96)
     for profile in ("sagemaker", "local"):
@@ -87,7 +88,7 @@ def test_num_workers_defaults_to_auto_and_stays_overridable(monkeypatch):
 def test_available_cpus_honours_affinity(monkeypatch):
     import os
 
-    from shelfdet import runtime
+    from shelfdet.core import runtime
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert 1 <= runtime.available_cpus() <= 3

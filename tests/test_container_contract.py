@@ -39,7 +39,7 @@ def test_train_writes_the_model_artefacts(trained):
     model = trained / "model"
     assert (model / "artefacts.json").is_file(), sorted(p.name for p in model.iterdir())
     # Read on the host by the same reader serving uses: every file it names exists.
-    from shelfdet import artefacts
+    from shelfdet.core import artefacts
 
     art = artefacts.read(str(model))
     assert art.model_type == "faster_rcnn" and art.class_names == ["SKU"], art.manifest
@@ -76,7 +76,7 @@ def test_serve_never_unpickles_the_model_folder(trained, tmp_path, kind):
 
     import torch
 
-    from shelfdet import artefacts
+    from shelfdet.core import artefacts
 
     model, out = tmp_path / "model", tmp_path / "out"
     shutil.copytree(str(trained / "model"), str(model))
@@ -118,8 +118,8 @@ def test_train_without_network_reads_zoo_weights_from_the_channel_and_caches_in_
     lay_out_opt_ml(tmp_path, dict(TINY, **{"backbone": "R_50_FPN", "weights": "zoo", "num-iter": 2, "lr": "0.0001"}))
     # The zoo's own format (a pickle of numpy arrays with an author), written by the image's own numpy
     # and Detectron2: a pickle from the host's numpy 2 does not load in numpy 1.
-    script = ("import json, pickle, os, argparse; from shelfdet import hyperparameters as H; "
-              "from shelfdet.config import build_config, zoo_key, zoo_weights; "
+    script = ("import json, pickle, os, argparse; from shelfdet.core import hyperparameters as H; "
+              "from shelfdet.core.config import build_config, zoo_key, zoo_weights; "
               "from detectron2.modeling import build_model; "
               "hp = H.parse(json.load(open('/opt/ml/input/config/hyperparameters.json'))); "
               "cfg = build_config(argparse.Namespace(**dict(vars(hp), weights='none')), ['SKU'], 't', 'v', '/tmp'); "

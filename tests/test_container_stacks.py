@@ -311,7 +311,7 @@ def _dense_scenes(rng: np.random.Generator, n_images: int = 5, n_boxes: int = 16
 # Runs in the twin: its faster-coco-eval, the backend fast uses there, and both scorers' numbers.
 _SCORE_BOTH = """
 import json, faster_coco_eval
-from shelfdet import evaluation
+from shelfdet.core import evaluation
 d = json.load(open("/data/scenes.json"))
 print(json.dumps({"version": faster_coco_eval.__version__, "backend": evaluation._backend(True)[1].__module__,
                   "fast": evaluation.score(d["gt"], d["preds"], ["SKU"], 300, fast=True),
@@ -323,7 +323,7 @@ print(json.dumps({"version": faster_coco_eval.__version__, "backend": evaluation
 def test_twin_fast_evaluation_is_faster_coco_eval_and_equals_pycocotools(stack, tmp_path):
     """evaluation-type=fast on the twin's own pins (cu101cpu: faster-coco-eval 1.7.2 on numpy 1.19.5, the
     newest release for cu101's Python 3.8) is faster-coco-eval, and scores as pycocotools does there and here."""
-    from shelfdet import evaluation
+    from shelfdet.core import evaluation
 
     training, _ = _twin_images(stack)
     version = _pinned(stack, "faster-coco-eval")

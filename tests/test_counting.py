@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from shelfdet import evaluation
+from shelfdet.core import evaluation
 
 # Hand-made scene. Image -> (ground-truth boxes, predicted scores; None: no prediction file).
 SCENE = {

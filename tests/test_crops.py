@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from shelfdet import compat
+from shelfdet.core import compat
 
 compat.apply()
 
 from detectron2.data import detection_utils as utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 
-from shelfdet import hyperparameters  # noqa: E402
-from shelfdet.config import inference_sizes  # noqa: E402
+from shelfdet.core import hyperparameters  # noqa: E402
+from shelfdet.core.config import inference_sizes  # noqa: E402
 from shelfdet.data.crops import ObjectCrop, crop_of  # noqa: E402
 from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
 from test_data_mapper import PHOTO, STORED, write_photo  # noqa: E402,F401

@@ -176,7 +176,7 @@ def test_each_format_converts_to_the_csv_paths_manifests(shelves, tmp_path, fmt)
 
 
 def test_a_multi_class_coco_set_keeps_its_class_map_and_trains_as_one_catalog(shelves, tmp_path):
-    from shelfdet import catalog
+    from shelfdet.core import catalog
 
     _, images, labels = shelves
     src = tmp_path / "coco"
@@ -199,7 +199,7 @@ def _problems(data_dir: Path):
 
 def test_bad_labels_are_named_by_file_line_and_field_in_each_format(shelves, tmp_path):
     _, images, labels = shelves
-    from shelfdet.data.images import check
+    from shelfdet.core.photo_files import check
 
     # Labels of decodable images only: a corrupted image's labels are dropped before their boxes are read.
     good = {n: v for n, v in labels.items() if v[2] and (images / n).exists() and not check(str(images / n)).error}

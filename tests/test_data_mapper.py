@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from shelfdet import compat
+from shelfdet.core import compat
 
 compat.apply()
 
@@ -23,7 +23,8 @@ from detectron2.data import DatasetMapper  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
-from shelfdet.data import images, synthetic  # noqa: E402
+from shelfdet.core import photo_files
+from shelfdet.data import synthetic  # noqa: E402
 from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
 
 PHOTO = (2448, 3264)  # width, height, as SKU-110K's portrait photos
@@ -53,7 +54,7 @@ def write_photo(path: Path, size, orientation=None, fmt="JPEG", seed=0):
     kwargs = {"quality": 90} if fmt == "JPEG" else {}
     if orientation:
         exif = Image.Exif()
-        exif[images.EXIF_ORIENTATION] = orientation
+        exif[photo_files.EXIF_ORIENTATION] = orientation
         kwargs["exif"] = exif.tobytes()
         rgb = rgb.transpose(STORED[orientation])
     rgb.save(path, fmt, **kwargs)
@@ -161,7 +162,7 @@ def test_every_exif_orientation_at_an_odd_size_is_detectron2_within_tolerance(or
     assert diff < PIXEL_TOLERANCE, "EXIF {} flip {}: mean abs pixel difference {:.3f}".format(orientation, flip, diff)
     assert_same_instances(a, b)
     stored, target = (ODD, (400, 534)) if orientation < 5 else (ODD[::-1], (534, 400))
-    assert drafts[-1] == (stored, images.draft_size(target, stored),
+    assert drafts[-1] == (stored, photo_files.draft_size(target, stored),
                           (math.ceil(stored[0] / 2), math.ceil(stored[1] / 2)))
 
 
@@ -170,7 +171,7 @@ def test_draft_size_is_the_stored_orientation_of_the_target(photos, drafts):
     # and 2.5 times that (800x600) fits in 1/4 scale (816x612); in the shown orientation (600x800) only 1/2 would.
     a, b = both(photos["exif6"], augs(240, 2000, flip=0.0))
     assert drafts[-1] == ((3264, 2448), (816, 612), (816, 612))
-    assert images.draft_size((240, 320), (3264, 2448)) == (1632, 1224)
+    assert photo_files.draft_size((240, 320), (3264, 2448)) == (1632, 1224)
     assert b["image"].shape == a["image"].shape == (3, 320, 240)
     assert (a["image"].int() - b["image"].int()).abs().float().mean().item() < PIXEL_TOLERANCE
     assert_same_instances(a, b)
@@ -245,8 +246,8 @@ def test_size_mismatch_with_the_manifest_is_an_error_as_in_detectron2(photos):
 def test_trainer_loads_training_batches_through_it(photos, monkeypatch, tmp_path):
     from detectron2.data import DatasetCatalog
 
-    from shelfdet import hyperparameters
-    from shelfdet.config import build_config
+    from shelfdet.core import hyperparameters
+    from shelfdet.core.config import build_config
     from shelfdet.training.trainer import Trainer
 
     calls = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from shelfdet import catalog
+from shelfdet.core import catalog
 from shelfdet.data import build, fetch, upload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_s3_download_resumes(tmp_path, aws_env):
 
 
 def test_visualize_writes_pngs(data_dir, tmp_path, capsys):
-    from shelfdet import visualize
+    from shelfdet.core import visualize
 
     preds = tmp_path / "preds"
     preds.mkdir()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shelfdet import catalog
-from shelfdet.data import build, images
+from shelfdet.core import catalog
+from shelfdet.data import build
+from shelfdet.core import photo_files
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SIDE = 200
@@ -40,7 +41,7 @@ def make_source(root: Path) -> Path:
         kwargs = {"quality": 95} if fmt == "JPEG" else {}
         if orientation:
             exif = Image.Exif()
-            exif[images.EXIF_ORIENTATION] = orientation
+            exif[photo_files.EXIF_ORIENTATION] = orientation
             kwargs["exif"] = exif.tobytes()
             im = im.transpose(Image.ROTATE_90)
         im.save(src / "images" / name, fmt, **kwargs)
@@ -81,11 +82,11 @@ def test_every_image_fits_and_small_ones_are_the_source_files(built):
         path = data / channel / name
         with Image.open(path) as im:
             assert im.format == fmt and max(im.size) <= MAX_SIDE
-            assert im.getexif().get(images.EXIF_ORIENTATION, 1) == 1, "the copy is upright, without the tag"
+            assert im.getexif().get(photo_files.EXIF_ORIENTATION, 1) == 1, "the copy is upright, without the tag"
             left, right = im.convert("RGB").getpixel((2, im.size[1] // 2)), im.convert("RGB").getpixel(
                 (im.size[0] - 3, im.size[1] // 2))
         assert left[0] > 150 > left[2] and right[2] > 150 > right[0], "left half must stay red: {}".format(name)
-        expected = images.fit(w, h, MAX_SIDE)
+        expected = photo_files.fit(w, h, MAX_SIDE)
         assert im.size == expected
         same_file = os.path.samefile(path, src / "images" / name)
         assert same_file == (max(w, h) <= MAX_SIDE)
@@ -96,7 +97,7 @@ def test_manifests_carry_scaled_sizes_and_boxes(built):
     for channel in catalog.CHANNELS:
         for name, rec in manifest(built["data"], channel).items():
             w, h = IMAGES[name][:2]
-            nw, nh = images.fit(w, h, MAX_SIDE)
+            nw, nh = photo_files.fit(w, h, MAX_SIDE)
             assert rec["image_size"][0]["width"] == nw and rec["image_size"][0]["height"] == nh
             old = built["plain"][channel][name]["annotations"]
             assert len(rec["annotations"]) == len(old) > 0
@@ -112,7 +113,7 @@ def test_manifests_carry_scaled_sizes_and_boxes(built):
 
 
 def test_the_resized_set_loads_and_maps_for_training(built):
-    from shelfdet.data.mapper import FastDatasetMapper  # before Detectron2: it applies shelfdet.compat
+    from shelfdet.data.mapper import FastDatasetMapper  # before Detectron2: it applies shelfdet.core.compat
 
     from detectron2.data import transforms as T
 

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from shelfdet import compat
+from shelfdet.core import compat
 
 compat.apply()
 
@@ -73,8 +73,8 @@ def test_the_trainer_runs_it_before_the_validation_hooks(tmp_path):
 
     from detectron2.engine import hooks as d2_hooks
 
-    from shelfdet import hyperparameters
-    from shelfdet.config import build_config
+    from shelfdet.core import hyperparameters
+    from shelfdet.core.config import build_config
     from shelfdet.training.trainer import Trainer
 
     hp = hyperparameters.parse({"num-workers": "3"}, profile="local")

@@ -21,7 +21,7 @@ PLAIN = {"nms": "hard", "tile-size": "0"}  # the model's own output, whatever it
 # ---- anchors ------------------------------------------------------------------
 
 def test_kmeans_1d_finds_separated_clusters_deterministically():
-    from shelfdet import anchors
+    from shelfdet.core import anchors
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(c, 0.05, 300) for c in (-1.0, 0.2, 1.5)])
@@ -31,7 +31,7 @@ def test_kmeans_1d_finds_separated_clusters_deterministically():
 
 
 def test_fit_scales_the_zoo_ladder_to_the_boxes_and_clusters_aspect_ratios():
-    from shelfdet import anchors
+    from shelfdet.core import anchors
 
     fpn = [[32], [64], [128], [256], [512]]
     strides = [4, 8, 16, 32, 64]
@@ -58,7 +58,7 @@ def test_fit_scales_the_zoo_ladder_to_the_boxes_and_clusters_aspect_ratios():
 
 
 def test_fit_without_boxes_names_the_problem():
-    from shelfdet import anchors
+    from shelfdet.core import anchors
 
     with pytest.raises(ValueError, match="no boxes"):
         anchors.fit(np.zeros((0, 2)), [[32]], [16], 3)
@@ -69,7 +69,7 @@ def test_fit_without_boxes_names_the_problem():
 def test_soft_nms_decays_overlapping_scores_per_class():
     import torch
 
-    from shelfdet import postprocess
+    from shelfdet.core import postprocess
 
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=torch.float32)
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
@@ -89,7 +89,7 @@ def test_soft_nms_decays_overlapping_scores_per_class():
 @pytest.mark.parametrize("height,width,size,overlap", [(750, 1000, 500, 0.25), (1000, 750, 400, 0.5),
                                                        (300, 200, 500, 0.25), (256, 256, 128, 0.0)])
 def test_windows_cover_the_image_with_equal_overlapping_tiles(height, width, size, overlap):
-    from shelfdet import postprocess
+    from shelfdet.core import postprocess
 
     tiles = postprocess.windows(height, width, size, overlap)
     covered = np.zeros((height, width), dtype=bool)
@@ -107,7 +107,7 @@ def test_windows_cover_the_image_with_equal_overlapping_tiles(height, width, siz
 def test_boxes_cut_by_an_inner_tile_edge_are_dropped_image_borders_kept():
     import torch
 
-    from shelfdet import postprocess
+    from shelfdet.core import postprocess
 
     tile = (100, 0, 200, 100)  # inner left and right edges, image border on top, inner bottom
     boxes = torch.tensor([[100, 10, 130, 40],    # cut by the left edge
@@ -132,8 +132,8 @@ def test_the_tiled_merge_drops_boxes_cut_by_an_inner_tile_edge(tiny_model_dir, n
     import torch
 
     from _serving_support import shelf_image
-    from shelfdet import postprocess
-    from shelfdet.inference import Detector
+    from shelfdet.core import postprocess
+    from shelfdet.core.inference import Detector
 
     size, overlap = 64, 0.25
     det = Detector.from_model_dir(tiny_model_dir, "cpu", {"nms": nms, "tile-size": str(size),
@@ -190,7 +190,7 @@ def auto_model(tiny_dataset, tmp_path_factory):
 def test_anchors_auto_are_fitted_at_training_start_and_saved_with_the_model(auto_model, tiny_dataset):
     import yaml
 
-    from shelfdet import anchors, catalog
+    from shelfdet.core import anchors, catalog
 
     model_dir, log = auto_model
     cfg = yaml.safe_load((model_dir / "config.yaml").read_text())
@@ -224,14 +224,14 @@ def test_make_evaluate_on_the_model_reproduces_the_training_runs_evaluation(auto
 
 def _readable(folder: Path) -> list:
     """(name, BGR image) of the folder's JPEGs that decode (the synthetic test split has a truncated one)."""
-    from shelfdet import imageio
+    from shelfdet.core import photos
 
     out = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".jpg"):
             try:
-                out.append((name, imageio.read(str(folder / name))))
-            except imageio.ImageDecodeError:
+                out.append((name, photos.read(str(folder / name))))
+            except photos.ImageDecodeError:
                 pass
     assert out
     return out
@@ -242,7 +242,7 @@ def _test_images(tiny_dataset) -> list:
 
 
 def test_a_tile_larger_than_the_image_is_the_plain_model(auto_model, tiny_dataset):
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     model_dir, _ = auto_model
     plain = Detector.from_model_dir(str(model_dir), "cpu", PLAIN)
@@ -256,7 +256,7 @@ def test_a_tile_larger_than_the_image_is_the_plain_model(auto_model, tiny_datase
 def test_tiles_find_each_copy_of_a_mosaic_where_the_copy_is_a_tile(auto_model, tiny_dataset):
     """A 2x2 mosaic of one square crop, tiles exactly the copies: each copy's best whole boxes come back
     at its place (the tile's input is the crop's, pixel for pixel)."""
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     model_dir, _ = auto_model
     crop = np.ascontiguousarray(_test_images(tiny_dataset)[0][:128, :128])
@@ -299,7 +299,7 @@ def _best_iou(box: np.ndarray, boxes: np.ndarray) -> float:
 
 
 def test_soft_nms_keeps_the_best_box_and_orders_by_decayed_score(auto_model, tiny_dataset):
-    from shelfdet.inference import Detector, Options
+    from shelfdet.core.inference import Detector, Options
 
     model_dir, _ = auto_model
     hard = Detector.from_model_dir(str(model_dir), "cpu", PLAIN)
@@ -322,7 +322,7 @@ def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path)
     import httpx
 
     from _serving_support import ServerProcess
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     model_dir, _ = auto_model
     infer = "--tile-size 64 --det-per-img 50"  # over the model's own soft NMS and 96 px tiles
@@ -339,11 +339,11 @@ def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path)
         assert server.stop() == 0
     import torch
 
-    from shelfdet import imageio
+    from shelfdet.core import photos
 
     torch.set_num_threads(1)
     direct = Detector.from_model_dir(str(model_dir), "cpu", {"tile-size": "64", "det-per-img": "50"})
-    expected = direct.predict([imageio.decode(data, name)])[0]
+    expected = direct.predict([photos.decode(data, name)])[0]
     served = r.json()
     served = served[0] if isinstance(served, list) else served
     assert len(served["scores"]) == len(expected["scores"]) > 0
@@ -355,7 +355,7 @@ def test_served_model_applies_shelfdet_infer(auto_model, tiny_dataset, tmp_path)
                                          ("--nms fuzzy", "'nms': 'fuzzy' is not one of hard, soft"),
                                          ("tile-size", "cannot read 'tile-size'")])
 def test_bad_infer_is_refused_where_it_is_given(text, needle):
-    from shelfdet.hyperparameters import HyperparameterError, parse_inference
+    from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
     from shelfdet.launch import aws, deploy
     from shelfdet.serving import limits
 

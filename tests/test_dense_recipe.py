@@ -10,7 +10,8 @@ import yaml
 
 from _serving_support import ServerProcess, encode, shelf_image
 from conftest import TINY_HP, run_train
-from shelfdet import artefacts, hyperparameters, local
+from shelfdet.core import artefacts, hyperparameters
+from shelfdet.commands import train
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def cascade(tiny_dataset, tmp_path_factory):
     # Crops smaller than the 160x128 images, so they cut; a low score floor, so 4 iterations give boxes.
     raw.update({"model-type": "cascade_rcnn", "recipe": "dense", "crop-size": "64", "pred-thr": "0.001"})
     hp = hyperparameters.parse(raw, profile="local")
-    local.lay_out(str(root), str(tiny_dataset), hyperparameters.as_strings(hp))
+    train.lay_out(str(root), str(tiny_dataset), hyperparameters.as_strings(hp))
     proc = run_train(root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, proc.stdout + proc.stderr
@@ -52,12 +53,12 @@ def test_the_recipe_is_printed_and_saved_and_the_test_size_follows_the_crops(cas
 def test_the_cascade_model_serves_over_http_with_its_saved_settings(cascade, tmp_path):
     import httpx
 
-    from shelfdet import imageio
-    from shelfdet.inference import Detector
+    from shelfdet.core import photos
+    from shelfdet.core.inference import Detector
 
     model = str(cascade[0] / "model")
     data = encode(shelf_image(3, 160, 128))
-    expected = Detector.from_model_dir(model, "cpu").predict([imageio.decode(data)])[0]
+    expected = Detector.from_model_dir(model, "cpu").predict([photos.decode(data)])[0]
     assert expected["scores"], "a 4-iteration model at score >= 0.001 still gives boxes"
     server = ServerProcess(model, tmp_path / "server.log")
     try:

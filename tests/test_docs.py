@@ -91,7 +91,7 @@ def _split(line: str):
 
 
 def test_each_documented_shelfdet_command_exists():
-    from shelfdet import cli
+    from shelfdet.commands import cli
 
     lines = _commands("python -m shelfdet ") + _commands(".venv/bin/python -m shelfdet ")
     for where, line in lines:
@@ -151,6 +151,6 @@ def test_the_benchmark_table_is_what_the_results_say():
     finally:
         sys.path.pop(0)
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    from shelfdet import pages
+    from shelfdet.core import pages
 
     assert pages.block(page, "bench") == run.table(), "docs/benchmarks.md's table is stale: python bench/run.py --table"

@@ -7,7 +7,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from shelfdet import evaluation, visualize
+from shelfdet.core import evaluation, visualize
 
 GT = [
     [0, 0, 10, 10],  # g0
@@ -98,7 +98,7 @@ def test_png_title_counts_and_colours(tmp_path):
 
 def test_visualize_and_training_pngs_use_the_threshold(tmp_path, capsys):
     from _serving_support import shelf_image, write_dataset
-    from shelfdet.catalog import load_manifest
+    from shelfdet.core.catalog import load_manifest
     from shelfdet.training import report
 
     write_dataset(tmp_path / "data", {"shelf.jpg": shelf_image(1, 160, 40)}, {"shelf.jpg": GT})

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from shelfdet import evaluation
+from shelfdet.core import evaluation
 
 
 def _scene(rng, n_images=6, n_boxes=40, noise=3.0, misses=0.2):

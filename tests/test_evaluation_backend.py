@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import make_ml_root, run_train
-from shelfdet import catalog, evaluation
+from shelfdet.core import catalog, evaluation
 
 
 @pytest.fixture(scope="module")

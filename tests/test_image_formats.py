@@ -1,4 +1,4 @@
-"""Only JPEG and PNG are decoded (imageio.open_image): other formats are refused before any decoder of
+"""Only JPEG and PNG are decoded (photos.open_image): other formats are refused before any decoder of
 theirs runs, in the photo decoder, in `make data` (dropped and reported like a corrupt image) and in the
 training mapper (both of its paths). The HTTP 415 is in tests/test_serving_http.py."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shelfdet import compat, imageio
+from shelfdet.core import compat, photos
 
 compat.apply()
 
@@ -48,11 +48,11 @@ def test_other_formats_are_refused_naming_what_they_are(fmt, monkeypatch):
     if fmt in Image.OPEN:  # its opener is never asked, not even whether the bytes are its
         monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, **k: asked.append("open"),
                                               lambda prefix: asked.append("accept")))
-    with pytest.raises(imageio.FormatNotAccepted) as err:
-        imageio.decode_scaled(data, 0, 0, "shelf.x")
+    with pytest.raises(photos.FormatNotAccepted) as err:
+        photos.decode_scaled(data, 0, 0, "shelf.x")
     assert str(err.value) == "shelf.x: not a JPEG or PNG image ({})".format(OTHERS[fmt])
     assert err.value.kind == OTHERS[fmt]
-    assert isinstance(err.value, imageio.ImageDecodeError)  # every caller that refuses bad images refuses it
+    assert isinstance(err.value, photos.ImageDecodeError)  # every caller that refuses bad images refuses it
     assert asked == []
 
 
@@ -61,16 +61,16 @@ def test_a_camera_mpo_is_decoded_as_the_jpeg_it_starts_with():
     mpo, jpeg = io.BytesIO(), io.BytesIO()
     first.save(mpo, "MPO", save_all=True, append_images=[second])
     first.save(jpeg, "JPEG")
-    with imageio.open_image(io.BytesIO(mpo.getvalue())) as im:
+    with photos.open_image(io.BytesIO(mpo.getvalue())) as im:
         assert im.format == "MPO"
-    assert np.array_equal(imageio.decode(mpo.getvalue()), imageio.decode(jpeg.getvalue()))
+    assert np.array_equal(photos.decode(mpo.getvalue()), photos.decode(jpeg.getvalue()))
 
 
 def test_a_jpeg_or_png_whose_header_is_cut_stays_a_decode_error_not_a_format_error():
     for data in (_encoded("JPEG")[:12], _encoded("PNG")[:20]):
-        with pytest.raises(imageio.ImageDecodeError) as err:
-            imageio.decode(data, "cut")
-        assert not isinstance(err.value, imageio.FormatNotAccepted)
+        with pytest.raises(photos.ImageDecodeError) as err:
+            photos.decode(data, "cut")
+        assert not isinstance(err.value, photos.FormatNotAccepted)
         assert "not a decodable image" in str(err.value)
 
 
@@ -125,7 +125,7 @@ def test_the_training_mapper_refuses_another_format_naming_the_file(tmp_path, pa
         augs.append(T.RandomBrightness(0.9, 1.1))  # not shape-only: Detectron2's own __call__ maps it
     mapper = FastDatasetMapper(is_train=True, augmentations=augs, image_format="BGR")
     assert mapper.fast_path(d) == (path == "fast")
-    with pytest.raises(imageio.FormatNotAccepted, match=r"shelf\.jpg: not a JPEG or PNG image \(WebP image\)"):
+    with pytest.raises(photos.FormatNotAccepted, match=r"shelf\.jpg: not a JPEG or PNG image \(WebP image\)"):
         mapper(d)
     photo.write_bytes(_encoded("JPEG", 7))
     assert tuple(mapper(d)["image"].shape[1:]) in ((64, 85), (64, 86))

@@ -549,7 +549,7 @@ def test_dockerignore_is_read_as_docker_reads_it():
     for path in (".venv/bin/python", "data/report.json", "runs/x/model/model_final.pth", ".git/HEAD",
                  "shared/shelfdet/__pycache__/cli.cpython-311.pyc", "shared/shelfdet.egg-info/PKG-INFO"):
         assert real.excluded(path), path
-    for path in ("shared/shelfdet/cli.py", "images/base/install.sh", "shared/pyproject.toml"):
+    for path in ("shared/shelfdet/commands/cli.py", "images/base/install.sh", "shared/pyproject.toml"):
         assert not real.excluded(path), path
 
 

@@ -143,7 +143,7 @@ def test_the_uploaded_zip_is_the_docker_context_and_gives_the_same_tag(cb_env, m
     with zipfile.ZipFile(str(tmp_path / "context.zip")) as zf:
         entries = {i.filename: i for i in zf.infolist()}
     names = set(entries)
-    for must in ("Makefile", "versions.env", ".dockerignore", "shared/pyproject.toml", "shared/shelfdet/cli.py",
+    for must in ("Makefile", "versions.env", ".dockerignore", "shared/pyproject.toml", "shared/shelfdet/commands/cli.py",
                  "images/base/Dockerfile", "images/codebuild/buildspec.yml", "images/codebuild/run_buildspec.sh",
                  "tools/images.sh", "tools/image_hash.py", "tools/setup_venv.sh"):
         assert must in names, must

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shelfdet import redact
+from shelfdet.core import redact
 from shelfdet.launch import aws
 from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client,  # noqa: F401
                                  fast_sessions, json_docs, make, no_network, sent, wire)

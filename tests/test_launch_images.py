@@ -141,11 +141,11 @@ def test_dry_run_asks_aws_nothing_and_says_the_image_was_not_checked(command, wi
 
 
 def test_test_only_twin_is_never_a_default_and_never_launched(account, capsys):
-    from shelfdet.launch import aws, images
+    from shelfdet.launch import aws, image_names
 
-    assert images.CARD_STACK == "cu101"  # the design card: CUDA 10.1, torch 1.6
+    assert image_names.CARD_STACK == "cu101"  # the design card: CUDA 10.1, torch 1.6
     families = ["ml.{}.xlarge".format(f) for f in ("m5", "c5", "p2", "p3", "g4dn", "g5", "g6", "p4d", "p5", "trn1")]
-    assert not set(map(aws.default_stack, families)) & set(images.TEST_STACKS)
+    assert not set(map(aws.default_stack, families)) & set(image_names.TEST_STACKS)
     rc, _, err = cli(capsys, *(LAUNCHERS["train"][0] + ["--instance-type", "ml.m5.xlarge", "--stack", "cu101cpu"] + COMMON))
     assert rc != 0 and "stack 'cu101cpu' is a CPU twin for tests, never pushed or launched" in one_error_line(err)
     assert client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []

@@ -9,13 +9,14 @@ import subprocess
 
 import pytest
 
-from shelfdet.launch import images, push as push_module
+from shelfdet.launch import image_names
+from shelfdet.images import push as push_module
 from test_launch_support import (ACCOUNT, IMAGE_TAG, REGION, cli, client, fast_sessions, json_docs,  # noqa: F401
                                  make, one_error_line)
 
 RECORDER = r"""#!/usr/bin/env bash
 # A stand-in for docker: records each command line (and login's stdin), plays a daemon
-# whose image store is the file $FAKE_STATE/images.
+# whose image store is the file $FAKE_STATE/image_names.
 log="$FAKE_STATE/docker.log"
 printf '%q ' "$@" >>"$log"; echo >>"$log"
 case "$1" in
@@ -105,7 +106,7 @@ def test_push_builds_after_an_edit_and_not_after_a_revert(fake_docker, monkeypat
         return out.strip()
 
     first = name()
-    assert images.image("training", "cpu").local == first, "the launcher's tag is tools/images.sh's"
+    assert image_names.image("training", "cpu").local == first, "the launcher's tag is tools/images.sh's"
     (tmp_path / "images").write_text(first + "\n")  # built
     assert push() == "{}/{}".format(REGISTRY, first)
     assert fake_docker("images.log") == []
@@ -184,7 +185,7 @@ def test_card_command_pushes_the_card_stack(fake_docker, monkeypatch, kind):
 def test_make_help_names_the_push_default():
     out = make("help")
     assert out.returncode == 0, out.stderr
-    assert "{} to push".format(images.CARD_STACK) in out.stdout
+    assert "{} to push".format(image_names.CARD_STACK) in out.stdout
 
 
 @pytest.mark.parametrize("target", ["push-training", "push-base"])

@@ -201,7 +201,7 @@ def json_docs(text: str) -> List[Any]:
 
 def cli(capsys, *argv: str) -> Tuple[int, str, str]:
     """``python -m shelfdet ARGV`` in this process (so the wire fixture sees its requests)."""
-    from shelfdet.cli import main
+    from shelfdet.commands.cli import main
 
     capsys.readouterr()
     rc = main(list(argv))

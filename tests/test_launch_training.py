@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from shelfdet import hyperparameters as hp
+from shelfdet.core import hyperparameters as hp
 from shelfdet.launch import training
-from shelfdet.metrics import METRIC_DEFINITIONS
+from shelfdet.core.metrics import METRIC_DEFINITIONS
 from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, client, describes, fast_sessions,  # noqa: F401,E501
                                  image_uri, json_docs, no_network, one_error_line, put_image, sent, wire)
 
@@ -271,7 +271,7 @@ def test_default_stack_image_for_each_instance_family(account, wire, capsys, ins
 
 
 def _zoo_key(algo="retinanet"):
-    from shelfdet.config import zoo_key, zoo_weights
+    from shelfdet.core.config import zoo_key, zoo_weights
 
     return zoo_key(zoo_weights(algo, "R_50_FPN", "1x"))
 

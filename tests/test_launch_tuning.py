@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shelfdet.metrics import METRIC_DEFINITIONS
+from shelfdet.core.metrics import METRIC_DEFINITIONS
 from test_launch_support import (BUCKET, REGION, ROLE_ARN, account, cli, client, describes, fast_sessions,  # noqa: F401,E501
                                  image_uri, json_docs, make, no_network, one_error_line, put_image, sent, wire)
 

@@ -34,7 +34,7 @@ def mirror(tmp_path, monkeypatch):
 
 
 def _key(algo, argv=()):
-    from shelfdet.config import zoo_key
+    from shelfdet.core.config import zoo_key
 
     (url,) = weights.needed([algo], list(argv))
     return zoo_key(url)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, make_ml_root
-from shelfdet import artefacts
+from shelfdet.core import artefacts
 
 
 def snapshot(folder):

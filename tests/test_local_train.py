@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, TINY_HP, pause_env, wait_for_checkpoint
-from shelfdet import artefacts
+from shelfdet.core import artefacts
 
 HP = " ".join("--{} {}".format(k, v) for k, v in dict(TINY_HP, **{
     "num-iter": "8", "checkpoint-period": "2", "eval-period": "0", "evaluation-type": "none"}).items())
@@ -76,8 +76,8 @@ def _model_folder_is_the_trained_model(run, trained, data_dir):
     import torch
     from detectron2.modeling import build_model
 
-    from shelfdet import imageio, safeweights
-    from shelfdet.inference import Detector, inference_hyperparameters, load_config, options_of
+    from shelfdet.core import photos, safeweights
+    from shelfdet.core.inference import Detector, inference_hyperparameters, load_config, options_of
 
     model_dir = run / "model"
     files = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
@@ -95,11 +95,11 @@ def _model_folder_is_the_trained_model(run, trained, data_dir):
     in_memory.load_state_dict(trained)
     from_memory = Detector.from_model(cfg, in_memory, art.class_names, options=options_of(hp))
     from_folder = Detector.from_model_dir(str(model_dir), "cpu", overrides)
-    photos = sorted((data_dir / "test").glob("*.jpg"))
+    paths = sorted((data_dir / "test").glob("*.jpg"))
     boxes = 0
-    for photo in photos:
-        image = imageio.read(str(photo))
+    for photo in paths:
+        image = photos.read(str(photo))
         got = from_folder.predict([image])[0]
         assert got == from_memory.predict([image])[0], photo
         boxes += len(got["scores"])
-    assert photos and boxes, "no box on any test photo: the comparison would be vacuous"
+    assert paths and boxes, "no box on any test photo: the comparison would be vacuous"

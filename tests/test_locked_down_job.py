@@ -7,7 +7,7 @@ import json
 import pickle
 
 from conftest import make_ml_root, run_train
-from shelfdet import hyperparameters
+from shelfdet.core import hyperparameters
 
 
 def _hp(root):
@@ -15,7 +15,7 @@ def _hp(root):
 
 
 def _zoo_file(root, hp):
-    from shelfdet.config import zoo_key, zoo_weights
+    from shelfdet.core.config import zoo_key, zoo_weights
 
     return root / "input" / "data" / "pretrained" / zoo_key(zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule))
 
@@ -24,7 +24,7 @@ def zoo_checkpoint(root, tmp_path):
     """A checkpoint in the zoo's own format (a pickle of numpy arrays with an author) of the run's very
     model, where the `pretrained` channel of /opt/ml-shaped ``root`` has it; returns its path."""
     hp = _hp(root)
-    from shelfdet.config import build_config  # first: its compat shims come before Detectron2's modeling
+    from shelfdet.core.config import build_config  # first: its compat shims come before Detectron2's modeling
 
     from detectron2.modeling import build_model  # noqa: I100
 

@@ -351,7 +351,7 @@ def test_the_build_context_holds_only_tracked_files(tmp_path):
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed here")
 def test_the_codebuild_zip_holds_only_tracked_files(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "shared"))
-    from shelfdet.launch import codebuild
+    from shelfdet.images import codebuild
 
     repo = git_repo_with_junk(tmp_path / "repo")
     for rel in ("Makefile", "tools/setup_venv.sh"):

@@ -1,7 +1,7 @@
-"""The inference decoder (imageio.decode_scaled, Detector.decode): photos at the model's scale, damage reported.
+"""The inference decoder (photos.decode_scaled, Detector.decode): photos at the model's scale, damage reported.
 
 Pixels are compared with the decode before issue 21, a full decode and then
-Detectron2's test-time resize (``inference_resize`` on ``imageio.decode``),
+Detectron2's test-time resize (``inference_resize`` on ``photos.decode``),
 as the training mapper's tests compare with Detectron2's DatasetMapper.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from PIL import Image, JpegImagePlugin
 from _jpeg_damage import (DAMAGED_PHOTO, PADDED_PHOTO, clean_jpeg, extraneous, garbled, libjpeg_warning,
                           premature_end, real_photo, real_photos, trailing_zeros)
 from _serving_support import ServerProcess, make_tiny_model
-from shelfdet import imageio
-from shelfdet.data import images
+from shelfdet.core import photos
+from shelfdet.core import photo_files
 
 # Mean absolute pixel difference to a full decode + resize (grey levels), as tests/test_data_mapper.py allows.
 PIXEL_TOLERANCE = 1.0
@@ -29,9 +29,9 @@ LIBJPEG = {PREMATURE: "Corrupt JPEG data: premature end of data segment",
 
 
 def full_then_resized(data: bytes, min_size: int, max_size: int) -> np.ndarray:
-    from shelfdet.inference import inference_resize
+    from shelfdet.core.inference import inference_resize
 
-    image = imageio.decode(data)
+    image = photos.decode(data)
     return inference_resize(image.shape[0], image.shape[1], min_size, max_size).apply_image(image)
 
 
@@ -59,7 +59,7 @@ def drafts(monkeypatch):
 def rotated_photo() -> bytes:
     """Shown 2448x3264, stored 3264x2448 with EXIF orientation 6, as a phone held upright writes it."""
     exif = Image.Exif()
-    exif[images.EXIF_ORIENTATION] = 6
+    exif[photo_files.EXIF_ORIENTATION] = 6
     return clean_jpeg(3264, 2448, seed=2, noise=3, cell=16, exif=exif.tobytes())
 
 
@@ -68,7 +68,7 @@ def rotated_photo() -> bytes:
 def test_a_photo_at_the_model_scale_is_a_full_decode_and_resize_within_a_grey_level(drafts, kind, min_size, max_size):
     data = {"upright": lambda: clean_jpeg(2448, 3264, seed=1, noise=3, cell=16), "exif6": rotated_photo,
             "1920x2560": lambda: clean_jpeg(1920, 2560, seed=3, noise=3, cell=16)}[kind]()
-    photo = imageio.decode_scaled(data, min_size, max_size)
+    photo = photos.decode_scaled(data, min_size, max_size)
     expected = full_then_resized(data, min_size, max_size)
     diff = mean_difference(photo.image, expected)
     print("{} at {}/{}: {:.3f} grey levels, decoded at {}".format(kind, min_size, max_size, diff, drafts[-1]))
@@ -86,7 +86,7 @@ def test_the_real_photos_at_the_model_scale_are_within_a_grey_level():
     for path in real_photos():
         data = path.read_bytes()
         for min_size, max_size in SCALES:
-            photo = imageio.decode_scaled(data, min_size, max_size, path.name)
+            photo = photos.decode_scaled(data, min_size, max_size, path.name)
             diff = mean_difference(photo.image, full_then_resized(data, min_size, max_size))
             worst.append((diff, path.name, min_size))
             with Image.open(path) as im:
@@ -104,8 +104,8 @@ def test_damage_libjpeg_only_warns_about_is_reported(damage, warning):
     with Image.open(io.BytesIO(data)) as im:
         im.load()
     for min_size, max_size in [(0, 0), (64, 128)]:
-        assert imageio.decode_scaled(data, min_size, max_size).warnings == (warning,)
-    assert images.load_checked(data, lambda fp: Image.open(fp).load())[1] == [warning]
+        assert photos.decode_scaled(data, min_size, max_size).warnings == (warning,)
+    assert photo_files.load_checked(data, lambda fp: Image.open(fp).load())[1] == [warning]
 
 
 @pytest.mark.parametrize("make", [clean_jpeg, lambda: trailing_zeros(clean_jpeg())],
@@ -113,7 +113,7 @@ def test_damage_libjpeg_only_warns_about_is_reported(damage, warning):
 def test_clean_jpegs_have_no_warnings_and_their_own_pixels(make):
     data = make()
     assert libjpeg_warning(data) == ""
-    photo = imageio.decode_scaled(data, 0, 0)
+    photo = photos.decode_scaled(data, 0, 0)
     assert photo.warnings == ()
     with Image.open(io.BytesIO(data)) as im:
         assert np.array_equal(photo.image, np.asarray(im.convert("RGB"))[:, :, ::-1])
@@ -124,21 +124,21 @@ def test_a_progressive_jpeg_is_decoded_unchecked():
     buf = io.BytesIO()
     Image.open(io.BytesIO(clean_jpeg())).save(buf, "JPEG", progressive=True)
     data = buf.getvalue()
-    assert images.jpeg_scan(data) is None
-    photo = imageio.decode_scaled(data, 0, 0)
+    assert photo_files.jpeg_scan(data) is None
+    photo = photos.decode_scaled(data, 0, 0)
     assert photo.warnings == ()
     with Image.open(io.BytesIO(data)) as im:
         assert np.array_equal(photo.image, np.asarray(im.convert("RGB"))[:, :, ::-1])
 
 
 def test_the_damaged_real_photo_is_reported_and_the_padded_one_is_not():
-    assert images.check(str(real_photo(DAMAGED_PHOTO))).error == PREMATURE
-    assert images.check(str(real_photo(PADDED_PHOTO))) == images.Checked(2336, 4160, None)
+    assert photo_files.check(str(real_photo(DAMAGED_PHOTO))).error == PREMATURE
+    assert photo_files.check(str(real_photo(PADDED_PHOTO))) == photo_files.Checked(2336, 4160, None)
     damaged, padded = real_photo(DAMAGED_PHOTO).read_bytes(), real_photo(PADDED_PHOTO).read_bytes()
     assert not padded.endswith(b"\xff\xd9")  # the naive check would call it corrupt
     for min_size, max_size in [(0, 0)] + SCALES:
-        assert imageio.decode_scaled(damaged, min_size, max_size).warnings == (PREMATURE,)
-        assert imageio.decode_scaled(padded, min_size, max_size).warnings == ()
+        assert photos.decode_scaled(damaged, min_size, max_size).warnings == (PREMATURE,)
+        assert photos.decode_scaled(padded, min_size, max_size).warnings == ()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_boxes_come_back_in_the_photos_own_pixels(model_dir):
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     detector = Detector.from_model_dir(model_dir, "cpu")
     data = rotated_photo()
@@ -164,14 +164,14 @@ def test_boxes_come_back_in_the_photos_own_pixels(model_dir):
 
 
 def test_a_tiled_model_decodes_the_whole_photo(model_dir):
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     tiled = Detector.from_model_dir(model_dir, "cpu", {"tile-size": "1024"})
     data = clean_jpeg(2448, 3264, seed=1, noise=3, cell=16)
     photo = tiled.decode(data)
     # Tiles are cut from the photo's own pixels, each then resized as a whole photo is.
     assert photo.image.shape == (3264, 2448, 3)
-    assert np.array_equal(photo.image, imageio.decode(data))
+    assert np.array_equal(photo.image, photos.decode(data))
     assert tiled.predict([photo])[0]["image_width"] == 2448
     with pytest.raises(ValueError, match="full size"):
         tiled.predict([Detector.from_model_dir(model_dir, "cpu").decode(data)])
@@ -188,7 +188,7 @@ def photo_server(model_dir, tmp_path_factory):
 def test_every_real_photo_is_served_in_its_own_pixels_and_only_the_damaged_one_warns(photo_server, model_dir):
     import httpx
 
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     served = {}
     with httpx.Client(base_url=photo_server.url, timeout=120) as client:

@@ -24,7 +24,7 @@ import torch
 
 from _serving_support import ServerProcess, encode, make_tiny_model, shelf_image, write_dataset
 from conftest import ROOT
-from shelfdet import artefacts, safeweights
+from shelfdet.core import artefacts, safeweights
 
 # As torch 1.6 loads (cu101): no weights_only, every pickle runs. Imported first by every Python under test.
 # (Through an open file: newer torch reads a path ending in .safetensors as safetensors, torch 1.6 unpickles it.)
@@ -126,7 +126,7 @@ def test_the_hostile_pth_runs_code_when_torch_1_6_would_load_it(env, tmp_path):
     for name in ("m.pth", "m.safetensors"):
         marker = tmp_path / (name + ".ran")
         hostile_pth(tmp_path / name, marker)
-        run = subprocess.run([sys.executable, "-c", "from shelfdet import compat; compat.torch_load({!r})".format(
+        run = subprocess.run([sys.executable, "-c", "from shelfdet.core import compat; compat.torch_load({!r})".format(
             str(tmp_path / name))], capture_output=True, text=True, env=dict(os.environ, **env))
         assert run.returncode == 0, run.stderr[-2000:]
         assert marker.exists(), name
@@ -159,7 +159,7 @@ def test_serving_uses_the_safetensors_and_never_the_pth_beside_it(folders, env, 
     finally:
         server.stop()
     assert not marker.exists()
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     detector = Detector.from_model_dir(str(tiny), "cpu")
     expected = detector.predict([detector.decode(encode(photo))])[0]
@@ -217,8 +217,9 @@ def test_convert_model_refuses_without_trust_pickle(folders, env):
 
 
 def test_convert_model_with_trust_pickle_converts_an_old_folder(folders, tmp_path):
-    from shelfdet import convert_model, imageio
-    from shelfdet.inference import Detector
+    from shelfdet.commands import convert_model
+    from shelfdet.core import photos
+    from shelfdet.core.inference import Detector
 
     tiny = folders[0]
     old = tmp_path / "old"
@@ -236,7 +237,7 @@ def test_convert_model_with_trust_pickle_converts_an_old_folder(folders, tmp_pat
     assert manifest["converted"]["from"] == artefacts.LEGACY_WEIGHTS
     converted = safeweights.load(str(old / artefacts.WEIGHTS))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], v) for k, v in state.items())
-    photo = imageio.decode(encode(shelf_image(11)))
+    photo = photos.decode(encode(shelf_image(11)))
     got = Detector.from_model_dir(str(old), "cpu").predict([photo])[0]
     expected = Detector.from_model_dir(str(tiny), "cpu").predict([photo])[0]
     assert got == expected
@@ -250,7 +251,7 @@ def test_convert_model_trusting_a_hostile_pth_still_loads_tensors_only_where_tor
 
     if "weights_only" not in inspect.signature(torch.load).parameters:
         pytest.skip("torch {} has no weights_only: --trust-pickle runs what the file holds".format(torch.__version__))
-    from shelfdet import convert_model
+    from shelfdet.commands import convert_model
 
     folder = tmp_path / "legacy"
     shutil.copytree(str(folders[1]["legacy"][0]), str(folder))
@@ -263,7 +264,7 @@ def test_convert_model_trusting_a_hostile_pth_still_loads_tensors_only_where_tor
 
 
 def test_convert_model_on_a_converted_folder_checks_its_weights(folders, capsys):
-    from shelfdet import convert_model
+    from shelfdet.commands import convert_model
 
     assert convert_model.main([str(folders[0])]) == 0
     assert "nothing to convert" in capsys.readouterr().out

@@ -144,7 +144,7 @@ def server_answer(url):
 
 @functools.lru_cache(maxsize=None)
 def detector(model_dir):
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     return Detector.from_model_dir(model_dir, "cpu")
 

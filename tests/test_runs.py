@@ -62,7 +62,7 @@ def _table(text: str):
 
 
 def test_runs_lists_each_run_with_its_numbers_status_and_how_to_resume(two_runs):
-    from shelfdet import runs
+    from shelfdet.commands import runs
 
     proc = subprocess.run([sys.executable, "-m", "shelfdet", "runs", "--runs-dir", str(two_runs)],
                           capture_output=True, text=True, timeout=120)
@@ -123,7 +123,7 @@ def test_make_compare_without_runs_says_what_it_needs():
 
 
 def test_runs_remote_adds_sagemaker_jobs_with_their_final_metrics_and_bill(account, describes, capsys, tmp_path):
-    from shelfdet import runs
+    from shelfdet.commands import runs
     from shelfdet.launch import training
 
     base = ["--data-dir", "data", "--instance-type", "ml.g5.xlarge", "--stack", "cpu", "--region", REGION,

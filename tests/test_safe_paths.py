@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shelfdet import board, safepath
+from shelfdet.commands import tensorboard
+from shelfdet.core import safepath
 from shelfdet.data import DataError, build, fetch
 from shelfdet.data.written import RECORD
 from shelfdet.launch import aws, transform
@@ -254,7 +255,7 @@ def test_tensorboard_job_names_and_keys_on_moto(tmp_path, outside, aws_env, caps
     for rel in ["train/events.out.tfevents.1"] + bad:
         s3.put_object(Bucket=BUCKET, Key=prefix + rel, Body=b"overwritten")
     runs = tmp_path / "runs"
-    target = board.fetch_job(job, BUCKET, "detectron2/tensorboard", REGION, str(runs))
+    target = tensorboard.fetch_job(job, BUCKET, "detectron2/tensorboard", REGION, str(runs))
     assert Path(target, "train", "events.out.tfevents.1").read_bytes() == b"overwritten"
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warned) == len(bad) and all(": skipped: " in w for w in warned), warned
@@ -262,9 +263,9 @@ def test_tensorboard_job_names_and_keys_on_moto(tmp_path, outside, aws_env, caps
         "output/tensorboard/train/events.out.tfevents.1"]
     for name in ("../../outside", str(home), "a\0b", "a/b"):
         with pytest.raises(aws.LaunchError, match="not a training job name"):
-            board.fetch_job(name, BUCKET, "detectron2/tensorboard", REGION, str(runs))
+            tensorboard.fetch_job(name, BUCKET, "detectron2/tensorboard", REGION, str(runs))
     # Through the command: one line, nothing served.
-    rc = board.main(["--job", "../../outside", "--bucket", BUCKET, "--region", REGION, "--runs-dir", str(runs)])
+    rc = tensorboard.main(["--job", "../../outside", "--bucket", BUCKET, "--region", REGION, "--runs-dir", str(runs)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("error: JOB=../../outside: not a training job name"), err
     assert snapshot(home) == before

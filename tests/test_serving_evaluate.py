@@ -89,8 +89,8 @@ def test_served_predictions_score_like_the_training_runs_own_evaluation(tiny_dat
 def test_served_predictions_score_like_direct_detector_predictions(tmp_path_factory, tmp_path):
     import torch
 
-    from shelfdet import catalog, evaluation, imageio
-    from shelfdet.inference import Detector
+    from shelfdet.core import catalog, evaluation, photos
+    from shelfdet.core.inference import Detector
 
     torch.set_num_threads(1)  # as the server below: same kernels, same floats
     model_dir = make_tiny_model(tmp_path_factory.getbasetemp())
@@ -107,7 +107,7 @@ def test_served_predictions_score_like_direct_detector_predictions(tmp_path_fact
         images[name] = rgb
     manifest = write_dataset(tmp_path / "data", images, boxes)
     gt, class_names = catalog.load_manifest(str(manifest), str(tmp_path / "data" / "test"))
-    direct = {os.path.basename(d["file_name"]): detector.predict([imageio.read(d["file_name"])])[0] for d in gt}
+    direct = {os.path.basename(d["file_name"]): detector.predict([photos.read(d["file_name"])])[0] for d in gt}
     expected = evaluation.score(gt, direct, class_names, 300)
     assert 0.05 < expected["AP"] < 0.95, expected
 

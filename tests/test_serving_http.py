@@ -46,7 +46,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def detector(model_dir):
-    from shelfdet.inference import Detector
+    from shelfdet.core.inference import Detector
 
     return Detector.from_model_dir(model_dir, "cpu")
 
@@ -68,9 +68,9 @@ WEBP, TIFF, ICO = _as("WEBP"), _as("TIFF"), _as("ICO")
 
 
 def direct(detector, data, **kw):
-    from shelfdet import imageio
+    from shelfdet.core import photos
 
-    return detector.predict([imageio.decode(data)], **kw)[0]
+    return detector.predict([photos.decode(data)], **kw)[0]
 
 
 def assert_same(served, expected, box_atol=1e-3):
@@ -170,10 +170,10 @@ def test_odd_shapes_in_one_json_batch_as_batch_transform_sends_them(client):
 
 
 def _sizes_under_the_cap(count: int, seed: int = 20):
-    """Log-uniform widths and heights from 1 px up, every one under imageio.MAX_PIXELS, plus the cap's corners."""
-    from shelfdet import imageio
+    """Log-uniform widths and heights from 1 px up, every one under photos.MAX_PIXELS, plus the cap's corners."""
+    from shelfdet.core import photos
 
-    cap = imageio.MAX_PIXELS
+    cap = photos.MAX_PIXELS
     rng = np.random.default_rng(seed)
     sizes = [(cap, 1), (1, cap), (7745, 7746), (65500, 1)]
     while len(sizes) < count:
@@ -330,14 +330,14 @@ def _flat_png(width: int, height: int) -> bytes:
 
 
 def test_batch_over_the_decoded_pixel_limit_is_413_naming_the_instance(client, detector):
-    from shelfdet import imageio
+    from shelfdet.core import photos
     from shelfdet.serving.app import MAX_BATCH_PIXELS
 
-    # Four images at just over a quarter of the batch limit, each half of imageio.MAX_PIXELS: the fourth
+    # Four images at just over a quarter of the batch limit, each half of photos.MAX_PIXELS: the fourth
     # crosses it (the server holds three decoded, about 270 MB, before it refuses).
     width = 6000
     height = MAX_BATCH_PIXELS // 4 // width + 1
-    assert width * height < imageio.MAX_PIXELS and 3 * width * height <= MAX_BATCH_PIXELS < 4 * width * height
+    assert width * height < photos.MAX_PIXELS and 3 * width * height <= MAX_BATCH_PIXELS < 4 * width * height
     flat = _flat_png(width, height)
     body = json.dumps({"instances": [base64.b64encode(flat).decode()] * 4}).encode()
     assert len(body) < LIMIT, "the batch must pass the payload limit to reach the pixel count"
@@ -403,7 +403,7 @@ def test_1000_mixed_requests_from_concurrent_clients(server):
 
 
 def test_the_test_resize_is_detectron2s_wherever_that_gives_a_pixel():
-    from shelfdet.inference import inference_resize  # applies compat before Detectron2 imports PIL names
+    from shelfdet.core.inference import inference_resize  # applies compat before Detectron2 imports PIL names
 
     from detectron2.data import transforms as T
 
@@ -449,7 +449,7 @@ def test_other_formats_never_reach_a_decoder(client, monkeypatch):
     TIFF and ICO openers are never asked, here or in the server (same code)."""
     from PIL import Image
 
-    from shelfdet import imageio
+    from shelfdet.core import photos
 
     Image.init()
     asked = []
@@ -458,8 +458,8 @@ def test_other_formats_never_reach_a_decoder(client, monkeypatch):
         monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, _f=factory, _n=fmt, **k: asked.append(_n) or _f(*a, **k),
                                               lambda prefix, _a=accept, _n=fmt: asked.append(_n) or _a(prefix)))
     for data, kind in ((WEBP, "WebP image"), (TIFF, "TIFF image"), (ICO, "ICO image")):
-        with pytest.raises(imageio.FormatNotAccepted) as err:
-            imageio.decode_scaled(data, 64, 128)
+        with pytest.raises(photos.FormatNotAccepted) as err:
+            photos.decode_scaled(data, 64, 128)
         assert err.value.kind == kind
         r = client.post("/invocations", content=data, headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 415 and r.json() == {"error": "image: not a JPEG or PNG image ({})".format(kind),

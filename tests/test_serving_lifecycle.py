@@ -265,7 +265,7 @@ def test_port_and_model_dir_from_sagemaker_environment(model_dir, tmp_path):
         # What it runs on, before it serves: the first line to read when an endpoint misbehaves.
         import torch
 
-        from shelfdet import compat
+        from shelfdet.core import compat
 
         env_line = next(line for line in text.splitlines() if "environment: " in line)
         assert "torch " + torch.__version__ in env_line and "detectron2 " + compat.detectron2_version() in env_line
@@ -317,9 +317,9 @@ class _FakeDetector:
     device = "cpu"
 
     def decode(self, data, name="image"):
-        from shelfdet import imageio
+        from shelfdet.core import photos
 
-        return imageio.decode(data, name)
+        return photos.decode(data, name)
 
     def predict(self, images, score_thr=None, max_detections=None):
         return [{"image_height": im.shape[0], "image_width": im.shape[1], "pred_boxes": [], "scores": [],
@@ -386,7 +386,7 @@ def test_settings_defaults_and_normalisation():
 
 
 def test_the_queue_is_sized_from_threads_and_memory_unless_set():
-    from shelfdet import runtime
+    from shelfdet.core import runtime
     from shelfdet.serving import limits
 
     gib = 1024 ** 3

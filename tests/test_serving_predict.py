@@ -32,8 +32,8 @@ def predict(*args, env=None):
 
 
 def test_local_model_writes_json_and_png(model_dir, image, tmp_path):
-    from shelfdet import imageio
-    from shelfdet.inference import Detector
+    from shelfdet.core import photos
+    from shelfdet.core.inference import Detector
 
     out = tmp_path / "preds"
     proc = predict("--image", image, "--model-dir", model_dir, "--out", out, "--max-detections", "20")
@@ -42,7 +42,7 @@ def test_local_model_writes_json_and_png(model_dir, image, tmp_path):
     assert str(json_path) in proc.stdout and str(png_path) in proc.stdout
     pred = json.loads(json_path.read_text())
     assert "20 boxes" in proc.stdout and len(pred["scores"]) == 20
-    expected = Detector.from_model_dir(model_dir, "cpu").predict([imageio.read(str(image))], max_detections=20)[0]
+    expected = Detector.from_model_dir(model_dir, "cpu").predict([photos.read(str(image))], max_detections=20)[0]
     np.testing.assert_allclose(pred["pred_boxes"], expected["pred_boxes"], atol=1e-3)
     assert pred["image_width"] == 160 and pred["image_height"] == 120
     with Image.open(str(png_path)) as png:

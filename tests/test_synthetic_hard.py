@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shelfdet import cli
+from shelfdet.commands import cli
 from shelfdet.data import build, stats, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]

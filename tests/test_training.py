@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, make_ml_root, pause_env, run_train, wait_for_checkpoint
-from shelfdet import artefacts
-from shelfdet.metrics import METRIC_DEFINITIONS
+from shelfdet.core import artefacts
+from shelfdet.core.metrics import METRIC_DEFINITIONS
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_log_starts_with_the_environment(trained):
     _, log = trained
     import torch
 
-    from shelfdet import compat
+    from shelfdet.core import compat
 
     line = next(line for line in log.splitlines() if "environment: " in line)
     assert "torch " + torch.__version__ in line and "detectron2 " + compat.detectron2_version() in line, line

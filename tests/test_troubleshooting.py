@@ -39,16 +39,16 @@ def test_every_row_gives_a_cause_and_a_fix():
 # variable, an attribute), `error:` printed, handed to a function that prints it, a Makefile $(error),
 # a shell die or echo, a Dockerfile.
 KNOWN = [
-    ("catalog.py", "manifest not found: <?>"),                                   # ManifestError("...".format())
-    ("checkpoint.py", "<?> does not match the model built from its config: <?>"),  # a helper returns it
+    ("core/catalog.py", "manifest not found: <?>"),                                   # ManifestError("...".format())
+    ("core/checkpoint.py", "<?> does not match the model built from its config: <?>"),  # a helper returns it
     ("launch/aws.py", "no AWS credentials found: set AWS_PROFILE"),              # a module constant, via fail()
     ("launch/aws.py", "AWS rejected the credentials (<?>): <?>"),                # a variable, " ".join(x.split())
-    ("local.py", "<?> resumes with its own hyperparameters"),                    # module.HyperparameterError
+    ("commands/train.py", "<?> resumes with its own hyperparameters"),                    # module.HyperparameterError
     ("serving/predict.py", "<?> of <?> photos are over <?> (first: <?>"),         # a helper returning a string
     ("serving/app.py", "model failed to load from <?>: <?>"),                    # an attribute, `or`
     ("serving/app.py", "payload of <?><?> bytes exceeds"),                       # RequestError(status, message)
     ("serving/server.py", "port <?> is not a TCP port number"),                  # print("error: ...")
-    ("board.py", "<?> has no TensorBoard event files"),                          # SystemExit("error: ...")
+    ("commands/tensorboard.py", "<?> has no TensorBoard event files"),                          # SystemExit("error: ...")
     ("training/entry.py", "interrupted; rerun to resume"),                       # fail(root, message)
     ("Makefile", 'make compare needs RUNS="<run> <run> ..."'),                    # $(error ...)
     ("tools/images.sh", "stack <?> needs <?> (Detectron2 <?>, sha256-pinned)"),  # die "... $(...) ..."

@@ -6,11 +6,11 @@ import os
 import shutil
 
 from conftest import make_ml_root, run_train
-from shelfdet import hyperparameters
+from shelfdet.core import hyperparameters
 
 
 def test_validation_records_nothing_into_the_training_metrics(tiny_dataset, tmp_path):
-    from shelfdet.config import build_config
+    from shelfdet.core.config import build_config
     from shelfdet.training import entry
     from shelfdet.training.environment import load
     from shelfdet.training.trainer import Trainer

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The content hash that ends each image tag. tools/images.sh runs this (and
-launch/images.py asks tools/images.sh), so the rule lives here only.
+launch/image_names.py asks tools/images.sh), so the rule lives here only.
 
   bash tools/images.sh buildargs <image> <stack> | python3 tools/image_hash.py <image> [--root DIR] [--list]
   python3 tools/image_hash.py --context <image> [--root DIR]   # the build context tools/images.sh sends

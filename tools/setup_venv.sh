@@ -48,4 +48,4 @@ fi
 
 say "installing the shelfdet package (editable)"
 "${PIP[@]}" install --no-deps --no-build-isolation -e shared 2>&1 | grep -v "is ignored: it is neither" || true
-"$VENV/bin/python" -c 'import shelfdet.compat as c; c.apply(); import detectron2.modeling, detectron2.evaluation; print("[setup] ok: detectron2", __import__("detectron2").__version__, "torch", __import__("torch").__version__)'
+"$VENV/bin/python" -c 'import shelfdet.core.compat as c; c.apply(); import detectron2.modeling, detectron2.evaluation; print("[setup] ok: detectron2", __import__("detectron2").__version__, "torch", __import__("torch").__version__)'

@@ -1,6 +1,6 @@
 """Build-time smoke check of the base image, on the CPU: every shelfdet module
 imports; Faster R-CNN and RetinaNet build from shelfdet's own config, train one
-step and predict through ``shelfdet.inference.Detector``; where Detectron2's ops
+step and predict through ``shelfdet.core.inference.Detector``; where Detectron2's ops
 were compiled, they load, and the CUDA architectures inside ``detectron2._C``
 are listed and must include every one in TORCH_CUDA_ARCH_LIST.
 Also handy later: ``docker run IMAGE python /usr/local/lib/shelfdet/smoke.py``."""
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import shelfdet
-from shelfdet import compat
+from shelfdet.core import compat
 
 compat.apply()
 
@@ -49,9 +49,9 @@ def train_step_and_predict(algo):
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from shelfdet import hyperparameters
-    from shelfdet.config import build_config
-    from shelfdet.inference import Detector
+    from shelfdet.core import hyperparameters
+    from shelfdet.core.config import build_config
+    from shelfdet.core.inference import Detector
 
     hp = hyperparameters.parse({"model-type": algo, "min-size": "128", "max-size": "160"}, profile="local")
     cfg = build_config(hp, ["SKU"], "smoke", None, "/tmp/smoke")

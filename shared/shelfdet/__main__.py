@@ -1,3 +1,3 @@
-from .cli import main
+from shelfdet.commands.cli import main
 
 raise SystemExit(main())

@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import CHANNELS, DEFAULT_LABEL, REPORT, DataError, fetch, formats, sku110k, synthetic
-from .written import Written
+from shelfdet.data import CHANNELS, DEFAULT_LABEL, REPORT, DataError, fetch, formats, sku110k, synthetic
+from shelfdet.data.written import Written
 
 
 def _size(text: str) -> Tuple[int, int]:

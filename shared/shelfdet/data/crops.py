@@ -20,14 +20,14 @@ import argparse
 import math
 from typing import NamedTuple, Optional, Tuple
 
-from .. import compat
+from shelfdet.core import compat
 
 compat.apply()
 
 import numpy as np  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 
-from .. import hyperparameters  # noqa: E402
+from shelfdet.core import hyperparameters  # noqa: E402
 
 
 class Crop(NamedTuple):

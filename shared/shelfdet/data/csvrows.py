@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import CSV_CLASS
+from shelfdet.data import CSV_CLASS
 
 COLUMNS = ("image_name", "x1", "y1", "x2", "y2", "class", "image_width", "image_height")
 NUMERIC = (1, 2, 3, 4, 6, 7)  # column indices, in the order of Rows.values

@@ -14,8 +14,8 @@ import urllib.parse
 import urllib.request
 from typing import IO, Callable, Iterator, Optional, Tuple
 
-from .. import safepath
-from . import ROOT_NAME, DataError
+from shelfdet.core import safepath
+from shelfdet.data import ROOT_NAME, DataError
 
 CHUNK = 1 << 20
 DONE = ".shelfdet-extracted"

@@ -27,8 +27,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from .. import safepath
-from . import CHANNELS, REPORT, DataError, images
+from shelfdet.core import safepath
+from shelfdet.data import CHANNELS, REPORT, DataError
+from shelfdet.core import photo_files
 
 FORMATS = ("coco", "voc", "yolo", "gt")
 SPLIT_TO_CHANNEL = {"train": "training", "val": "validation", "valid": "validation", "validation": "validation",
@@ -412,8 +413,8 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
             log: Callable[[str], None] = print, max_side: Optional[int] = None,
             written: "Optional[Any]" = None) -> Dict[str, Any]:
     """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
-    from .sku110k import _link, _natural, source_ref, write_report
-    from .written import Written, temp_beside
+    from shelfdet.data.sku110k import _link, _natural, source_ref, write_report
+    from shelfdet.data.written import Written, temp_beside
 
     if fmt not in READERS:
         raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
@@ -435,7 +436,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
     classes = list(source.classes)
     index = {c: i for i, c in enumerate(classes)}
     present = [i for i in items if os.path.isfile(i.path)]
-    checked = images.check_all([i.path for i in present], workers)
+    checked = photo_files.check_all([i.path for i in present], workers)
     corrupted, dropped_images = [], []  # type: List[Dict[str, Any]], List[Dict[str, Any]]
     per_channel = {c: [] for c in CHANNELS}  # type: Dict[str, List[Tuple[Item, Tuple[int, int], List[List[Any]]]]]
     seen = {}  # type: Dict[Tuple[str, str], str]
@@ -466,7 +467,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
                                     "labels say {:g}x{:g}, the image file is {:g}x{:g}{}; boxes checked against the file".format(
                                         item.size[0], item.size[1], W, H, " (swapped: EXIF orientation?)"
                                         if item.size == (H, W) else "")))
-        out_w, out_h = images.fit(int(W), int(H), max_side) if max_side else (int(W), int(H))
+        out_w, out_h = photo_files.fit(int(W), int(H), max_side) if max_side else (int(W), int(H))
         sx, sy = out_w / W, out_h / H
         kept = []
         for b in item.boxes:
@@ -540,7 +541,7 @@ def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, pr
         channels[ch] = {"images": len(entries), "boxes": sum(len(e[2]) for e in entries)}
     resized = None
     if max_side:
-        sizes = images.resize_all(resize_jobs, workers)
+        sizes = photo_files.resize_all(resize_jobs, workers)
         resized = {"max_side": max_side, "images": len(resize_jobs),
                    "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(sizes)}
     n_kept = sum(c["boxes"] for c in channels.values())

@@ -23,14 +23,14 @@ PNGs and JPEGs too small to draft take the same steps without the reduced
 decode and give Detectron2's pixels exactly. Anything this path does not
 cover (masks, keypoints, proposals, semantic segmentation, other
 augmentations) goes through Detectron2's own ``__call__``. Both paths take
-JPEG and PNG only (``imageio.open_image``); another format raises
-``imageio.FormatNotAccepted`` naming the file before any decoder sees it.
+JPEG and PNG only (``photos.open_image``); another format raises
+``photos.FormatNotAccepted`` naming the file before any decoder sees it.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import compat
+from shelfdet.core import compat
 
 compat.apply()
 
@@ -43,9 +43,9 @@ from detectron2.data import transforms as T  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 
-from .. import imageio  # noqa: E402
-from .crops import ObjectCrop  # noqa: E402
-from .images import SWAPS_SIDES, decode_crop, decode_resized, exif_transpose_method  # noqa: E402
+from shelfdet.core import photos  # noqa: E402
+from shelfdet.data.crops import ObjectCrop  # noqa: E402
+from shelfdet.core.photo_files import SWAPS_SIDES, decode_crop, decode_resized, exif_transpose_method  # noqa: E402
 
 # Augmentations whose transforms depend on the image size only, so they can be sampled from the header.
 SHAPE_ONLY_AUGMENTATIONS = (T.ResizeShortestEdge, T.RandomFlip)
@@ -95,7 +95,7 @@ class FastDatasetMapper(DatasetMapper):
         if not self.fast_path(dataset_dict):
             # Detectron2's read_image opens whatever Pillow knows: the header is checked here first.
             with PathManager.open(dataset_dict["file_name"], "rb") as f:
-                imageio.open_image(f, dataset_dict["file_name"]).close()
+                photos.open_image(f, dataset_dict["file_name"]).close()
             return super().__call__(dataset_dict)
         # Shallow: the annotations are read, never changed (DatasetMapper deep-copies ~150 box dicts).
         dataset_dict = dict(dataset_dict)
@@ -104,7 +104,7 @@ class FastDatasetMapper(DatasetMapper):
         if annos is not None and self.is_train:
             annos, boxes = self.xyxy(annos)
         with PathManager.open(dataset_dict["file_name"], "rb") as f:
-            image = imageio.open_image(f, dataset_dict["file_name"])
+            image = photos.open_image(f, dataset_dict["file_name"])
             method = exif_transpose_method(image)
             width, height = image.size
             if method in SWAPS_SIDES:

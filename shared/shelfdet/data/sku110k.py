@@ -23,9 +23,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .. import safepath
-from . import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of, csvrows, images
-from .written import Written, temp_beside
+from shelfdet.core import safepath
+from shelfdet.data import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of, csvrows
+from shelfdet.core import photo_files
+from shelfdet.data.written import Written, temp_beside
 
 JOB_NAME = "shelfdet-sku110k"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -152,7 +153,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
         height[rows.image[first]] = rows.values[first, 5]
     else:
         present = np.zeros(n_img, bool)
-        checked = images.check_all([os.path.join(img_dir, f) for f in files], workers)
+        checked = photo_files.check_all([os.path.join(img_dir, f) for f in files], workers)
         for f in files:
             i = index[f]
             present[i] = True
@@ -225,7 +226,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     if max_side:
         for i in range(n_img):
             if not reason[i]:
-                out_w[i], out_h[i] = images.fit(int(width[i]), int(height[i]), max_side)
+                out_w[i], out_h[i] = photo_files.fit(int(width[i]), int(height[i]), max_side)
         # Boxes scale with their image; two decimals are far below a pixel of the resized image.
         sx, sy = (out_w / np.maximum(width, 1))[img[k]], (out_h / np.maximum(height, 1))[img[k]]
         coords = np.round(coords * np.column_stack([sx, sy, sx, sy]), 2)
@@ -287,7 +288,7 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
         channels[ch] = {"images": len(ids), "boxes": int(counts[ids].sum())}
     resized = None
     if max_side:
-        sizes = images.resize_all(resize_jobs, workers)
+        sizes = photo_files.resize_all(resize_jobs, workers)
         resized = {"max_side": max_side, "images": len(resize_jobs),
                    "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(sizes)}
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import CHANNELS, DEFAULT_LABEL
+from shelfdet.data import CHANNELS, DEFAULT_LABEL
 
 ASPECT_PERCENTILES = (5, 25, 50, 75, 95)
 

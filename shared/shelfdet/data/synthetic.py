@@ -20,7 +20,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from . import ROOT_NAME, SPLITS, csv_name
+from shelfdet.data import ROOT_NAME, SPLITS, csv_name
 
 # Sized for a from-scratch R-18-FPN on 2 CPU cores in minutes; the training
 # owner tunes these, so they are the single place to change.

@@ -25,8 +25,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import CHANNELS, DataError
-from .sku110k import source_ref
+from shelfdet.data import CHANNELS, DataError
+from shelfdet.data.sku110k import source_ref
 
 
 # Multipart threshold and part size of the upload, and so of the composite checksums compared on resume.

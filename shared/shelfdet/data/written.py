@@ -17,8 +17,8 @@ import shutil
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Set
 
-from .. import safepath
-from . import CHANNELS, REPORT, DataError
+from shelfdet.core import safepath
+from shelfdet.data import CHANNELS, REPORT, DataError
 
 RECORD = "written.json"
 FORMAT = "shelfdet-written/1"

@@ -261,13 +261,13 @@ class Aws:
         Called before anything is created, so a missing image costs nothing but
         this one line. A dry run cannot look (no AWS call at all) and says so.
         """
-        from . import images
+        from shelfdet.launch import image_names
 
         try:
-            uri = override or images.image(kind, stack).ecr_uri(self.account(), self.region)
-        except images.ImageError as err:
+            uri = override or image_names.image(kind, stack).ecr_uri(self.account(), self.region)
+        except image_names.ImageError as err:
             raise LaunchError(str(err)) from None
-        parts = images.parse_ecr_uri(uri)
+        parts = image_names.parse_ecr_uri(uri)
         if self.dry_run:
             if parts is not None or not override:
                 note("# dry run: whether {} is in ECR was not checked".format(uri))
@@ -333,7 +333,7 @@ def run(body: Callable[[List[str]], int], argv: Sequence[str]) -> int:
     from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
                                      NoRegionError, PartialCredentialsError)
 
-    from ..hyperparameters import HyperparameterError
+    from shelfdet.core.hyperparameters import HyperparameterError
 
     try:
         return int(body(list(argv)) or 0)

@@ -21,8 +21,9 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import aws, codebuild, images
-from .aws import LaunchError, note
+from shelfdet.launch import aws, image_names
+from shelfdet.images import codebuild
+from shelfdet.launch.aws import LaunchError, note
 
 SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
 SCALING_ROLE = "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
@@ -66,7 +67,7 @@ def role_requests(region: str, account: str, bucket: str, prefix: str, project: 
 
 def image_repositories() -> List[str]:
     """The ECR repositories the images are pushed to (versions.env IMAGE_REPO_*, the test image's excepted)."""
-    v = images.read_versions()
+    v = image_names.read_versions()
     return [v[k] for k in ("IMAGE_REPO_BASE", "IMAGE_REPO_TRAINING", "IMAGE_REPO_SERVING") if k in v]
 
 

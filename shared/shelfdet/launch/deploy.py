@@ -15,9 +15,9 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..serving import limits
-from . import aws, training
-from .aws import LaunchError, note
+from shelfdet.serving import limits
+from shelfdet.launch import aws, training
+from shelfdet.launch.aws import LaunchError, note
 
 RECORD_DIR = os.path.join("runs", "deployments")
 TAG = "shelfdet:deployment"
@@ -116,7 +116,7 @@ def environment(pairs: List[str]) -> Dict[str, str]:
         key, value = pair.split("=", 1)
         env[key] = value
     if "SHELFDET_INFER" in env:
-        from ..hyperparameters import HyperparameterError, parse_inference
+        from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
         try:  # here, not as the endpoint fails to start minutes later
             parse_inference(env["SHELFDET_INFER"], "SHELFDET_INFER")

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from . import aws, bootstrap, codebuild
-from .aws import LaunchError
+from shelfdet.launch import aws, bootstrap
+from shelfdet.images import codebuild
+from shelfdet.launch.aws import LaunchError
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z]+)\}")
 # Parameters whose statements are dropped when they have no value.

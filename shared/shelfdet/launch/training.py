@@ -1,6 +1,6 @@
 """``make train INSTANCE_TYPE=ml.*``: a SageMaker training job with our training image.
 
-shelfdet.local hands argv over unchanged when it holds ``--instance-type``.
+shelfdet.commands.train hands argv over unchanged when it holds ``--instance-type``.
 The request pieces (channels, hyperparameters, resources) are shared with tuning.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import hyperparameters as hp
-from ..metrics import METRIC_DEFINITIONS
-from . import aws
-from .aws import LaunchError, note, s3_uri
+from shelfdet.core import hyperparameters as hp
+from shelfdet.core.metrics import METRIC_DEFINITIONS
+from shelfdet.launch import aws
+from shelfdet.launch.aws import LaunchError, note, s3_uri
 
 CHANNELS = ("training", "validation", "test")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
@@ -171,7 +171,7 @@ def pretrained_input(cloud: aws.Aws, args: argparse.Namespace, hp_argv: Sequence
     if effective_weights(args, hp_argv) != "zoo":
         note("note: PRETRAINED is unused: the weights are not zoo")
         return None
-    from ..config import ConfigError, zoo_key, zoo_weights
+    from shelfdet.core.config import ConfigError, zoo_key, zoo_weights
 
     hps = hyperparameters(args.algo, hp_argv)
     try:
@@ -195,7 +195,7 @@ MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "M
 def tracking_environment(args: argparse.Namespace) -> Dict[str, str]:
     """MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME) of this shell, for the job's container, where
     the job can reach it; without a user, password or token (see redact.uri)."""
-    from .. import redact
+    from shelfdet.core import redact
 
     raw = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not raw:

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import aws, deploy, training
-from .aws import LaunchError, note
+from shelfdet.launch import aws, deploy, training
+from shelfdet.launch.aws import LaunchError, note
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,9 +95,9 @@ def download(cloud: aws.Aws, output_uri: str, folder: str) -> int:
     what was downloaded (make clean removes that), and a file there that the project did not write is
     never replaced.
     """
-    from .. import safepath
-    from ..data import DataError
-    from ..data.written import Written
+    from shelfdet.core import safepath
+    from shelfdet.data import DataError
+    from shelfdet.data.written import Written
 
     s3 = cloud.client("s3")
     bucket, prefix = aws.split_s3(output_uri)

@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .. import hyperparameters as hp
-from . import aws, training
-from .aws import LaunchError, note
+from shelfdet.core import hyperparameters as hp
+from shelfdet.launch import aws, training
+from shelfdet.launch.aws import LaunchError, note
 
 OBJECTIVES = {"validation:ap": "Maximize", "validation:loss": "Minimize"}
 # Ranges that only mean something for one detector (the table's help says which).

@@ -12,8 +12,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import aws, deploy
-from .aws import LaunchError, note
+from shelfdet.launch import aws, deploy
+from shelfdet.launch.aws import LaunchError, note
 
 # How SageMaker and Application Auto Scaling say that something is not there.
 GONE = ("could not find", "does not exist", "no scaling policy found", "no scalable target found")

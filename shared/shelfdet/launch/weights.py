@@ -21,9 +21,9 @@ import urllib.error
 import urllib.request
 from typing import List, Optional, Tuple
 
-from .. import hyperparameters as hp
-from . import aws
-from .aws import LaunchError, note, s3_uri, split_s3
+from shelfdet.core import hyperparameters as hp
+from shelfdet.launch import aws
+from shelfdet.launch.aws import LaunchError, note, s3_uri, split_s3
 
 DEFAULT_PREFIX = "detectron2/weights"
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "shelfdet", "weights")
@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 def needed(algos: List[str], hp_argv: List[str]) -> List[str]:
     """The zoo URL each algorithm's weights=zoo starts from, with HP's backbone and schedule (SageMaker defaults)."""
-    from ..config import ConfigError, zoo_weights
+    from shelfdet.core.config import ConfigError, zoo_weights
 
     urls = []
     for algo in algos:
@@ -59,7 +59,7 @@ def needed(algos: List[str], hp_argv: List[str]) -> List[str]:
 
 def source(url: str) -> Tuple[str, str]:
     """(the path below the zoo's host, the URL to download it from)."""
-    from ..config import ZOO_HOST, zoo_key
+    from shelfdet.core.config import ZOO_HOST, zoo_key
 
     key = zoo_key(url)
     return key, os.environ.get(MIRROR_VARIABLE, ZOO_HOST).rstrip("/") + "/" + key

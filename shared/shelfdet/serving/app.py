@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import imageio, runtime
-from . import limits
+from shelfdet.core import photos, runtime
+from shelfdet.serving import limits
 
 log = logging.getLogger("shelfdet.serving")
 
@@ -37,8 +37,8 @@ JSON_TYPE = "application/json"
 ACCEPTED_TYPES = RAW_TYPES + (JSON_TYPE,)
 MAX_BATCH_IMAGES = 64
 # Decoded pixels per request: bounds memory when a small payload holds many
-# highly compressible large images (each is already capped by imageio.MAX_PIXELS).
-MAX_BATCH_PIXELS = 2 * imageio.MAX_PIXELS
+# highly compressible large images (each is already capped by photos.MAX_PIXELS).
+MAX_BATCH_PIXELS = 2 * photos.MAX_PIXELS
 DEFAULT_THREADS = 4
 
 
@@ -62,7 +62,7 @@ def error_response(status: int, message: str, headers: Optional[Dict[str, str]] 
 def load_detector(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> Any:
     # Imported here: torch + Detectron2 take seconds to import, and the port
     # should be open (answering 503) meanwhile.
-    from ..inference import Detector
+    from shelfdet.core.inference import Detector
 
     return Detector.from_model_dir(model_dir, device, overrides)
 
@@ -398,10 +398,10 @@ def _handle(detector: Any, kind: str, body: bytes, thr: Optional[float], cap: Op
 def _declared(data: bytes, name: str, index: Optional[int] = None) -> int:
     extra = {} if index is None else {"index": index}
     try:
-        return imageio.declared_pixels(data, name)
-    except imageio.FormatNotAccepted as err:  # a WebP, TIFF, ... whatever the Content-Type said
-        raise RequestError(415, str(err), supported=list(imageio.ACCEPTED_FORMATS), **extra) from None
-    except imageio.ImageDecodeError as err:
+        return photos.declared_pixels(data, name)
+    except photos.FormatNotAccepted as err:  # a WebP, TIFF, ... whatever the Content-Type said
+        raise RequestError(415, str(err), supported=list(photos.ACCEPTED_FORMATS), **extra) from None
+    except photos.ImageDecodeError as err:
         raise RequestError(400, str(err), **extra) from None
 
 
@@ -421,9 +421,9 @@ def _decode(detector: Any, data: bytes, name: str, index: Optional[int] = None) 
     extra = {} if index is None else {"index": index}
     try:
         return detector.decode(data, name)
-    except imageio.FormatNotAccepted as err:
-        raise RequestError(415, str(err), supported=list(imageio.ACCEPTED_FORMATS), **extra) from None
-    except imageio.ImageDecodeError as err:
+    except photos.FormatNotAccepted as err:
+        raise RequestError(415, str(err), supported=list(photos.ACCEPTED_FORMATS), **extra) from None
+    except photos.ImageDecodeError as err:
         raise RequestError(400, str(err), **extra) from None
 
 

@@ -71,7 +71,7 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
     strategy = BATCH_STRATEGIES.get(raw.replace("_", "").replace("-", "").lower())
     if strategy is None:
         raise LimitError("SAGEMAKER_BATCH_STRATEGY={!r}: expected SINGLE_RECORD or MULTI_RECORD".format(raw))
-    from ..hyperparameters import HyperparameterError, parse_inference
+    from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
     try:
         inference = parse_inference(env.get("SHELFDET_INFER") or "", "SHELFDET_INFER")

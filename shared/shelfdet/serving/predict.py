@@ -23,8 +23,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .. import imageio
-from . import limits
+from shelfdet.core import photos
+from shelfdet.serving import limits
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
@@ -62,10 +62,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def predict_local(model_dir: str, data: bytes, name: str, score_threshold: Optional[str],
                   max_detections: Optional[str], device: Optional[str], infer: str = "") -> Dict[str, Any]:
     """The image's prediction by a local model, decoded as its endpoint decodes it (``Detector.decode``)."""
-    from ..artefacts import ArtefactError
-    from ..checkpoint import CheckpointMismatch
-    from ..hyperparameters import HyperparameterError, parse_inference
-    from ..inference import Detector
+    from shelfdet.core.artefacts import ArtefactError
+    from shelfdet.core.checkpoint import CheckpointMismatch
+    from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
+    from shelfdet.core.inference import Detector
 
     try:
         detector = Detector.from_model_dir(model_dir, device, parse_inference(infer, "INFER"))
@@ -144,7 +144,7 @@ def run_endpoint(args: argparse.Namespace) -> List[str]:
 
 
 def _run_endpoint(args: argparse.Namespace, paths: List[str], scale: Optional[Tuple[int, int, int]]) -> List[str]:
-    from ..launch import aws
+    from shelfdet.launch import aws
 
     session = aws.make_session(args.region)
     sm = session.client("sagemaker")
@@ -201,7 +201,7 @@ def model_test_size(value: Optional[str]) -> Tuple[int, int, int]:
     if text and os.path.isdir(text):
         import yaml
 
-        from ..artefacts import ArtefactError, read
+        from shelfdet.core.artefacts import ArtefactError, read
 
         try:
             art = read(text)
@@ -217,7 +217,7 @@ def model_test_size(value: Optional[str]) -> Tuple[int, int, int]:
 
 def refuse_tiles(sm: Any, config: Dict[str, Any], tile: int) -> None:
     """Tiles are image pixels: a resized photo would be cut into other tiles than the whole one."""
-    from ..hyperparameters import HyperparameterError, parse_inference
+    from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
     for variant in config.get("ProductionVariants", []):
         container = sm.describe_model(ModelName=variant["ModelName"]).get("PrimaryContainer") or {}
@@ -235,7 +235,7 @@ def refuse_tiles(sm: Any, config: Dict[str, Any], tile: int) -> None:
 def prepare(path: str, scale: Optional[Tuple[int, int, int]]) -> Upload:
     """The photo as sent: its own bytes, or (RESIZE) as the server would decode it for the model.
 
-    The server's decoder (``imageio.decode_scaled``) runs here, so a lossless PNG of its result
+    The server's decoder (``photos.decode_scaled``) runs here, so a lossless PNG of its result
     hands the model the very pixels the whole photo would: the same boxes. Of the photo and that
     PNG the smaller goes. (A JPEG at the test scale moved boxes and counts on real photos.)
     """
@@ -243,9 +243,9 @@ def prepare(path: str, scale: Optional[Tuple[int, int, int]]) -> Upload:
         data = f.read()
     ctype = CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), "application/x-image")
     if scale is None:
-        imageio.declared_pixels(data, path)  # a file that is no image fails here, not on the endpoint
+        photos.declared_pixels(data, path)  # a file that is no image fails here, not on the endpoint
         return Upload(path, data, ctype)
-    photo = imageio.decode_scaled(data, scale[0], scale[1], path)
+    photo = photos.decode_scaled(data, scale[0], scale[1], path)
     new = photo.image.shape[:2]
     if new[0] >= photo.height:
         return Upload(path, data, ctype)
@@ -273,14 +273,14 @@ def finish(args: argparse.Namespace, upload: Upload, pred: Dict[str, Any]) -> Li
         if upload.warnings:
             pred["warnings"] = list(upload.warnings)
     with open(upload.path, "rb") as f:
-        image = imageio.decode(f.read(), upload.path)
+        image = photos.decode(f.read(), upload.path)
     return write_outputs(argparse.Namespace(**dict(vars(args), image=upload.path)), image, pred)
 
 
 def predict_async(session: Any, args: argparse.Namespace, paths: List[str], scale: Optional[Tuple[int, int, int]],
                   output_path: str) -> List[str]:
     """Each photo to S3 beside the endpoint's outputs, invoke_endpoint_async, then its result or failure object."""
-    from ..launch import aws
+    from shelfdet.launch import aws
 
     s3, runtime = session.client("s3"), session.client("sagemaker-runtime")
     bucket, key = aws.split_s3(output_path)
@@ -337,7 +337,7 @@ def s3_object(s3: Any, uri: str) -> Optional[bytes]:
     """The object's bytes, or None while it does not exist."""
     from botocore.exceptions import ClientError
 
-    from ..launch import aws
+    from shelfdet.launch import aws
 
     bucket, key = aws.split_s3(uri)
     try:
@@ -356,7 +356,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         paths = run(args)
-    except (PredictError, imageio.ImageDecodeError) as err:
+    except (PredictError, photos.ImageDecodeError) as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
     print("\n".join(paths))
@@ -376,7 +376,7 @@ def run(args: argparse.Namespace) -> List[str]:
         raise PredictError("RESIZE applies to an endpoint (ENDPOINT=); a local model resizes the photo itself")
     with open(args.image, "rb") as f:
         data = f.read()
-    image = imageio.decode(data, args.image)
+    image = photos.decode(data, args.image)
     pred = predict_local(args.model_dir, data, args.image, args.score_threshold, args.max_detections, args.device,
                          args.infer)
     return write_outputs(args, image, pred)
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> List[str]:
 
 def write_outputs(args: argparse.Namespace, image: Any, pred: Dict[str, Any]) -> List[str]:
     """``<out>/<image file>.json`` and ``.png``; ``image`` is the decoded photo (the server's pixels)."""
-    from ..visualize import DEFAULT_SCORE_THRESHOLD, default_score_threshold, draw_counted
+    from shelfdet.core.visualize import DEFAULT_SCORE_THRESHOLD, default_score_threshold, draw_counted
 
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, os.path.basename(args.image))

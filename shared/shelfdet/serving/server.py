@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import uvicorn
 
-from .. import artefacts
-from . import limits
+from shelfdet.core import artefacts
+from shelfdet.serving import limits
 
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 
@@ -73,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: {}".format(err), file=sys.stderr)
         return 2
 
-    from .app import create_app
+    from shelfdet.serving.app import create_app
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             access_log=not args.no_access_log, timeout_graceful_shutdown=args.graceful_timeout,
                             log_config=None)
     server = _Server(config)
-    from .. import runtime
+    from shelfdet.core import runtime
 
     logging.getLogger("shelfdet.serving").info(runtime.summary())
     logging.getLogger("shelfdet.serving").info(

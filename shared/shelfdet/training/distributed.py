@@ -5,7 +5,7 @@ import logging
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from .. import compat
+from shelfdet.core import compat
 
 compat.apply()
 

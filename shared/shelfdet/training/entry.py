@@ -17,8 +17,8 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from .. import artefacts, catalog, hyperparameters
-from .environment import ContractError, Environment, check_channels, load, use_warmpool_cache
+from shelfdet.core import artefacts, catalog, hyperparameters
+from shelfdet.training.environment import ContractError, Environment, check_channels, load, use_warmpool_cache
 
 log = logging.getLogger("shelfdet.training")
 
@@ -27,7 +27,7 @@ USER_ERRORS = (ContractError, catalog.ManifestError, hyperparameters.Hyperparame
 
 
 def _setup_logging(rank: int = 0) -> None:
-    from .. import compat
+    from shelfdet.core import compat
 
     compat.apply()
     from detectron2.utils.logger import setup_logger
@@ -54,16 +54,16 @@ def _register(env: Environment, hp: argparse.Namespace) -> Dict[str, Any]:
 
 def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str, float]]:
     """Runs in every process of the job."""
-    from .. import compat
+    from shelfdet.core import compat
 
     compat.apply()
     import torch
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
 
-    from .. import runtime
-    from ..config import build_config
-    from .trainer import Trainer
+    from shelfdet.core import runtime
+    from shelfdet.core.config import build_config
+    from shelfdet.training.trainer import Trainer
 
     rank = comm.get_rank()
     _setup_logging(rank)
@@ -90,8 +90,8 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
     os.makedirs(env.checkpoint_dir, exist_ok=True)
 
     val_sample = reg["val"][: hp.val_samples]
-    from ..data.crops import crop_of
-    from ..inference import options_of
+    from shelfdet.data.crops import crop_of
+    from shelfdet.core.inference import options_of
 
     mlflow = mlflow_run(env, hp) if comm.is_main_process() else None
     trainer = Trainer(cfg, reg["classes"], val_sample, reg["val"] if hp.val_ap else None, hp.log_period,
@@ -123,8 +123,8 @@ def train_worker(env: Environment, hp: argparse.Namespace) -> Optional[Dict[str,
 
 def mlflow_run(env: Environment, hp: argparse.Namespace) -> Any:
     """The run's MLflow run when MLFLOW_TRACKING_URI is set (see tracking.mlflow_run)."""
-    from .. import runtime
-    from .tracking import mlflow_run as start
+    from shelfdet.core import runtime
+    from shelfdet.training.tracking import mlflow_run as start
 
     # SageMaker sets TRAINING_JOB_NAME and TRAINING_JOB_ARN in the container; a local run is its folder.
     name = os.environ.get("TRAINING_JOB_NAME") or os.path.basename(os.path.abspath(env.root))
@@ -141,10 +141,10 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
     model folder, metrics and plots, and returns the metrics (the others None)."""
     from detectron2.utils import comm
 
-    from .. import evaluation, safeweights
-    from ..inference import Detector, load_config, options_of
-    from . import report
-    from .distributed import broadcast_buffers
+    from shelfdet.core import evaluation, safeweights
+    from shelfdet.core.inference import Detector, load_config, options_of
+    from shelfdet.training import report
+    from shelfdet.training.distributed import broadcast_buffers
 
     main = comm.is_main_process()
     weights = os.path.join(env.model_dir, artefacts.WEIGHTS)
@@ -154,7 +154,7 @@ def finish(env: Environment, hp: argparse.Namespace, cfg: Any, trainer: Any, reg
         safeweights.save(trainer.bare_model().state_dict(), weights)
         with open(os.path.join(env.model_dir, artefacts.CONFIG), "w") as f:
             f.write(cfg.dump())
-    from .. import compat
+    from shelfdet.core import compat
 
     d2 = {"version": compat.detectron2_version(), "changed_config_keys": compat.changed_config_keys(cfg)}
 
@@ -244,7 +244,7 @@ def run(root: Optional[str] = None) -> int:
         pretrained = None
         if hp.weights == "zoo" and "pretrained" in env.channels:
             # The job may have no network (NETWORK_ISOLATION=1): the zoo's file comes in the channel.
-            from ..config import ConfigError, pretrained_file
+            from shelfdet.core.config import ConfigError, pretrained_file
 
             try:
                 hp.weights = pretrained = pretrained_file(hp, env.channels["pretrained"])
@@ -257,23 +257,23 @@ def run(root: Optional[str] = None) -> int:
                                                         hp.label_name).items():
             if c in ("validation", "test"):
                 eval_images += len(records)
-        from ..config import ConfigError, build_config
+        from shelfdet.core.config import ConfigError, build_config
 
         try:  # the algorithm/backbone/weights combination, before any process starts
             build_config(hp, hp.classes or ["SKU"], "train", "val", env.checkpoint_dir)
         except ConfigError as err:
             raise ContractError(str(err)) from None
-        from .. import evaluation
+        from shelfdet.core import evaluation
 
         try:  # the scorer, now rather than after training: the final evaluation, and validation AP
             # (which scores like fast unless evaluation-type=coco; see train_worker)
             evaluation.require_backend(hp.evaluation_type == "fast" or (hp.evaluation_type == "none" and hp.val_ap))
         except evaluation.BackendError as err:
             raise ContractError(str(err)) from None
-        from .distributed import launch, timeout_for
+        from shelfdet.training.distributed import launch, timeout_for
 
         _setup_logging()
-        from .. import runtime
+        from shelfdet.core import runtime
 
         log.info(runtime.summary(env.hosts, env.current_host))
         if cache:

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .. import compat
+from shelfdet.core import compat
 
 compat.apply()
 
@@ -23,8 +23,8 @@ from detectron2.engine import HookBase  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from .. import evaluation, metrics  # noqa: E402
-from ..data.mapper import FastDatasetMapper  # noqa: E402
+from shelfdet.core import evaluation, metrics  # noqa: E402
+from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
 
 log = logging.getLogger("shelfdet.training")
 
@@ -110,8 +110,8 @@ class ValidationAP(HookBase):
     def after_step(self) -> None:
         if not _is_due(self.trainer, self.period):
             return
-        from ..inference import Detector, Options
-        from .distributed import broadcast_buffers
+        from shelfdet.core.inference import Detector, Options
+        from shelfdet.training.distributed import broadcast_buffers
 
         # Every rank predicts its share with its own replica, given rank 0's buffers; rank 0 scores.
         model = _unwrap(self.trainer.model)

@@ -55,8 +55,8 @@ def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str
     Evaluation keeps every box down to pred-thr for AP; drawn, those bury the picture,
     so the final evaluation passes its count threshold.
     """
-    from .. import imageio
-    from ..visualize import draw_errors
+    from shelfdet.core import photos
+    from shelfdet.core.visualize import draw_errors
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -67,7 +67,7 @@ def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str
             continue
         gt = [[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in d["annotations"])]
         out = os.path.join(out_dir, os.path.splitext(name)[0] + "_pred.png")
-        _, title = draw_errors(imageio.read(d["file_name"]), gt, pred["pred_boxes"], pred["scores"], out,
+        _, title = draw_errors(photos.read(d["file_name"]), gt, pred["pred_boxes"], pred["scores"], out,
                                score_threshold, name)
         log.info("%s: %s", out, title)
         written.append(out)

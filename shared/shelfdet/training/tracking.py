@@ -18,7 +18,7 @@ import platform
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import compat, redact
+from shelfdet.core import compat, redact
 
 compat.apply()
 

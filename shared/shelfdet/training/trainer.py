@@ -5,7 +5,7 @@ import os
 import weakref
 from typing import Any, Dict, List, Optional, Sequence
 
-from .. import compat
+from shelfdet.core import compat
 
 compat.apply()
 
@@ -16,10 +16,10 @@ from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from ..checkpoint import Checkpointer  # noqa: E402
-from ..data.mapper import FastDatasetMapper  # noqa: E402
-from . import tracking  # noqa: E402
-from .hooks import DataTimeWarning, PauseAfterCheckpoint, ValidationAP, ValidationLoss  # noqa: E402
+from shelfdet.core.checkpoint import Checkpointer  # noqa: E402
+from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
+from shelfdet.training import tracking  # noqa: E402
+from shelfdet.training.hooks import DataTimeWarning, PauseAfterCheckpoint, ValidationAP, ValidationLoss  # noqa: E402
 
 
 def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:

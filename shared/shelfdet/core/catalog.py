@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import compat
+from shelfdet.core import compat
 
 CHANNELS = ("training", "validation", "test")
 

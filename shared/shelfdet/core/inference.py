@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Opt
 
 import numpy as np
 
-from . import compat, imageio
+from shelfdet.core import compat, photos
 
 compat.apply()
 
@@ -20,8 +20,8 @@ from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from . import artefacts, hyperparameters, modeling, postprocess  # noqa: E402,F401  (modeling registers our architectures)
-from .checkpoint import load_exact  # noqa: E402
+from shelfdet.core import artefacts, hyperparameters, modeling, postprocess  # noqa: E402,F401  (modeling registers our architectures)
+from shelfdet.core.checkpoint import load_exact  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[
     cfg.MODEL.DEVICE = device or default_device()
     names = list(names)
     if inference is not None and names:
-        from .config import set_inference
+        from shelfdet.core.config import set_inference
 
         set_inference(cfg, inference, names)
     cfg.freeze()
@@ -130,17 +130,17 @@ def inference_resize(height: int, width: int, min_size: int, max_size: int) -> T
     """
     if min_size <= 0:
         return T.NoOpTransform()
-    return T.ResizeTransform(height, width, *imageio.inference_size(height, width, min_size, max_size))
+    return T.ResizeTransform(height, width, *photos.inference_size(height, width, min_size, max_size))
 
 
 # What Detector reads: a decoded photo, or a full-size HxWx3 BGR array.
-Photo = Union[imageio.Decoded, np.ndarray]
+Photo = Union[photos.Decoded, np.ndarray]
 
 
-def as_decoded(image: Photo) -> imageio.Decoded:
-    if isinstance(image, imageio.Decoded):
+def as_decoded(image: Photo) -> photos.Decoded:
+    if isinstance(image, photos.Decoded):
         return image
-    return imageio.Decoded(image, image.shape[0], image.shape[1])
+    return photos.Decoded(image, image.shape[0], image.shape[1])
 
 
 class Detector:
@@ -186,17 +186,17 @@ class Detector:
     def device(self) -> str:
         return str(self.cfg.MODEL.DEVICE)
 
-    def decode(self, data: bytes, name: str = "image") -> imageio.Decoded:
-        """Image bytes -> the photo at this model's test scale (``imageio.decode_scaled``), for ``predict``.
+    def decode(self, data: bytes, name: str = "image") -> photos.Decoded:
+        """Image bytes -> the photo at this model's test scale (``photos.decode_scaled``), for ``predict``.
 
         Tiles are cut from the photo at full size, each then resized as a
         whole photo is: a tiled model gets every pixel.
         """
         if self.options.tile_size:
-            return imageio.decode_scaled(data, 0, 0, name)
-        return imageio.decode_scaled(data, self.min_size, self.max_size, name)
+            return photos.decode_scaled(data, 0, 0, name)
+        return photos.decode_scaled(data, self.min_size, self.max_size, name)
 
-    def read(self, path: str) -> imageio.Decoded:
+    def read(self, path: str) -> photos.Decoded:
         with open(path, "rb") as f:
             return self.decode(f.read(), path)
 
@@ -207,7 +207,7 @@ class Detector:
             raise ValueError("expected an HxWx3 image, got shape {}".format(pixels.shape))
         pixels = pixels[:, :, ::-1] if self.input_format == "RGB" else pixels
         # The size comes from the photo's own; a photo decoded at the test scale is there already.
-        size = imageio.inference_size(photo.height, photo.width, self.min_size, self.max_size)
+        size = photos.inference_size(photo.height, photo.width, self.min_size, self.max_size)
         if pixels.shape[:2] != size:
             pixels = T.ResizeTransform(pixels.shape[0], pixels.shape[1], *size).apply_image(pixels)
         tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
@@ -225,7 +225,7 @@ class Detector:
             outputs = self.model(inputs)
         return [o["instances"].to("cpu") for o in outputs]
 
-    def _merged(self, photo: imageio.Decoded) -> Any:
+    def _merged(self, photo: photos.Decoded) -> Any:
         """Soft-NMS and/or tiles: candidates of the whole image and of each tile, merged into one set."""
         opt = self.options
         height, width = photo.height, photo.width

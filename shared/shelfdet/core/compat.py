@@ -29,7 +29,7 @@ class CompiledOpsMissing(RuntimeError):
 def _missing(qualname: str) -> CompiledOpsMissing:
     return CompiledOpsMissing(
         "{} is a compiled Detectron2 op, and this Detectron2 has no compiled extension "
-        "(shelfdet.compat placeholder). Use the images, which build it, or an option that "
+        "(shelfdet.core.compat placeholder). Use the images, which build it, or an option that "
         "avoids it (e.g. evaluation uses pycocotools).".format(qualname))
 
 

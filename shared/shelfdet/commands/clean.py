@@ -17,8 +17,8 @@ import shutil
 import sys
 from typing import Callable, List, Optional
 
-from .data import DataError
-from .data.written import RECORD, Written
+from shelfdet.data import DataError
+from shelfdet.data.written import RECORD, Written
 
 RUN_FILE = os.path.join("input", "config", "hyperparameters.json")
 DEPLOYMENTS = "deployments"

@@ -175,7 +175,7 @@ def score(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mappi
     """COCO bbox metrics (fractions 0-1) of SPEC §4 predictions keyed by image file name,
     and the count metrics of :func:`count_metrics` at ``count_threshold`` (None: fit on these).
 
-    ``gt_dicts`` are Detectron2 dataset dicts (``shelfdet.catalog.load_manifest``);
+    ``gt_dicts`` are Detectron2 dataset dicts (``shelfdet.core.catalog.load_manifest``);
     an image with no prediction entry counts as having no detections.
     """
     metrics = _coco_metrics(gt_dicts, predictions, class_names, max_dets, fast)
@@ -348,8 +348,8 @@ def _model_predictions(args: argparse.Namespace, gt: Sequence[Mapping[str, Any]]
                        ) -> Tuple[Dict[str, Dict[str, Any]], Optional[float], Dict[str, Any]]:
     """Runs MODEL_DIR over the images of ``gt`` (with INFER overrides); writes each prediction file.
     Returns the predictions, the count threshold fit on the sibling validation manifest, and run facts."""
-    from . import catalog, hyperparameters
-    from .inference import Detector
+    from shelfdet.core import catalog, hyperparameters
+    from shelfdet.core.inference import Detector
 
     overrides = hyperparameters.parse_inference(args.infer or "", "--infer")
     detector = Detector.from_model_dir(args.model_dir, args.device, overrides)
@@ -372,8 +372,8 @@ def _model_predictions(args: argparse.Namespace, gt: Sequence[Mapping[str, Any]]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from . import catalog
-    from .hyperparameters import HyperparameterError
+    from shelfdet.core import catalog
+    from shelfdet.core.hyperparameters import HyperparameterError
 
     ap = argparse.ArgumentParser(prog="shelfdet evaluate", description=__doc__)
     src = ap.add_mutually_exclusive_group(required=True)

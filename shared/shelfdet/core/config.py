@@ -1,4 +1,4 @@
-"""Hyperparameters (``shelfdet.hyperparameters``) -> a Detectron2 config.
+"""Hyperparameters (``shelfdet.core.hyperparameters``) -> a Detectron2 config.
 
 Starts from the model zoo's config for the algorithm/backbone/schedule, then
 applies the hyperparameters. The LR schedule is scaled to ``num-iter`` so the
@@ -13,16 +13,16 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import compat
+from shelfdet.core import compat
 
 compat.apply()
 
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 
-from . import anchors, hyperparameters  # noqa: E402
-from .hyperparameters import MAX_AUTO_WORKERS  # noqa: E402
-from .modeling import LEVEL_NORM_RETINANET  # noqa: E402
+from shelfdet.core import anchors, hyperparameters  # noqa: E402
+from shelfdet.core.hyperparameters import MAX_AUTO_WORKERS  # noqa: E402
+from shelfdet.core.modeling import LEVEL_NORM_RETINANET  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def num_workers(value: object, procs_per_host: int = 1, cpus: Optional[int] = No
     if value != "auto":
         return int(value)  # type: ignore[call-overload]
     if cpus is None:
-        from .runtime import available_cpus
+        from shelfdet.core.runtime import available_cpus
 
         cpus = available_cpus()
     return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, procs_per_host) - 1))

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import compat
+from shelfdet.core import compat
 
 GT_COLOUR = (0.1, 0.85, 0.1)
 PRED_COLOUR = (0.95, 0.15, 0.1)
@@ -56,10 +56,10 @@ def error_title(name: str, match: Any, score_threshold: float) -> str:
 def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]],
                 scores: Sequence[float], out_png: str, score_threshold: float, name: str) -> Tuple[Any, str]:
     """Draws true positives, false positives and misses of the predictions scoring >= ``score_threshold``
-    (matched as :func:`shelfdet.evaluation.match_boxes`), a title with their counts and a legend; writes
+    (matched as :func:`shelfdet.core.evaluation.match_boxes`), a title with their counts and a legend; writes
     out_png (the title also goes into its PNG ``Title`` text). Returns (match, title).
     """
-    from .evaluation import match_boxes
+    from shelfdet.core.evaluation import match_boxes
 
     match = match_boxes(gt_boxes, boxes, scores, score_threshold)
     title = error_title(name, match, score_threshold)
@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
-    from .catalog import ManifestError, load_manifest
+    from shelfdet.core.catalog import ManifestError, load_manifest
 
     manifest = os.path.join(args.data_dir, "annotations", args.channel + ".manifest")
     image_dir = os.path.join(args.data_dir, args.channel)
@@ -189,14 +189,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.predictions and score_threshold is None:
         score_threshold, origin = default_score_threshold(args.predictions)
         print("score threshold {:.4f} ({})".format(score_threshold, origin))
-    from . import imageio
+    from shelfdet.core import photos
 
     written = []
     for d in dicts[:max(0, args.n)]:
         name = os.path.basename(d["file_name"])
         try:
-            image = imageio.read(d["file_name"])  # JPEG and PNG only, upright, BGR: as training reads it
-        except (OSError, imageio.ImageDecodeError) as err:
+            image = photos.read(d["file_name"])  # JPEG and PNG only, upright, BGR: as training reads it
+        except (OSError, photos.ImageDecodeError) as err:
             print("error: {}: cannot read the image ({})".format(d["file_name"], err), file=sys.stderr)
             return 2
         gt = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in d["annotations"])]

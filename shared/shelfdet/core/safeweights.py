@@ -13,7 +13,7 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from .artefacts import ArtefactError
+from shelfdet.core.artefacts import ArtefactError
 
 # What the header's metadata says about the file (informative only; tensors load without it).
 METADATA = {"format": "pt", "content": "shelfdet model state dict"}

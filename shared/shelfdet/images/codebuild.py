@@ -28,8 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from . import aws, images
-from .aws import LaunchError, note
+from shelfdet.launch import aws, image_names
+from shelfdet.launch.aws import LaunchError, note
 
 PROJECT = "shelfdet-image-build"
 ROLE_NAME = "shelfdet-codebuild"
@@ -62,8 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def context_root() -> Path:
     """The repository whose versions.env names the image: the tag is computed from its files."""
     try:
-        return images.images_sh().resolve().parent.parent
-    except images.ImageError as err:
+        return image_names.images_sh().resolve().parent.parent
+    except image_names.ImageError as err:
         raise LaunchError(str(err)) from None
 
 
@@ -130,7 +130,7 @@ def zip_prefix(prefix: Optional[str]) -> str:
     return (prefix if prefix and prefix != aws.DEFAULT_PREFIX else DEFAULT_PREFIX).strip("/")
 
 
-def zip_key(prefix: str, image: images.Image) -> str:
+def zip_key(prefix: str, image: image_names.Image) -> str:
     return "{}/{}.zip".format(prefix.strip("/"), image.local.replace(":", "-"))
 
 
@@ -379,7 +379,7 @@ def describer(cloud: aws.Aws) -> Callable[[str], Dict[str, Any]]:
     return describe
 
 
-def check_pushed(cloud: aws.Aws, image: images.Image, uri: str, build_id: str) -> None:
+def check_pushed(cloud: aws.Aws, image: image_names.Image, uri: str, build_id: str) -> None:
     """The build's tag is the one this checkout computes, unless the upload lost something (modes, files)."""
     ecr = cloud.client("ecr")
     try:
@@ -391,7 +391,7 @@ def check_pushed(cloud: aws.Aws, image: images.Image, uri: str, build_id: str) -
 
 # ---- the command ---------------------------------------------------------------------
 
-def push(args: argparse.Namespace, cloud: aws.Aws, image: images.Image) -> int:
+def push(args: argparse.Namespace, cloud: aws.Aws, image: image_names.Image) -> int:
     """``shelfdet push <kind> --builder codebuild`` (called by push.py once the image is named)."""
     if os.environ.get("CODEBUILD_BUILD_ID"):
         raise LaunchError("BUILDER=codebuild inside a CodeBuild build: the buildspec builds here (BUILDER=docker)")

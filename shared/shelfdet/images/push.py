@@ -5,7 +5,7 @@ Docker is run as ``$DOCKER`` (default ``docker``). Registry passwords go to
 or into a file of ours (Docker keeps the login in its own credential store).
 The base is pushed so that a team builds training and serving on it later
 (``BASE_IMAGE=<its URI>``) without the upstream parents. ``--builder codebuild``
-(``BUILDER=codebuild``) runs this same push on AWS CodeBuild (launch/codebuild.py).
+(``BUILDER=codebuild``) runs this same push on AWS CodeBuild (images/codebuild.py).
 """
 from __future__ import annotations
 
@@ -17,43 +17,44 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from . import aws, codebuild, images
-from .aws import LaunchError, note
+from shelfdet.launch import aws, image_names
+from shelfdet.images import codebuild
+from shelfdet.launch.aws import LaunchError, note
 
-# images.KINDS are the kinds that are launched; the base is only pushed.
-KINDS = ("base",) + tuple(images.KINDS)
+# image_names.KINDS are the kinds that are launched; the base is only pushed.
+KINDS = ("base",) + tuple(image_names.KINDS)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet push", description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=KINDS)
-    # No argparse choices: images.image() refuses an unknown or test-only stack in one line.
+    # No argparse choices: image_names.image() refuses an unknown or test-only stack in one line.
     p.add_argument("--stack",
-                   help="image stack: {} (default: {}, the design card's)".format(" | ".join(images.STACKS), images.CARD_STACK))
+                   help="image stack: {} (default: {}, the design card's)".format(" | ".join(image_names.STACKS), image_names.CARD_STACK))
     p.add_argument("--no-build", action="store_true", help="fail instead of building a missing image")
     codebuild.add_arguments(p)
     aws.add_common(p, stack=False)
     return p
 
 
-def image_of(kind: str, stack: str) -> images.Image:
-    """images.image(), and the base's Image the same way (images.image() names launched kinds only)."""
+def image_of(kind: str, stack: str) -> image_names.Image:
+    """image_names.image(), and the base's Image the same way (image_names.image() names launched kinds only)."""
     if kind != "base":
-        return images.image(kind, stack)
-    if stack in images.TEST_STACKS or stack not in images.STACKS:
-        images.image(images.KINDS[0], stack)  # raises the one-line refusal of that stack
-    v = images.read_versions()
+        return image_names.image(kind, stack)
+    if stack in image_names.TEST_STACKS or stack not in image_names.STACKS:
+        image_names.image(image_names.KINDS[0], stack)  # raises the one-line refusal of that stack
+    v = image_names.read_versions()
     if "IMAGE_REPO_BASE" not in v or "IMAGE_VERSION" not in v:
-        raise images.ImageError("versions.env lacks IMAGE_REPO_BASE or IMAGE_VERSION")
+        raise image_names.ImageError("versions.env lacks IMAGE_REPO_BASE or IMAGE_VERSION")
     prefix = "{}-{}-".format(v["IMAGE_VERSION"], stack)
     pinned = os.environ.get("SHELFDET_IMAGE_TAG")
     if pinned:
-        return images.Image(kind, stack, v["IMAGE_REPO_BASE"], prefix + pinned)
-    repo, _, tag = images.local_name(kind, stack).partition(":")
+        return image_names.Image(kind, stack, v["IMAGE_REPO_BASE"], prefix + pinned)
+    repo, _, tag = image_names.local_name(kind, stack).partition(":")
     if repo != v["IMAGE_REPO_BASE"] or not tag.startswith(prefix):
-        raise images.ImageError("tools/images.sh names the image {}:{}, not {}:{}<hash> as {} says".format(
-            repo, tag, v["IMAGE_REPO_BASE"], prefix, images.versions_path()))
-    return images.Image(kind, stack, repo, tag)
+        raise image_names.ImageError("tools/images.sh names the image {}:{}, not {}:{}<hash> as {} says".format(
+            repo, tag, v["IMAGE_REPO_BASE"], prefix, image_names.versions_path()))
+    return image_names.Image(kind, stack, repo, tag)
 
 
 def docker_exe() -> str:
@@ -62,7 +63,7 @@ def docker_exe() -> str:
 
 def images_script() -> List[str]:
     # The images engineer's build script; SHELFDET_IMAGES_SH swaps it (tests).
-    return ["bash", os.environ.get("SHELFDET_IMAGES_SH") or str(images.repo_root() / "tools" / "images.sh")]
+    return ["bash", os.environ.get("SHELFDET_IMAGES_SH") or str(image_names.repo_root() / "tools" / "images.sh")]
 
 
 def docker(args: List[str], stdin: Optional[str] = None, show: bool = True, capture: bool = True) -> "subprocess.CompletedProcess[str]":
@@ -97,7 +98,7 @@ def login(cloud: aws.Aws, registry: str) -> None:
     check(docker(["login", "--username", user, "--password-stdin", endpoint], stdin=password), "docker login to " + registry)
 
 
-def build(image: images.Image) -> None:
+def build(image: image_names.Image) -> None:
     command = images_script() + ["build", image.kind, image.stack]
     note("+ " + " ".join(command) + "  ({} is not built yet)".format(image.local))
     if subprocess.call(command) != 0:
@@ -106,7 +107,7 @@ def build(image: images.Image) -> None:
         raise LaunchError("the build finished but {} is not in Docker's images".format(image.local))
 
 
-def repository_request(image: images.Image) -> dict:
+def repository_request(image: image_names.Image) -> dict:
     return {"repositoryName": image.repo, "imageScanningConfiguration": {"scanOnPush": True},
             "tags": [{"Key": "project", "Value": "shelfdet"}]}
 
@@ -114,11 +115,11 @@ def repository_request(image: images.Image) -> dict:
 def _main(argv: List[str]) -> int:
     args = parser().parse_args(argv)
     if args.stack is None:
-        args.stack = images.CARD_STACK
+        args.stack = image_names.CARD_STACK
         note("STACK not given: the design card's {} (STACK=<stack> pushes another)".format(args.stack))
     try:
         image = image_of(args.kind, args.stack)
-    except images.ImageError as err:
+    except image_names.ImageError as err:
         raise LaunchError(str(err)) from None
     cloud = aws.Aws.from_args(args)
     if args.builder == "codebuild":
@@ -139,9 +140,9 @@ def _main(argv: List[str]) -> int:
     if not exists_locally(image.local):
         if args.no_build:
             raise LaunchError("{} is not built: make build-{} STACK={}".format(image.local, args.kind, args.stack))
-        base = images.parse_ecr_uri(os.environ.get("BASE_IMAGE") or "") if args.kind != "base" else None
+        base = image_names.parse_ecr_uri(os.environ.get("BASE_IMAGE") or "") if args.kind != "base" else None
         if base:  # tools/images.sh pulls BASE_IMAGE, and ECR wants a login first
-            base_registry = "{}.dkr.ecr.{}.{}".format(base["account"], base["region"], images.domain(base["region"]))
+            base_registry = "{}.dkr.ecr.{}.{}".format(base["account"], base["region"], image_names.domain(base["region"]))
             login(cloud, base_registry)
             logged_in.add(base_registry)
         build(image)

@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar
 import numpy as np
 from PIL import Image
 
-from .. import imageio
-from . import written
+from shelfdet.core import photos
+from shelfdet.data import written
 
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED = (5, 6, 7, 8)
@@ -74,19 +74,19 @@ class Checked(NamedTuple):
 
 def check(path: str) -> Checked:
     try:
-        with imageio.open_image(path, path) as im:
+        with photos.open_image(path, path) as im:
             im.verify()
         with open(path, "rb") as f:
             data = f.read()
 
         def load(fp: io.BytesIO) -> Tuple[Tuple[int, int], int]:
-            with imageio.open_image(fp, path) as im:
+            with photos.open_image(fp, path) as im:
                 size, orientation = im.size, im.getexif().get(EXIF_ORIENTATION, 1)
                 im.load()
             return size, orientation
 
         ((width, height), orientation), damage = load_checked(data, load)
-    except imageio.FormatNotAccepted as err:
+    except photos.FormatNotAccepted as err:
         return Checked(0, 0, "not a JPEG or PNG image ({})".format(err.kind))
     except Exception as err:  # noqa: BLE001 - any decoder failure means "unusable image"
         return Checked(0, 0, "{}: {}".format(type(err).__name__, err))
@@ -289,7 +289,7 @@ def write_resized(src: str, dst: str, size: Tuple[int, int]) -> int:
     atomically, so a hard link to ``src`` left there by an earlier build is
     never written through.
     """
-    with imageio.open_image(src, src) as im:
+    with photos.open_image(src, src) as im:
         fmt = im.format
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
         stored = (size[1], size[0]) if orientation in TRANSPOSED else tuple(size)

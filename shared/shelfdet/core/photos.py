@@ -24,7 +24,7 @@ from typing import IO, NamedTuple, Optional, Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .data import images
+from shelfdet.core import photo_files
 
 # Shelf photos are up to ~12 MP; 60 MP leaves room and still caps memory at ~180 MB per image.
 MAX_PIXELS = 60_000_000
@@ -167,16 +167,16 @@ def decode_scaled(data: bytes, min_size: int, max_size: int, name: str = "image"
 
     def load(fp: io.BytesIO) -> Tuple[Image.Image, int, int]:
         img = _open(fp, name)
-        method = images.exif_transpose_method(img)
+        method = photo_files.exif_transpose_method(img)
         width, height = img.size
-        if method in images.SWAPS_SIDES:
+        if method in photo_files.SWAPS_SIDES:
             width, height = height, width
         new_h, new_w = inference_size(height, width, min_size, max_size)
         size = None if (new_h, new_w) == (height, width) else (new_w, new_h)
-        return images.decode_resized(img, size, method), height, width
+        return photo_files.decode_resized(img, size, method), height, width
 
     try:
-        (rgb, height, width), damage = images.load_checked(data, load)
+        (rgb, height, width), damage = photo_files.load_checked(data, load)
     except ImageDecodeError:
         raise
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data

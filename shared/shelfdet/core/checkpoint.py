@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
-from . import compat, safeweights
+from shelfdet.core import compat, safeweights
 
 compat.apply()
 

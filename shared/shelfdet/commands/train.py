@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from . import hyperparameters
-from .catalog import CHANNELS
+from shelfdet.core import hyperparameters
+from shelfdet.core.catalog import CHANNELS
 
 
 def _split_hp(argv: List[str]):
@@ -87,7 +87,7 @@ def ensure_data(data_dir: str) -> None:
     if os.path.isfile(os.path.join(data_dir, "report.json")):
         return
     print("[train] no dataset in {}: generating the synthetic SKU-110K set (make data)".format(data_dir), flush=True)
-    from .data import build
+    from shelfdet.data import build
 
     rc = build.main(["--data-dir", data_dir])
     if rc:
@@ -121,7 +121,7 @@ def lay_out(run_dir: str, data_dir: str, hps: Dict[str, str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--instance-type" in argv:
-        from .launch import training as remote
+        from shelfdet.launch import training as remote
 
         return int(remote.main(argv) or 0)
     own, hp_args = _split_hp(argv)
@@ -171,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("[train] run folder {} (SageMaker layout); hyperparameters in input/config/hyperparameters.json".format(run_dir),
           flush=True)
 
-    from .training import entry
+    from shelfdet.training import entry
 
     start = time.time()
     rc = entry.run(run_dir)

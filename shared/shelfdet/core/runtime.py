@@ -12,7 +12,7 @@ def summary(hosts: Optional[Sequence[str]] = None, current_host: Optional[str] =
     """``environment: python 3.11.2, torch 2.5.1+cu124, CUDA 12.4, cuDNN 90100, 8x NVIDIA H100 ..., ...``"""
     import torch
 
-    from . import compat
+    from shelfdet.core import compat
 
     parts = ["python " + platform.python_version(), "torch " + torch.__version__]
     if torch.cuda.is_available():

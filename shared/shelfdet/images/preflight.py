@@ -1,15 +1,15 @@
 """Preflight of an image build: is every external part a stack's base image fetches reachable?
 
-    PYTHONPATH=shared python3 -m shelfdet.launch.preflight <stack>   # make build-base runs this first
+    PYTHONPATH=shared python3 -m shelfdet.images.preflight <stack>   # make build-base runs this first
 
-The parts come from versions.env (SHELFDET_VERSIONS_ENV overrides, as for images.py): the
+The parts come from versions.env (SHELFDET_VERSIONS_ENV overrides, as for image_names.py): the
 parent images, the apt repositories, the CUDA compiler's sources, the torch wheels and
 package index, and the Detectron2 source. All are checked at once, each with a short
 timeout, so a host that reaches nothing learns it in seconds, not after an hour of
 building. A missing part stops with one line naming it and what else would work;
 SHELFDET_PREFLIGHT=0 skips the whole check. When the stack's base image is already
 built (its content-hash tag is in Docker), nothing is fetched and nothing is checked.
-`make doctor` (shelfdet.launch.doctor) shows the same checks as a table.
+`make doctor` (shelfdet.images.doctor) shows the same checks as a table.
 
 Standard library only: it runs before any virtual environment exists.
 """
@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import images
+from shelfdet.launch import image_names
 
 TIMEOUT = 4.0  # seconds per connect or read: SHELFDET_PREFLIGHT_TIMEOUT or --timeout changes it
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -176,7 +176,7 @@ def docker(args: Sequence[str], timeout: float) -> Tuple[int, str]:
 # ---- versions.env ---------------------------------------------------------------------
 
 def all_stacks() -> Tuple[str, ...]:
-    return tuple(images.STACKS) + tuple(images.TEST_STACKS)
+    return tuple(image_names.STACKS) + tuple(image_names.TEST_STACKS)
 
 
 def archs(value: str) -> List[str]:
@@ -253,9 +253,9 @@ def debootstrap_usable() -> Optional[str]:
 
 def tools_dir() -> str:
     try:
-        return str(images.images_sh().parent)
-    except images.ImageError:
-        return str(images.repo_root() / "tools")
+        return str(image_names.images_sh().parent)
+    except image_names.ImageError:
+        return str(image_names.repo_root() / "tools")
 
 
 # ---- the checks of one stack ----------------------------------------------------------
@@ -371,10 +371,10 @@ def base_check(stack: Stack, timeout: float, limit: float) -> Check:
     """Whether the stack's base image is built already: then its build fetches nothing."""
     def run() -> Result:
         try:
-            command = ["bash", str(images.images_sh()), "name", "base", stack.name]
+            command = ["bash", str(image_names.images_sh()), "name", "base", stack.name]
             out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                                  timeout=limit)
-        except (images.ImageError, OSError, subprocess.SubprocessError) as err:
+        except (image_names.ImageError, OSError, subprocess.SubprocessError) as err:
             return ok("cannot name it: {}".format(err), status="not built")
         tag = out.stdout.strip()
         if out.returncode != 0 or not tag:
@@ -491,7 +491,7 @@ def alternatives(stack: Stack, failures: Sequence[Check]) -> List[str]:
                 and_join(own)))
     mine = stack.archs()
     if mine:
-        for other in images.STACKS:
+        for other in image_names.STACKS:
             if other == stack.name:
                 continue
             theirs = Stack(other, stack.versions).archs()
@@ -558,8 +558,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("error: preflight: unknown stack '{}' (one of: {})".format(args.stack, ", ".join(all_stacks())))
         return 2
     try:
-        versions = images.read_versions()
-    except (images.ImageError, OSError) as err:
+        versions = image_names.read_versions()
+    except (image_names.ImageError, OSError) as err:
         say("error: preflight: {}".format(err))
         return 2
     t0 = time.monotonic()

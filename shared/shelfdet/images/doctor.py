@@ -1,6 +1,6 @@
 """``make doctor``: what this machine and account can do, as a table (part, what, status, detail).
 
-The preflight's checks of each stack's external parts (shelfdet.launch.preflight), plus
+The preflight's checks of each stack's external parts (shelfdet.images.preflight), plus
 Docker (daemon, buildx, host architecture) and AWS (credentials, the region, ECR, the
 SageMaker execution role the launchers would use). Exit 1 when a required check fails.
 AWS calls honour AWS_ENDPOINT_URL(_<SERVICE>) as the launchers do (botocore reads them).
@@ -15,9 +15,9 @@ import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import images
-from . import preflight as pf
-from .preflight import ERROR, SKIP, WARN, Check, Result, fail, ok, warn
+from shelfdet.launch import image_names
+from shelfdet.images import preflight as pf
+from shelfdet.images.preflight import ERROR, SKIP, WARN, Check, Result, fail, ok, warn
 
 AWS_LIMIT = 60.0  # boto3 spends seconds loading each client's service model before any call
 
@@ -64,7 +64,7 @@ def _endpoint(service: str) -> str:
 def _client(region: str, service: str, timeout: float) -> Any:
     from botocore.config import Config
 
-    from . import aws
+    from shelfdet.launch import aws
 
     session = aws.make_session(region)
     if session.get_credentials() is None:
@@ -77,7 +77,7 @@ def _aws_failure(err: Exception) -> str:
     """One line, as aws.run words them."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-    from . import aws
+    from shelfdet.launch import aws
 
     if isinstance(err, NoCredentialsError):
         return aws.NO_CREDENTIALS
@@ -108,7 +108,7 @@ def aws_checks(region: str, role: Optional[str], timeout: float) -> List[Check]:
         return ok("account {}, {}{}".format(who["Account"], who["Arn"], _endpoint("sts")))
 
     def region_ok() -> Result:
-        from . import aws
+        from shelfdet.launch import aws
 
         try:
             aws.check_region(region)
@@ -121,14 +121,14 @@ def aws_checks(region: str, role: Optional[str], timeout: float) -> List[Check]:
         names = set()
         for page in client.get_paginator("describe_repositories").paginate():
             names.update(r["repositoryName"] for r in page.get("repositories", []))
-        versions = images.read_versions()
-        ours = [versions.get("IMAGE_REPO_" + k.upper(), "") for k in images.KINDS]
+        versions = image_names.read_versions()
+        ours = [versions.get("IMAGE_REPO_" + k.upper(), "") for k in image_names.KINDS]
         state = ["{} {}".format(n, "exists" if n in names else "(make push-* creates it)") for n in ours if n]
         return ok("describe_repositories: {} repositories; {}{}".format(len(names), ", ".join(state),
                                                                          _endpoint("ecr")))
 
     def execution_role() -> Result:
-        from . import aws
+        from shelfdet.launch import aws
 
         iam = _client(region, "iam", timeout)
         m = aws.ROLE_ARN.match(role or "")
@@ -210,22 +210,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="shelfdet doctor", description=__doc__.splitlines()[0])
     p.add_argument("--stack", action="append",
                    help="stack(s) whose build to check (default: {}, the pushable ones)".format(
-                       ", ".join(images.STACKS)))
+                       ", ".join(image_names.STACKS)))
     p.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
                    or "us-east-2", help="AWS region (make doctor passes REGION)")
     p.add_argument("--role", help="SageMaker execution role, ARN or name (default: found by name, as launchers do)")
     p.add_argument("--timeout", type=float, default=pf.default_timeout(),
                    help="seconds per connect or read (default {:g})".format(pf.TIMEOUT))
     args = p.parse_args(argv)
-    names = stacks_arg(args.stack) or list(images.STACKS)
+    names = stacks_arg(args.stack) or list(image_names.STACKS)
     unknown = [n for n in names if n not in pf.all_stacks()]
     if unknown:
         print("error: unknown stack '{}' (one of: {})".format(unknown[0], ", ".join(pf.all_stacks())),
               file=sys.stderr)
         return 2
     try:
-        versions = images.read_versions()
-    except (images.ImageError, OSError) as err:
+        versions = image_names.read_versions()
+    except (image_names.ImageError, OSError) as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
     parent = os.environ.get("PARENT", "")

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import List
 
-from . import pages
-from .hyperparameters import markdown_table
+from shelfdet.core import pages
+from shelfdet.core.hyperparameters import markdown_table
 
 BLOCK = "hp-table"
 

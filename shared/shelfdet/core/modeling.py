@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import List
 
-from . import compat
+from shelfdet.core import compat
 
 compat.apply()
 

@@ -35,11 +35,11 @@ def local_runs(names: List[str], runs_dir: str) -> Dict[str, str]:
 
 def fetch_job(job: str, bucket: str, prefix: str, region: str, runs_dir: str) -> str:
     """Copies the job's synced event files from S3 (files already here at the same size are kept)."""
-    from .launch import aws
+    from shelfdet.launch import aws
 
-    from . import safepath
-    from .data import DataError
-    from .data.written import Written
+    from shelfdet.core import safepath
+    from shelfdet.data import DataError
+    from shelfdet.data.written import Written
 
     try:
         folder = safepath.inside(os.path.join(runs_dir, "sagemaker"), job)
@@ -92,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--port", type=int, default=6006)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.job:
-        from .launch import aws
+        from shelfdet.launch import aws
 
         if not args.bucket:
             print("error: JOB= needs BUCKET= (the bucket the job wrote to)", file=sys.stderr)

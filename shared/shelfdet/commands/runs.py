@@ -150,7 +150,7 @@ def remote_row(desc: Dict[str, Any]) -> Dict[str, str]:
 
 
 def remote_rows(region: str, name_contains: str, limit: int) -> List[Dict[str, str]]:
-    from .launch import aws
+    from shelfdet.launch import aws
 
     sm = aws.Aws(region).client("sagemaker")
     names: List[str] = []
@@ -183,7 +183,7 @@ def main_runs(argv: Optional[List[str]] = None) -> int:
     if rows:
         print(table(rows, COLUMNS))
     if args.remote:
-        from .launch import aws
+        from shelfdet.launch import aws
 
         def remote(_: Any) -> int:
             jobs = remote_rows(args.region, args.name_contains, args.limit)

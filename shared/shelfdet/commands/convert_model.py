@@ -13,7 +13,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import artefacts
+from shelfdet.core import artefacts
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -30,7 +30,7 @@ def convert(model_dir: str, trust_pickle: bool, device: str = "cpu") -> str:
     """Writes WEIGHTS beside the folder's .pth and rewrites its manifest; returns a line saying what it did."""
     manifest = artefacts.read_manifest(model_dir)
     if manifest.get("format") == artefacts.FORMAT:
-        from . import safeweights
+        from shelfdet.core import safeweights
 
         safeweights.load(artefacts.read(model_dir).weights)  # whole, and its weights readable
         return "{} already holds its weights as {}: nothing to convert".format(model_dir, artefacts.WEIGHTS)
@@ -52,8 +52,8 @@ def convert(model_dir: str, trust_pickle: bool, device: str = "cpu") -> str:
         raise artefacts.ArtefactError("{} exists already and the manifest does not name it: move it away to convert "
                                       "{}".format(out, pth))
 
-    from . import compat, safeweights
-    from .checkpoint import CheckpointMismatch, state_of
+    from shelfdet.core import compat, safeweights
+    from shelfdet.core.checkpoint import CheckpointMismatch, state_of
 
     try:
         blob = compat.torch_load(pth)
@@ -64,7 +64,7 @@ def convert(model_dir: str, trust_pickle: bool, device: str = "cpu") -> str:
     safeweights.save(state, out)
     # Loaded once as serving loads it (every tensor placed in the model its config builds) before the
     # manifest names it; a file that does not load is taken away again.
-    from .inference import Detector, load_config
+    from shelfdet.core.inference import Detector, load_config
 
     config = os.path.join(model_dir, (manifest.get("files") or {}).get("config") or artefacts.CONFIG)
     try:
