@@ -471,18 +471,18 @@ def test_payload_cap_reaches_async_sizes_and_batch_transform_keeps_its_own():
 @pytest.mark.parametrize("name", ["test_0.jpg", "train_3021.jpg", "test_12.jpg", "test_22.jpg"])
 def test_resize_of_a_real_photo_gives_the_boxes_of_the_whole_photo(model_dir, name, tmp_path):
     """The tiny model's forward pass at its test scale, from the resized upload and from the whole photo."""
-    from shelfdet.serving import predict
+    from shelfdet.launch import endpoint
+    from shelfdet.serving.predict import Outputs
 
     photo = REALDATA / name
     model = detector(model_dir)
     whole = model.predict([model.read(str(photo))])[0]  # as the server takes the whole photo
-    upload = predict.prepare(str(photo), (model.min_size, model.max_size, 0))
+    upload = endpoint.prepare(str(photo), (model.min_size, model.max_size, 0))
     assert upload.content_type == "image/png" and len(upload.body) < photo.stat().st_size / 20
     pred = json.loads(detector_answer(model_dir)(upload.body, upload.content_type, None)[1])
     upload_path = tmp_path / name
     upload_path.write_bytes(photo.read_bytes())
-    args = predict.parse_args(["--image", str(upload_path), "--endpoint", "x", "--out", str(tmp_path / "o")])
-    predict.finish(args, upload._replace(path=str(upload_path)), pred)
+    endpoint.finish(Outputs(str(tmp_path / "o"), endpoint="x"), upload._replace(path=str(upload_path)), pred)
     got = json.loads((tmp_path / "o" / (name + ".json")).read_text())
     assert_same_boxes(got, whole)
     # test_22.jpg is damaged: what the server would say of the whole photo is said of the resized one.

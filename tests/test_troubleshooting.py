@@ -44,7 +44,7 @@ KNOWN = [
     ("launch/aws.py", "no AWS credentials found: set AWS_PROFILE"),              # a module constant, via fail()
     ("launch/aws.py", "AWS rejected the credentials (<?>): <?>"),                # a variable, " ".join(x.split())
     ("commands/train.py", "<?> resumes with its own hyperparameters"),                    # module.HyperparameterError
-    ("serving/predict.py", "<?> of <?> photos are over <?> (first: <?>"),         # a helper returning a string
+    ("launch/endpoint.py", "<?> of <?> photos are over <?> (first: <?>"),         # a helper returning a string
     ("serving/app.py", "model failed to load from <?>: <?>"),                    # an attribute, `or`
     ("serving/app.py", "payload of <?><?> bytes exceeds"),                       # RequestError(status, message)
     ("serving/server.py", "port <?> is not a TCP port number"),                  # print("error: ...")

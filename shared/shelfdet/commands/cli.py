@@ -20,7 +20,7 @@ COMMANDS = {
     "compare": ("shelfdet.commands.runs:main_compare", "runs' loss and validation curves on one PNG, results.csv per run"),
     "sm-train": ("shelfdet.training.entry", "the SageMaker training entrypoint (inside the image)"),
     "serve": ("shelfdet.serving.server", "run the SageMaker hosting app"),
-    "predict": ("shelfdet.serving.predict", "predict one image (local model or endpoint)"),
+    "predict": ("shelfdet.commands.predict", "predict one photo (local model or endpoint)"),
     "evaluate": ("shelfdet.core.evaluation", "score predictions against a manifest with pycocotools"),
     "convert-model": ("shelfdet.commands.convert_model", "rewrite an old model folder's .pth weights as safetensors (--trust-pickle)"),
     "tune": ("shelfdet.launch.tuning", "SageMaker hyperparameter tuning job"),

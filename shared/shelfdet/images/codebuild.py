@@ -30,10 +30,10 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from shelfdet.launch import aws, image_names
 from shelfdet.launch.aws import LaunchError, note
+from shelfdet.launch.image_names import (  # noqa: F401 (the builder's names, shared with bootstrap and policy)
+    ECR_ACTIONS, PROJECT, ROLE_NAME, default_bucket, partition, zip_prefix)
 
-PROJECT = "shelfdet-image-build"
-ROLE_NAME = "shelfdet-codebuild"
-DEFAULT_PREFIX = "shelfdet/codebuild"
+DEFAULT_PREFIX = image_names.DEFAULT_ZIP_PREFIX
 BUILD_IMAGE = "aws/codebuild/standard:7.0"
 COMPUTE_TYPE = "BUILD_GENERAL1_LARGE"
 BUILDSPEC = "images/codebuild/buildspec.yml"
@@ -44,9 +44,6 @@ NEVER = (".venv", ".git", "data", "data-hard", "runs", "images/.build")
 # Variables of the caller's shell that change the image's tag (tools/images.sh reads them).
 PASSED_THROUGH = ("PARENT", "BASE_IMAGE")
 ENDED = ("SUCCEEDED", "FAILED", "FAULT", "TIMED_OUT", "STOPPED")
-ECR_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-               "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:CreateRepository", "ecr:DescribeRepositories",
-               "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:TagResource", "ecr:DescribeImages")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,21 +111,6 @@ def context_zip(root: Path, files: List[str]) -> bytes:
 
 
 # ---- requests ------------------------------------------------------------------------
-
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    return "aws-us-gov" if region.startswith("us-gov-") else "aws"
-
-
-def default_bucket(region: str, account: str) -> str:
-    return "sagemaker-{}-{}".format(region, account)
-
-
-def zip_prefix(prefix: Optional[str]) -> str:
-    """Where the build zips go: PREFIX when chosen, else their own folder (Make passes the data's prefix by default)."""
-    return (prefix if prefix and prefix != aws.DEFAULT_PREFIX else DEFAULT_PREFIX).strip("/")
-
 
 def zip_key(prefix: str, image: image_names.Image) -> str:
     return "{}/{}.zip".format(prefix.strip("/"), image.local.replace(":", "-"))

@@ -22,7 +22,6 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from shelfdet.launch import aws, image_names
-from shelfdet.images import codebuild
 from shelfdet.launch.aws import LaunchError, note
 
 SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
@@ -32,7 +31,7 @@ SCALING_PATH = "/aws-service-role/{}/".format(SCALING_SERVICE)
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet bootstrap", description=__doc__.splitlines()[0])
-    p.add_argument("--project", default=codebuild.PROJECT, help="CodeBuild project whose logs the role writes (default: %(default)s)")
+    p.add_argument("--project", default=image_names.PROJECT, help="CodeBuild project whose logs the role writes (default: %(default)s)")
     aws.add_common(p, stack=False)
     return p
 
@@ -40,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
 def role_requests(region: str, account: str, bucket: str, prefix: str, project: str,
                   repos: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """create_role and put_role_policy for the CodeBuild role: only what a push from a zip needs."""
-    arn = "arn:{}".format(codebuild.partition(region))
+    arn = "arn:{}".format(image_names.partition(region))
     trust = {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Service": "codebuild.amazonaws.com"}, "Action": "sts:AssumeRole",
         # Only this account's builds may assume it (the confused-deputy guard AWS recommends).
@@ -55,13 +54,13 @@ def role_requests(region: str, account: str, bucket: str, prefix: str, project: 
         {"Sid": "BuildContextBucket", "Effect": "Allow", "Action": ["s3:GetBucketAcl", "s3:GetBucketLocation"],
          "Resource": "{}:s3:::{}".format(arn, bucket)},
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
-        {"Sid": "EcrPush", "Effect": "Allow", "Action": list(codebuild.ECR_ACTIONS),
+        {"Sid": "EcrPush", "Effect": "Allow", "Action": list(image_names.ECR_ACTIONS),
          "Resource": ["{}:ecr:{}:{}:repository/{}".format(arn, region, account, r) for r in repos]},
     ]}
-    create = {"RoleName": codebuild.ROLE_NAME, "AssumeRolePolicyDocument": json.dumps(trust),
+    create = {"RoleName": image_names.ROLE_NAME, "AssumeRolePolicyDocument": json.dumps(trust),
               "Description": "CodeBuild builds and pushes the shelfdet images (make push-* BUILDER=codebuild)",
               "Tags": [{"Key": "project", "Value": "shelfdet"}]}
-    put = {"RoleName": codebuild.ROLE_NAME, "PolicyName": codebuild.ROLE_NAME, "PolicyDocument": json.dumps(policy)}
+    put = {"RoleName": image_names.ROLE_NAME, "PolicyName": image_names.ROLE_NAME, "PolicyDocument": json.dumps(policy)}
     return create, put
 
 
@@ -80,13 +79,13 @@ def codebuild_role(cloud: aws.Aws, requests: Tuple[Dict[str, Any], Dict[str, Any
         note("# the role below is created only when missing; its policy is set each time")
         cloud.send("iam", "create_role", requests[0])
         cloud.send("iam", "put_role_policy", requests[1])
-        return "arn:{}:iam::{}:role/{}".format(codebuild.partition(cloud.region), cloud.account(), codebuild.ROLE_NAME)
+        return "arn:{}:iam::{}:role/{}".format(image_names.partition(cloud.region), cloud.account(), image_names.ROLE_NAME)
     iam = cloud.client("iam")
     try:
-        arn = iam.get_role(RoleName=codebuild.ROLE_NAME)["Role"]["Arn"]
-        note("IAM role {} exists; setting its policy".format(codebuild.ROLE_NAME))
+        arn = iam.get_role(RoleName=image_names.ROLE_NAME)["Role"]["Arn"]
+        note("IAM role {} exists; setting its policy".format(image_names.ROLE_NAME))
     except iam.exceptions.NoSuchEntityException:
-        note("creating IAM role {} for CodeBuild (logs, read of the build zips, ECR push)".format(codebuild.ROLE_NAME))
+        note("creating IAM role {} for CodeBuild (logs, read of the build zips, ECR push)".format(image_names.ROLE_NAME))
         arn = iam.create_role(**requests[0])["Role"]["Arn"]
     iam.put_role_policy(**requests[1])
     return arn
@@ -120,8 +119,8 @@ def _main(argv: List[str]) -> int:
     args = parser().parse_args(argv)
     cloud = aws.Aws.from_args(args)
     account = cloud.account()
-    bucket = args.bucket or codebuild.default_bucket(cloud.region, account)
-    requests = role_requests(cloud.region, account, bucket, codebuild.zip_prefix(args.prefix), args.project, image_repositories())
+    bucket = args.bucket or image_names.default_bucket(cloud.region, account)
+    requests = role_requests(cloud.region, account, bucket, image_names.zip_prefix(args.prefix), args.project, image_repositories())
     arn = codebuild_role(cloud, requests)
     scaling_role(cloud)
     if not cloud.dry_run:

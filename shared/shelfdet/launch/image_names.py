@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional
 
+from shelfdet.launch import aws
+
 # The stacks that can be pushed and launched.
 STACKS = ("cpu", "cu101", "cu12")
 # The design card's stack (CUDA 10.1, torch 1.6, Volta/Turing): what `make push-*` pushes by default.
@@ -124,3 +126,28 @@ def parse_ecr_uri(uri: str) -> Optional[Dict[str, str]]:
     if not m:
         return None
     return {"account": m.group(1), "region": m.group(2), "repo": m.group(3), "tag": m.group(4) or "latest"}
+
+
+# ---- CodeBuild's names: the builder (images.codebuild) and the administrator's role (bootstrap, policy) ----
+
+PROJECT = "shelfdet-image-build"
+ROLE_NAME = "shelfdet-codebuild"
+DEFAULT_ZIP_PREFIX = "shelfdet/codebuild"
+ECR_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+               "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:CreateRepository", "ecr:DescribeRepositories",
+               "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:TagResource", "ecr:DescribeImages")
+
+
+def partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    return "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+def default_bucket(region: str, account: str) -> str:
+    return "sagemaker-{}-{}".format(region, account)
+
+
+def zip_prefix(prefix: Optional[str]) -> str:
+    """Where the build zips go: PREFIX when chosen, else their own folder (Make passes the data's prefix by default)."""
+    return (prefix if prefix and prefix != aws.DEFAULT_PREFIX else DEFAULT_ZIP_PREFIX).strip("/")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from shelfdet.launch import aws, bootstrap
-from shelfdet.images import codebuild
 from shelfdet.launch.aws import LaunchError
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z]+)\}")
@@ -36,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="AWS account ID (default: the one the credentials belong to)")
     p.add_argument("--bucket", help="S3 bucket of the data, outputs and build zips (BUCKET)")
     p.add_argument("--role", help="SageMaker execution role: ARN or name (ROLE)")
-    p.add_argument("--codebuild-role", default=codebuild.ROLE_NAME,
+    p.add_argument("--codebuild-role", default=image_names.ROLE_NAME,
                    help="CodeBuild service role: ARN or name (default: %(default)s, made by make bootstrap)")
     p.add_argument("--kms-key", help="KMS key ID or key ARN (KMS_KEY; its statements are left out without one)")
     return p
@@ -58,7 +57,7 @@ def kms_key_arn(key: str, region: str, account: str, partition: str) -> str:
 
 def parameters(region: str, account: str, bucket: Optional[str], role: Optional[str], codebuild_role: str,
                kms_key: Optional[str]) -> Dict[str, Optional[Value]]:
-    partition = codebuild.partition(region)
+    partition = image_names.partition(region)
     return {
         "Partition": partition,
         "Region": region,
@@ -67,7 +66,7 @@ def parameters(region: str, account: str, bucket: Optional[str], role: Optional[
         "ExecutionRoleArn": role_arn(role, account, partition) if role else None,
         "CodeBuildRoleArn": role_arn(codebuild_role, account, partition),
         "CodeBuildRoleName": aws.ROLE_ARN.match(role_arn(codebuild_role, account, partition)).group(2),  # type: ignore[union-attr]
-        "CodeBuildProject": codebuild.PROJECT,
+        "CodeBuildProject": image_names.PROJECT,
         "ImageRepository": bootstrap.image_repositories(),
         "KmsKeyArn": kms_key_arn(kms_key, region, account, partition) if kms_key else None,
     }

@@ -1,15 +1,16 @@
-"""The SageMaker hosting app (``serve``), ``make serve`` and ``make predict``.
+"""The SageMaker hosting app (``serve``, ``make serve``) and local prediction (``make predict``).
 
-HTTP contract (SPEC §4):
+HTTP contract:
 
 * ``GET /ping``: 200 once the model is loaded, 503 before (and if loading failed).
 * ``GET /execution-parameters``: batch-transform settings from ``SAGEMAKER_*``.
 * ``POST /invocations``:
 
   - ``application/x-image``, ``image/jpeg``, ``image/png``: the body is one
-    image; the answer is one SPEC §4 JSON object.
+    photo; the answer is one JSON object (``pred_boxes``, ``scores``,
+    ``pred_classes``, ...).
   - ``application/json``: ``{"instances": [<base64>, ...]}`` or
-    ``[<base64>, ...]``; the answer is a JSON list, one object per image.
+    ``[<base64>, ...]``; the answer is a JSON list, one object per photo.
   - Per-request ``score_threshold`` and ``max_detections``, as query
     parameters or in ``X-Amzn-SageMaker-Custom-Attributes``
     (``score_threshold=0.5;max_detections=100``), the only per-request channel
@@ -19,8 +20,8 @@ HTTP contract (SPEC §4):
 Batch transform: with ``ContentType=application/x-image`` and ``SplitType``
 ``None`` SageMaker sends every S3 object as its own request, under both
 ``SingleRecord`` and ``MultiRecord`` (records are only concatenated when a
-split type cuts the input into several records), so each body is one image
-and its output file ``<image>.out`` is the JSON that ``make evaluate`` reads.
+split type cuts the input into several records), so each body is one photo
+and its output file ``<photo>.out`` is the JSON that ``make evaluate`` reads.
 ``MultiRecord`` with a ``SplitType`` of ``Line``/``RecordIO`` is not
-supported for images.
+supported for photos.
 """
