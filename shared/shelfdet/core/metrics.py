@@ -1,4 +1,4 @@
-"""Metric lines the training log prints, and the regexes SageMaker scrapes them with.
+"""Metric lines the training log prints, the regexes SageMaker scrapes them with, and a run's results.
 
 The launcher sends METRIC_DEFINITIONS; a test runs a real training and checks
 each regex against its log. Numbers may be printed in exponent form by
@@ -6,7 +6,9 @@ Detectron2's printer, hence the optional exponent.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import json
+import os
+from typing import Any, Dict, List
 
 NUMBER = r"([0-9\.]+(?:e[-+]?[0-9]+)?)"
 TRAIN_LOSSES = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
@@ -37,3 +39,28 @@ def format_validation(losses: Dict[str, float]) -> str:
     parts = ["total_val_loss: {:.6f}".format(total)]
     parts += ["val_{}: {:.6f}".format(k, v) for k, v in sorted(losses.items())]
     return "  ".join(parts)
+
+
+# A run folder is laid out as SageMaker's /opt/ml: what it was asked, and its final evaluation.
+RUN_HYPERPARAMETERS = os.path.join("input", "config", "hyperparameters.json")
+RUN_FINAL_METRICS = os.path.join("model", "metrics.json")
+RUN_COMPLETE = os.path.join("model", "artefacts.json")
+
+
+def read_run(run_dir: str) -> Dict[str, Any]:
+    """A run's results: ``run``, ``algorithm``, ``complete`` and, once complete, its final evaluation
+    (``AP``, ``AP50``, ``AP75``, ``AR``, ``count_mae``, ``iterations``, ``train_seconds``, ... as in
+    ``model/metrics.json``). A run that has not finished has no evaluation: ``complete`` is False."""
+    def _json(name: str) -> Dict[str, Any]:
+        try:
+            with open(os.path.join(run_dir, name)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    complete = os.path.isfile(os.path.join(run_dir, RUN_COMPLETE))
+    result: Dict[str, Any] = {"run": os.path.basename(os.path.normpath(run_dir)),
+                              "algorithm": _json(RUN_HYPERPARAMETERS).get("model-type"), "complete": complete}
+    if complete:
+        result.update(_json(RUN_FINAL_METRICS))
+    return result
