@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
 
 ITERS = int(os.environ.get("GPU_BENCH_ITERS", "60"))
-# Reference (SPEC §5): 3,000 iterations on one V100 (ml.p3.2xlarge), whole job wall time.
+# The reference solution's time: 3,000 iterations on one V100 (ml.p3.2xlarge), whole job wall time.
 REFERENCE_V100_S = {"faster_rcnn": 2685 / 3000, "retinanet": 2636 / 3000}
 
 

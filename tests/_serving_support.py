@@ -178,7 +178,7 @@ class ServerProcess:
 
 
 def write_dataset(root: Path, images: Dict[str, np.ndarray], boxes: Dict[str, List[List[float]]]) -> Path:
-    """A SPEC §3 test manifest + images; boxes are [x1, y1, x2, y2] per image."""
+    """A Ground Truth test manifest + images; boxes are [x1, y1, x2, y2] per image."""
     img_dir = root / "test"
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -435,7 +435,7 @@ def test_damaged_jpegs_are_answered_with_warnings_and_clean_ones_without(client,
     for data, warnings in cases:
         r = client.post("/invocations", content=data, headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 200, r.text[:300]
-        # SPEC §4 plus an optional key: only a damaged image's answer has it.
+        # The answer's keys plus an optional one: only a damaged image's answer has it.
         assert r.json().get("warnings") == warnings
         assert ("warnings" in r.json()) == bool(warnings)
         assert_same(r.json(), direct(detector, data))

@@ -1,4 +1,4 @@
-"""Augmented manifests (SPEC §3) + image folders -> registered Detectron2 datasets."""
+"""Augmented manifests (Ground Truth's JSON Lines) + image folders -> registered Detectron2 datasets."""
 from __future__ import annotations
 
 import gc

@@ -172,7 +172,7 @@ def match_boxes(gt_boxes: Sequence[Sequence[float]], pred_boxes: Sequence[Sequen
 def score(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
           class_names: Sequence[str], max_dets: int = 300, fast: bool = True,
           count_threshold: Optional[float] = None) -> Dict[str, float]:
-    """COCO bbox metrics (fractions 0-1) of SPEC §4 predictions keyed by image file name,
+    """COCO bbox metrics (fractions 0-1) of predictions (the serving answer's JSON) keyed by image file name,
     and the count metrics of :func:`count_metrics` at ``count_threshold`` (None: fit on these).
 
     ``gt_dicts`` are Detectron2 dataset dicts (``shelfdet.core.catalog.load_manifest``);

@@ -253,7 +253,7 @@ class Detector:
 
     def predict(self, images: Sequence[Photo], score_thr: Optional[float] = None,
                 max_detections: Optional[int] = None) -> List[Dict[str, Any]]:
-        """SPEC §4 response dicts, one per image, boxes in original pixels, best first; a damaged
+        """The serving answer's dicts, one per image, boxes in original pixels, best first; a damaged
         photo's dict adds ``warnings`` (a list of what the decoder found)."""
         results = []
         for image, inst in zip(images, self.raw(images)):

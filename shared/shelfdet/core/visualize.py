@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--channel", default="validation")
     p.add_argument("-n", type=int, default=4, help="number of images")
-    p.add_argument("--predictions", help="folder of SPEC §4 JSON files named <image>.json or <image>.out")
+    p.add_argument("--predictions", help="folder of prediction JSON files (the serving answer) named <image>.json or <image>.out")
     p.add_argument("--score-threshold", "--min-score", dest="score_threshold", type=float, default=None,
                    help="predictions scoring below are not drawn nor matched (default: count_threshold of "
                         "PREDICTIONS/metrics.json as make evaluate writes it, else {})".format(DEFAULT_SCORE_THRESHOLD))

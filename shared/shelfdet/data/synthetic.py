@@ -1,4 +1,4 @@
-"""A deterministic synthetic SKU-110K in exactly the real layout (SPEC §2).
+"""A deterministic synthetic SKU-110K in exactly the real layout (images/, annotations/annotations_<split>.csv).
 
 Scenes are rows of shelves packed with product facings: runs of identical
 products touching each other (so boxes are separated only by their outlines),

@@ -1,6 +1,6 @@
 """``make transform``: batch transform over the test channel, then ``shelfdet evaluate`` on the outputs.
 
-SageMaker writes ``<image>.out`` (the SPEC §4 JSON) per input image; they are
+SageMaker writes ``<image>.out`` (the serving answer's JSON) per input image; they are
 downloaded to a local folder and scored against the test manifest.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The SageMaker training contract (SPEC §4), read from /opt/ml or a run folder shaped like it."""
+"""The SageMaker training contract (the /opt/ml layout and SM_* variables), read from /opt/ml or a run folder shaped like it."""
 from __future__ import annotations
 
 import json
