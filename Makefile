@@ -105,24 +105,28 @@ AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $
 
 .PHONY: help setup lock data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model tune deploy undeploy transform \
         build build-base build-training build-serving tag doctor push-base push-training push-serving \
-        policy bootstrap-policy bootstrap test bench clean
+        policy bootstrap-policy bootstrap test targets-doc bench clean
 
 help: ## this list
 	@echo "Targets:"
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (default):"
-	@echo "  ALGO=$(ALGO)  DATA_DIR=$(DATA_DIR)  SRC=$(SRC)  MAX_SIDE=$(MAX_SIDE) (empty: images as they are)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
+	@echo "  ALGO=$(ALGO) (faster_rcnn | retinanet | cascade_rcnn)  DATA_DIR=$(DATA_DIR) (data-hard with PRESET=hard)  SRC=$(SRC) (folder, tarball or URL; empty: the synthetic set)  FORMAT=$(FORMAT) (coco | voc | yolo | gt; empty: SKU-110K's CSVs)"
+	@echo "  PRESET=$(PRESET) (hard: the SKU-110K-like synthetic set, in data-hard)  MAX_SIDE=$(MAX_SIDE) (empty: images as they are)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
-	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  ROLE=$(ROLE)  MODEL=$(MODEL)"
+	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  RUN_DIR=$(RUN_DIR) (resume that run)  ROLE=$(ROLE)  MODEL=$(MODEL)"
 	@echo "  INPUT_MODE=$(INPUT_MODE) (FastFile: stream from S3)  NETWORK_ISOLATION=$(NETWORK_ISOLATION)  PRETRAINED=$(PRETRAINED) (s3:// zoo weights, from make weights)  VPC_SUBNETS=$(VPC_SUBNETS)  VPC_SECURITY_GROUPS=$(VPC_SECURITY_GROUPS)  KEEP_ALIVE=$(KEEP_ALIVE) (warm pool seconds, <= 3600)"
 	@echo "  KMS_KEY=$(KMS_KEY) (KMS key: job volumes and outputs, endpoints, transform, uploads)  ENCRYPT_TRAFFIC=$(ENCRYPT_TRAFFIC) (0: no inter-container encryption when INSTANCE_COUNT>1)"
 	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard, make compare)  REMOTE=$(REMOTE) (make runs: SageMaker jobs too)"
-	@echo "  MODEL_DIR=$(MODEL_DIR)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  HOST=$(SERVE_HOST) (make serve)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
+	@echo "  INFER='$(INFER)' (inference hyperparameters over the model's, e.g. INFER='--tile-size 512 --nms soft')  EVAL_OUT=$(EVAL_OUT) (make evaluate without PREDICTIONS: its output folder)  TRUST_PICKLE=$(TRUST_PICKLE) (make convert-model: 1 says you trust the .pth)"
+	@echo "  MODEL_DIR=$(MODEL_DIR) (default: the newest complete runs/*/model)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  HOST=$(SERVE_HOST) (make serve: 127.0.0.1 unless HOST= is on the command line)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
 	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
 	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "  BUILDER=$(BUILDER) (push-*: docker builds here; codebuild builds on AWS CodeBuild, zip in s3://BUCKET or sagemaker-<region>-<account>/shelfdet/codebuild, ROLE= its service role)"
 	@echo "  ACCOUNT=$(ACCOUNT)  CODEBUILD_ROLE=$(CODEBUILD_ROLE) (make policy, bootstrap-policy: default the credentials' account, shelfdet-codebuild)"
+	@echo "  PARENT=$(PARENT) (make build: debootstrap: stand-in parents; nvidia: cu12 on NVIDIA's CUDA images)  BASE_IMAGE=$(BASE_IMAGE) (make build: on a base pushed earlier, make push-base)"
+	@echo "  BENCH=$(BENCH) (make bench: one of bench/bench_<name>.py)  PYTEST_ARGS=$(PYTEST_ARGS) (make test: passed to pytest, e.g. PYTEST_ARGS='-k serving')  VENV=$(VENV) (the local stack's folder)"
 	@echo "Hyperparameters: $(PY) -m shelfdet hp-table (also in docs/training.md)"
 
 # ---- local environment -------------------------------------------------------
@@ -242,6 +246,10 @@ bootstrap: $(SETUP_STAMP) ## once, by an administrator: the CodeBuild service ro
 # ---- quality -----------------------------------------------------------------
 test: $(SETUP_STAMP) ## the whole test suite (in the cpu images when Docker runs, else .venv)
 	bash tools/run_tests.sh $(PYTEST_ARGS)
+
+# No .venv needed (standard library only).
+targets-doc: ## docs/targets.md's table of every target and variable, from this Makefile (as make help lists them)
+	@$(if $(wildcard $(PY)),$(PY),python3) tools/targets_doc.py
 
 bench: $(SETUP_STAMP) ## benchmarks -> bench/results/*.json and a table (BENCH=name: one of bench/bench_<name>.py)
 	$(PY) bench/run.py $(BENCH)

@@ -42,21 +42,45 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _pinned_torch() -> str:
+    with open(os.path.join(ROOT, "versions.env")) as f:
+        for line in f:
+            if line.startswith("LOCAL_TORCH="):
+                return line.strip().split("=", 1)[1]
+    return ""
+
+
+def _stack(machine: dict) -> str:
+    """The software stack a result ran on, in words, when it is not the pinned local one ("" when it is)."""
+    torch = machine.get("torch", "")
+    if not torch or torch.split("+")[0] == _pinned_torch():
+        return ""
+    parts = [machine.get("device", ""), "torch " + torch, "CUDA " + machine["cuda"] if machine.get("cuda") else "",
+             "Python " + machine["python"] if machine.get("python") else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def table() -> str:
-    rows = ["| benchmark | metric | value |", "|---|---|---|"]
-    targets = []
+    """One table for the results on the stack versions.env pins for .venv; one more for each other stack
+    a result ran on (a lent machine's own), headed by that stack."""
+    header = ["| benchmark | metric | value |", "|---|---|---|"]
+    pinned, others, targets = list(header), {}, []
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
         with open(path) as f:
             res = json.load(f)
         name = res.get("name", os.path.basename(path)[:-5])
         machine = res.get("machine", {})
+        stack = _stack(machine)
+        rows = pinned if not stack else others.setdefault(stack, list(header))
         for k, v in res.get("metrics", {}).items():
             rows.append("| {} | {} | {} |".format(name, k, _fmt(v)))
         if res.get("target"):
             targets.append("- **{}** ({}): {}".format(name, machine.get("device") or "{} CPUs".format(machine.get("cpus", "?")),
                                                      res["target"]))
-    return "\n".join(rows + [""] + targets)
-
+    out = pinned
+    for stack, rows in others.items():
+        out += ["", "On {}, a stack the project does not pin (the lent machine's own):".format(stack), ""] + rows
+    return "\n".join(out + [""] + targets)
 
 
 def main(argv: list) -> int:

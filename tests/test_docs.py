@@ -154,3 +154,94 @@ def test_the_benchmark_table_is_what_the_results_say():
     from shelfdet.core import pages
 
     assert pages.block(page, "bench") == run.table(), "docs/benchmarks.md's table is stale: python bench/run.py --table"
+
+
+# ---- every Make name in the docs exists; docs/targets.md is the Makefile's ---------------------------
+
+sys.path.insert(0, str(ROOT / "tools"))
+import targets_doc  # noqa: E402
+
+# Read from the environment by the product or by the tools `make` runs (setup_venv.sh: PYTHON; the image
+# builds: DOCKER), or a placeholder (KEY=VALUE): not Make variables.
+ENVIRONMENT_PREFIXES = ("SHELFDET_", "SAGEMAKER_", "SM_", "AWS_", "MLFLOW_")
+TOOL_ENVIRONMENT = {"PYTHON", "DOCKER", "KEY"}
+
+
+def _make_names():
+    """The Makefile's targets, and its variables: defined, read as $(NAME), or listed by `make help`."""
+    text = (ROOT / "Makefile").read_text()
+    targets, defined = _makefile()
+    read = set(targets_doc.REF.findall(text)) | {name for name, _ in targets_doc.variables(text)}
+    return targets, defined | read
+
+
+def _code_spans(text: str):
+    """Each line of every fenced block, and every inline code span."""
+    fence = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+    spans = [line for block in fence.findall(text) for line in block.splitlines()]
+    return spans + re.findall(r"``? ?([^`\n]+?) ?``?", fence.sub("", text))
+
+
+def unknown_make_names(text: str):
+    """`make <target>` and `NAME=` in the code of a page that the Makefile does not have."""
+    targets, variables = _make_names()
+    found = []
+    for span in _code_spans(text):
+        for m in re.finditer(r"(?:^|[\s(;&|`])make ((?:[A-Z][A-Z0-9_]*=\S*\s+)*)([a-z][a-z0-9-]*)([*<]?)", span):
+            name, template = m.group(2), m.group(3)
+            known = any(t.startswith(name) for t in targets) if template else name in targets
+            if not known:
+                found.append("make " + name + template)
+        for m in re.finditer(r"(?<![\w$.-])([A-Z][A-Z0-9_]*)=", span):
+            name = m.group(1)
+            if not (name in variables or name in ENVIRONMENT or name in TOOL_ENVIRONMENT
+                    or name.startswith(ENVIRONMENT_PREFIXES)):
+                found.append(name + "=")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_make_name_in_the_docs_exists(page):
+    unknown = unknown_make_names(page.read_text())
+    assert not unknown, "{} names what the Makefile does not have: {}".format(page.relative_to(ROOT), unknown)
+
+
+def test_a_made_up_make_name_is_caught():
+    assert unknown_make_names("Run `make trian` or `make train ALOG=retinanet`.\n```bash\nmake lint\n```\n") == \
+        ["ALOG=", "make lint", "make trian"]
+
+
+def test_make_help_lists_every_target_and_variable():
+    text = (ROOT / "Makefile").read_text()
+    helped = {name for name, _ in targets_doc.variables(text)}
+    settable = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*\?=", text, re.M))
+    assert not settable - helped, "make help does not list {}".format(sorted(settable - helped))
+    phony = set(" ".join(re.findall(r"^\.PHONY:((?:[^\n]*\\\n)*[^\n]*)", text, re.M)).replace("\\", " ").split())
+    described = {t for t, _ in targets_doc.targets(text)}
+    assert not phony - described, "targets without a ## line for make help: {}".format(sorted(phony - described))
+    for name in ("clean", "RECIPE", "OBJECTIVE", "INSTANCE_COUNT", "PORT", "PYTEST_ARGS", "ALGO"):
+        assert "`{}`".format(name) in targets_doc.block(text) or "`make {}`".format(name) in targets_doc.block(text)
+    assert "faster_rcnn \\| retinanet \\| cascade_rcnn" in targets_doc.block(text)
+
+
+def test_the_targets_page_is_what_the_makefile_says():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "targets_doc.py"), "--check"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr + "(make targets-doc writes it)"
+
+
+def test_no_page_or_file_cites_a_document_outside_the_repository():
+    cite = "SPEC" + " §"
+    found = []
+    for folder in ("docs", "shared", "tests", "bench", "tools", "images"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.is_file() and path.suffix in (".md", ".py", ".sh", ".txt", ".yml", "") and ".build" not in path.parts:
+                try:
+                    text = path.read_text()
+                except (UnicodeDecodeError, OSError):
+                    continue
+                found += ["{}:{}".format(path.relative_to(ROOT), n) for n, line in enumerate(text.splitlines(), 1)
+                          if cite in line]
+    for name in ("README.md", "Makefile"):
+        found += [name for line in (ROOT / name).read_text().splitlines() if cite in line]
+    assert not found, "cites a document the repository does not have (state the fact instead): {}".format(found)
