@@ -40,6 +40,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError("module 'shelfdet' has no attribute {!r}".format(name))
 
 
+def __dir__() -> "list":
+    return sorted(set(globals()) | {"Detector"})
+
+
 def load(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Detector":
     """The model of a model folder (``runs/<run>/model``) as trained; ``device`` defaults to a GPU when one
     is there; ``overrides``: inference hyperparameters over the model's own, e.g. ``{"nms": "soft"}``."""
