@@ -111,10 +111,10 @@ def aws_env(moto_server, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A small synthetic SKU-110K built by the real pipeline (make data), shared by the session."""
-    from shelfdet.data import build
+    from shelfdet.commands import data as data_command
 
     out = tmp_path_factory.mktemp("tiny-data")
-    rc = build.main(["--data-dir", str(out), "--train-images", "8", "--val-images", "3", "--test-images", "3",
+    rc = data_command.main(["--data-dir", str(out), "--train-images", "8", "--val-images", "3", "--test-images", "3",
                      "--image-size", "160x128", "--workers", "2"])
     assert rc == 0
     return out

@@ -12,7 +12,8 @@ from PIL import Image
 
 from _jpeg_damage import (DAMAGED_PHOTO, PADDED_PHOTO, clean_jpeg, extraneous, premature_end, real_photo,
                           trailing_zeros)
-from shelfdet.data import build, csvrows, sku110k, synthetic
+from shelfdet.commands import data as data_command
+from shelfdet.data import csvrows, sku110k, synthetic
 
 W, H = 100, 80
 
@@ -150,7 +151,7 @@ def test_damaged_jpegs_are_dropped_with_libjpegs_warning_and_padded_ones_kept(tm
     for name, data in files.items():
         (root / "images" / name).write_bytes(data)
     # Through `make data SRC=...`'s entry.
-    assert build.main(["--data-dir", str(tmp_path / "d"), "--src", str(root)]) == 0
+    assert data_command.main(["--data-dir", str(tmp_path / "d"), "--src", str(root)]) == 0
     report = json.loads((tmp_path / "d" / "report.json").read_text())
     assert {c["image"]: c["reason"] for c in report["images"]["corrupted"]} == {
         "train_1.jpg": "corrupt JPEG data: premature end of data segment",
@@ -171,7 +172,7 @@ def test_the_damaged_real_photo_is_dropped_and_the_padded_one_kept(tmp_path, cap
     root = make_root(tmp_path, rows, images=(), split="test")
     for photo in (damaged, padded):
         (root / "images" / photo.name).symlink_to(photo)
-    assert build.main(["--data-dir", str(tmp_path / "d"), "--src", str(root)]) == 0
+    assert data_command.main(["--data-dir", str(tmp_path / "d"), "--src", str(root)]) == 0
     report = json.loads((tmp_path / "d" / "report.json").read_text())
     assert report["images"]["corrupted"] == [
         {"image": damaged.name, "channel": "test", "reason": "corrupt JPEG data: premature end of data segment"}]

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from shelfdet.data import build
+from shelfdet.commands import data as data_command
 
 SPLITS = {"train_": "train", "val_": "val", "test_": "test"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def synthetic_shelves(out: Path, train: int = 6, val: int = 3, test: int = 3):
     """A small synthetic SKU-110K (with its deliberate defects) built by the CSV path into ``out``;
     returns its images folder and labels: image -> (split, declared size, [x1 y1 x2 y2 boxes])."""
-    assert build.main(["--data-dir", str(out), "--train-images", str(train), "--val-images", str(val),
+    assert data_command.main(["--data-dir", str(out), "--train-images", str(train), "--val-images", str(val),
                        "--test-images", str(test), "--image-size", "160x128", "--workers", "2"]) == 0
     source = out / "source" / "SKU110K_fixed"
     labels = {}
@@ -182,7 +182,7 @@ def test_a_multi_class_coco_set_keeps_its_class_map_and_trains_as_one_catalog(sh
     src = tmp_path / "coco"
     write_coco(src, images, labels, categories=("bottle", "box"), classes_of=lambda name, k: k % 2)
     out = tmp_path / "data"
-    assert build.main(["--data-dir", str(out), "--src", str(src), "--format", "coco"]) == 0
+    assert data_command.main(["--data-dir", str(out), "--src", str(src), "--format", "coco"]) == 0
     got = manifests(out)
     for channel in got.values():
         for size, class_map, boxes in channel.values():
@@ -230,7 +230,7 @@ def test_bad_labels_are_named_by_file_line_and_field_in_each_format(shelves, tmp
     }
     for fmt, src in out.items():
         data = tmp_path / ("data-" + fmt)
-        assert build.main(["--data-dir", str(data), "--src", str(src), "--format", fmt]) == 0, fmt
+        assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", fmt]) == 0, fmt
         found = [(p["file"], p["line"], p["field"], p["kind"]) for p in _problems(data)
                  if p["kind"] in ("bad_value", "unknown_class")]
         assert found == expected[fmt], fmt

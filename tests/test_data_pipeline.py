@@ -11,6 +11,8 @@ import boto3
 import pytest
 
 from shelfdet.core import catalog
+from shelfdet.commands import data as data_command
+from shelfdet.commands import upload as upload_command
 from shelfdet.data import build, fetch, upload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ SMALL = ["--train-images", "6", "--val-images", "3", "--test-images", "3", "--im
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data") / "d"
-    assert build.main(["--data-dir", str(d)] + SMALL) == 0
+    assert data_command.main(["--data-dir", str(d)] + SMALL) == 0
     return d
 
 
@@ -42,17 +44,17 @@ def test_manifests_round_trip_through_detectron2_registration(data_dir):
 
 def test_build_is_idempotent_and_rebuilds_on_new_options(data_dir, capsys):
     before = (data_dir / "report.json").stat().st_mtime_ns
-    assert build.main(["--data-dir", str(data_dir)] + SMALL) == 0
+    assert data_command.main(["--data-dir", str(data_dir)] + SMALL) == 0
     assert "up to date" in capsys.readouterr().out
     assert (data_dir / "report.json").stat().st_mtime_ns == before
-    args = build.parser().parse_args(["--data-dir", str(data_dir)] + SMALL[:-1] + ["2"])
-    assert not build.up_to_date(str(data_dir), build.options(args))
+    args = data_command.parser().parse_args(["--data-dir", str(data_dir)] + SMALL[:-1] + ["2"])
+    assert not build.up_to_date(str(data_dir), data_command.options(args))
 
 
 def test_folder_and_tarball_sources(data_dir, tmp_path):
     src = data_dir / "source" / "SKU110K_fixed"
     out = tmp_path / "from_folder"
-    assert build.main(["--data-dir", str(out), "--src", str(src.parent)]) == 0
+    assert data_command.main(["--data-dir", str(out), "--src", str(src.parent)]) == 0
     a = json.loads((out / "report.json").read_text())
     b = json.loads((data_dir / "report.json").read_text())
     assert a["channels"] == b["channels"] and a["boxes"] == b["boxes"]
@@ -62,7 +64,7 @@ def test_folder_and_tarball_sources(data_dir, tmp_path):
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(src, arcname="SKU110K_fixed")
     out2 = tmp_path / "from_tar"
-    assert build.main(["--data-dir", str(out2), "--src", str(tarball)]) == 0
+    assert data_command.main(["--data-dir", str(out2), "--src", str(tarball)]) == 0
     assert json.loads((out2 / "report.json").read_text())["channels"] == b["channels"]
 
 
@@ -92,14 +94,14 @@ def test_upload_to_s3_skips_what_is_there(data_dir, aws_env):
 
 
 def test_upload_errors_are_one_line(data_dir, aws_env, monkeypatch, capsys):
-    assert upload.main(["--data-dir", str(data_dir), "--bucket", "nope", "--region", "us-east-2"]) == 2
+    assert upload_command.main(["--data-dir", str(data_dir), "--bucket", "nope", "--region", "us-east-2"]) == 2
     assert "bucket nope does not exist" in capsys.readouterr().err
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(k)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(data_dir / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(data_dir / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    assert upload.main(["--data-dir", str(data_dir), "--bucket", "nope", "--region", "us-east-2"]) == 2
+    assert upload_command.main(["--data-dir", str(data_dir), "--bucket", "nope", "--region", "us-east-2"]) == 2
     assert "no AWS credentials" in capsys.readouterr().err
 
 

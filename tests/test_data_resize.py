@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from shelfdet.core import catalog
+from shelfdet.commands import data as data_command
 from shelfdet.data import build
 from shelfdet.core import photo_files
 
@@ -69,9 +70,9 @@ def built(tmp_path_factory):
     before = digest(src / "images")
     data = tmp / "data"
     # First as they are (channel files are hard links to the source), then resized over that folder.
-    assert build.main(["--data-dir", str(data), "--src", str(src.parent)]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src.parent)]) == 0
     plain = {c: manifest(data, c) for c in catalog.CHANNELS}
-    assert build.main(["--data-dir", str(data), "--src", str(src.parent), "--max-side", str(MAX_SIDE)]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src.parent), "--max-side", str(MAX_SIDE)]) == 0
     return {"src": src, "data": data, "before": before, "plain": plain}
 
 
@@ -129,21 +130,21 @@ def test_the_resized_set_loads_and_maps_for_training(built):
 
 def test_a_new_max_side_rebuilds_and_without_it_the_originals_come_back(built, tmp_path):
     src = built["src"]
-    args = build.parser().parse_args(["--data-dir", str(built["data"]), "--src", str(src.parent),
+    args = data_command.parser().parse_args(["--data-dir", str(built["data"]), "--src", str(src.parent),
                                       "--max-side", str(MAX_SIDE)])
-    assert build.up_to_date(str(built["data"]), build.options(args))
+    assert build.up_to_date(str(built["data"]), data_command.options(args))
     args.max_side = 300
-    assert not build.up_to_date(str(built["data"]), build.options(args))
+    assert not build.up_to_date(str(built["data"]), data_command.options(args))
     data = tmp_path / "d"
-    assert build.main(["--data-dir", str(data), "--src", str(src.parent), "--max-side", str(MAX_SIDE)]) == 0
-    assert build.main(["--data-dir", str(data), "--src", str(src.parent)]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src.parent), "--max-side", str(MAX_SIDE)]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src.parent)]) == 0
     assert os.path.samefile(data / "training" / "train_0.jpg", src / "images" / "train_0.jpg")
     assert manifest(data, "training") == built["plain"]["training"]
 
 
 def test_bad_max_side_and_the_makefile_variable(capsys):
     with pytest.raises(SystemExit):
-        build.parser().parse_args(["--data-dir", "d", "--max-side", "12"])
+        data_command.parser().parse_args(["--data-dir", "d", "--max-side", "12"])
     assert "64 at least" in capsys.readouterr().err
     make = ["make", "-n", "--no-print-directory", "-o", ".venv/.stamp", "data"]
     out = subprocess.run(make + ["MAX_SIDE=1333"], cwd=str(ROOT), capture_output=True, text=True).stdout

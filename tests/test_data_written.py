@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from shelfdet.data import build
+from shelfdet.commands import data as data_command
 from shelfdet.data.written import RECORD, Written
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def test_data_dir_equal_to_inside_or_above_src_is_refused_before_anything_is_wri
     for data, source, fmt, relation in [(src / "out", src, "coco", "lies inside"), (tmp_path, src, "coco", "holds"),
                                         (sku, sku, "sku110k", "is"), (sku / "data", sku.parent, "sku110k", "lies inside"),
                                         (sku.parent, sku, "sku110k", "holds")]:
-        rc = build.main(["--data-dir", str(data), "--src", str(source), "--format", fmt])
+        rc = data_command.main(["--data-dir", str(data), "--src", str(source), "--format", fmt])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, err
         assert err[0] == ("error: DATA_DIR={} {} SRC={}: make data writes its channels, manifests and report there; "
@@ -81,11 +81,11 @@ def test_a_rebuild_into_a_users_folder_removes_only_what_it_wrote_and_no_longer_
     (data / "annotations").mkdir()
     (data / "annotations" / "classes.txt").write_text("SKU\n")
     theirs = tree(data)
-    assert build.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
     record = json.loads((data / RECORD).read_text())["files"]
     assert record == ["annotations/training.manifest", "report.json", "training/a.jpg", "training/b.jpg", "training/c.jpg"]
     coco(src, ["a.jpg", "c.jpg"])
-    assert build.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
     assert not (data / "training" / "b.jpg").exists()  # written by the first run, no longer produced
     assert sorted(os.listdir(data / "training")) == ["a.jpg", "c.jpg", "output.manifest", "unlabelled.jpg"]
     now = tree(data)
@@ -96,7 +96,7 @@ def test_a_rebuild_into_a_users_folder_removes_only_what_it_wrote_and_no_longer_
     capsys.readouterr()
     coco(src, ["a.jpg", "c.jpg", "unlabelled.jpg"])
     before = tree(data)
-    assert build.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 2
+    assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: {}: already there and not written by shelfdet ({} does not name it); move it away or pick "
                    "another folder".format(data / "training" / "unlabelled.jpg", data / RECORD)]
@@ -106,11 +106,11 @@ def test_a_rebuild_into_a_users_folder_removes_only_what_it_wrote_and_no_longer_
 def test_a_data_folder_built_before_the_record_is_rebuilt_and_cleaned_by_its_report(tmp_path):
     src = coco(tmp_path / "export", ["a.jpg", "b.jpg"])
     data = tmp_path / "data"
-    assert build.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
     (data / RECORD).unlink()  # as the project left data folders before written.json
     (data / "mine.txt").write_text("mine\n")
     coco(src, ["a.jpg"])
-    assert build.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
     assert sorted(os.listdir(data / "training")) == ["a.jpg"] and (data / "mine.txt").read_text() == "mine\n"
     assert Written(str(data)).clean()["kept"] == ["mine.txt"]
     assert sorted(os.listdir(data)) == ["mine.txt"]
@@ -168,7 +168,7 @@ def test_make_clean_removes_only_what_the_records_name(tmp_path):
     # A data folder make data built: everything it wrote goes, then the folder, with a line each.
     src = coco(tmp_path / "export", ["a.jpg", "b.jpg"])
     data = tmp_path / "data"
-    assert build.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
+    assert data_command.main(["--data-dir", str(data), "--src", str(src), "--format", "coco"]) == 0
     proc = make_clean(work, data)
     assert proc.returncode == 0, proc.stderr
     assert "clean: removed 2 file(s) make data wrote in {}/training/".format(data) in proc.stdout.splitlines()

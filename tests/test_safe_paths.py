@@ -17,7 +17,8 @@ from PIL import Image
 
 from shelfdet.commands import tensorboard
 from shelfdet.core import safepath
-from shelfdet.data import DataError, build, fetch
+from shelfdet.commands import data as data_command
+from shelfdet.data import DataError, fetch
 from shelfdet.data.written import RECORD
 from shelfdet.launch import aws, transform
 from test_launch_support import REGION, client, fast_sessions  # noqa: F401
@@ -56,7 +57,7 @@ def unsafe(data: Path):
 
 def run(src: Path, data: Path, fmt: str = "", max_side: str = "1333") -> int:
     argv = ["--data-dir", str(data), "--src", str(src), "--workers", "1", "--max-side", max_side]
-    return build.main(argv + (["--format", fmt] if fmt else []))
+    return data_command.main(argv + (["--format", fmt] if fmt else []))
 
 
 def test_the_one_check_refuses_each_kind_of_escape(tmp_path):
@@ -235,7 +236,7 @@ def test_an_s3_src_download_keeps_to_its_folder(tmp_path, outside, aws_env, caps
     home, before = outside
     client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     data = tmp_path / "data"
-    assert build.main(["--data-dir", str(data), "--src", "s3://{}/a/..".format(BUCKET)]) == 2
+    assert data_command.main(["--data-dir", str(data), "--src", "s3://{}/a/..".format(BUCKET)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "its file name '..': a '..' component leads out of its folder" in err[0], err
     for url in ("s3://{}/x\0.tar.gz".format(BUCKET), "s3://{}/".format(BUCKET) + "..\\..\\x.tar.gz"):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from shelfdet.commands import cli
-from shelfdet.data import build, stats, synthetic
+from shelfdet.commands import data as data_command
+from shelfdet.data import stats, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,15 +49,15 @@ def test_default_preset_output_is_unchanged(tmp_path):
 
 
 def test_default_options_have_no_preset_so_old_data_folders_stay_current():
-    opts = build.options(build.parser().parse_args(["--data-dir", "d"]))
+    opts = data_command.options(data_command.parser().parse_args(["--data-dir", "d"]))
     assert "preset" not in opts["synthetic"]
     assert opts["synthetic"]["images"] == synthetic.DEFAULT_IMAGES
     assert opts["synthetic"]["image_size"] == list(synthetic.DEFAULT_SIZE)
-    hard = build.options(build.parser().parse_args(["--data-dir", "d", "--preset", "hard"]))
+    hard = data_command.options(data_command.parser().parse_args(["--data-dir", "d", "--preset", "hard"]))
     assert hard["synthetic"]["preset"] == "hard" and hard["synthetic"]["images"] == synthetic.HARD_IMAGES
     assert hard["synthetic"]["image_size"] == list(synthetic.HARD_SIZE)
     with pytest.raises(SystemExit):
-        build.parser().parse_args(["--data-dir", "d", "--preset", "nope"])
+        data_command.parser().parse_args(["--data-dir", "d", "--preset", "nope"])
 
 
 def test_hard_count_is_long_tailed_around_140():
@@ -115,7 +116,7 @@ def test_hard_occlusion_keeps_partly_hidden_products_and_drops_mostly_hidden_one
 def hard_data(tmp_path_factory):
     """A small hard set built as `make data PRESET=hard` builds it."""
     out = tmp_path_factory.mktemp("hard-data")
-    rc = build.main(["--data-dir", str(out), "--preset", "hard", "--train-images", "24", "--val-images", "4",
+    rc = data_command.main(["--data-dir", str(out), "--preset", "hard", "--train-images", "24", "--val-images", "4",
                      "--test-images", "4", "--workers", "2"])
     assert rc == 0
     return out
@@ -172,7 +173,7 @@ def test_make_data_passes_the_preset():
         return [line for line in out.stdout.splitlines() if " -m shelfdet data " in line][-1]
 
     line = dry("PRESET=hard")
-    assert build.parser().parse_args(line.split(" data ", 1)[1].split()).preset == "hard"
+    assert data_command.parser().parse_args(line.split(" data ", 1)[1].split()).preset == "hard"
     assert "--preset" not in dry()
 
 
@@ -182,7 +183,7 @@ def test_the_hard_preset_never_replaces_the_main_jobs_data():
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         line = [line for line in out.stdout.splitlines() if " -m shelfdet data " in line][-1]
-        return build.parser().parse_args(line.split(" data ", 1)[1].split()).data_dir
+        return data_command.parser().parse_args(line.split(" data ", 1)[1].split()).data_dir
 
     assert data_dir("PRESET=hard") == "data-hard"
     assert data_dir() == "data"

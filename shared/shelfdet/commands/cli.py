@@ -10,9 +10,9 @@ import sys
 from typing import List, Optional
 
 COMMANDS = {
-    "data": ("shelfdet.data.build", "build the dataset (synthetic or SKU-110K) into manifests"),
-    "data-stats": ("shelfdet.data.stats", "objects per image and box sizes of a built dataset (docs/data.md's table)"),
-    "upload": ("shelfdet.data.upload", "upload a built dataset to S3"),
+    "data": ("shelfdet.commands.data", "build the dataset (synthetic or SKU-110K) into manifests"),
+    "data-stats": ("shelfdet.commands.data_stats", "objects per image and box sizes of a built dataset (docs/data.md's table)"),
+    "upload": ("shelfdet.commands.upload", "upload a built dataset to S3"),
     "visualize": ("shelfdet.core.visualize", "PNGs of ground-truth (and predicted) boxes"),
     "train": ("shelfdet.commands.train", "train locally in a SageMaker-shaped run folder, or launch on SageMaker"),
     "tensorboard": ("shelfdet.commands.tensorboard", "TensorBoard over local runs or a SageMaker job's event files"),

@@ -87,9 +87,9 @@ def ensure_data(data_dir: str) -> None:
     if os.path.isfile(os.path.join(data_dir, "report.json")):
         return
     print("[train] no dataset in {}: generating the synthetic SKU-110K set (make data)".format(data_dir), flush=True)
-    from shelfdet.data import build
+    from shelfdet.commands import data
 
-    rc = build.main(["--data-dir", data_dir])
+    rc = data.main(["--data-dir", data_dir])
     if rc:
         raise SystemExit(rc)
 

@@ -8,9 +8,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from shelfdet.core import compat
-
-CHANNELS = ("training", "validation", "test")
+from shelfdet.core import CHANNELS, compat  # noqa: F401 - CHANNELS: read here by training and commands
 
 
 class ManifestError(ValueError):

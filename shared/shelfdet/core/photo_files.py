@@ -1,4 +1,9 @@
-"""Decode-checks images in parallel and reads their displayed size; writes resized copies; the reduced-scale decode.
+"""Photo files: the one opener (JPEG and PNG only), decode checks in parallel with their displayed size,
+resized copies, the reduced-scale decode.
+
+:func:`open_image` lets Pillow try its JPEG and PNG openers and no other: bytes from outside never
+reach the WebP, TIFF, ICO, TGA or JPEG 2000 decoders (the Docker images' Pillow has had exploited
+bugs in libwebp). :mod:`shelfdet.core.photos` decodes on top of this module.
 
 cv2.imdecode "succeeds" on a truncated JPEG (grey bottom, a warning on
 stderr), so the check is Pillow's: ``verify`` for the container, then a full
@@ -17,20 +22,19 @@ import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar
+from typing import IO, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from shelfdet.core import photos
-from shelfdet.data import written
+from shelfdet.core.atomic import temp_beside
 
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED = (5, 6, 7, 8)
-# EXIF orientation -> the PIL transpose that shows the image upright (Detectron2's table in read_image).
+# EXIF orientation -> the PIL transpose that shows the photo upright (Detectron2's table in read_image).
 UPRIGHT = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
            6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
-# These swap width and height: the stored image is the displayed one turned by 90 degrees.
+# These swap width and height: the stored photo is the displayed one turned by 90 degrees.
 SWAPS_SIDES = (Image.TRANSPOSE, Image.ROTATE_270, Image.TRANSVERSE, Image.ROTATE_90)
 # Formats libjpeg decodes (MPO: phone photos with a second picture appended).
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -66,29 +70,108 @@ _OTHER_FRAMES = frozenset(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}  # progressive
 T_ = TypeVar("T_")
 
 
+# The formats Pillow may try on a photo: what the endpoint's Content-Types name and make data keeps.
+# A camera JPEG with a second picture appended comes back from the JPEG opener as Pillow's "MPO" (MPO
+# is no opener of its own: Image.open(formats=["MPO"]) is a KeyError), and is decoded as the JPEG it is.
+ACCEPTED_FORMATS = ("JPEG", "PNG")
+OPENED_FORMATS = ("JPEG", "MPO", "PNG")
+
+# Signatures of formats people send instead, to say which one it was. Read from the bytes here, so
+# that no decoder of theirs is ever asked. Formats without a signature of their own (TGA; CUR, whose
+# first bytes a TGA can have) are "unrecognised data".
+_OTHER_FORMATS = (
+    (0, (b"RIFF",), "WebP", (8, b"WEBP")),
+    (0, (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "TIFF", None),
+    (0, (b"\x00\x00\x01\x00",), "ICO", None),
+    (0, (b"GIF87a", b"GIF89a"), "GIF", None),
+    (0, (b"BM",), "BMP", None),
+    (0, (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51"), "JPEG 2000", None),
+    (4, (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc"), "HEIF", None),
+    (4, (b"ftypavif", b"ftypavis"), "AVIF", None),
+    (0, (b"8BPS",), "PSD", None),
+    (0, (b"qoif",), "QOI", None),
+    (0, (b"DDS ",), "DDS", None),
+    (0, (b"icns",), "ICNS", None),
+)
+_JPEG_OR_PNG = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image, are truncated, or declare absurd dimensions."""
+
+
+class FormatNotAccepted(ImageDecodeError):
+    """Bytes that are not a JPEG or PNG (another image format, or no image): never decoded.
+    ``kind`` says what they are ("WebP image", "unrecognised data")."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _not_accepted(name: str, found: Optional[str]) -> FormatNotAccepted:
+    kind = "{} image".format(found) if found else "unrecognised data"
+    return FormatNotAccepted("{}: not a JPEG or PNG image ({})".format(name, kind), kind)
+
+
+def _other_format(head: bytes) -> Optional[str]:
+    for offset, signatures, name, also in _OTHER_FORMATS:
+        if head[offset:].startswith(signatures) and (also is None or head[also[0]:].startswith(also[1])):
+            return name
+    return None
+
+
+def _head(fp: Union[str, "os.PathLike[str]", IO[bytes]]) -> bytes:
+    if isinstance(fp, (str, os.PathLike)):
+        with open(fp, "rb") as f:
+            return f.read(16)
+    fp.seek(0)
+    return fp.read(16)
+
+
+def open_image(fp: Union[str, "os.PathLike[str]", IO[bytes]], name: str = "image") -> Image.Image:
+    """``Image.open`` for every photo from outside: Pillow tries its JPEG and PNG openers only.
+
+    Anything else raises :class:`FormatNotAccepted` (an :class:`ImageDecodeError`) naming the format
+    its first bytes show; a JPEG or PNG whose header does not open raises Pillow's own error.
+    """
+    try:
+        img = Image.open(fp, formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        head = _head(fp)
+        if head.startswith(_JPEG_OR_PNG):
+            raise
+        raise _not_accepted(name, _other_format(head)) from None
+    if img.format not in OPENED_FORMATS:  # a later Pillow's JPEG or PNG opener returning another kind
+        found = img.format
+        img.close()
+        raise _not_accepted(name, found)
+    return img
+
+
 class Checked(NamedTuple):
     width: int
     height: int
-    error: Optional[str]  # None when the image decodes
+    error: Optional[str]  # None when the photo decodes
 
 
 def check(path: str) -> Checked:
     try:
-        with photos.open_image(path, path) as im:
+        with open_image(path, path) as im:
             im.verify()
         with open(path, "rb") as f:
             data = f.read()
 
         def load(fp: io.BytesIO) -> Tuple[Tuple[int, int], int]:
-            with photos.open_image(fp, path) as im:
+            with open_image(fp, path) as im:
                 size, orientation = im.size, im.getexif().get(EXIF_ORIENTATION, 1)
                 im.load()
             return size, orientation
 
         ((width, height), orientation), damage = load_checked(data, load)
-    except photos.FormatNotAccepted as err:
+    except FormatNotAccepted as err:
         return Checked(0, 0, "not a JPEG or PNG image ({})".format(err.kind))
-    except Exception as err:  # noqa: BLE001 - any decoder failure means "unusable image"
+    except Exception as err:  # noqa: BLE001 - any decoder failure means "unusable photo"
         return Checked(0, 0, "{}: {}".format(type(err).__name__, err))
     if damage:
         return Checked(0, 0, "; ".join(damage))
@@ -105,7 +188,7 @@ def check_all(paths: List[str], workers: Optional[int] = None) -> Dict[str, Chec
 
 
 def fit(width: int, height: int, max_side: int) -> Tuple[int, int]:
-    """The size with the longer side at most ``max_side``, aspect kept; smaller images keep theirs."""
+    """The size with the longer side at most ``max_side``, aspect kept; smaller photos keep theirs."""
     longer = max(width, height)
     if longer <= max_side:
         return width, height
@@ -125,7 +208,7 @@ def draft_size(size: Tuple[int, int], full: Tuple[int, int]) -> Optional[Tuple[i
 
 
 def exif_transpose_method(image: Image.Image) -> Optional[int]:
-    """The transpose that applies the image's EXIF orientation, or None; unreadable EXIF counts as none."""
+    """The transpose that applies the photo's EXIF orientation, or None; unreadable EXIF counts as none."""
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION)
     except Exception:  # noqa: BLE001 - broken EXIF: Detectron2 ignores it too
@@ -134,9 +217,9 @@ def exif_transpose_method(image: Image.Image) -> Optional[int]:
 
 
 def decode_resized(image: Image.Image, size: Optional[Tuple[int, int]], method: Optional[int]) -> Image.Image:
-    """An opened image -> RGB at ``size`` (width, height, after orientation), EXIF orientation applied.
+    """An opened photo -> RGB at ``size`` (width, height, after orientation), EXIF orientation applied.
 
-    ``size=None`` keeps the image's own size. JPEGs are decoded at the
+    ``size=None`` keeps the photo's own size. JPEGs are decoded at the
     largest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
     DRAFT_MARGINS times ``size`` (libjpeg's scaled IDCT: at 1/2 a photo
     decodes in about 3/5 of the time and resizes in a third), then resized
@@ -168,12 +251,12 @@ def decode_resized(image: Image.Image, size: Optional[Tuple[int, int]], method: 
 
 def decode_crop(image: Image.Image, size: Tuple[int, int], window: Tuple[int, int, int, int],
                 method: Optional[int]) -> Image.Image:
-    """An opened image -> RGB of ``window`` (left, top, width, height) of the image resized to ``size``
-    (width, height, after orientation): what resizing the whole image and cropping it gives, computed
+    """An opened photo -> RGB of ``window`` (left, top, width, height) of the photo resized to ``size``
+    (width, height, after orientation): what resizing the whole photo and cropping it gives, computed
     over the window's source pixels only, from a reduced-scale decode where the resize allows one.
 
     Pillow's resize with a ``box`` maps output pixels exactly as the whole resize does (same scale,
-    same offsets), so the window's pixels equal the whole image's within rounding.
+    same offsets), so the window's pixels equal the whole photo's within rounding.
     """
     left, top, width, height = window
     if method is not None:  # rare (phone photos with EXIF rotation): whole, then cut
@@ -271,8 +354,8 @@ class ScanProbe(io.BytesIO):
 
 
 def load_checked(data: bytes, load: Callable[[io.BytesIO], T_]) -> Tuple[T_, List[str]]:
-    """``load(file)`` (it opens and decodes the image) on ``data``, and the damage libjpeg decoded through:
-    a JPEG with one sequential scan is read through a :class:`ScanProbe`, other images as they are."""
+    """``load(file)`` (it opens and decodes the photo) on ``data``, and the damage libjpeg decoded through:
+    a JPEG with one sequential scan is read through a :class:`ScanProbe`, other photos as they are."""
     scan = jpeg_scan(data)
     if scan is None:
         return load(io.BytesIO(data)), []
@@ -289,7 +372,7 @@ def write_resized(src: str, dst: str, size: Tuple[int, int]) -> int:
     atomically, so a hard link to ``src`` left there by an earlier build is
     never written through.
     """
-    with photos.open_image(src, src) as im:
+    with open_image(src, src) as im:
         fmt = im.format
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
         stored = (size[1], size[0]) if orientation in TRANSPOSED else tuple(size)
@@ -300,7 +383,7 @@ def write_resized(src: str, dst: str, size: Tuple[int, int]) -> int:
         out = out.resize(stored, RESIZE_FILTER)
         if orientation in UPRIGHT:
             out = out.transpose(UPRIGHT[orientation])
-    tmp = written.temp_beside(dst)
+    tmp = temp_beside(dst)
     try:
         if fmt in ("JPEG", "MPO"):
             out.save(tmp, "JPEG", quality=JPEG_QUALITY)

@@ -1,112 +1,33 @@
-"""Image decoding shared by training-time evaluation, prediction and serving.
+"""Photo decoding shared by training-time evaluation, prediction and serving.
 
 One decoder everywhere, so a model scored offline and the same model behind
 the endpoint see identical pixels (EXIF orientation applied, BGR order).
 
 A model's input is decoded by :func:`decode_scaled` straight at its test
-scale, the training mapper's way (``data.images.decode_resized``): size and
+scale, the training mapper's way (``photo_files.decode_resized``): size and
 EXIF orientation from the header, libjpeg's reduced DCT scales with a margin,
 then Detectron2's resize, then the orientation. Damaged JPEG data is caught on
-the way (``data.images.load_checked``) and reported, not refused.
+the way (``photo_files.load_checked``) and reported, not refused.
 
 Every photo shelfdet opens, from a request, a data folder or a training
-channel, goes through :func:`open_image`, which lets Pillow try its JPEG and
-PNG openers and no other: bytes from outside never reach the WebP, TIFF, ICO,
-TGA or JPEG 2000 decoders (the images' Pillow has had exploited bugs in
-libwebp).
+channel, goes through :func:`open_image` (in :mod:`shelfdet.core.photo_files`),
+which lets Pillow try its JPEG and PNG openers and no other.
 """
 from __future__ import annotations
 
 import io
-import os
-from typing import IO, NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from shelfdet.core import photo_files
+# The opener and its errors live with the file checks that use them; their public names stay here too.
+from shelfdet.core.photo_files import (  # noqa: F401
+    ACCEPTED_FORMATS, OPENED_FORMATS, FormatNotAccepted, ImageDecodeError, open_image)
 
 # Shelf photos are up to ~12 MP; 60 MP leaves room and still caps memory at ~180 MB per image.
 MAX_PIXELS = 60_000_000
-
-
-# The formats Pillow may try on a photo: what the endpoint's Content-Types name and make data keeps.
-# A camera JPEG with a second picture appended comes back from the JPEG opener as Pillow's "MPO" (MPO
-# is no opener of its own: Image.open(formats=["MPO"]) is a KeyError), and is decoded as the JPEG it is.
-ACCEPTED_FORMATS = ("JPEG", "PNG")
-OPENED_FORMATS = ("JPEG", "MPO", "PNG")
-
-# Signatures of formats people send instead, to say which one it was. Read from the bytes here, so
-# that no decoder of theirs is ever asked. Formats without a signature of their own (TGA; CUR, whose
-# first bytes a TGA can have) are "unrecognised data".
-_OTHER_FORMATS = (
-    (0, (b"RIFF",), "WebP", (8, b"WEBP")),
-    (0, (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "TIFF", None),
-    (0, (b"\x00\x00\x01\x00",), "ICO", None),
-    (0, (b"GIF87a", b"GIF89a"), "GIF", None),
-    (0, (b"BM",), "BMP", None),
-    (0, (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51"), "JPEG 2000", None),
-    (4, (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc"), "HEIF", None),
-    (4, (b"ftypavif", b"ftypavis"), "AVIF", None),
-    (0, (b"8BPS",), "PSD", None),
-    (0, (b"qoif",), "QOI", None),
-    (0, (b"DDS ",), "DDS", None),
-    (0, (b"icns",), "ICNS", None),
-)
-_JPEG_OR_PNG = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
-
-
-class ImageDecodeError(ValueError):
-    """The bytes are not a decodable image, are truncated, or declare absurd dimensions."""
-
-
-class FormatNotAccepted(ImageDecodeError):
-    """Bytes that are not a JPEG or PNG (another image format, or no image): never decoded.
-    ``kind`` says what they are ("WebP image", "unrecognised data")."""
-
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-def _not_accepted(name: str, found: Optional[str]) -> FormatNotAccepted:
-    kind = "{} image".format(found) if found else "unrecognised data"
-    return FormatNotAccepted("{}: not a JPEG or PNG image ({})".format(name, kind), kind)
-
-
-def _other_format(head: bytes) -> Optional[str]:
-    for offset, signatures, name, also in _OTHER_FORMATS:
-        if head[offset:].startswith(signatures) and (also is None or head[also[0]:].startswith(also[1])):
-            return name
-    return None
-
-
-def _head(fp: Union[str, "os.PathLike[str]", IO[bytes]]) -> bytes:
-    if isinstance(fp, (str, os.PathLike)):
-        with open(fp, "rb") as f:
-            return f.read(16)
-    fp.seek(0)
-    return fp.read(16)
-
-
-def open_image(fp: Union[str, "os.PathLike[str]", IO[bytes]], name: str = "image") -> Image.Image:
-    """``Image.open`` for every photo from outside: Pillow tries its JPEG and PNG openers only.
-
-    Anything else raises :class:`FormatNotAccepted` (an :class:`ImageDecodeError`) naming the format
-    its first bytes show; a JPEG or PNG whose header does not open raises Pillow's own error.
-    """
-    try:
-        img = Image.open(fp, formats=ACCEPTED_FORMATS)
-    except UnidentifiedImageError:
-        head = _head(fp)
-        if head.startswith(_JPEG_OR_PNG):
-            raise
-        raise _not_accepted(name, _other_format(head)) from None
-    if img.format not in OPENED_FORMATS:  # a later Pillow's JPEG or PNG opener returning another kind
-        found = img.format
-        img.close()
-        raise _not_accepted(name, found)
-    return img
 
 
 class Decoded(NamedTuple):

@@ -1,13 +1,14 @@
 """The data pipeline: synthetic SKU-110K, SKU-110K -> augmented manifests, upload.
 
 Names shared by its modules live here so that the converter, the generator and
-the tests agree on the layout of SPEC §2-3 without importing each other.
+the tests agree on the layout (SKU110K_fixed's CSVs, the channels) without importing each other.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
-CHANNELS = ("training", "validation", "test")
+from shelfdet.core import CHANNELS  # noqa: F401 - the data room's name for it
+
 # SKU-110K splits by file-name prefix, not by which CSV a row came from.
 PREFIX_TO_CHANNEL: Dict[str, str] = {"train_": "training", "val_": "validation", "test_": "test"}
 SPLITS = ("train", "val", "test")
@@ -18,9 +19,9 @@ CLASS_MAP = {"0": "SKU"}
 REPORT = "report.json"
 
 
-def channel_of(image_name: str) -> Optional[str]:
+def channel_of(photo_name: str) -> Optional[str]:
     for prefix, channel in PREFIX_TO_CHANNEL.items():
-        if image_name.startswith(prefix):
+        if photo_name.startswith(prefix):
             return channel
     return None
 

@@ -10,14 +10,13 @@ that cannot become a box is returned as a problem, never skipped quietly.
 from __future__ import annotations
 
 import csv
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from shelfdet.data import CSV_CLASS
+from shelfdet.data import CSV_CLASS, checks
 
 COLUMNS = ("image_name", "x1", "y1", "x2", "y2", "class", "image_width", "image_height")
 NUMERIC = (1, 2, 3, 4, 6, 7)  # column indices, in the order of Rows.values
@@ -32,31 +31,6 @@ class Rows(NamedTuple):
     line: np.ndarray  # int32, 1-based: there is no header line
     names: List[str]
     files: List[str]
-
-
-def problem(path: str, line: int, image: str, field: str, kind: str, action: str, message: str,
-            **extra: Any) -> Dict[str, Any]:
-    out = {"file": path, "line": int(line), "image": image, "field": field, "kind": kind,
-           "action": action, "message": message}
-    out.update(extra)
-    return out
-
-
-def _row_problem(path: str, line: int, row: List[str]) -> Dict[str, Any]:
-    image = row[0] if row else ""
-    if len(row) != len(COLUMNS):
-        return problem(path, line, image, "row", "wrong_column_count", "dropped",
-                       "{} columns, expected {} ({})".format(len(row), len(COLUMNS), ",".join(COLUMNS)))
-    for k in NUMERIC:
-        try:
-            ok = math.isfinite(float(row[k]))
-        except ValueError:
-            ok = False
-        if not ok:
-            return problem(path, line, image, COLUMNS[k], "non_numeric", "dropped",
-                           "{} is {!r}, not a number".format(COLUMNS[k], row[k]))
-    return problem(path, line, image, "class", "unknown_class", "dropped",
-                   "class is {!r}, expected {!r}".format(row[5], CSV_CLASS))
 
 
 def _slow_row(text: str) -> List[str]:
@@ -218,7 +192,7 @@ def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
                         row = _slow_row(text)
                         v = _row_values(row)
                         if v is None:
-                            problems.append(_row_problem(path, ln, row))
+                            problems.append(checks.csv_row(path, ln, row, COLUMNS, NUMERIC, CSV_CLASS))
                         else:
                             extra_ids.append(index.setdefault(row[0], len(index)))
                             extra_vals.append(v)

@@ -1,24 +1,27 @@
 """SRC (a folder, the .tar.gz, or its http(s)/s3 URL) -> an extracted ``SKU110K_fixed`` folder.
 
 Downloads stream to ``<name>.part`` and resume with a Range request, so an
-interrupted 13 GB download continues where it stopped.
+interrupted 13 GB download continues where it stopped. Progress lines go to a ``say`` callback.
 """
 from __future__ import annotations
 
 import os
-import sys
 import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import IO, Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 from shelfdet.core import safepath
 from shelfdet.data import ROOT_NAME, DataError
 
 CHUNK = 1 << 20
 DONE = ".shelfdet-extracted"
+
+
+def _quiet(line: str) -> None:
+    """The default ``say``: the library prints nothing; ``make data`` passes a writer to stderr."""
 
 
 def is_url(src: str) -> bool:
@@ -42,8 +45,8 @@ def find_root(path: str) -> Optional[str]:
 
 
 class _Progress:
-    def __init__(self, what: str, total: Optional[int], done: int, out: IO[str]):
-        self.what, self.total, self.done, self.out = what, total, done, out
+    def __init__(self, what: str, total: Optional[int], done: int, say: Callable[[str], None]):
+        self.what, self.total, self.done, self.say = what, total, done, say
         self.t0 = self.last = time.time()
         self.start = done
 
@@ -54,8 +57,7 @@ class _Progress:
             self.last = now
             rate = (self.done - self.start) / max(now - self.t0, 1e-6) / 1e6
             pct = " {:5.1f}%".format(100.0 * self.done / self.total) if self.total else ""
-            self.out.write("download {}:{} {:.0f} MB, {:.1f} MB/s\n".format(self.what, pct, self.done / 1e6, rate))
-            self.out.flush()
+            self.say("download {}:{} {:.0f} MB, {:.1f} MB/s".format(self.what, pct, self.done / 1e6, rate))
 
 
 def _http_stream(url: str, offset: int) -> Tuple[Iterator[bytes], Optional[int], bool]:
@@ -94,7 +96,7 @@ def _s3_stream(url: str, offset: int) -> Tuple[Iterator[bytes], Optional[int], b
     return iter(lambda: body.read(CHUNK), b""), total, True
 
 
-def download(url: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
+def download(url: str, dest_dir: str, say: Callable[[str], None] = _quiet) -> str:
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
     try:
         dest = safepath.inside(dest_dir, name)
@@ -112,8 +114,8 @@ def download(url: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
     if not resumed:
         offset = 0
     if offset:
-        out.write("download {}: resuming at {:.0f} MB\n".format(name, offset / 1e6))
-    progress = _Progress(name, total, offset, out)
+        say("download {}: resuming at {:.0f} MB".format(name, offset / 1e6))
+    progress = _Progress(name, total, offset, say)
     with open(part, "ab" if offset else "wb") as f:
         for chunk in chunks:
             f.write(chunk)
@@ -125,7 +127,7 @@ def download(url: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
     return dest
 
 
-def extract(tarball: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
+def extract(tarball: str, dest_dir: str, say: Callable[[str], None] = _quiet) -> str:
     stamp = "{} {}".format(os.path.getsize(tarball), int(os.path.getmtime(tarball)))
     marker = os.path.join(dest_dir, DONE)
     if os.path.isfile(marker) and open(marker).read() == stamp:
@@ -133,7 +135,7 @@ def extract(tarball: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
         if root:
             return root
     os.makedirs(dest_dir, exist_ok=True)
-    out.write("extracting {} into {}\n".format(tarball, dest_dir))
+    say("extracting {} into {}".format(tarball, dest_dir))
     try:
         with tarfile.open(tarball, "r:*") as tar:
             if hasattr(tarfile, "data_filter"):
@@ -153,10 +155,10 @@ def extract(tarball: str, dest_dir: str, out: IO[str] = sys.stderr) -> str:
     return root
 
 
-def resolve(src: str, work_dir: str, out: IO[str] = sys.stderr) -> str:
+def resolve(src: str, work_dir: str, say: Callable[[str], None] = _quiet) -> str:
     """Returns the SKU110K_fixed folder for SRC, downloading and extracting into work_dir as needed."""
     if is_url(src):
-        src = download(src, os.path.join(work_dir, "download"), out)
+        src = download(src, os.path.join(work_dir, "download"), say)
     if os.path.isdir(src):
         root = find_root(src)
         if not root:
@@ -165,5 +167,5 @@ def resolve(src: str, work_dir: str, out: IO[str] = sys.stderr) -> str:
     if os.path.isfile(src):
         if not tarfile.is_tarfile(src):
             raise DataError("SRC {}: not a folder, a .tar.gz or an http(s)/s3 URL".format(src))
-        return extract(src, os.path.join(work_dir, "extracted"), out)
+        return extract(src, os.path.join(work_dir, "extracted"), say)
     raise DataError("SRC {}: no such file or folder".format(src))

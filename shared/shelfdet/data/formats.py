@@ -1,18 +1,19 @@
 """``make data SRC=<folder> FORMAT=coco|voc|yolo|gt``: labels from CVAT, Label Studio, Roboflow or
 SageMaker Ground Truth, through the same checks and the same report as the SKU-110K CSV.
 
-Each reader takes its format's standard layout and yields images with their boxes (in pixels,
-x1 y1 x2 y2) and where each was declared (file, line, field); :func:`convert` checks every image
-(decodes, size) and box (no area, outside the image, crossing its border, unknown class) and writes
+Each reader (:data:`READERS`, by format) takes its format's standard layout and yields photos with their
+boxes (in pixels, x1 y1 x2 y2; YOLO's as fractions of the photo) and where each was declared (file, line,
+field); :func:`convert` checks every photo (decodes, size) and box (:mod:`shelfdet.data.checks`: no area,
+outside the photo, crossing its border, unknown class) and writes
 the channels, the manifests (multi-class maps kept) and ``report.json``:
 
-- coco: ``annotations/instances_<split>.json`` with the images in ``<split>/`` (COCO 2017's
+- coco: ``annotations/instances_<split>.json`` with the photos in ``<split>/`` (COCO 2017's
   ``train2017`` style, a year after the split, is allowed);
 - voc: ``Annotations/<id>.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``;
 - yolo: ``images/<split>/``, ``labels/<split>/<stem>.txt`` (class cx cy w h, normalised), class
   names from ``data.yaml``;
 - gt: Ground Truth output manifests ``<split>.manifest`` (or ``output.manifest`` for one split given
-  as ``<split>/output.manifest``), image paths local (absolute or relative to SRC) or s3://.
+  as ``<split>/output.manifest``), photo paths local (absolute or relative to SRC) or s3://.
 
 Splits ``train``, ``val`` (or ``valid``) and ``test`` become the training, validation and test channels.
 """
@@ -27,14 +28,17 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from shelfdet.core import safepath
-from shelfdet.data import CHANNELS, REPORT, DataError
-from shelfdet.core import photo_files
+import numpy as np
+
+from shelfdet.core import photo_files, safepath
+from shelfdet.data import CHANNELS, DataError, checks, manifests
+from shelfdet.data.manifests import Entry, quiet, write_report
+from shelfdet.data.written import Written
 
 FORMATS = ("coco", "voc", "yolo", "gt")
 SPLIT_TO_CHANNEL = {"train": "training", "val": "validation", "valid": "validation", "validation": "validation",
                     "test": "test"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 JOB_NAME = "labeling-job/converted"
 
 
@@ -52,10 +56,10 @@ class Box(NamedTuple):
 class Item(NamedTuple):
     channel: str
     name: str  # the file name in the channel folder
-    path: str  # the image file, or an s3:// URI
+    path: str  # the photo file, or an s3:// URI
     boxes: List[Box]
     size: Optional[Tuple[float, float]]  # what the labels declare, checked against the file
-    file: str  # where the image is declared
+    file: str  # where the photo is declared
     line: int
 
 
@@ -64,18 +68,6 @@ class Source(NamedTuple):
     classes: List[str]
     problems: List[Dict[str, Any]]
     stamp_files: List[str]  # the label files: a rebuild is due when one changes
-
-
-def problem(file: str, line: int, image: str, field: str, kind: str, action: str, message: str) -> Dict[str, Any]:
-    return {"file": file, "line": int(line), "image": image, "field": field, "kind": kind, "action": action,
-            "message": message}
-
-
-def unsafe(file: str, line: int, field: str, err: Exception, boxes: int = 0, image: str = "") -> Dict[str, Any]:
-    """The problem of an image whose name would lead out of its folder: the image and its ``boxes`` dropped."""
-    out = problem(file, line, image, field, "unsafe_name", "dropped", "{}: the image and its boxes are dropped".format(err))
-    out["rows"] = boxes
-    return out
 
 
 def _channel(split: str, where: str) -> str:
@@ -114,35 +106,35 @@ def read_coco(root: str) -> Source:
             categories[c["id"]] = name
         loaded.append((path, folder, channel, doc))
     for path, folder, channel, doc in loaded:
-        image_dir = os.path.join(root, folder)
+        photo_dir = os.path.join(root, folder)
         by_id, refused = {}, {}  # type: Dict[Any, Item], Dict[Any, Tuple[int, Exception]]
         for i, im in enumerate(doc["images"]):
-            # Exports may name a folder in file_name; the image is looked up by its file name in <split>/.
+            # Exports may name a folder in file_name; the photo is looked up by its file name in <split>/.
             file_name = im.get("file_name", "")
             try:
                 safepath.check(file_name, subpath=True)
                 name = os.path.basename(file_name)
-                image = safepath.inside(image_dir, name, links=True)
+                photo = safepath.inside(photo_dir, name, links=True)
             except safepath.UnsafeName as err:
                 refused[im.get("id")] = (i + 1, err)
-                name, image = "", ""
+                name, photo = "", ""
             size = (float(im["width"]), float(im["height"])) if "width" in im and "height" in im else None
-            by_id[im.get("id")] = Item(channel, name, image, [], size, path, i + 1)
+            by_id[im.get("id")] = Item(channel, name, photo, [], size, path, i + 1)
         for i, a in enumerate(doc["annotations"]):
             where = "annotations[{}]".format(i)
             item = by_id.get(a.get("image_id"))
             if item is None:
-                problems.append(problem(path, i + 1, "", where + ".image_id", "unknown_image", "dropped",
+                problems.append(checks.problem(path, i + 1, "", where + ".image_id", "unknown_image", "dropped",
                                         "image_id {} is not in images".format(a.get("image_id"))))
                 continue
             if a.get("iscrowd"):
-                problems.append(problem(path, i + 1, item.name, where + ".iscrowd", "crowd", "dropped",
+                problems.append(checks.problem(path, i + 1, item.name, where + ".iscrowd", "crowd", "dropped",
                                         "a crowd region (iscrowd=1), not one object"))
                 continue
             try:
                 x, y, w, h = (float(v) for v in a["bbox"])
             except (KeyError, TypeError, ValueError):
-                problems.append(problem(path, i + 1, item.name, where + ".bbox", "bad_value", "dropped",
+                problems.append(checks.problem(path, i + 1, item.name, where + ".bbox", "bad_value", "dropped",
                                         "bbox {!r} is not [x, y, width, height]".format(a.get("bbox"))))
                 continue
             cls = categories.get(a.get("category_id"))
@@ -150,7 +142,7 @@ def read_coco(root: str) -> Source:
             item.boxes.append(Box(x, y, x + w, y + h, "#{}".format(a.get("category_id")) if cls is None else cls,
                                   path, i + 1, field))
         for image_id, (line, err) in refused.items():
-            problems.append(unsafe(path, line, "images[{}].file_name".format(line - 1), err, len(by_id.pop(image_id).boxes)))
+            problems.append(checks.unsafe(path, line, "images[{}].file_name".format(line - 1), err, len(by_id.pop(image_id).boxes)))
         items += by_id.values()
     classes = [categories[k] for k in sorted(categories)]
     return Source(items, classes, problems, files)
@@ -182,10 +174,10 @@ def read_voc(root: str) -> Source:
             try:
                 xml = safepath.inside(os.path.join(root, "Annotations"), image_id + ".xml", links=True)
             except safepath.UnsafeName as err:
-                problems.append(unsafe(split_file, line_no, "id", err))
+                problems.append(checks.unsafe(split_file, line_no, "id", err))
                 continue
             if not os.path.isfile(xml):
-                problems.append(problem(split_file, line_no, image_id, "id", "labels_missing", "dropped",
+                problems.append(checks.problem(split_file, line_no, image_id, "id", "labels_missing", "dropped",
                                         "no {}".format(xml)))
                 continue
             stamp.append(xml)
@@ -194,7 +186,7 @@ def read_voc(root: str) -> Source:
             try:
                 doc = ET.fromstring(text)
             except ET.ParseError as err:
-                problems.append(problem(xml, err.position[0], image_id, "xml", "bad_value", "dropped",
+                problems.append(checks.problem(xml, err.position[0], image_id, "xml", "bad_value", "dropped",
                                         "not valid XML ({})".format(err)))
                 continue
             name = (doc.findtext("filename") or image_id + ".jpg").strip()
@@ -203,11 +195,11 @@ def read_voc(root: str) -> Source:
             if size is not None and size.findtext("width") and size.findtext("height"):
                 declared = (float(size.findtext("width")), float(size.findtext("height")))
             try:
-                image = safepath.inside(os.path.join(root, "JPEGImages"), name, links=True)
+                photo = safepath.inside(os.path.join(root, "JPEGImages"), name, links=True)
             except safepath.UnsafeName as err:
-                problems.append(unsafe(xml, _line_of(text, "<filename"), "filename", err, len(doc.findall("object"))))
+                problems.append(checks.unsafe(xml, _line_of(text, "<filename"), "filename", err, len(doc.findall("object"))))
                 continue
-            item = Item(channel, name, image, [], declared, xml, 1)
+            item = Item(channel, name, photo, [], declared, xml, 1)
             for obj, line in zip(doc.findall("object"), _object_lines(text)):
                 cls = (obj.findtext("name") or "").strip()
                 box = obj.find("bndbox")
@@ -215,7 +207,7 @@ def read_voc(root: str) -> Source:
                     # VOC counts pixels from 1 (Detectron2's own VOC loader subtracts 1 the same way).
                     x1, y1, x2, y2 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
                 except (AttributeError, TypeError, ValueError):
-                    problems.append(problem(xml, line, name, "bndbox", "bad_value", "dropped",
+                    problems.append(checks.problem(xml, line, name, "bndbox", "bad_value", "dropped",
                                             "object {!r} has no numeric xmin/ymin/xmax/ymax".format(cls)))
                     continue
                 item.boxes.append(Box(x1 - 1, y1 - 1, x2, y2, cls, xml, line, "bndbox"))
@@ -254,7 +246,7 @@ def read_yolo(root: str) -> Source:
     for split in splits:
         channel = _channel(split, os.path.join(root, "images", split))
         for name in sorted(os.listdir(os.path.join(root, "images", split))):
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
+            if not name.lower().endswith(PHOTO_EXTENSIONS):
                 continue
             label = os.path.join(root, "labels", split, os.path.splitext(name)[0] + ".txt")
             # Names listed from the folder itself: bare file names; data.yaml's path/train/val/test
@@ -262,7 +254,7 @@ def read_yolo(root: str) -> Source:
             item = Item(channel, name, os.path.join(root, "images", split, name), [], None, label, 1)
             items.append(item)
             if not os.path.isfile(label):
-                continue  # an image without a label file has no objects (Ultralytics' convention)
+                continue  # a photo without a label file has no objects (Ultralytics' convention)
             stamp.append(label)
             with open(label) as f:
                 for line_no, line in enumerate(f, 1):
@@ -275,11 +267,11 @@ def read_yolo(root: str) -> Source:
                         index = int(words[0])
                         cx, cy, w, h = (float(v) for v in words[1:])
                     except ValueError as err:
-                        problems.append(problem(label, line_no, name, "row", "bad_value", "dropped",
+                        problems.append(checks.problem(label, line_no, name, "row", "bad_value", "dropped",
                                                 "{!r}: {}".format(line.strip(), err)))
                         continue
                     cls = classes[index] if 0 <= index < len(classes) else "#{}".format(index)
-                    # Normalised until the image's size is known (convert scales them).
+                    # Normalised until the photo's size is known (the reader's `normalised`: convert scales them).
                     item.boxes.append(Box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, cls, label, line_no,
                                           "class" if cls.startswith("#") else "cx cy w h"))
     return Source(items, classes, problems, stamp)
@@ -313,7 +305,7 @@ def read_gt(root: str) -> Source:
                 try:
                     record = json.loads(line)
                 except ValueError as err:
-                    problems.append(problem(path, line_no, "", "json", "bad_value", "dropped",
+                    problems.append(checks.problem(path, line_no, "", "json", "bad_value", "dropped",
                                             "not a JSON line ({})".format(err)))
                     continue
                 ref = record.get("source-ref", "") if isinstance(record, dict) else ""
@@ -321,7 +313,7 @@ def read_gt(root: str) -> Source:
                 label = _gt_label(record) if isinstance(record, dict) else None
                 name = os.path.basename(ref)
                 if not ref or label is None:
-                    problems.append(problem(path, line_no, name, "source-ref" if not ref else "label", "bad_value",
+                    problems.append(checks.problem(path, line_no, name, "source-ref" if not ref else "label", "bad_value",
                                             "dropped", "no source-ref" if not ref else
                                             "no bounding-box label attribute (<name> with annotations, and <name>-metadata)"))
                     continue
@@ -337,14 +329,14 @@ def read_gt(root: str) -> Source:
                     # s3:// refs are checked where they are downloaded: their key becomes a path there.
                     local = ref if ref.startswith("s3://") else safepath.inside(root, ref, subpath=True, absolute=True, links=True)
                 except safepath.UnsafeName as err:
-                    problems.append(unsafe(path, line_no, "source-ref", err, len(record[label].get("annotations") or [])))
+                    problems.append(checks.unsafe(path, line_no, "source-ref", err, len(record[label].get("annotations") or [])))
                     continue
                 item = Item(channel, name, local, [], declared, path, line_no)
                 for i, a in enumerate(record[label]["annotations"]):
                     try:
                         x, y, w, h = (float(a[k]) for k in ("left", "top", "width", "height"))
                     except (KeyError, TypeError, ValueError):
-                        problems.append(problem(path, line_no, name, "annotations[{}]".format(i), "bad_value", "dropped",
+                        problems.append(checks.problem(path, line_no, name, "annotations[{}]".format(i), "bad_value", "dropped",
                                                 "{!r} is not left/top/width/height".format(a)))
                         continue
                     cid = a.get("class_id", 0)
@@ -358,20 +350,47 @@ def read_gt(root: str) -> Source:
     return Source(items, classes, problems, [p for _, p in files])
 
 
-READERS: Dict[str, Callable[[str], Source]] = {"coco": read_coco, "voc": read_voc, "yolo": read_yolo, "gt": read_gt}
+class Reader(NamedTuple):
+    """A format's reader, and what its boxes need before the common checks."""
+
+    read: Callable[[str], Source]
+    # Boxes given as fractions of the photo's size (YOLO): scaled to pixels once the file's size is known,
+    # rounded to two decimals like resized boxes.
+    normalised: bool = False
+
+
+READERS: Dict[str, Reader] = {"coco": Reader(read_coco), "voc": Reader(read_voc),
+                              "yolo": Reader(read_yolo, normalised=True), "gt": Reader(read_gt)}
+FORMATS = tuple(READERS)
 
 
 def stamp(root: str, fmt: str, files: Optional[List[str]] = None) -> List[List[Any]]:
     """Size and mtime of every label file (the data is rebuilt when one changes); ``files``: the reader's
     list when the labels were just read."""
-    files = READERS[fmt](root).stamp_files if files is None else files
+    files = READERS[fmt].read(root).stamp_files if files is None else files
     return [[os.path.relpath(p, root), os.path.getsize(p), int(os.path.getmtime(p))] for p in files]
 
 
 # ---- the common half: checks, channels, manifests, report ---------------------------------
 
-def _s3_images(items: List[Item], written: "Any", problems: List[Dict[str, Any]], log: Callable[[str], None]) -> List[Item]:
-    """Ground Truth's s3:// images, downloaded once into DATA_DIR/source/s3/<bucket>/<key> (kept when the size
+def _download(s3: Any, item: Item, local: str, log: Callable[[str], None]) -> Tuple[str, bool]:
+    """(the local file, whether it was downloaded); a photo that fails keeps its s3:// path (then missing)."""
+    bucket, _, key = item.path[len("s3://"):].partition("/")
+    try:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        if os.path.isfile(local) and os.path.getsize(local) == size:
+            return local, False
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        s3.download_file(bucket, key, local)
+        return local, True
+    except Exception as err:  # reported per photo as missing, with the reason
+        log("data: cannot download {}: {}".format(item.path, err))
+        return item.path, False
+
+
+def _s3_photos(items: List[Item], written: Written, problems: List[Dict[str, Any]],
+               log: Callable[[str], None]) -> List[Item]:
+    """Ground Truth's s3:// photos, downloaded once into DATA_DIR/source/s3/<bucket>/<key> (kept when the size
     matches); a bucket or key that would lead out of that folder is dropped and reported."""
     remote = [i for i in items if i.path.startswith("s3://")]
     if not remote:
@@ -387,19 +406,11 @@ def _s3_images(items: List[Item], written: "Any", problems: List[Dict[str, Any]]
         try:
             local = safepath.inside(safepath.inside(work, bucket), key, subpath=True)
         except safepath.UnsafeName as err:
-            problems.append(unsafe(item.file, item.line, "source-ref", err, len(item.boxes), item.name))
+            problems.append(checks.unsafe(item.file, item.line, "source-ref", err, len(item.boxes), item.name))
             refused.add(id(item))
             continue
-        try:
-            size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-            if not (os.path.isfile(local) and os.path.getsize(local) == size):
-                os.makedirs(os.path.dirname(local), exist_ok=True)
-                s3.download_file(bucket, key, local)
-                fetched += 1
-        except Exception as err:  # reported per image as missing, with the reason
-            log("data: cannot download {}: {}".format(item.path, err))
-            local = item.path
-        out[id(item)] = local
+        out[id(item)], downloaded = _download(s3, item, local, log)
+        fetched += downloaded
     log("data: {} image(s) from S3 ({} downloaded) into {}".format(len(remote) - len(refused), fetched, work))
     return [i._replace(path=out.get(id(i), i.path)) for i in items if id(i) not in refused]
 
@@ -408,153 +419,146 @@ def _number(v: float) -> Any:
     return int(v) if float(v).is_integer() else round(float(v), 2)
 
 
-def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
-            label: str = "sku", workers: Optional[int] = None, extra: Optional[Dict[str, Any]] = None,
-            log: Callable[[str], None] = print, max_side: Optional[int] = None,
-            written: "Optional[Any]" = None) -> Dict[str, Any]:
-    """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
-    from shelfdet.data.sku110k import _link, _natural, source_ref, write_report
-    from shelfdet.data.written import Written, temp_beside
+class _Tally:
+    """What the checks found so far: the problems, dropped boxes per reason, rows, clipped boxes, photos."""
 
-    if fmt not in READERS:
-        raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
-    if not os.path.isdir(root):
-        raise DataError("{}: not a folder (FORMAT={} reads a folder)".format(root, fmt))
-    source = READERS[fmt](root)
-    extra = dict(extra or {}, source_stamp=stamp(root, fmt, source.stamp_files))  # from this read, not another
-    written = written or Written(data_dir)
-    problems = list(source.problems)
-    items = _s3_images(source.items, written, problems, log)
-    # A label the reader could not use is a dropped box, as a malformed CSV row is (a missing label
-    # file is not: it held no boxes to count); an image refused for its name drops its boxes.
-    by_reason = Counter()  # type: Counter
-    for p in problems:
-        if p["kind"] != "labels_missing":
-            by_reason[p["kind"]] += p.get("rows", 1)
-    rows = sum(by_reason.values())
-    clipped = 0
-    classes = list(source.classes)
+    def __init__(self, problems: List[Dict[str, Any]]):
+        self.problems = problems
+        # A label the reader could not use is a dropped box, as a malformed CSV row is (a missing label
+        # file is not: it held no boxes to count); a photo refused for its name drops its boxes.
+        self.by_reason: Counter = Counter()
+        for p in problems:
+            if p["kind"] != "labels_missing":
+                self.by_reason[p["kind"]] += p.get("rows", 1)
+        self.rows = sum(self.by_reason.values())
+        self.clipped = 0
+        self.corrupted: List[Dict[str, Any]] = []
+        self.dropped: List[Dict[str, Any]] = []
+
+    def drop(self, item: Item, kind: str, message: str) -> None:
+        self.problems.append(checks.problem(item.file, item.line, item.name, "image", kind, "dropped", message))
+        self.by_reason[kind] += len(item.boxes)
+        self.dropped.append({"image": item.name, "reason": kind})
+
+
+def _check_boxes(item: Item, size: Tuple[float, float], out: Tuple[int, int], classes: List[str],
+                 reader: Reader, round_boxes: bool, tally: _Tally) -> List[List[Any]]:
+    """The item's boxes through the common checks: its manifest annotations (class index, left, top,
+    width, height at the ``out`` size); a problem per box dropped or clipped, in label order."""
+    W, H = size
     index = {c: i for i, c in enumerate(classes)}
-    present = [i for i in items if os.path.isfile(i.path)]
-    checked = photo_files.check_all([i.path for i in present], workers)
-    corrupted, dropped_images = [], []  # type: List[Dict[str, Any]], List[Dict[str, Any]]
-    per_channel = {c: [] for c in CHANNELS}  # type: Dict[str, List[Tuple[Item, Tuple[int, int], List[List[Any]]]]]
+    n = len(item.boxes)
+    xy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in item.boxes], np.float64).reshape(-1, 4)
+    if reader.normalised:
+        xy = xy * np.array([W, H, W, H])
+    known = np.array([b.cls in index for b in item.boxes], bool)
+    checked = checks.check_boxes(xy[:, 0], xy[:, 1], xy[:, 2], xy[:, 3], np.full(n, W), np.full(n, H), usable=known)
+    found = [(i, checks.problem(b.file, b.line, item.name, b.field, "unknown_class", "dropped",
+                                checks.unknown_class(b.cls, classes)))
+             for i, b in enumerate(item.boxes) if not known[i]]
+    found += checks.box_problems(checked, lambda i: (item.boxes[i].file, item.boxes[i].line, item.name),
+                                 lambda i, kind: item.boxes[i].field)
+    for _, p in sorted(found, key=lambda f: f[0]):
+        tally.problems.append(p)
+        if p["action"] == "dropped":
+            tally.by_reason[p["kind"]] += 1
+    tally.clipped += int(checked.masks["clipped"].sum())
+    sx, sy = out[0] / W, out[1] / H
+    cx1, cy1, cx2, cy2 = (c.tolist() for c in checked.clipped_boxes)
+    kept = []
+    for i in np.flatnonzero(checked.kept).tolist():
+        box = [cx1[i] * sx, cy1[i] * sy, (cx2[i] - cx1[i]) * sx, (cy2[i] - cy1[i]) * sy]
+        kept.append([index[item.boxes[i].cls]] + [_number(round(v, 2) if round_boxes else v) for v in box])
+    return kept
+
+
+def _check_items(items: List[Item], checked: Dict[str, Any], classes: List[str], reader: Reader,
+                 max_side: Optional[int], tally: _Tally) -> Dict[str, List[Tuple[Item, Entry, List[List[Any]]]]]:
+    """Every item's photo (present once per channel, decoding) and boxes: each channel's entries."""
+    per_channel = {c: [] for c in CHANNELS}  # type: Dict[str, List[Tuple[Item, Entry, List[List[Any]]]]]
     seen = {}  # type: Dict[Tuple[str, str], str]
-
-    def drop(item: Item, kind: str, message: str) -> None:
-        problems.append(problem(item.file, item.line, item.name, "image", kind, "dropped", message))
-        by_reason[kind] += len(item.boxes)
-        dropped_images.append({"image": item.name, "reason": kind})
-
     for item in items:
-        rows += len(item.boxes)
+        tally.rows += len(item.boxes)
         if (item.channel, item.name) in seen:
-            drop(item, "duplicate_name", "{} is already in {} from {}: its boxes are dropped".format(
+            tally.drop(item, "duplicate_name", "{} is already in {} from {}: its boxes are dropped".format(
                 item.name, item.channel, seen[item.channel, item.name]))
             continue
         seen[item.channel, item.name] = item.path
         c = checked.get(item.path)
         if c is None:
-            drop(item, "image_missing", "no such file {}: its boxes are dropped".format(item.path))
+            tally.drop(item, "image_missing", "no such file {}: its boxes are dropped".format(item.path))
             continue
         if c.error:
-            corrupted.append({"image": item.name, "channel": item.channel, "reason": c.error})
-            drop(item, "image_corrupted", "image does not decode: its boxes are dropped")
+            tally.corrupted.append({"image": item.name, "channel": item.channel, "reason": c.error})
+            tally.drop(item, "image_corrupted", checks.PHOTO_CORRUPTED)
             continue
         W, H = float(c.width), float(c.height)
-        if item.size and fmt != "yolo" and item.size != (W, H):
-            problems.append(problem(item.file, item.line, item.name, "size", "size_mismatch", "kept",
-                                    "labels say {:g}x{:g}, the image file is {:g}x{:g}{}; boxes checked against the file".format(
-                                        item.size[0], item.size[1], W, H, " (swapped: EXIF orientation?)"
-                                        if item.size == (H, W) else "")))
-        out_w, out_h = photo_files.fit(int(W), int(H), max_side) if max_side else (int(W), int(H))
-        sx, sy = out_w / W, out_h / H
-        kept = []
-        for b in item.boxes:
-            x1, y1, x2, y2 = b.x1, b.y1, b.x2, b.y2
-            if fmt == "yolo":
-                x1, y1, x2, y2 = x1 * W, y1 * H, x2 * W, y2 * H
-            if b.cls not in index:
-                kind, message = "unknown_class", "class {!r} is not in the class list {}".format(b.cls, classes)
-            elif x2 <= x1 or y2 <= y1:
-                kind, message = "degenerate", "box ({:g},{:g},{:g},{:g}) has no area".format(x1, y1, x2, y2)
-            else:
-                cx1, cy1, cx2, cy2 = min(max(x1, 0), W), min(max(y1, 0), H), min(max(x2, 0), W), min(max(y2, 0), H)
-                if cx2 <= cx1 or cy2 <= cy1:
-                    kind, message = "outside_image", "box ({:g},{:g},{:g},{:g}) lies outside the {:g}x{:g} image".format(
-                        x1, y1, x2, y2, W, H)
-                else:
-                    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-                        clipped += 1
-                        problems.append(problem(b.file, b.line, item.name, b.field, "clipped", "clipped",
-                                                "box ({:g},{:g},{:g},{:g}) crosses the {:g}x{:g} image border: clipped to "
-                                                "({:g},{:g},{:g},{:g})".format(x1, y1, x2, y2, W, H, cx1, cy1, cx2, cy2)))
-                    box = [cx1 * sx, cy1 * sy, (cx2 - cx1) * sx, (cy2 - cy1) * sy]
-                    kept.append([index[b.cls]] + [_number(round(v, 2) if max_side or fmt == "yolo" else v) for v in box])
-                    continue
-            problems.append(problem(b.file, b.line, item.name, b.field, kind, "dropped", message))
-            by_reason[kind] += 1
+        if item.size and item.size != (W, H):
+            tally.problems.append(checks.problem(item.file, item.line, item.name, "size", "size_mismatch", "kept",
+                                                 checks.size_mismatch("labels say", item.size, (W, H))))
+        out = photo_files.fit(int(W), int(H), max_side) if max_side else (int(W), int(H))
+        kept = _check_boxes(item, (W, H), out, classes, reader, bool(max_side) or reader.normalised, tally)
         if not kept:
-            dropped_images.append({"image": item.name, "reason": "no_boxes",
-                                   "message": "no usable box in the labels: left out of the manifest"})
+            tally.dropped.append({"image": item.name, "reason": "no_boxes",
+                                  "message": "no usable box in the labels: left out of the manifest"})
             continue
-        per_channel[item.channel].append((item, (out_w, out_h), kept))
+        entry = Entry(item.name, item.path, out, (c.width, c.height), len(kept))
+        per_channel[item.channel].append((item, entry, kept))
+    return per_channel
 
-    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+def _line_writer(label: str, classes: List[str], created: str, bucket: Optional[str], prefix: str, data_dir: str,
+                 annotations: Dict[Tuple[str, str], List[List[Any]]]) -> Callable[[str, Entry], str]:
     meta = {"job-name": JOB_NAME, "class-map": {str(i): c for i, c in enumerate(classes)}, "human-annotated": "yes",
             "type": "groundtruth/object-detection", "creation-date": created}
-    # Every file this run writes is claimed before the first is written: one that is not the
-    # project's, in the way, stops the run with nothing changed.
-    for ch in CHANNELS:
-        if per_channel[ch]:
-            written.claim("annotations/{}.manifest".format(ch))
-            for entry in per_channel[ch]:
-                written.claim("{}/{}".format(ch, entry[0].name))
-    written.claim(REPORT)
-    written.begin()
-    ann_dir = os.path.join(data_dir, "annotations")
-    os.makedirs(ann_dir, exist_ok=True)
-    channels, resize_jobs = {}, []  # type: Dict[str, Dict[str, int]], List[Any]
-    for ch in CHANNELS:
-        entries = sorted(per_channel[ch], key=lambda e: _natural(e[0].name))
-        manifest = os.path.join(ann_dir, ch + ".manifest")
-        ch_dir = os.path.join(data_dir, ch)
-        if not entries:  # an earlier run's manifest of this channel is removed with the record's other leftovers
-            channels[ch] = {"images": 0, "boxes": 0}
-            continue
-        tmp = temp_beside(manifest)
-        with open(tmp, "w") as f:
-            for item, (w, h), kept in entries:
-                record = {"source-ref": source_ref(bucket, prefix, ch, item.name, data_dir),
-                          label: {"annotations": [{"class_id": k[0], "left": k[1], "top": k[2], "width": k[3], "height": k[4]}
-                                                  for k in kept], "image_size": [{"width": w, "height": h, "depth": 3}]},
-                          label + "-metadata": dict(meta, objects=[{"confidence": 1.0}] * len(kept))}
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, manifest)
-        os.makedirs(ch_dir, exist_ok=True)
-        for item, (w, h), _ in entries:
-            c = checked[item.path]
-            if (w, h) != (c.width, c.height):
-                resize_jobs.append((item.path, os.path.join(ch_dir, item.name), (w, h)))
-            else:
-                _link(item.path, "{}/{}".format(ch, item.name), written)
-        channels[ch] = {"images": len(entries), "boxes": sum(len(e[2]) for e in entries)}
-    resized = None
-    if max_side:
-        sizes = photo_files.resize_all(resize_jobs, workers)
-        resized = {"max_side": max_side, "images": len(resize_jobs),
-                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(sizes)}
+
+    def line(ch: str, e: Entry) -> str:
+        kept = annotations[ch, e.name]
+        record = {"source-ref": manifests.source_ref(bucket, prefix, ch, e.name, data_dir),
+                  label: {"annotations": [{"class_id": k[0], "left": k[1], "top": k[2], "width": k[3], "height": k[4]}
+                                          for k in kept], "image_size": [{"width": e.size[0], "height": e.size[1], "depth": 3}]},
+                  label + "-metadata": dict(meta, objects=[{"confidence": 1.0}] * len(kept))}
+        return json.dumps(record) + "\n"
+
+    return line
+
+
+def convert(root: str, fmt: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
+            label: str = "sku", workers: Optional[int] = None, extra: Optional[Dict[str, Any]] = None,
+            log: Callable[[str], None] = quiet, max_side: Optional[int] = None,
+            written: Optional[Written] = None) -> Dict[str, Any]:
+    """Reads ``root`` in format ``fmt`` and writes DATA_DIR as the SKU-110K converter does; returns the report."""
+    if fmt not in READERS:
+        raise DataError("FORMAT={}: one of {}".format(fmt, ", ".join(FORMATS)))
+    if not os.path.isdir(root):
+        raise DataError("{}: not a folder (FORMAT={} reads a folder)".format(root, fmt))
+    reader = READERS[fmt]
+    source = reader.read(root)
+    extra = dict(extra or {}, source_stamp=stamp(root, fmt, source.stamp_files))  # from this read, not another
+    written = written or Written(data_dir)
+    tally = _Tally(list(source.problems))
+    items = _s3_photos(source.items, written, tally.problems, log)
+    classes = list(source.classes)
+    present = [i for i in items if os.path.isfile(i.path)]
+    checked = photo_files.check_all([i.path for i in present], workers)
+    per_channel = _check_items(items, checked, classes, reader, max_side, tally)
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    annotations = {(ch, e.name): kept for ch, entries in per_channel.items() for _, e, kept in entries}
+    line = _line_writer(label, classes, created, bucket, prefix, data_dir, annotations)
+    channels, jobs = manifests.write_channels(
+        data_dir, written, {ch: [e for _, e, _ in entries] for ch, entries in per_channel.items()}, line)
+    resized = manifests.resize(jobs, max_side, workers)
     n_kept = sum(c["boxes"] for c in channels.values())
     report = {
         "format": fmt, "created": created[:19] + "+00:00", "source": os.path.abspath(root),
         "data_dir": os.path.abspath(data_dir), "label": label, "classes": classes,
         "source_refs": "s3://{}/{}".format(bucket, prefix.strip("/")) if bucket else "local",
         "sizes_from": "image files", "channels": channels,
-        "boxes": {"rows": rows, "kept": n_kept, "clipped": clipped, "dropped": rows - n_kept,
-                  "dropped_by_reason": dict(sorted((k, v) for k, v in by_reason.items() if v))},
+        "boxes": {"rows": tally.rows, "kept": n_kept, "clipped": tally.clipped, "dropped": tally.rows - n_kept,
+                  "dropped_by_reason": dict(sorted((k, v) for k, v in tally.by_reason.items() if v))},
         "images": {"files": len(present), "in_manifests": sum(c["images"] for c in channels.values()),
-                   "corrupted": corrupted, "dropped": dropped_images},
-        "resized": resized, "problems": problems,
+                   "corrupted": tally.corrupted, "dropped": tally.dropped},
+        "resized": resized, "problems": tally.problems,
     }
     report = write_report(report, data_dir, extra, log)
     written.finish()

@@ -1,13 +1,13 @@
 """An extracted ``SKU110K_fixed`` folder -> ``DATA_DIR`` with channel folders, manifests and report.json.
 
-Policy (SPEC §2-3, §8), applied in this order and counted per reason:
+Policy, applied in this order and counted per reason (the rules of boxes: :mod:`shelfdet.data.checks`):
 - rows that do not parse (column count, numbers, class) are dropped;
-- rows of images that are corrupted, missing, or of no known split are dropped;
+- rows of photos that are corrupted, missing, or of no known split are dropped;
 - a box with no area (x2 <= x1 or y2 <= y1) is dropped; one crossing the
-  image border is clipped to it, or dropped when nothing is left inside;
-- the image file's size (after EXIF orientation) is the truth; a CSV size
+  photo's border is clipped to it, or dropped when nothing is left inside;
+- the photo file's size (after EXIF orientation) is the truth; a CSV size
   that disagrees is reported and the boxes are checked against the file;
-- an image left without boxes is left out of the manifest (a dense shelf
+- a photo left without boxes is left out of the manifest (a dense shelf
   with no labels would teach "background" and fail every detection in eval).
 Nothing is dropped without a line in report.json.
 """
@@ -16,22 +16,22 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from shelfdet.core import safepath
-from shelfdet.data import CHANNELS, CLASS_MAP, DEFAULT_LABEL, REPORT, DataError, channel_of, csvrows
-from shelfdet.core import photo_files
-from shelfdet.data.written import Written, temp_beside
+from shelfdet.core import photo_files, safepath
+from shelfdet.data import CHANNELS, CLASS_MAP, DEFAULT_LABEL, DataError, channel_of, checks, csvrows, manifests
+from shelfdet.data.manifests import Entry, quiet, write_report
+from shelfdet.data.written import Written
 
 JOB_NAME = "shelfdet-sku110k"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FORMAT = "shelfdet-data-report/1"
-IMAGE_REASONS = ("", "image_corrupted", "image_missing", "unknown_split", "unsafe_name")
+# Why a photo's rows cannot be used ("" when they can); the names are report.json's reasons.
+PHOTO_REASONS = ("", "image_corrupted", "image_missing", "unknown_split", "unsafe_name")
 
 
 def find_csvs(root: str) -> List[str]:
@@ -43,21 +43,13 @@ def find_csvs(root: str) -> List[str]:
     return [os.path.join(ann, f) for f in found]
 
 
-def _natural(name: str) -> Any:
-    stem = os.path.splitext(name)[0]
-    head, _, num = stem.rpartition("_")
-    return (head, int(num)) if num.isdigit() else (stem, -1)
-
-
-def source_ref(bucket: Optional[str], prefix: str, channel: str, name: str, local_dir: str) -> str:
-    if bucket:
-        parts = [p for p in (prefix.strip("/"), channel, name) if p]
-        return "s3://{}/{}".format(bucket, "/".join(parts))
-    return os.path.join(os.path.abspath(local_dir), channel, name)
+def stamp(root: str) -> List[List[Any]]:
+    """Size and mtime of every CSV: the data is rebuilt when one changes."""
+    return [[os.path.basename(c), os.path.getsize(c), int(os.path.getmtime(c))] for c in find_csvs(root)]
 
 
 class _Manifest:
-    """Formats manifest lines with one C-level ``%`` per image instead of one json.dumps per box."""
+    """Formats manifest lines with one C-level ``%`` per photo instead of one json.dumps per box."""
 
     BOX = '{"class_id": 0, "left": %s, "top": %s, "width": %s, "height": %s}, '
 
@@ -91,52 +83,29 @@ def _numbers(coords: np.ndarray) -> List[str]:
     return [repr(v) for v in coords.ravel().tolist()]
 
 
-def _link(src: str, rel: str, written: Written) -> None:
-    """Links (or copies) ``src`` to ``rel`` in the record's folder; what is there already goes only when
-    the record names it (a link to an original is removed as a link: the original is never written)."""
-    dst = written.path(rel)
-    if os.path.lexists(dst):
-        if os.path.exists(dst) and os.path.samefile(src, dst):
-            return
-        written.remove(rel)
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, dst)
+class _Photos(NamedTuple):
+    """Every photo named by a CSV or found in images/, by index: its size and why it cannot be used."""
+
+    names: List[str]
+    files: List[str]  # the photo files found (unsafe names left out)
+    width: np.ndarray
+    height: np.ndarray
+    reason: np.ndarray  # int8 index into PHOTO_REASONS
+    corrupted: List[Dict[str, Any]]
+    unsafe: Dict[int, str]  # photo index -> why its name is refused
 
 
-def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
-            label: str = DEFAULT_LABEL, sizes_from_csv: bool = False, workers: Optional[int] = None,
-            extra: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = print,
-            max_side: Optional[int] = None, written: Optional[Written] = None) -> Dict[str, Any]:
-    """Converts and returns the report (also written to DATA_DIR/report.json).
-
-    ``sizes_from_csv`` trusts the CSV's image sizes and neither reads nor
-    links images (the benchmark's CSV-only mode). ``max_side`` writes every
-    image whose longer side exceeds it resized once to that side (upright,
-    boxes and sizes in the manifests scaled with it); smaller ones are linked.
-    """
-    if max_side and sizes_from_csv:
-        raise ValueError("max_side needs the images; sizes_from_csv reads none")
-    t0 = time.time()
-    csvs = find_csvs(root)
-    img_dir = os.path.join(root, "images")
-    rows, problems, n_rows = csvrows.read(csvs)
-    t_csv = time.time()
-
+def _photos(rows: csvrows.Rows, img_dir: str, sizes_from_csv: bool, workers: Optional[int]) -> _Photos:
     names = list(rows.names)
     index = {n: i for i, n in enumerate(names)}
-    files = [] if sizes_from_csv else sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXTENSIONS)) \
+    files = [] if sizes_from_csv else sorted(f for f in os.listdir(img_dir) if f.lower().endswith(PHOTO_EXTENSIONS)) \
         if os.path.isdir(img_dir) else []
     for f in files:
         if f not in index:
             index[f] = len(names)
             names.append(f)
-    n_img = len(names)
-    width = np.zeros(n_img, np.float64)
-    height = np.zeros(n_img, np.float64)
-    # Why an image's rows cannot be used ("" when they can).
-    reason = np.zeros(n_img, np.int8)  # index into IMAGE_REASONS
+    width, height = np.zeros(len(names), np.float64), np.zeros(len(names), np.float64)
+    reason = np.zeros(len(names), np.int8)
     corrupted: List[Dict[str, Any]] = []
     # A CSV name that would lead out of images/ is never opened.
     unsafe: Dict[int, str] = {}
@@ -145,241 +114,182 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
             safepath.inside(img_dir, name, links=True)
         except safepath.UnsafeName as err:
             unsafe[i] = str(err)
-            reason[i] = IMAGE_REASONS.index("unsafe_name")
+            reason[i] = PHOTO_REASONS.index("unsafe_name")
     files = [f for f in files if index[f] not in unsafe]
     if sizes_from_csv:
         first = np.unique(rows.image, return_index=True)[1]
         width[rows.image[first]] = rows.values[first, 4]
         height[rows.image[first]] = rows.values[first, 5]
     else:
-        present = np.zeros(n_img, bool)
+        present = np.zeros(len(names), bool)
         checked = photo_files.check_all([os.path.join(img_dir, f) for f in files], workers)
         for f in files:
             i = index[f]
             present[i] = True
             c = checked[os.path.join(img_dir, f)]
             if c.error:
-                reason[i] = IMAGE_REASONS.index("image_corrupted")
+                reason[i] = PHOTO_REASONS.index("image_corrupted")
                 corrupted.append({"image": f, "channel": channel_of(f), "reason": c.error})
             width[i], height[i] = c.width, c.height
-        reason[~present & (reason == 0)] = IMAGE_REASONS.index("image_missing")
-    channel = [channel_of(n) for n in names]
-    for i, ch in enumerate(channel):
-        if ch is None and not reason[i]:
-            reason[i] = IMAGE_REASONS.index("unknown_split")
-    t_img = time.time()
-
-    img = rows.image
-    x1, y1, x2, y2, csv_w, csv_h = rows.values.T
-    W, H = width[img], height[img]
-    row_reason = reason[img]
-    image_ok = row_reason == 0
-    degenerate = image_ok & ((x2 <= x1) | (y2 <= y1))
-    cx1, cy1 = np.clip(x1, 0, W), np.clip(y1, 0, H)
-    cx2, cy2 = np.clip(x2, 0, W), np.clip(y2, 0, H)
-    outside = image_ok & ~degenerate & ((cx2 <= cx1) | (cy2 <= cy1))
-    kept = image_ok & ~degenerate & ~outside
-    clipped = kept & ((cx1 != x1) | (cy1 != y1) | (cx2 != x2) | (cy2 != y2))
-    mismatch = image_ok & ((csv_w != W) | (csv_h != H))
-
-    def where(i: int) -> Dict[str, Any]:
-        return {"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": names[img[i]]}
-
-    for kind, field, action, mask, text in (
-            ("degenerate", None, "dropped", degenerate, "box (%g,%g,%g,%g) has no area"),
-            ("outside_image", "box", "dropped", outside, "box (%g,%g,%g,%g) lies outside the %gx%g image"),
-            ("clipped", "box", "clipped", clipped,
-             "box (%g,%g,%g,%g) crosses the %gx%g image border: clipped to (%g,%g,%g,%g)")):
-        idx = np.flatnonzero(mask)
-        cols = [x1, y1, x2, y2, W, H, cx1, cy1, cx2, cy2][:text.count("%")]
-        # One C-level format for all rows: real data can have 100k+ clipped boxes.
-        values = np.column_stack([c[idx] for c in cols]).ravel().tolist()
-        messages = ((text + "\0") * len(idx) % tuple(values)).split("\0")
-        for j, i in enumerate(idx.tolist()):
-            f = field or ("x2" if x2[i] <= x1[i] else "y2")
-            problems.append({"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": names[img[i]],
-                             "field": f, "kind": kind, "action": action, "message": messages[j]})
-    for i in _first_per_image(np.flatnonzero(row_reason == IMAGE_REASONS.index("unsafe_name")), img):
-        problems.append(csvrows.problem(field="image_name", kind="unsafe_name", action="dropped",
-                                        message="{}: its boxes are dropped".format(unsafe[int(img[i])]),
-                                        rows=int(np.count_nonzero(img == img[i])), **_w(where(i))))
-    for kind in ("image_corrupted", "image_missing", "unknown_split"):
-        _per_image(problems, np.flatnonzero(row_reason == IMAGE_REASONS.index(kind)), img, kind, "dropped", where, names,
-                   {"image_corrupted": "image does not decode: its boxes are dropped",
-                    "image_missing": "no such file in {}: its boxes are dropped".format(img_dir),
-                    "unknown_split": "name has no train_/val_/test_ prefix: its boxes are dropped"}[kind])
-    for i in _first_per_image(np.flatnonzero(mismatch), img):
-        swapped = csv_w[i] == H[i] and csv_h[i] == W[i]
-        problems.append(csvrows.problem(
-            field="image_width" if csv_w[i] != W[i] else "image_height", kind="size_mismatch", action="kept",
-            message="CSV says {:g}x{:g}, the {} is {:g}x{:g}{}; boxes checked against the {}".format(
-                csv_w[i], csv_h[i], "CSV sizes only" if sizes_from_csv else "image file", W[i], H[i],
-                " (swapped: EXIF orientation?)" if swapped else "", "first row" if sizes_from_csv else "file"),
-            rows=int(np.count_nonzero(mismatch & (img == img[i]))), **_w(where(i))))
-
-    t_val = time.time()
-    # Group kept boxes by image, in CSV order.
-    k = np.flatnonzero(kept)
-    k = k[np.lexsort((rows.line[k], rows.file[k], img[k]))]
-    coords = np.column_stack([cx1[k], cy1[k], cx2[k] - cx1[k], cy2[k] - cy1[k]])
-    out_w, out_h = width.copy(), height.copy()
-    if max_side:
-        for i in range(n_img):
-            if not reason[i]:
-                out_w[i], out_h[i] = photo_files.fit(int(width[i]), int(height[i]), max_side)
-        # Boxes scale with their image; two decimals are far below a pixel of the resized image.
-        sx, sy = (out_w / np.maximum(width, 1))[img[k]], (out_h / np.maximum(height, 1))[img[k]]
-        coords = np.round(coords * np.column_stack([sx, sy, sx, sy]), 2)
-    flat = _numbers(coords)
-    counts = np.bincount(img[k], minlength=n_img)
-    offsets = np.concatenate([[0], np.cumsum(counts)]) * 4
-    fmt = _Manifest(label)
-
-    dropped_images: List[Dict[str, Any]] = []
-    per_channel: Dict[str, List[int]] = {c: [] for c in CHANNELS}
+        reason[~present & (reason == 0)] = PHOTO_REASONS.index("image_missing")
     for i, name in enumerate(names):
-        if reason[i]:
-            dropped_images.append({"image": name, "reason": IMAGE_REASONS[reason[i]]})
-            continue
-        if counts[i] == 0:
-            dropped_images.append({"image": name, "reason": "no_boxes",
-                                   "message": "no usable box in any CSV: left out of the manifest"})
-            continue
-        per_channel[channel[i]].append(i)
-
-    # Every file this run writes is claimed before the first is written: one that is not the
-    # project's, in the way, stops the run with nothing changed.
-    written = written or Written(data_dir)
-    for ch in CHANNELS:
-        if per_channel[ch]:
-            written.claim("annotations/{}.manifest".format(ch))
-            if not sizes_from_csv:
-                for i in per_channel[ch]:
-                    written.claim("{}/{}".format(ch, names[i]))
-    written.claim(REPORT)
-    written.begin()
-    ann_dir = os.path.join(data_dir, "annotations")
-    os.makedirs(ann_dir, exist_ok=True)
-    channels: Dict[str, Dict[str, int]] = {}
-    resize_jobs: List[Any] = []
-    for ch in CHANNELS:
-        ids = sorted(per_channel[ch], key=lambda i: _natural(names[i]))
-        ch_dir = os.path.join(data_dir, ch)
-        manifest = os.path.join(ann_dir, ch + ".manifest")
-        if not ids:
-            # An earlier run's manifest of a missing channel (it would look current) goes with the record's
-            # other leftovers.
-            channels[ch] = {"images": 0, "boxes": 0}
-            continue
-        tmp = temp_beside(manifest)
-        with open(tmp, "w") as f:
-            for i in ids:
-                src = source_ref(bucket, prefix, ch, names[i], data_dir)
-                f.write(fmt.line(src, int(out_w[i]), int(out_h[i]), flat[offsets[i]:offsets[i + 1]]))
-        os.replace(tmp, manifest)
-        if not sizes_from_csv:
-            os.makedirs(ch_dir, exist_ok=True)
-            for i in ids:
-                src_file, dst_file = os.path.join(img_dir, names[i]), os.path.join(ch_dir, names[i])
-                if (out_w[i], out_h[i]) != (width[i], height[i]):
-                    resize_jobs.append((src_file, dst_file, (int(out_w[i]), int(out_h[i]))))
-                else:
-                    _link(src_file, "{}/{}".format(ch, names[i]), written)
-        channels[ch] = {"images": len(ids), "boxes": int(counts[ids].sum())}
-    resized = None
-    if max_side:
-        sizes = photo_files.resize_all(resize_jobs, workers)
-        resized = {"max_side": max_side, "images": len(resize_jobs),
-                   "bytes_before": sum(os.path.getsize(j[0]) for j in resize_jobs), "bytes_after": sum(sizes)}
-
-    t_out = time.time()
-    by_reason = Counter()
-    for p in problems:
-        if p["action"] == "dropped":
-            by_reason[p["kind"]] += p.get("rows", 1)
-    n_kept = int(kept.sum())
-    report = {
-        "format": FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": os.path.abspath(root),
-        "data_dir": os.path.abspath(data_dir),
-        "label": label,
-        "source_refs": "s3://{}/{}".format(bucket, prefix.strip("/")) if bucket else "local",
-        "sizes_from": "csv" if sizes_from_csv else "image files",
-        "channels": channels,
-        "boxes": {"rows": int(n_rows), "kept": n_kept, "clipped": int(clipped.sum()),
-                  "dropped": int(n_rows - n_kept), "dropped_by_reason": dict(sorted(by_reason.items()))},
-        "images": {"files": len(files), "in_manifests": sum(c["images"] for c in channels.values()),
-                   "corrupted": corrupted, "dropped": dropped_images},
-        "resized": resized,
-        "problems": problems,
-        "seconds": {"csv": round(t_csv - t0, 3), "images": round(t_img - t_csv, 3),
-                    "validate": round(t_val - t_img, 3), "manifests": round(t_out - t_val, 3),
-                    "total": round(time.time() - t0, 3)},
-    }
-    report = write_report(report, data_dir, extra, log)
-    written.finish()
-    return report
+        if channel_of(name) is None and not reason[i]:
+            reason[i] = PHOTO_REASONS.index("unknown_split")
+    return _Photos(names, files, width, height, reason, corrupted, unsafe)
 
 
-def write_report(report: Dict[str, Any], data_dir: str, extra: Optional[Dict[str, Any]],
-                 log: Callable[[str], None]) -> Dict[str, Any]:
-    """DATA_DIR/report.json, after the box accounting adds up; the summary lines; the report."""
-    report.update(extra or {})
-    if sum(report["boxes"]["dropped_by_reason"].values()) != report["boxes"]["dropped"]:
-        raise AssertionError("box accounting is off: {}".format(report["boxes"]))  # a bug here, not bad data
-    path = os.path.join(data_dir, REPORT)
-    tmp = temp_beside(path)
-    with open(tmp, "w") as f:
-        f.write(_dump(report))
-    os.replace(tmp, path)
-    summarize(report, log)
-    return report
-
-
-def _dump(report: Dict[str, Any]) -> str:
-    """Readable, and fast with 100k problems: json.dump with indent uses the pure-Python encoder."""
-    head = dict(report, problems=[])
-    text = json.dumps(head, indent=1)
-    body = ",\n  ".join(map(json.dumps, report["problems"]))
-    marker = '"problems": []'
-    return text.replace(marker, '"problems": [\n  ' + body + "\n ]" if body else marker, 1) + "\n"
-
-
-def _w(d: Dict[str, Any]) -> Dict[str, Any]:
-    return {"path": d["file"], "line": d["line"], "image": d["image"]}
-
-
-def _first_per_image(idx: np.ndarray, img: np.ndarray) -> List[int]:
+def _first_per_photo(idx: np.ndarray, img: np.ndarray) -> List[int]:
     if not len(idx):
         return []
     return [int(idx[j]) for j in np.unique(img[idx], return_index=True)[1]]
 
 
-def _per_image(problems: List[Dict[str, Any]], idx: np.ndarray, img: np.ndarray, kind: str, action: str,
-               where: Callable[[int], Dict[str, Any]], names: List[str], message: str) -> None:
-    counts = Counter(img[idx].tolist())
-    for i in _first_per_image(idx, img):
-        problems.append(csvrows.problem(field="image_name", kind=kind, action=action, message=message,
-                                        rows=counts[int(img[i])], **_w(where(i))))
+def _photo_problems(rows: csvrows.Rows, photos: _Photos, img_dir: str, sizes_from_csv: bool) -> List[Dict[str, Any]]:
+    """One problem per photo whose rows are dropped (with their count), then per CSV size mismatch."""
+    img = rows.image
+    row_reason = photos.reason[img]
+
+    def where(i: int) -> Dict[str, Any]:
+        return {"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": photos.names[img[i]]}
+
+    out = []
+    for i in _first_per_photo(np.flatnonzero(row_reason == PHOTO_REASONS.index("unsafe_name")), img):
+        out.append(checks.problem(field="image_name", kind="unsafe_name", action="dropped",
+                                  message="{}: its boxes are dropped".format(photos.unsafe[int(img[i])]),
+                                  rows=int(np.count_nonzero(img == img[i])), **where(i)))
+    messages = {"image_corrupted": checks.PHOTO_CORRUPTED,
+                "image_missing": "no such file in {}: its boxes are dropped".format(img_dir),
+                "unknown_split": checks.NO_PREFIX}
+    for kind, message in messages.items():
+        idx = np.flatnonzero(row_reason == PHOTO_REASONS.index(kind))
+        counts = Counter(img[idx].tolist())
+        for i in _first_per_photo(idx, img):
+            out.append(checks.problem(field="image_name", kind=kind, action="dropped", message=message,
+                                      rows=counts[int(img[i])], **where(i)))
+    W, H = photos.width[img], photos.height[img]
+    csv_w, csv_h = rows.values[:, 4], rows.values[:, 5]
+    mismatch = (row_reason == 0) & ((csv_w != W) | (csv_h != H))
+    for i in _first_per_photo(np.flatnonzero(mismatch), img):
+        out.append(checks.problem(
+            field="image_width" if csv_w[i] != W[i] else "image_height", kind="size_mismatch", action="kept",
+            message=checks.size_mismatch("CSV says", (csv_w[i], csv_h[i]), (W[i], H[i]),
+                                         "CSV sizes only" if sizes_from_csv else "image file",
+                                         "first row" if sizes_from_csv else "file"),
+            rows=int(np.count_nonzero(mismatch & (img == img[i]))), **where(i)))
+    return out
 
 
-def summarize(report: Dict[str, Any], log: Callable[[str], None] = print, examples: int = 5) -> None:
-    ch = report["channels"]
-    b = report["boxes"]
-    log("data: " + ", ".join("{} {} images / {} boxes".format(c, v["images"], v["boxes"]) for c, v in ch.items()))
-    log("boxes: {} rows, {} kept ({} clipped to the image), {} dropped{}".format(
-        b["rows"], b["kept"], b["clipped"], b["dropped"],
-        "" if not b["dropped"] else " (" + ", ".join("{} {}".format(v, k) for k, v in b["dropped_by_reason"].items()) + ")"))
-    r = report.get("resized")
-    if r:
-        log("resized: {} images to a longer side of at most {} px ({:.1f} MB -> {:.1f} MB)".format(
-            r["images"], r["max_side"], r["bytes_before"] / 1e6, r["bytes_after"] / 1e6))
-    for c in report["images"]["corrupted"]:
-        log("corrupted image dropped: {} ({})".format(c["image"], c["reason"]))
-    probs = [p for p in report["problems"] if p["kind"] != "clipped"]
-    for p in probs[:examples]:
-        log("  {}:{}: {}: {}{}".format(p["file"], p["line"], p["field"], p["message"],
-                                      " ({} rows)".format(p["rows"]) if p.get("rows", 1) > 1 else ""))
-    if len(probs) > examples:
-        log("  ... {} more problems in {}".format(len(probs) - examples, os.path.join(report["data_dir"], REPORT)))
+def _check_rows(rows: csvrows.Rows, photos: _Photos) -> checks.Checked:
+    img = rows.image
+    x1, y1, x2, y2 = rows.values.T[:4]
+    return checks.check_boxes(x1, y1, x2, y2, photos.width[img], photos.height[img],
+                              usable=photos.reason[img] == 0)
+
+
+def _box_problems(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked) -> List[Dict[str, Any]]:
+    x1, y1, x2, y2 = rows.values.T[:4]
+
+    def where(i: int) -> Any:
+        return rows.files[rows.file[i]], int(rows.line[i]), photos.names[rows.image[i]]
+
+    def field(i: int, kind: str) -> str:
+        if kind != "degenerate":
+            return "box"
+        return "x2" if x2[i] <= x1[i] else "y2"
+
+    return [p for _, p in checks.box_problems(checked, where, field)]
+
+
+def _entries(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked, img_dir: str, max_side: Optional[int],
+             ) -> Tuple[Dict[str, List[str]], Dict[str, List[Entry]], List[Dict[str, Any]]]:
+    """Kept boxes grouped by photo, in CSV order, as JSON number strings; the photos' sizes in the
+    manifests; each channel's entries; and the photos left out (with why)."""
+    img, n_img = rows.image, len(photos.names)
+    k = np.flatnonzero(checked.kept)
+    k = k[np.lexsort((rows.line[k], rows.file[k], img[k]))]
+    cx1, cy1, cx2, cy2 = checked.clipped_boxes
+    coords = np.column_stack([cx1[k], cy1[k], cx2[k] - cx1[k], cy2[k] - cy1[k]])
+    out_w, out_h = photos.width.copy(), photos.height.copy()
+    if max_side:
+        for i in range(n_img):
+            if not photos.reason[i]:
+                out_w[i], out_h[i] = photo_files.fit(int(photos.width[i]), int(photos.height[i]), max_side)
+        # Boxes scale with their photo; two decimals are far below a pixel of the resized photo.
+        sx = (out_w / np.maximum(photos.width, 1))[img[k]]
+        sy = (out_h / np.maximum(photos.height, 1))[img[k]]
+        coords = np.round(coords * np.column_stack([sx, sy, sx, sy]), 2)
+    flat = _numbers(coords)
+    counts = np.bincount(img[k], minlength=n_img)
+    offsets = np.concatenate([[0], np.cumsum(counts)]) * 4
+    dropped: List[Dict[str, Any]] = []
+    per_channel: Dict[str, List[Entry]] = {c: [] for c in CHANNELS}
+    boxes: Dict[str, List[str]] = {}
+    for i, name in enumerate(photos.names):
+        if photos.reason[i]:
+            dropped.append({"image": name, "reason": PHOTO_REASONS[photos.reason[i]]})
+        elif counts[i] == 0:
+            dropped.append({"image": name, "reason": "no_boxes",
+                            "message": "no usable box in any CSV: left out of the manifest"})
+        else:
+            boxes[name] = flat[offsets[i]:offsets[i + 1]]
+            per_channel[channel_of(name)].append(Entry(
+                name, os.path.join(img_dir, name), (int(out_w[i]), int(out_h[i])), (int(photos.width[i]), int(photos.height[i])), int(counts[i])))
+    return boxes, per_channel, dropped
+
+
+def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str = "detectron2/data",
+            label: str = DEFAULT_LABEL, sizes_from_csv: bool = False, workers: Optional[int] = None,
+            extra: Optional[Dict[str, Any]] = None, log: Callable[[str], None] = quiet,
+            max_side: Optional[int] = None, written: Optional[Written] = None) -> Dict[str, Any]:
+    """Converts and returns the report (also written to DATA_DIR/report.json); ``log`` gets its summary lines.
+
+    ``sizes_from_csv`` trusts the CSV's photo sizes and neither reads nor
+    links photos (the benchmark's CSV-only mode). ``max_side`` writes every
+    photo whose longer side exceeds it resized once to that side (upright,
+    boxes and sizes in the manifests scaled with it); smaller ones are linked.
+    """
+    if max_side and sizes_from_csv:
+        raise ValueError("max_side needs the images; sizes_from_csv reads none")
+    t = [time.time()]
+    img_dir = os.path.join(root, "images")
+    rows, problems, n_rows = csvrows.read(find_csvs(root))
+    t.append(time.time())
+    photos = _photos(rows, img_dir, sizes_from_csv, workers)
+    t.append(time.time())
+    checked = _check_rows(rows, photos)
+    problems += _box_problems(rows, photos, checked) + _photo_problems(rows, photos, img_dir, sizes_from_csv)
+    t.append(time.time())
+    boxes, per_channel, dropped = _entries(rows, photos, checked, img_dir, max_side)
+    fmt = _Manifest(label)
+
+    def line(ch: str, e: Entry) -> str:
+        return fmt.line(manifests.source_ref(bucket, prefix, ch, e.name, data_dir), e.size[0], e.size[1], boxes[e.name])
+
+    written = written or Written(data_dir)
+    channels, jobs = manifests.write_channels(data_dir, written, per_channel, line, photos=not sizes_from_csv)
+    resized = manifests.resize(jobs, max_side, workers)
+    t.append(time.time())
+    by_reason: Counter = Counter()
+    for p in problems:
+        if p["action"] == "dropped":
+            by_reason[p["kind"]] += p.get("rows", 1)
+    n_kept = int(checked.kept.sum())
+    report = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": os.path.abspath(root), "data_dir": os.path.abspath(data_dir), "label": label,
+        "source_refs": "s3://{}/{}".format(bucket, prefix.strip("/")) if bucket else "local",
+        "sizes_from": "csv" if sizes_from_csv else "image files",
+        "channels": channels,
+        "boxes": {"rows": int(n_rows), "kept": n_kept, "clipped": int(checked.masks["clipped"].sum()),
+                  "dropped": int(n_rows - n_kept), "dropped_by_reason": dict(sorted(by_reason.items()))},
+        "images": {"files": len(photos.files), "in_manifests": sum(c["images"] for c in channels.values()),
+                   "corrupted": photos.corrupted, "dropped": dropped},
+        "resized": resized,
+        "problems": problems,
+        "seconds": {"csv": round(t[1] - t[0], 3), "images": round(t[2] - t[1], 3), "validate": round(t[3] - t[2], 3),
+                    "manifests": round(t[4] - t[3], 3), "total": round(time.time() - t[0], 3)},
+    }
+    report = write_report(report, data_dir, extra, log)
+    written.finish()
+    return report

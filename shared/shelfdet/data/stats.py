@@ -1,16 +1,13 @@
-"""``python -m shelfdet data-stats DATA_DIR``: objects per image and box sizes of a built dataset.
+"""Objects per photo and box sizes of a built dataset (``python -m shelfdet data-stats``).
 
 Read from the manifests (what training sees), so it works on the synthetic
-presets and on a converted SKU-110K alike. Prints JSON, or with ``--markdown``
-the README's table rows.
+presets and on a converted SKU-110K alike; :func:`markdown` gives the README's table rows.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -20,7 +17,7 @@ ASPECT_PERCENTILES = (5, 25, 50, 75, 95)
 
 
 def read_manifest(path: str, label: str = DEFAULT_LABEL) -> List[Dict[str, Any]]:
-    """One dict per image: width, height and an (N, 4) array of left, top, width, height."""
+    """One dict per photo: width, height and an (N, 4) array of left, top, width, height."""
     out = []
     with open(path) as f:
         for line in f:
@@ -34,24 +31,24 @@ def read_manifest(path: str, label: str = DEFAULT_LABEL) -> List[Dict[str, Any]]
     return out
 
 
-def compute(images: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Objects per image, box side (sqrt of its area) in px and as a share of sqrt(image area), w/h aspect."""
-    if not images:
+def compute(photos: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Objects per photo, box side (sqrt of its area) in px and as a share of sqrt(photo area), w/h aspect."""
+    if not photos:
         return {"images": 0}
-    counts = np.array([len(r["boxes"]) for r in images], np.float64)
-    boxes = np.concatenate([r["boxes"] for r in images]) if counts.sum() else np.zeros((0, 4))
-    img_side = np.concatenate([np.full(len(r["boxes"]), np.sqrt(r["width"] * r["height"])) for r in images])
+    counts = np.array([len(r["boxes"]) for r in photos], np.float64)
+    boxes = np.concatenate([r["boxes"] for r in photos]) if counts.sum() else np.zeros((0, 4))
+    photo_side = np.concatenate([np.full(len(r["boxes"]), np.sqrt(r["width"] * r["height"])) for r in photos])
     w, h = boxes[:, 2], boxes[:, 3]
     side = np.sqrt(w * h)
     aspect = w / np.maximum(h, 1e-9)
-    widths = np.array([r["width"] for r in images])
-    heights = np.array([r["height"] for r in images])
+    widths = np.array([r["width"] for r in photos])
+    heights = np.array([r["height"] for r in photos])
 
     def r(x: float, n: int = 1) -> float:
         return round(float(x), n)
 
     return {
-        "images": len(images),
+        "images": len(photos),
         "objects": int(counts.sum()),
         "objects_per_image": {"mean": r(counts.mean()), "median": r(np.median(counts)),
                               "p90": r(np.percentile(counts, 90)), "min": int(counts.min()), "max": int(counts.max()),
@@ -61,8 +58,8 @@ def compute(images: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                        "long_side_median": int(np.median(np.maximum(widths, heights)))},
         "box_side_px": {"median": r(np.median(side)), "p10": r(np.percentile(side, 10)),
                         "p90": r(np.percentile(side, 90))} if len(side) else {},
-        "box_side_fraction": {"median": r(np.median(side / img_side), 4), "p10": r(np.percentile(side / img_side, 10), 4),
-                              "p90": r(np.percentile(side / img_side, 90), 4)} if len(side) else {},
+        "box_side_fraction": {"median": r(np.median(side / photo_side), 4), "p10": r(np.percentile(side / photo_side, 10), 4),
+                              "p90": r(np.percentile(side / photo_side, 90), 4)} if len(side) else {},
         "aspect_w_over_h": {"p{}".format(p): r(np.percentile(aspect, p), 2) for p in ASPECT_PERCENTILES}
         if len(aspect) else {},
         "tall_share": r((aspect < 0.5).mean(), 3) if len(aspect) else 0.0,  # w/h < 0.5: bottles
@@ -71,12 +68,12 @@ def compute(images: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def of_data_dir(data_dir: str, label: str = DEFAULT_LABEL, channels: Sequence[str] = CHANNELS) -> Dict[str, Any]:
-    images: List[Dict[str, Any]] = []
+    photos: List[Dict[str, Any]] = []
     for ch in channels:
         path = os.path.join(data_dir, "annotations", ch + ".manifest")
         if os.path.isfile(path):
-            images += read_manifest(path, label)
-    return compute(images)
+            photos += read_manifest(path, label)
+    return compute(photos)
 
 
 def markdown(s: Dict[str, Any], name: str) -> str:
@@ -87,18 +84,3 @@ def markdown(s: Dict[str, Any], name: str) -> str:
         name, s["images"], o["mean"], o["median"], o["p90"], o["max"], s["image_size"]["long_side_median"],
         s["image_size"]["portrait"], s["image_size"]["landscape"],
         name, b["median"], f["median"], a["p5"], a["p25"], a["p50"], a["p75"], a["p95"], s["tall_share"], s["wide_share"])
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shelfdet data-stats", description=__doc__.split("\n")[0])
-    p.add_argument("data_dir")
-    p.add_argument("--label", default=DEFAULT_LABEL)
-    p.add_argument("--markdown", action="store_true", help="README table rows instead of JSON")
-    args = p.parse_args(argv)
-    s = of_data_dir(args.data_dir, args.label)
-    if not s["images"]:
-        print("error: no manifest with images under {}/annotations (run `make data` first?)".format(args.data_dir),
-              file=sys.stderr)
-        return 2
-    print(markdown(s, args.data_dir) if args.markdown else json.dumps(s, indent=1))
-    return 0

@@ -273,24 +273,73 @@ def _hard_quad(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return np.clip(quad, 0, [w, h]).astype(np.float32)  # the photo sees only the shelf
 
 
-def draw_hard_scene(rng: np.random.Generator, width: int,
-                    height: int) -> Tuple[np.ndarray, List[Box], List[Box], Dict[str, Any]]:
-    """Returns (BGR image, visible boxes clipped to the image, the same unclipped, info for tests and stats)."""
-    target = hard_count(rng)
-    quad = _hard_quad(rng, width, height)
-    qx, qy = quad[:, 0], quad[:, 1]
-    quad_area = 0.5 * abs(float(np.dot(qx, np.roll(qy, 1)) - np.dot(qy, np.roll(qx, 1))))  # shoelace
-    # The photo sees quad_area of the flat shelf: size the product cells so about `target` land in it.
-    cell = _HARD_DENSITY * quad_area / target
-    row_unit = np.sqrt(cell * 1.6)
+def _hard_row_products(rng: np.random.Generator, canvas: np.ndarray, rects: List[Box], base: int, row_h: int,
+                       row_unit: float, w_row: np.ndarray) -> None:
+    """Runs of product facings standing on one shelf (``base``), left to right; their rectangles into ``rects``."""
+    width = canvas.shape[1]
+    kinds = list(_HARD_KINDS)
+    x = -int(rng.integers(0, int(row_unit) + 1))
+    while x < width:
+        kind = kinds[int(rng.choice(len(kinds), p=w_row / w_row.sum()))]
+        _, hr, ar = _HARD_KINDS[kind]
+        ph = max(6, int(row_h * rng.uniform(*hr)))
+        stack = int(rng.integers(2, 4)) if kind == "flat" else 1
+        ph_each = max(4, ph // stack)
+        pw = max(4, int(ph_each / rng.uniform(*ar)))
+        sprite = _hard_sprite(rng, pw, ph_each, kind)
+        gap = int(rng.choice([0, 0, 0, 1, 2, 3]))
+        for _ in range(int(rng.integers(1, 7))):
+            if x >= width:
+                break
+            for k in range(stack):
+                top = base - (k + 1) * ph_each
+                _paste(canvas, sprite, x, top)
+                rects.append((x, top, x + pw, top + ph_each))
+            x += pw + gap
+        x += int(rng.integers(0, 5))
+
+
+def _hard_row_occluders(rng: np.random.Generator, canvas: np.ndarray, occluder: np.ndarray, base: int, row_h: int,
+                        board_h: int, row_unit: float, board_colour: np.ndarray) -> None:
+    """In front of a row's products: the price rail over their feet, tags on it and shelf talkers."""
+    height, width = canvas.shape[:2]
+    rail = int(row_h * rng.uniform(0.0, 0.22)) if rng.random() < 0.6 else 0
+    b0, b1 = max(base - rail, 0), min(base + board_h, height)
+    if b0 >= b1:
+        return
+    canvas[b0:b1] = board_colour
+    canvas[b0:min(b0 + 2, b1)] *= 1.3
+    occluder[b0:b1] = 1
+    for _ in range(int(rng.integers(1, 6))):  # price tags on the rail
+        tw = int(row_unit * rng.uniform(0.3, 0.8))
+        tx = int(rng.integers(-tw, width))
+        th = int(board_h * rng.uniform(0.6, 1.6))
+        ty = min(b1, base + board_h) - th
+        t0, t1, s0, s1 = max(ty, 0), min(ty + th, height), max(tx, 0), min(tx + tw, width)
+        if t0 < t1 and s0 < s1:
+            canvas[t0:t1, s0:s1] = _hsv_colour(rng, (0, 120), (200, 256))
+            canvas[t0 + (t1 - t0) // 2:t0 + (t1 - t0) // 2 + 1, s0 + 2:s1 - 2] = 40
+            occluder[t0:t1, s0:s1] = 1
+    for _ in range(int(rng.poisson(0.7))):  # shelf talkers hanging over the row
+        tw = int(row_unit * rng.uniform(0.4, 1.6))
+        th = int(row_h * rng.uniform(0.15, 0.8))
+        tx = int(rng.integers(-tw // 2, width))
+        t0, t1, s0, s1 = max(base - th, 0), min(base, height), max(tx, 0), min(tx + tw, width)
+        if t0 < t1 and s0 < s1:
+            canvas[t0:t1, s0:s1] = _hsv_colour(rng, (100, 256), (150, 256))
+            occluder[t0:t1, s0:s1] = 1
+
+
+def _hard_shelf(rng: np.random.Generator, width: int, height: int,
+                row_unit: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flat shelf before the camera: (BGR float canvas, occluder mask, product rectangles)."""
     canvas = np.empty((height, width, 3), np.float32)
     canvas[:] = _hsv_colour(rng, (0, 60), (120, 235))
     occluder = np.zeros((height, width), np.uint8)
     board_colour = _hsv_colour(rng, (0, 90), (60, 220))
     back_colour = board_colour * rng.uniform(0.3, 0.6)
-    kinds = list(_HARD_KINDS)
-    weights = np.array([_HARD_KINDS[k][0] for k in kinds])
-    rects: List[Tuple[int, int, int, int]] = []
+    weights = np.array([_HARD_KINDS[k][0] for k in _HARD_KINDS])
+    rects: List[Box] = []
     y = -int(rng.integers(0, int(row_unit) + 1))
     while y < height:
         row_h = max(8, int(row_unit * rng.uniform(0.8, 1.25)))
@@ -299,51 +348,9 @@ def draw_hard_scene(rng: np.random.Generator, width: int,
         canvas[max(y, 0):max(min(base, height), 0)] = back_colour
         # A shelf leans to some kinds: one is favoured per row.
         w_row = weights.copy()
-        w_row[rng.integers(len(kinds))] += 0.6
-        x = -int(rng.integers(0, int(row_unit) + 1))
-        while x < width:
-            kind = kinds[int(rng.choice(len(kinds), p=w_row / w_row.sum()))]
-            _, hr, ar = _HARD_KINDS[kind]
-            ph = max(6, int(row_h * rng.uniform(*hr)))
-            stack = int(rng.integers(2, 4)) if kind == "flat" else 1
-            ph_each = max(4, ph // stack)
-            pw = max(4, int(ph_each / rng.uniform(*ar)))
-            sprite = _hard_sprite(rng, pw, ph_each, kind)
-            gap = int(rng.choice([0, 0, 0, 1, 2, 3]))
-            for _ in range(int(rng.integers(1, 7))):
-                if x >= width:
-                    break
-                for k in range(stack):
-                    top = base - (k + 1) * ph_each
-                    _paste(canvas, sprite, x, top)
-                    rects.append((x, top, x + pw, top + ph_each))
-                x += pw + gap
-            x += int(rng.integers(0, 5))
-        # Occluders in front of the products: the price rail over their feet, tags and shelf talkers.
-        rail = int(row_h * rng.uniform(0.0, 0.22)) if rng.random() < 0.6 else 0
-        b0, b1 = max(base - rail, 0), min(base + board_h, height)
-        if b0 < b1:
-            canvas[b0:b1] = board_colour
-            canvas[b0:min(b0 + 2, b1)] *= 1.3
-            occluder[b0:b1] = 1
-            for _ in range(int(rng.integers(1, 6))):  # price tags on the rail
-                tw = int(row_unit * rng.uniform(0.3, 0.8))
-                tx = int(rng.integers(-tw, width))
-                th = int(board_h * rng.uniform(0.6, 1.6))
-                ty = min(b1, base + board_h) - th
-                t0, t1, s0, s1 = max(ty, 0), min(ty + th, height), max(tx, 0), min(tx + tw, width)
-                if t0 < t1 and s0 < s1:
-                    canvas[t0:t1, s0:s1] = _hsv_colour(rng, (0, 120), (200, 256))
-                    canvas[t0 + (t1 - t0) // 2:t0 + (t1 - t0) // 2 + 1, s0 + 2:s1 - 2] = 40
-                    occluder[t0:t1, s0:s1] = 1
-            for _ in range(int(rng.poisson(0.7))):  # shelf talkers hanging over the row
-                tw = int(row_unit * rng.uniform(0.4, 1.6))
-                th = int(row_h * rng.uniform(0.15, 0.8))
-                tx = int(rng.integers(-tw // 2, width))
-                t0, t1, s0, s1 = max(base - th, 0), min(base, height), max(tx, 0), min(tx + tw, width)
-                if t0 < t1 and s0 < s1:
-                    canvas[t0:t1, s0:s1] = _hsv_colour(rng, (100, 256), (150, 256))
-                    occluder[t0:t1, s0:s1] = 1
+        w_row[rng.integers(len(weights))] += 0.6
+        _hard_row_products(rng, canvas, rects, base, row_h, row_unit, w_row)
+        _hard_row_occluders(rng, canvas, occluder, base, row_h, board_h, row_unit, board_colour)
         y = base + board_h
     if rng.random() < 0.3:  # a promotion sign hiding a few products
         sw, sh = int(width * rng.uniform(0.1, 0.25)), int(height * rng.uniform(0.08, 0.2))
@@ -351,18 +358,22 @@ def draw_hard_scene(rng: np.random.Generator, width: int,
         canvas[sy:sy + sh, sx:sx + sw] = _hsv_colour(rng, (150, 256), (150, 256))
         canvas[sy + sh // 3:sy + sh // 3 + max(2, sh // 8), sx + sw // 6:sx + sw - sw // 6] = 250
         occluder[sy:sy + sh, sx:sx + sw] = 1
+    return canvas, occluder, np.array(rects, np.int64).reshape(-1, 4)
 
-    r = np.array(rects, np.int64).reshape(-1, 4)
-    # Occluded share of each product (its full rectangle) from the occluder mask's integral image.
+
+def _occluded_share(r: np.ndarray, occluder: np.ndarray) -> np.ndarray:
+    """Occluded share of each product (its full rectangle) from the occluder mask's integral image."""
+    height, width = occluder.shape
     integ = cv2.integral(occluder)
     c = np.clip(r, 0, [width, height, width, height])
     area_in = np.maximum((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1]), 1)
     covered = integ[c[:, 3], c[:, 2]] - integ[c[:, 1], c[:, 2]] - integ[c[:, 3], c[:, 0]] + integ[c[:, 1], c[:, 0]]
-    occluded = covered / area_in.astype(np.float64)
+    return covered / area_in.astype(np.float64)
 
-    dst = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
-    m = cv2.getPerspectiveTransform(quad, dst)
-    warped = cv2.warpPerspective(canvas, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+def _warped_boxes(r: np.ndarray, m: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The products' rectangles through the homography ``m``: (axis-aligned bounds, the same clipped to the
+    photo, whether enough of each is inside it to be annotated)."""
     corners = np.stack([r[:, [0, 1]], r[:, [2, 1]], r[:, [2, 3]], r[:, [0, 3]]], axis=1).astype(np.float64)
     pts = cv2.perspectiveTransform(corners.reshape(-1, 1, 2), m).reshape(-1, 4, 2)
     raw = np.column_stack([np.floor(pts[:, :, 0].min(1)), np.floor(pts[:, :, 1].min(1)),
@@ -371,25 +382,48 @@ def draw_hard_scene(rng: np.random.Generator, width: int,
     vis_w, vis_h = clip[:, 2] - clip[:, 0], clip[:, 3] - clip[:, 1]
     full = np.maximum((raw[:, 2] - raw[:, 0]) * (raw[:, 3] - raw[:, 1]), 1)
     inside = (vis_w >= MIN_VISIBLE) & (vis_h >= MIN_VISIBLE) & (np.maximum(vis_w, 0) * np.maximum(vis_h, 0) >= 0.25 * full)
-    keep = inside & (occluded <= HARD_MAX_OCCLUDED)
+    return raw, clip, inside
 
-    image = warped * _hard_lighting(rng, width, height)
+
+def _hard_camera(rng: np.random.Generator, photo: np.ndarray) -> np.ndarray:
+    """Lighting, focus blur, sometimes hand shake, and sensor noise; uint8."""
+    height, width = photo.shape[:2]
+    photo = photo * _hard_lighting(rng, width, height)
     sigma = rng.uniform(0.3, 1.5)
-    image = cv2.GaussianBlur(image, (0, 0), sigma)
+    photo = cv2.GaussianBlur(photo, (0, 0), sigma)
     if rng.random() < 0.25:  # hand shake
         n = int(rng.integers(3, 8))
         kernel = np.zeros((n, n), np.float32)
         kernel[n // 2] = 1.0 / n
         rot = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), rng.uniform(0, 180), 1.0)
         kernel = cv2.warpAffine(kernel, rot, (n, n))
-        image = cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
-    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(2.0, 7.0))
-    image = np.clip(image, 0, 255).astype(np.uint8)
+        photo = cv2.filter2D(photo, -1, kernel / max(kernel.sum(), 1e-6))
+    photo += rng.standard_normal(photo.shape, dtype=np.float32) * np.float32(rng.uniform(2.0, 7.0))
+    return np.clip(photo, 0, 255).astype(np.uint8)
+
+
+def draw_hard_scene(rng: np.random.Generator, width: int,
+                    height: int) -> Tuple[np.ndarray, List[Box], List[Box], Dict[str, Any]]:
+    """Returns (BGR photo, visible boxes clipped to the photo, the same unclipped, info for tests and stats)."""
+    target = hard_count(rng)
+    quad = _hard_quad(rng, width, height)
+    qx, qy = quad[:, 0], quad[:, 1]
+    quad_area = 0.5 * abs(float(np.dot(qx, np.roll(qy, 1)) - np.dot(qy, np.roll(qx, 1))))  # shoelace
+    # The photo sees quad_area of the flat shelf: size the product cells so about `target` land in it.
+    cell = _HARD_DENSITY * quad_area / target
+    canvas, occluder, r = _hard_shelf(rng, width, height, np.sqrt(cell * 1.6))
+    occluded = _occluded_share(r, occluder)
+    dst = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    m = cv2.getPerspectiveTransform(quad, dst)
+    warped = cv2.warpPerspective(canvas, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    raw, clip, inside = _warped_boxes(r, m, width, height)
+    keep = inside & (occluded <= HARD_MAX_OCCLUDED)
+    photo = _hard_camera(rng, warped)
     boxes = [tuple(int(v) for v in b) for b in clip[keep]]
     raws = [tuple(int(v) for v in b) for b in raw[keep]]
     info = {"target": target, "occluded": occluded[keep].tolist(),
             "dropped_occluded": int((inside & (occluded > HARD_MAX_OCCLUDED)).sum()), "quad": quad.tolist()}
-    return image, boxes, raws, info  # type: ignore[return-value]
+    return photo, boxes, raws, info  # type: ignore[return-value]
 
 
 def _render(job: Tuple[Any, ...]) -> Tuple[str, List[Box], List[Box], Tuple[int, int]]:
@@ -486,18 +520,3 @@ def generate(out_dir: str, images: Optional[Dict[str, int]] = None, size: Option
         with open(os.path.join(ann_dir, csv_name(split)), "w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows(rows)  # no header, as in the real set
     return Generated(root, names, corrupted, {n: len(v[0]) for n, v in drawn.items()}, bad)
-
-
-def main() -> None:  # pragma: no cover - handy for eyeballing: python -m shelfdet.data.synthetic DIR [PRESET]
-    import sys
-    import time
-
-    t0 = time.time()
-    g = generate(sys.argv[1] if len(sys.argv) > 1 else "synthetic", preset=sys.argv[2] if len(sys.argv) > 2 else "default")
-    n = sum(g.boxes.values())
-    print("{}: {} images, {} boxes ({:.0f}/image), corrupted {}, bad rows {} in {:.1f}s".format(
-        g.root, len(g.boxes), n, n / max(1, len(g.boxes)), g.corrupted, len(g.bad_rows), time.time() - t0))
-
-
-if __name__ == "__main__":
-    main()

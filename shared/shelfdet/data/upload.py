@@ -1,9 +1,9 @@
-"""``python -m shelfdet upload``: DATA_DIR -> s3://BUCKET/PREFIX/{training,validation,test,annotations}/.
+"""DATA_DIR -> s3://BUCKET/PREFIX/{training,validation,test,annotations}/ (``python -m shelfdet upload``).
 
 Resumable by construction: objects already there with the same content are
 skipped, so a second run (or one after an interruption) sends only the rest.
 Same content means the same checksum, never the same size alone: a
-re-generated image of the same byte size is sent again. Each object goes up
+re-generated photo of the same byte size is sent again. Each object goes up
 with a SHA-256 checksum (ChecksumAlgorithm=SHA256) and is compared through its
 ETag (the MD5, unless SSE-KMS or SSE-C) or, where that differs, its
 ChecksumSHA256; the local side is hashed streaming, nothing is downloaded. An
@@ -11,22 +11,20 @@ object of PART_SIZE or more is a multipart upload: S3 then keeps digests of the
 parts' digests ("<digest>-<parts>"; SHA-256 has no full-object form), and the
 local file is hashed part by part at the same part size to match.
 Manifests built without --bucket point at local files; they are rewritten on
-the way up so their source-refs name the uploaded images.
+the way up so their source-refs name the uploaded photos.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import io
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from shelfdet.data import CHANNELS, DataError
-from shelfdet.data.sku110k import source_ref
+from shelfdet.data.manifests import quiet, source_ref
 
 
 # Multipart threshold and part size of the upload, and so of the composite checksums compared on resume.
@@ -38,19 +36,6 @@ class Item(NamedTuple):
     path: str
     body: Optional[bytes]  # rewritten content (manifests); None: upload the file as is
     size: int
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shelfdet upload", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--bucket", help="target bucket (required)")
-    p.add_argument("--prefix", default="detectron2/data")
-    p.add_argument("--region", default=None)
-    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; call nothing")
-    p.add_argument("--role", help="accepted for the Makefile's common AWS flags; uploads use your credentials")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--kms-key", help="KMS key (ID, ARN, alias/<name>): every object is sent with SSE-KMS under it")
-    return p
 
 
 def _key(prefix: str, *parts: str) -> str:
@@ -176,29 +161,18 @@ def _keys(items: List[Item]) -> str:
     return ", ".join(i.key for i in items[:3]) + (", ..." if len(items) > 3 else "")
 
 
-def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None, dry_run: bool = False,
-           concurrency: int = 16, part_size: int = PART_SIZE, kms_key: Optional[str] = None) -> Dict[str, int]:
-    items = plan(data_dir, bucket, prefix)
-    total = sum(i.size for i in items)
-    if dry_run:
-        for i in items[:5]:
-            print("would upload {} -> s3://{}/{}".format(i.path, bucket, i.key))
-        print("dry run: {} files, {:.1f} MB to s3://{}/{}{} (nothing called)".format(
-            len(items), total / 1e6, bucket, prefix.strip("/"),
-            ", SSE-KMS with key {}".format(kms_key) if kms_key else ""))
-        return {"files": len(items), "uploaded": 0, "skipped": 0}
-
+def _client(bucket: str, prefix: str, region: Optional[str], concurrency: int) -> Tuple[Any, Dict[str, Tuple[int, str]]]:
+    """An S3 client and what is under ``prefix`` already; DataError saying why the bucket cannot be used."""
     import boto3.session
     import botocore.config
     import botocore.exceptions
-    from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
     cfg = botocore.config.Config(max_pool_connections=concurrency, retries={"max_attempts": 5, "mode": "standard"})
     # A fresh session: credentials are looked up now, not cached from an earlier call.
     s3 = boto3.session.Session(region_name=region).client("s3", config=cfg)
     try:
         s3.head_bucket(Bucket=bucket)
-        there = existing(s3, bucket, prefix)
+        return s3, existing(s3, bucket, prefix)
     except botocore.exceptions.NoCredentialsError:
         raise DataError("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
     except botocore.exceptions.ClientError as err:
@@ -212,42 +186,47 @@ def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None
     except botocore.exceptions.EndpointConnectionError as err:
         raise DataError("cannot reach S3: {}".format(err)) from None
 
-    todo = [i for i in items if i.key not in there or there[i.key][0] != i.size]
-    same_size = [i for i in items if i.key in there and there[i.key][0] == i.size]
-    if same_size:
-        print("upload: {} objects of the same size there: comparing checksums".format(len(same_size)), flush=True)
-        try:
-            with ThreadPoolExecutor(concurrency) as pool:
-                verdicts = list(pool.map(lambda i: compare(s3, bucket, i, there[i.key][1], part_size, kms_key), same_size))
-        except botocore.exceptions.ClientError as err:
-            raise DataError("bucket {}: {}".format(bucket, err)) from None
-        changed = [i for i, v in zip(same_size, verdicts) if v == "changed"]
-        unknown = [i for i, v in zip(same_size, verdicts) if v == "unknown"]
-        unencrypted = [i for i, v in zip(same_size, verdicts) if v == "unencrypted"]
-        if changed:
-            print("upload: {} of the same size but another checksum, sent again: {}".format(
-                len(changed), _keys(changed)))
-        if unknown:
-            print("upload: {} of the same size with no checksum to compare (ETag not their MD5, no readable "
-                  "ChecksumSHA256), sent again: {}".format(len(unknown), _keys(unknown)))
-        if unencrypted:
-            print("upload: {} not encrypted with KMS_KEY {}, sent again with it: {}".format(
-                len(unencrypted), kms_key, _keys(unencrypted)))
-        todo += changed + unknown + unencrypted
-    skipped = len(items) - len(todo)
-    send = sum(i.size for i in todo)
-    print("upload: {} files to s3://{}/{}: {} already there, {} to send ({:.1f} MB)".format(
-        len(items), bucket, prefix.strip("/"), skipped, len(todo), send / 1e6))
+
+def _resend(s3: Any, bucket: str, same_size: List[Item], there: Dict[str, Tuple[int, str]], part_size: int,
+            kms_key: Optional[str], concurrency: int, say: Callable[[str], None]) -> List[Item]:
+    """Of the objects there with the local size, those to send again (changed, unknown or unencrypted)."""
+    import botocore.exceptions
+
+    say("upload: {} objects of the same size there: comparing checksums".format(len(same_size)))
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            verdicts = list(pool.map(lambda i: compare(s3, bucket, i, there[i.key][1], part_size, kms_key), same_size))
+    except botocore.exceptions.ClientError as err:
+        raise DataError("bucket {}: {}".format(bucket, err)) from None
+    changed = [i for i, v in zip(same_size, verdicts) if v == "changed"]
+    unknown = [i for i, v in zip(same_size, verdicts) if v == "unknown"]
+    unencrypted = [i for i, v in zip(same_size, verdicts) if v == "unencrypted"]
+    if changed:
+        say("upload: {} of the same size but another checksum, sent again: {}".format(len(changed), _keys(changed)))
+    if unknown:
+        say("upload: {} of the same size with no checksum to compare (ETag not their MD5, no readable "
+            "ChecksumSHA256), sent again: {}".format(len(unknown), _keys(unknown)))
+    if unencrypted:
+        say("upload: {} not encrypted with KMS_KEY {}, sent again with it: {}".format(
+            len(unencrypted), kms_key, _keys(unencrypted)))
+    return changed + unknown + unencrypted
+
+
+def _send(s3: Any, bucket: str, todo: List[Item], part_size: int, kms_key: Optional[str], concurrency: int,
+          say: Callable[[str], None]) -> int:
+    """Uploads ``todo``; the number sent, or DataError naming the first failure (a rerun resumes)."""
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
     config = TransferConfig(max_concurrency=concurrency, use_threads=True, multipart_threshold=part_size,
                             multipart_chunksize=part_size)
     extra = {"ChecksumAlgorithm": "SHA256"}
     if kms_key:
         extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=kms_key)
     failures: List[str] = []
+    done = 0
     with create_transfer_manager(s3, config) as tm:
         futures = [(i, tm.upload(io.BytesIO(i.body) if i.body is not None else i.path, bucket, i.key,
                                  extra_args=extra)) for i in todo]
-        done = 0
         for n, (item, fut) in enumerate(futures, 1):
             try:
                 fut.result()
@@ -255,21 +234,32 @@ def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None
             except Exception as err:  # noqa: BLE001 - collect all, report once, rerun resumes
                 failures.append("{}: {}".format(item.key, err))
             if n % 500 == 0 or n == len(futures):
-                print("upload: {}/{} sent".format(n, len(futures)))
+                say("upload: {}/{} sent".format(n, len(futures)))
     if failures:
         raise DataError("{} uploads failed (rerun to resume), first: {}".format(len(failures), failures[0]))
+    return done
+
+
+def upload(data_dir: str, bucket: str, prefix: str, region: Optional[str] = None, dry_run: bool = False,
+           concurrency: int = 16, part_size: int = PART_SIZE, kms_key: Optional[str] = None,
+           say: Callable[[str], None] = quiet) -> Dict[str, int]:
+    """Sends what is not there yet; ``say`` gets the progress lines. Returns files, uploaded and skipped."""
+    items = plan(data_dir, bucket, prefix)
+    total = sum(i.size for i in items)
+    if dry_run:
+        for i in items[:5]:
+            say("would upload {} -> s3://{}/{}".format(i.path, bucket, i.key))
+        say("dry run: {} files, {:.1f} MB to s3://{}/{}{} (nothing called)".format(
+            len(items), total / 1e6, bucket, prefix.strip("/"),
+            ", SSE-KMS with key {}".format(kms_key) if kms_key else ""))
+        return {"files": len(items), "uploaded": 0, "skipped": 0}
+    s3, there = _client(bucket, prefix, region, concurrency)
+    todo = [i for i in items if i.key not in there or there[i.key][0] != i.size]
+    same_size = [i for i in items if i.key in there and there[i.key][0] == i.size]
+    if same_size:
+        todo += _resend(s3, bucket, same_size, there, part_size, kms_key, concurrency, say)
+    skipped = len(items) - len(todo)
+    say("upload: {} files to s3://{}/{}: {} already there, {} to send ({:.1f} MB)".format(
+        len(items), bucket, prefix.strip("/"), skipped, len(todo), sum(i.size for i in todo) / 1e6))
+    done = _send(s3, bucket, todo, part_size, kms_key, concurrency, say)
     return {"files": len(items), "uploaded": done, "skipped": skipped}
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    if not args.bucket:
-        print("error: no bucket: make upload BUCKET=<bucket> (or --bucket)", file=sys.stderr)
-        return 2
-    try:
-        upload(args.data_dir, args.bucket, args.prefix, args.region, args.dry_run, args.concurrency,
-               kms_key=args.kms_key)
-    except DataError as err:
-        print("error: {}".format(err), file=sys.stderr)
-        return 2
-    return 0

@@ -14,30 +14,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Set
 
 from shelfdet.core import safepath
+from shelfdet.core.atomic import temp_beside  # noqa: F401 - also the data room's name for it
 from shelfdet.data import CHANNELS, REPORT, DataError
 
 RECORD = "written.json"
 FORMAT = "shelfdet-written/1"
 # Folders under DATA_DIR/source that make data creates whole: caches kept from one build to the next.
 SOURCE_TREES = ("source/SKU110K_fixed/", "source/download/", "source/extracted/", "source/s3/")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def temp_beside(path: str) -> str:
-    """A new, empty file in ``path``'s folder, to be written and then moved onto ``path``: made exclusively,
-    so a file or link already there under a fixed ``<name>.tmp`` is never written through or replaced."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would have made it
-    return tmp
-
-
 def _legacy(folder: str) -> Optional[Set[str]]:
     """What a data folder built before the record existed holds of the project's own: report.json, the
     manifests, the channel files they name, and the source trees. None when report.json is not ours."""

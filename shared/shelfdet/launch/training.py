@@ -12,11 +12,11 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from shelfdet.core import hyperparameters as hp
+from shelfdet.core import CHANNELS
 from shelfdet.core.metrics import METRIC_DEFINITIONS
 from shelfdet.launch import aws
 from shelfdet.launch.aws import LaunchError, note, s3_uri
 
-CHANNELS = ("training", "validation", "test")
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 WEIGHTS_DIR = "/opt/ml/input/data/weights"
 TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
