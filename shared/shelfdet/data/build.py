@@ -13,7 +13,7 @@ from shelfdet.data import DEFAULT_LABEL, REPORT, DataError, fetch, formats, sku1
 from shelfdet.data.manifests import quiet
 from shelfdet.data.written import Written
 
-# Labels in SRC: the SKU-110K CSVs (the default), or one of the formats' readers.
+# Labels in SRC: the SKU-110K CSVs (the default), or one of the formats' readers (BUILDERS below).
 SOURCE_FORMATS = ("sku110k",) + formats.FORMATS
 
 
@@ -111,7 +111,8 @@ def check_apart(data_dir: str, src: Optional[str], fmt: str = "sku110k") -> None
                     "DATA_DIR apart from SRC".format(data_dir, relation, src))
 
 
-def _labelled(request: Request, opts: Dict[str, Any], written: Written, say: Callable[[str], None]) -> Dict[str, Any]:
+def _labelled(request: Request, opts: Dict[str, Any], written: Written, say: Callable[[str], None],
+              progress: Callable[[str], None]) -> Dict[str, Any]:
     """SRC in one of the formats' layouts (coco, voc, yolo, gt): a local folder."""
     if not request.src:
         raise DataError("FORMAT={} needs SRC=<folder> with the labels and images".format(request.format))
@@ -141,21 +142,10 @@ def _generated(request: Request, work: str, written: Written, say: Callable[[str
     return gen.root
 
 
-def build(request: Request, say: Callable[[str], None] = quiet,
-          progress: Callable[[str], None] = quiet) -> Dict[str, Any]:
-    """Builds DATA_DIR and returns its report; ``say`` gets the summary lines, ``progress`` the download and
-    extraction ones."""
-    data_dir = request.data_dir
-    check_apart(data_dir, request.src, request.format)
-    opts = options(request)
-    if not request.force and up_to_date(data_dir, opts):
-        say("data: {} is up to date ({}); --force rebuilds".format(data_dir, opts["src"]))
-        with open(os.path.join(data_dir, REPORT)) as f:
-            return json.load(f)
-    written = Written(data_dir)
-    work = os.path.join(data_dir, "source")
-    if request.format != "sku110k":
-        return _labelled(request, opts, written, say)
+def _sku110k(request: Request, opts: Dict[str, Any], written: Written, say: Callable[[str], None],
+             progress: Callable[[str], None]) -> Dict[str, Any]:
+    """SRC as SKU-110K ships it (a folder, the .tar.gz or its URL), or the synthetic set generated."""
+    work = os.path.join(request.data_dir, "source")
     if request.src:
         # A download and an extraction each get a folder of their own under source/.
         if fetch.is_url(request.src):
@@ -167,5 +157,24 @@ def build(request: Request, say: Callable[[str], None] = quiet,
     else:
         root = _generated(request, work, written, say)
     extra = {"options": opts, "source_stamp": source_stamp(root)}
-    return sku110k.convert(root, data_dir, bucket=request.bucket, prefix=request.prefix, label=request.label,
+    return sku110k.convert(root, request.data_dir, bucket=request.bucket, prefix=request.prefix, label=request.label,
                            workers=request.workers, extra=extra, log=say, max_side=request.max_side, written=written)
+
+
+# How each source format is built: (request, options, record, say, progress) -> report.
+BUILDERS: Dict[str, Callable[..., Dict[str, Any]]] = dict(
+    {"sku110k": _sku110k}, **{fmt: _labelled for fmt in formats.FORMATS})
+
+
+def build(request: Request, say: Callable[[str], None] = quiet,
+          progress: Callable[[str], None] = quiet) -> Dict[str, Any]:
+    """Builds DATA_DIR and returns its report; ``say`` gets the summary lines, ``progress`` the download and
+    extraction ones."""
+    data_dir = request.data_dir
+    check_apart(data_dir, request.src, request.format)
+    opts = options(request)
+    if not request.force and up_to_date(data_dir, opts):
+        say("data: {} is up to date ({}); --force rebuilds".format(data_dir, opts["src"]))
+        with open(os.path.join(data_dir, REPORT)) as f:
+            return json.load(f)
+    return BUILDERS[request.format](request, opts, Written(data_dir), say, progress)
