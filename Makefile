@@ -216,7 +216,7 @@ tag: ## print the image tags for STACK
 
 # No .venv needed: without boto3 the AWS rows say so and the rest still runs.
 doctor: ## Docker, AWS (credentials, REGION, ECR, ROLE) and what the builds of STACK (default: every pushable stack) fetch, as a table
-	@PYTHONPATH=shared $(if $(wildcard $(PY)),$(PY),python3) -m shelfdet.images.doctor $(if $(STACK),--stack "$(STACK)") --region $(REGION) $(if $(ROLE),--role $(ROLE))
+	@PYTHONPATH=shared $(if $(wildcard $(PY)),$(PY),python3) -m shelfdet.commands.doctor $(if $(STACK),--stack "$(STACK)") --region $(REGION) $(if $(ROLE),--role $(ROLE))
 
 push-base: $(SETUP_STAMP) ## push the base image of STACK (default: the card's) to ECR in REGION; later builds take BASE_IMAGE=<its URI>
 	$(SHELFDET) push base $(if $(STACK),--stack $(STACK)) --builder $(BUILDER) $(AWS_FLAGS)

@@ -2,7 +2,7 @@
 
     python tests/_gated_serve.py GATE_DIR <serve arguments>
 
-The real ``server.main`` runs; three of the app's steps are wrapped:
+The real ``serve.main`` runs; three of the app's steps are wrapped:
 - each body read first creates ``GATE_DIR/read-<n>``: the server has the request;
 - each request that takes a place in the line for a thread creates ``GATE_DIR/admitted-<n>``;
 - each forward pass creates ``GATE_DIR/held-<n>``, then waits until ``GATE_DIR/open`` exists.
@@ -17,7 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from shelfdet.serving import app, server
+from shelfdet.commands import serve
+from shelfdet.serving import app
 
 
 def _announce(gate: Path, kind: str, counter: "itertools.count[int]", lock: threading.Lock) -> None:
@@ -59,4 +60,4 @@ def install(gate: Path) -> None:
 
 if __name__ == "__main__":
     install(Path(sys.argv[1]))
-    sys.exit(server.main(sys.argv[2:]))
+    sys.exit(serve.main(sys.argv[2:]))

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from shelfdet.commands import evaluate as evaluate_command
 from shelfdet.core import evaluation
 
 # Hand-made scene. Image -> (ground-truth boxes, predicted scores; None: no prediction file).
@@ -91,13 +92,13 @@ def test_make_evaluate_reports_counts_and_says_where_the_threshold_comes_from(tm
     for name, body in preds.items():
         (pred_dir / (name + ".json")).write_text(json.dumps(body))
     # a, b, c, e without d: at 0.7 errors 0 0 0 2 -> MAE 0.5.
-    assert evaluation.main(["--predictions", str(pred_dir), "--manifest", str(manifest)]) == 0
+    assert evaluate_command.main(["--predictions", str(pred_dir), "--manifest", str(manifest)]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((pred_dir / "metrics.json").read_text())
     assert metrics["count_threshold"] == BEST and metrics["count_mae"] == pytest.approx(0.5)
     assert metrics["count_threshold_fit"] == "these predictions"
     assert "fit on these same predictions" in out
-    assert evaluation.main(["--predictions", str(pred_dir), "--manifest", str(manifest),
+    assert evaluate_command.main(["--predictions", str(pred_dir), "--manifest", str(manifest),
                             "--count-threshold", "0.5"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((pred_dir / "metrics.json").read_text())

@@ -118,13 +118,13 @@ def test_s3_download_resumes(tmp_path, aws_env):
 
 
 def test_visualize_writes_pngs(data_dir, tmp_path, capsys):
-    from shelfdet.core import visualize
+    from shelfdet.commands import visualize as visualize_command
 
     preds = tmp_path / "preds"
     preds.mkdir()
     (preds / "val_0.jpg.out").write_text(json.dumps({"pred_boxes": [[1, 2, 30, 40]], "scores": [0.9],
                                                      "pred_classes": [0], "image_width": 160, "image_height": 128}))
-    assert visualize.main(["--data-dir", str(data_dir), "--channel", "validation", "-n", "2",
-                           "--predictions", str(preds), "--out", str(tmp_path / "png")]) == 0
+    assert visualize_command.main(["--data-dir", str(data_dir), "--channel", "validation", "-n", "2",
+                                   "--predictions", str(preds), "--out", str(tmp_path / "png")]) == 0
     assert sorted(os.listdir(tmp_path / "png")) == ["val_0.png", "val_1.png"]
     assert str(tmp_path / "png") in capsys.readouterr().out

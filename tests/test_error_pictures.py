@@ -7,6 +7,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from shelfdet.commands import visualize as visualize_command
 from shelfdet.core import evaluation, visualize
 
 GT = [
@@ -109,13 +110,13 @@ def test_visualize_and_training_pngs_use_the_threshold(tmp_path, capsys):
     (preds / "metrics.json").write_text(json.dumps({"count_threshold": 0.3}))  # as make evaluate writes it
     args = ["--data-dir", str(tmp_path / "data"), "--channel", "test", "--predictions", str(preds)]
 
-    assert visualize.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert visualize_command.main(args + ["--out", str(tmp_path / "a")]) == 0
     assert title_counts(tmp_path / "a" / "shelf.png") == ((6, 3, 1), 0.3)  # count_threshold read from metrics.json
     assert "TP 6  FP 3  FN 1" in capsys.readouterr().out
-    assert visualize.main(args + ["--out", str(tmp_path / "b"), "--score-threshold", "0.5"]) == 0
+    assert visualize_command.main(args + ["--out", str(tmp_path / "b"), "--score-threshold", "0.5"]) == 0
     assert title_counts(tmp_path / "b" / "shelf.png") == ((5, 3, 2), 0.5)
     (preds / "metrics.json").unlink()
-    assert visualize.main(args + ["--out", str(tmp_path / "c")]) == 0
+    assert visualize_command.main(args + ["--out", str(tmp_path / "c")]) == 0
     assert title_counts(tmp_path / "c" / "shelf.png")[1] == visualize.DEFAULT_SCORE_THRESHOLD
 
     dicts, _ = load_manifest(str(tmp_path / "data" / "annotations" / "test.manifest"), str(tmp_path / "data" / "test"))

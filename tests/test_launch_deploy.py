@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from shelfdet.launch import training
+from shelfdet.commands import launch_train
 from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client,  # noqa: F401
                                  fast_sessions, image_uri, json_docs, no_network, one_error_line, put_image, sent, wire)
 
@@ -17,7 +17,7 @@ AWS = ["--region", REGION, "--bucket", BUCKET, "--prefix", PREFIX]
 
 def train_job(capsys) -> str:
     capsys.readouterr()
-    assert training.main(["--algo", "faster_rcnn", "--instance-type", "ml.g4dn.xlarge"] + AWS) == 0
+    assert launch_train.main(["--algo", "faster_rcnn", "--instance-type", "ml.g4dn.xlarge"] + AWS) == 0
     return capsys.readouterr().out.strip().splitlines()[-1]
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from shelfdet.commands import launch_train
 from shelfdet.core import hyperparameters as hp
 from shelfdet.launch import training
 from shelfdet.core.metrics import METRIC_DEFINITIONS
@@ -18,7 +19,7 @@ BASE = ["--algo", "retinanet", "--data-dir", "data", "--instance-type", "ml.p3.8
 
 def run(capsys, argv):
     capsys.readouterr()
-    rc = training.main(argv)
+    rc = launch_train.main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -172,9 +173,10 @@ def test_wait_ends_with_the_failure_reason(account, describes, capsys, status, r
 
 
 def test_wait_for_a_job_that_is_not_there_is_one_line(account, capsys):
+    from shelfdet.commands import launching
     from shelfdet.launch import aws
 
-    rc = aws.run(lambda _: training.wait(aws.Aws(REGION), "detectron2-nowhere"), [])
+    rc = launching.run(lambda _: training.wait(aws.Aws(REGION), "detectron2-nowhere"), [])
     err = capsys.readouterr().err
     assert rc == 1
     assert one_error_line(err).startswith("error: DescribeTrainingJob detectron2-nowhere: ValidationException"), err

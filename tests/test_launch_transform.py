@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from shelfdet.launch import training, transform
+from shelfdet.commands import launch_train
+from shelfdet.launch import transform
 from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, cli, client, describes,  # noqa: F401
                                  fast_sessions, image_uri, json_docs, make, no_network, one_error_line, put_image, sent,
                                  wire)
@@ -43,7 +44,7 @@ def test_evaluate_command_is_shelfdet_evaluate():
 def test_transform_downloads_outputs_and_evaluates(account, wire, capsys, manifest, evaluate_calls, tmp_path):
     sm, s3 = client("sagemaker"), client("s3")
     capsys.readouterr()
-    assert training.main(["--instance-type", "ml.p3.2xlarge"] + AWS) == 0
+    assert launch_train.main(["--instance-type", "ml.p3.2xlarge"] + AWS) == 0
     job = capsys.readouterr().out.strip().splitlines()[-1]
     artefact = sm.describe_training_job(TrainingJobName=job)["ModelArtifacts"]["S3ModelArtifacts"]
     name = "detectron2-transform-t1"

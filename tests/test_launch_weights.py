@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
-from shelfdet.launch import training, weights
+from shelfdet.commands import launch_train
+from shelfdet.commands import weights as weights_command
+from shelfdet.launch import weights
 from test_launch_support import (BUCKET, PREFIX, REGION, account, client, fast_sessions, one_error_line, sent,  # noqa: F401
                                  wire)
 
@@ -42,7 +44,7 @@ def _key(algo, argv=()):
 
 def run(capsys, argv):
     capsys.readouterr()
-    rc = weights.main(argv)
+    rc = weights_command.main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -67,7 +69,7 @@ def test_weights_downloaded_uploaded_and_taken_by_an_isolated_job(account, wire,
     assert rc == 0 and "already in " + prefix + key in err and "downloading" not in err
 
     capsys.readouterr()
-    rc = training.main(JOB + ["--algo", "retinanet", "--network-isolation", "--pretrained", prefix] + X101)
+    rc = launch_train.main(JOB + ["--algo", "retinanet", "--network-isolation", "--pretrained", prefix] + X101)
     assert rc == 0, capsys.readouterr().err
     (request,) = sent(wire, "CreateTrainingJob")
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]}

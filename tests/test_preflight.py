@@ -119,7 +119,7 @@ class Env:
         return log.read_text().splitlines() if log.exists() else []
 
     def preflight(self, *args: str, **env: str) -> "subprocess.CompletedProcess[str]":
-        return subprocess.run([sys.executable, "-S", "-m", "shelfdet.images.preflight"] + list(args),
+        return subprocess.run([sys.executable, "-S", "-m", "shelfdet.commands.preflight"] + list(args),
                               cwd=str(self.tmp), env=dict(self.env, **env), capture_output=True, text=True,
                               timeout=120)
 

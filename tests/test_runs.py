@@ -124,13 +124,13 @@ def test_make_compare_without_runs_says_what_it_needs():
 
 def test_runs_remote_adds_sagemaker_jobs_with_their_final_metrics_and_bill(account, describes, capsys, tmp_path):
     from shelfdet.commands import runs
-    from shelfdet.launch import training
+    from shelfdet.commands import launch_train
 
     base = ["--data-dir", "data", "--instance-type", "ml.g5.xlarge", "--stack", "cpu", "--region", REGION,
             "--bucket", BUCKET, "--prefix", PREFIX]
     names = []
     for algo, spot in (("retinanet", ["--spot"]), ("faster_rcnn", [])):
-        assert training.main(base + ["--algo", algo, "--job-name", "detectron2-" + algo.replace("_", "-")] + spot) == 0
+        assert launch_train.main(base + ["--algo", algo, "--job-name", "detectron2-" + algo.replace("_", "-")] + spot) == 0
         names.append(capsys.readouterr().out.strip().splitlines()[-1])
     # moto ends each job at once with its own numbers: SageMaker's answers for these two, in the
     # order the listing gives them (newest first), which is the order they are described in.

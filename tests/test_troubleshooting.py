@@ -42,12 +42,12 @@ KNOWN = [
     ("core/catalog.py", "manifest not found: <?>"),                                   # ManifestError("...".format())
     ("core/checkpoint.py", "<?> does not match the model built from its config: <?>"),  # a helper returns it
     ("launch/aws.py", "no AWS credentials found: set AWS_PROFILE"),              # a module constant, via fail()
-    ("launch/aws.py", "AWS rejected the credentials (<?>): <?>"),                # a variable, " ".join(x.split())
+    ("commands/launching.py", "AWS rejected the credentials (<?>): <?>"),      # a variable, " ".join(x.split())
     ("commands/train.py", "<?> resumes with its own hyperparameters"),                    # module.HyperparameterError
     ("launch/endpoint.py", "<?> of <?> photos are over <?> (first: <?>"),         # a helper returning a string
     ("serving/app.py", "model failed to load from <?>: <?>"),                    # an attribute, `or`
     ("serving/app.py", "payload of <?><?> bytes exceeds"),                       # RequestError(status, message)
-    ("serving/server.py", "port <?> is not a TCP port number"),                  # print("error: ...")
+    ("commands/serve.py", "port <?> is not a TCP port number"),                  # print("error: ...")
     ("commands/tensorboard.py", "<?> has no TensorBoard event files"),                          # SystemExit("error: ...")
     ("training/entry.py", "interrupted; rerun to resume"),                       # fail(root, message)
     ("Makefile", 'make compare needs RUNS="<run> <run> ..."'),                    # $(error ...)

@@ -302,7 +302,7 @@ build() {  # build <image> <stack>
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
   [ "$image" = base ] && need_source "$stack"
   # Everything the base's build fetches, checked in seconds before minutes of building (SHELFDET_PREFLIGHT=0 skips).
-  if [ "$image" = base ]; then PYTHONPATH="$ROOT/shared" python3 -m shelfdet.images.preflight "$stack" || return 1; fi
+  if [ "$image" = base ]; then PYTHONPATH="$ROOT/shared" python3 -m shelfdet.commands.preflight "$stack" || return 1; fi
   parent=$(parent_of "$image")
   if [ "$parent" = base ] && [ -n "$BASE_IMAGE" ]; then  # a base pushed earlier: never rebuilt here
     if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then

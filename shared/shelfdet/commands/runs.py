@@ -183,7 +183,7 @@ def main_runs(argv: Optional[List[str]] = None) -> int:
     if rows:
         print(table(rows, COLUMNS))
     if args.remote:
-        from shelfdet.launch import aws
+        from shelfdet.commands import launching
 
         def remote(_: Any) -> int:
             jobs = remote_rows(args.region, args.name_contains, args.limit)
@@ -194,7 +194,7 @@ def main_runs(argv: Optional[List[str]] = None) -> int:
                 print(table(jobs, COLUMNS + BILL_COLUMNS))
             return 0
 
-        return aws.run(remote, [])
+        return launching.run(remote, [])
     return 0
 
 

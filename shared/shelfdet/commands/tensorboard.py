@@ -92,7 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--port", type=int, default=6006)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.job:
-        from shelfdet.launch import aws
+        from shelfdet.commands import launching
 
         if not args.bucket:
             print("error: JOB= needs BUCKET= (the bucket the job wrote to)", file=sys.stderr)
@@ -101,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             fetch_job(args.job, args.bucket, args.tensorboard_prefix, args.region, args.runs_dir)
             return 0
 
-        rc = aws.run(fetch, [])
+        rc = launching.run(fetch, [])
         if rc:
             return rc
         runs = {args.job: os.path.join(args.runs_dir, "sagemaker", args.job, EVENTS)}  # the name checked by fetch_job

@@ -3,7 +3,7 @@
 ``runs/<job>/`` mirrors /opt/ml (input/config, input/data/<channel>, model,
 checkpoints, output), so the local run and the training image execute the
 same code on the same layout. With ``--instance-type`` the job goes to
-SageMaker instead (``shelfdet.launch.training``).
+SageMaker instead (``shelfdet.commands.launch_train``).
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def lay_out(run_dir: str, data_dir: str, hps: Dict[str, str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--instance-type" in argv:
-        from shelfdet.launch import training as remote
+        from shelfdet.commands import launch_train as remote
 
         return int(remote.main(argv) or 0)
     own, hp_args = _split_hp(argv)

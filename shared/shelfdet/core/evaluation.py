@@ -1,5 +1,5 @@
-"""COCO-style scoring with pycocotools, maxDets = detections per image (300 by default),
-plus per-image count error (shelf counting) and the box matching the error pictures draw.
+"""COCO-style scoring with faster-coco-eval (pycocotools gives the same numbers), maxDets =
+detections per photo (300 by default), plus per-photo count error (shelf counting) and the box matching the error pictures draw.
 
 Used at the end of training (on the model) and by ``make evaluate`` (on
 prediction files from the endpoint or batch transform); both paths feed the
@@ -7,13 +7,11 @@ same :func:`score` so their numbers agree.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -344,101 +342,97 @@ def _images_of(manifest: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(manifest))), channel)
 
 
-def _model_predictions(args: argparse.Namespace, gt: Sequence[Mapping[str, Any]]
+def _model_predictions(model_dir: str, device: Optional[str], infer: str, out_dir: str, manifest: str, label: str,
+                       count_threshold: Optional[float], gt: Sequence[Mapping[str, Any]]
                        ) -> Tuple[Dict[str, Dict[str, Any]], Optional[float], Dict[str, Any]]:
-    """Runs MODEL_DIR over the images of ``gt`` (with INFER overrides); writes each prediction file.
+    """Runs the model folder over the photos of ``gt`` (with INFER overrides); writes each prediction file.
     Returns the predictions, the count threshold fit on the sibling validation manifest, and run facts."""
     from shelfdet.core import catalog, hyperparameters
     from shelfdet.core.inference import Detector
 
-    overrides = hyperparameters.parse_inference(args.infer or "", "--infer")
-    detector = Detector.from_model_dir(args.model_dir, args.device, overrides)
+    overrides = hyperparameters.parse_inference(infer or "", "--infer")
+    detector = Detector.from_model_dir(model_dir, device, overrides)
     start = time.time()
     preds = predict_dataset(detector, gt)
     seconds = time.time() - start
-    os.makedirs(args.out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     for name, pred in preds.items():
-        with open(os.path.join(args.out_dir, name + ".json"), "w") as f:
+        with open(os.path.join(out_dir, name + ".json"), "w") as f:
             json.dump(pred, f)
     threshold = None
-    val_manifest = os.path.join(os.path.dirname(args.manifest), "validation.manifest")
-    if args.count_threshold is None and os.path.abspath(val_manifest) != os.path.abspath(args.manifest) \
+    val_manifest = os.path.join(os.path.dirname(manifest), "validation.manifest")
+    if count_threshold is None and os.path.abspath(val_manifest) != os.path.abspath(manifest) \
             and os.path.isfile(val_manifest):
-        val, _ = catalog.load_manifest(val_manifest, _images_of(val_manifest), args.label)
+        val, _ = catalog.load_manifest(val_manifest, _images_of(val_manifest), label)
         threshold = fit_count_threshold(val, predict_dataset(detector, val))
-    facts = {"model_dir": args.model_dir, "inference": overrides, "seconds_per_image": round(seconds / max(1, len(gt)), 4),
+    facts = {"model_dir": model_dir, "inference": overrides, "seconds_per_image": round(seconds / max(1, len(gt)), 4),
              "max_dets": detector.max_detections}
     return preds, threshold, facts
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from shelfdet.core import catalog
-    from shelfdet.core.hyperparameters import HyperparameterError
+# What the count line says of its threshold, by where it came from.
+COUNT_NOTES = {"these predictions": ", threshold fit on these same predictions (optimistic: pass --count-threshold "
+                                    "with one fit on validation)",
+               "given": ", threshold given", "validation": ", threshold fit on validation"}
 
-    ap = argparse.ArgumentParser(prog="shelfdet evaluate", description=__doc__)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--predictions", help="folder of <image>.out / <image>.json prediction files")
-    src.add_argument("--model-dir", help="a model folder (artefacts.json): run it over the manifest's images")
-    ap.add_argument("--manifest", required=True, help="ground-truth augmented manifest")
-    ap.add_argument("--images", default=None, help="--model-dir: image folder (default: DATA_DIR/<channel> of the manifest)")
-    ap.add_argument("--infer", default="", help="--model-dir: inference hyperparameters over the model's, e.g. "
-                    "'--tile-size 512 --nms soft' (hyperparameters.INFERENCE)")
-    ap.add_argument("--device", default=None, help="--model-dir: cpu | cuda (default: cuda when available)")
-    ap.add_argument("--out-dir", default=os.path.join("predictions", "evaluation"),
-                    help="--model-dir: where the prediction files and metrics.json go")
-    ap.add_argument("--label", default="sku", help="label attribute in the manifest")
-    ap.add_argument("--max-dets", type=int, default=None, help="COCO maxDets (default: 300, or the model's det-per-img)")
-    ap.add_argument("--evaluation-type", choices=("fast", "coco"), default="fast",
-                    help="fast: faster-coco-eval (C++); coco: pycocotools (same numbers, slower)")
-    ap.add_argument("--count-threshold", type=float, default=None,
-                    help="score threshold for the per-image count error (default: with --model-dir, the one with "
-                         "the lowest count MAE on the validation manifest beside MANIFEST; with --predictions, "
-                         "the one on these same predictions, which flatters it)")
-    ap.add_argument("--out", default=None, help="metrics JSON (default: <predictions or out-dir>/metrics.json)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    facts: Dict[str, Any] = {}
-    count_threshold, fit_on = args.count_threshold, "given"
-    try:
-        # The scorer first: with --model-dir, a missing one would otherwise fail after predicting every image.
-        require_backend(args.evaluation_type == "fast")
-        # Prediction files are matched by file name; a model reads the images themselves.
-        image_dir = (args.images or _images_of(args.manifest)) if args.model_dir else os.path.dirname(args.manifest)
-        gt, names = catalog.load_manifest(args.manifest, image_dir, args.label, check_images=bool(args.model_dir))
-        if args.model_dir:
-            preds, fitted, facts = _model_predictions(args, gt)
-            if fitted is not None:
-                count_threshold, fit_on = fitted, "validation"
-            folder = args.out_dir
-        else:
-            preds = load_predictions(args.predictions)
-            folder = args.predictions
-    except (ValueError, FileNotFoundError, HyperparameterError, RuntimeError) as err:
-        print("error: {}".format(err), file=sys.stderr)
-        return 2
+
+class Evaluation(NamedTuple):
+    """What ``make evaluate`` scores: the manifest's ground truth and the predictions, where they are (and
+    where metrics.json goes by default), the count threshold and where it came from, and run facts."""
+    gt: List[Dict[str, Any]]
+    names: List[str]
+    preds: Dict[str, Dict[str, Any]]
+    folder: str
+    count_threshold: Optional[float]
+    fit_on: str
+    facts: Dict[str, Any]
+
+
+def gather(manifest: str, predictions: Optional[str] = None, model_dir: Optional[str] = None,
+           images: Optional[str] = None, infer: str = "", device: Optional[str] = None,
+           out_dir: str = os.path.join("predictions", "evaluation"), label: str = "sku",
+           count_threshold: Optional[float] = None, fast: bool = True) -> Evaluation:
+    """The ground truth and the predictions: prediction files (matched by file name), or a model folder's
+    run over the manifest's photos (prediction files written to ``out_dir``)."""
+    from shelfdet.core import catalog
+
+    # The scorer first: with a model folder, a missing one would otherwise fail after predicting every photo.
+    require_backend(fast)
+    image_dir = (images or _images_of(manifest)) if model_dir else os.path.dirname(manifest)
+    gt, names = catalog.load_manifest(manifest, image_dir, label, check_images=bool(model_dir))
+    fit_on = "given"
+    facts = {}  # type: Dict[str, Any]
+    if model_dir:
+        preds, fitted, facts = _model_predictions(model_dir, device, infer, out_dir, manifest, label, count_threshold, gt)
+        if fitted is not None:
+            count_threshold, fit_on = fitted, "validation"
+        folder = out_dir
+    else:
+        preds = load_predictions(predictions)
+        folder = predictions or ""
     if count_threshold is None:
         fit_on = "these predictions"
-    known = {os.path.basename(d["file_name"]) for d in gt}
-    missing = known - set(preds)
-    extra = set(preds) - known
+    return Evaluation(gt, names, preds, folder, count_threshold, fit_on, facts)
+
+
+def score_files(ev: Evaluation, max_dets: Optional[int] = None, fast: bool = True, out: Optional[str] = None
+             ) -> Tuple[Dict[str, Any], str]:
+    """Scores the predictions (a photo without one: no detections) and writes metrics.json: the metrics, its path."""
+    known = {os.path.basename(d["file_name"]) for d in ev.gt}
+    missing = known - set(ev.preds)
+    extra = set(ev.preds) - known
     if missing:
         log.warning("%d of %d images have no prediction file (scored as no detections), e.g. %s",
                     len(missing), len(known), sorted(missing)[0])
     if extra:
         log.warning("%d prediction files match no image of the manifest, e.g. %s", len(extra), sorted(extra)[0])
-    max_dets = args.max_dets or facts.get("max_dets") or 300
-    metrics = score(gt, preds, names, max_dets, fast=args.evaluation_type == "fast", count_threshold=count_threshold)
-    metrics["images"] = len(gt)
+    max_dets = max_dets or ev.facts.get("max_dets") or 300
+    metrics = score(ev.gt, ev.preds, ev.names, max_dets, fast=fast, count_threshold=ev.count_threshold)
+    metrics["images"] = len(ev.gt)
     metrics["max_dets"] = max_dets
-    metrics["count_threshold_fit"] = fit_on
-    metrics.update(facts)
-    out = args.out or os.path.join(folder, "metrics.json")
+    metrics["count_threshold_fit"] = ev.fit_on
+    metrics.update(ev.facts)
+    out = out or os.path.join(ev.folder, "metrics.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2)
-    print(format_metrics(metrics))
-    notes = {"these predictions": ", threshold fit on these same predictions (optimistic: pass --count-threshold "
-                                  "with one fit on validation)",
-             "given": ", threshold given", "validation": ", threshold fit on validation"}
-    print(format_counts(metrics) + notes[fit_on])
-    print("metrics written to {}".format(out))
-    return 0
+    return metrics, out

@@ -1,21 +1,20 @@
-"""``python -m shelfdet visualize``: PNGs of ground-truth (and predicted) boxes, drawn by Detectron2.
+"""Ground-truth and predicted boxes drawn on photos by Detectron2 (``make visualize``, ``make predict``'s PNG).
 
-Dense scenes have ~150 boxes per image: boxes are drawn without labels.
+Dense scenes have ~150 boxes per photo: boxes are drawn without labels.
 Ground truth alone is green. With predictions, the picture shows errors at a
 score threshold: matched predictions (true positives) green, false positives
 red, missed ground truth (false negatives) blue, with the counts in the title.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from shelfdet.core import compat
+
 
 GT_COLOUR = (0.1, 0.85, 0.1)
 PRED_COLOUR = (0.95, 0.15, 0.1)
@@ -156,65 +155,25 @@ def default_score_threshold(pred_dir: str) -> Tuple[float, str]:
         return DEFAULT_SCORE_THRESHOLD, "default"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shelfdet visualize", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--channel", default="validation")
-    p.add_argument("-n", type=int, default=4, help="number of images")
-    p.add_argument("--predictions", help="folder of prediction JSON files (the serving answer) named <image>.json or <image>.out")
-    p.add_argument("--score-threshold", "--min-score", dest="score_threshold", type=float, default=None,
-                   help="predictions scoring below are not drawn nor matched (default: count_threshold of "
-                        "PREDICTIONS/metrics.json as make evaluate writes it, else {})".format(DEFAULT_SCORE_THRESHOLD))
-    p.add_argument("--label", default="sku")
-    p.add_argument("--out", help="PNG folder (default DATA_DIR/visualize/<channel>)")
-    return p
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    from shelfdet.core.catalog import ManifestError, load_manifest
-
-    manifest = os.path.join(args.data_dir, "annotations", args.channel + ".manifest")
-    image_dir = os.path.join(args.data_dir, args.channel)
-    out_dir = args.out or os.path.join(args.data_dir, "visualize", args.channel)
-    try:
-        dicts, _ = load_manifest(manifest, image_dir, args.label)
-    except ManifestError as err:
-        print("error: {} (run `make data` first?)".format(err), file=sys.stderr)
-        return 2
-    if args.predictions and not os.path.isdir(args.predictions):
-        print("error: --predictions {}: no such folder".format(args.predictions), file=sys.stderr)
-        return 2
-    score_threshold = args.score_threshold
-    if args.predictions and score_threshold is None:
-        score_threshold, origin = default_score_threshold(args.predictions)
-        print("score threshold {:.4f} ({})".format(score_threshold, origin))
+def picture(record: Dict[str, Any], out_dir: str, predictions: Optional[str], score_threshold: Optional[float],
+            warn: Callable[[str], None]) -> Tuple[str, str]:
+    """One dataset record's PNG: its ground truth, or with a prediction file in ``predictions`` its errors at
+    ``score_threshold``. Returns the PNG's path and what it shows; ``warn`` hears of a missing prediction."""
     from shelfdet.core import photos
 
-    written = []
-    for d in dicts[:max(0, args.n)]:
-        name = os.path.basename(d["file_name"])
-        try:
-            image = photos.read(d["file_name"])  # JPEG and PNG only, upright, BGR: as training reads it
-        except (OSError, photos.ImageDecodeError) as err:
-            print("error: {}: cannot read the image ({})".format(d["file_name"], err), file=sys.stderr)
-            return 2
-        gt = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in d["annotations"])]
-        out = os.path.join(out_dir, os.path.splitext(name)[0] + ".png")
-        path = find_prediction(args.predictions, name) if args.predictions else None
-        if args.predictions and path is None:
-            print("warning: no prediction for {} in {}".format(name, args.predictions), file=sys.stderr)
-        if path is None:
-            written.append(draw(image, [], out, gt_boxes=gt))
-            print("{}: {} ground-truth boxes".format(out, len(gt)))
-            continue
-        try:
-            pred = read_prediction(path)
-        except ValueError as err:
-            print("error: {}".format(err), file=sys.stderr)
-            return 2
-        _, title = draw_errors(image, gt, pred["boxes"], pred["scores"], out, score_threshold, name)
-        written.append(out)
-        print("{}: {}".format(out, title))
-    print("visualize: {} PNGs in {}".format(len(written), out_dir))
-    return 0
+    name = os.path.basename(record["file_name"])
+    try:
+        photo = photos.read(record["file_name"])  # JPEG and PNG only, upright, BGR: as training reads it
+    except (OSError, photos.ImageDecodeError) as err:
+        raise ValueError("{}: cannot read the image ({})".format(record["file_name"], err)) from None
+    gt = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in record["annotations"])]
+    out = os.path.join(out_dir, os.path.splitext(name)[0] + ".png")
+    path = find_prediction(predictions, name) if predictions else None
+    if predictions and path is None:
+        warn("warning: no prediction for {} in {}".format(name, predictions))
+    if path is None:
+        return draw(photo, [], out, gt_boxes=gt), "{} ground-truth boxes".format(len(gt))
+    pred = read_prediction(path)
+    _, title = draw_errors(photo, gt, pred["boxes"], pred["scores"], out,
+                           DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold, name)
+    return out, title

@@ -18,7 +18,6 @@ As sagemaker-studio-image-build does from SageMaker Studio, it
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import os
@@ -30,8 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from shelfdet.launch import aws, image_names
 from shelfdet.launch.aws import LaunchError, note
-from shelfdet.launch.image_names import (  # noqa: F401 (the builder's names, shared with bootstrap and policy)
-    ECR_ACTIONS, PROJECT, ROLE_NAME, default_bucket, partition, zip_prefix)
+# Shared with bootstrap and policy, which make the builder's role.
+from shelfdet.launch.image_names import ROLE_NAME, default_bucket, partition, zip_prefix
 
 DEFAULT_PREFIX = image_names.DEFAULT_ZIP_PREFIX
 BUILD_IMAGE = "aws/codebuild/standard:7.0"
@@ -44,14 +43,6 @@ NEVER = (".venv", ".git", "data", "data-hard", "runs", "images/.build")
 # Variables of the caller's shell that change the image's tag (tools/images.sh reads them).
 PASSED_THROUGH = ("PARENT", "BASE_IMAGE")
 ENDED = ("SUCCEEDED", "FAILED", "FAULT", "TIMED_OUT", "STOPPED")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--builder", choices=("docker", "codebuild"), default="docker",
-                   help="docker: build and push from here; codebuild: on AWS CodeBuild (BUILDER=codebuild)")
-    p.add_argument("--project", default=PROJECT, help="CodeBuild project (BUILDER=codebuild; default: %(default)s)")
-    p.add_argument("--compute-type", default=COMPUTE_TYPE, help="CodeBuild compute type (default: %(default)s)")
-    p.add_argument("--build-image", default=BUILD_IMAGE, help="CodeBuild image (default: %(default)s)")
 
 
 # ---- the build context -------------------------------------------------------------
@@ -373,8 +364,8 @@ def check_pushed(cloud: aws.Aws, image: image_names.Image, uri: str, build_id: s
 
 # ---- the command ---------------------------------------------------------------------
 
-def push(args: argparse.Namespace, cloud: aws.Aws, image: image_names.Image) -> int:
-    """``shelfdet push <kind> --builder codebuild`` (called by push.py once the image is named)."""
+def push(args: Any, cloud: aws.Aws, image: image_names.Image) -> Optional[str]:
+    """``shelfdet push <kind> --builder codebuild`` once the image is named: the pushed URI (None: a dry run)."""
     if os.environ.get("CODEBUILD_BUILD_ID"):
         raise LaunchError("BUILDER=codebuild inside a CodeBuild build: the buildspec builds here (BUILDER=docker)")
     root = context_root()
@@ -399,7 +390,7 @@ def push(args: argparse.Namespace, cloud: aws.Aws, image: image_names.Image) -> 
     start = start_request(args.project, location, args.kind, args.stack, cloud.region)
     if cloud.dry_run:
         cloud.send("codebuild", "start_build", start)
-        return 0
+        return None
     build = _role_retry(lambda: cloud.send("codebuild", "start_build", start))["build"]
     note("started CodeBuild build {}: https://{}.console.aws.amazon.com/codesuite/codebuild/projects/{}/build/{}/?region={}".format(
         build["id"], cloud.region, args.project, build["id"].replace(":", "%3A"), cloud.region))
@@ -408,6 +399,5 @@ def push(args: argparse.Namespace, cloud: aws.Aws, image: image_names.Image) -> 
         raise LaunchError(failure(final))
     check_pushed(cloud, image, uri, build["id"])
     note("pushed {} (built on CodeBuild)".format(uri))
-    print(uri, flush=True)
-    return 0
+    return uri
 

@@ -8,12 +8,9 @@ Without boto3 (no .venv yet) the AWS rows say so and the rest still runs.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
-import re
-import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from shelfdet.launch import image_names
 from shelfdet.images import preflight as pf
@@ -197,77 +194,62 @@ def status_of(result: Result) -> str:
     return result.status
 
 
-def stacks_arg(values: Optional[Sequence[str]]) -> List[str]:
-    out = []  # type: List[str]
-    for value in values or []:
-        for name in re.split(r"[,\s]+", value):
-            if name and name not in out:
-                out.append(name)
-    return out
+class Findings(NamedTuple):
+    """The checks run: the host's (Docker, AWS), each stack's external parts once (``parts``), and per stack."""
+    host: List[Check]
+    parts: List[Check]
+    stacks: List[pf.Stack]
+    per_stack: Dict[str, List[Check]]
+
+    def every(self) -> List[Check]:
+        return self.host + self.parts
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="shelfdet doctor", description=__doc__.splitlines()[0])
-    p.add_argument("--stack", action="append",
-                   help="stack(s) whose build to check (default: {}, the pushable ones)".format(
-                       ", ".join(image_names.STACKS)))
-    p.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                   or "us-east-2", help="AWS region (make doctor passes REGION)")
-    p.add_argument("--role", help="SageMaker execution role, ARN or name (default: found by name, as launchers do)")
-    p.add_argument("--timeout", type=float, default=pf.default_timeout(),
-                   help="seconds per connect or read (default {:g})".format(pf.TIMEOUT))
-    args = p.parse_args(argv)
-    names = stacks_arg(args.stack) or list(image_names.STACKS)
-    unknown = [n for n in names if n not in pf.all_stacks()]
-    if unknown:
-        print("error: unknown stack '{}' (one of: {})".format(unknown[0], ", ".join(pf.all_stacks())),
-              file=sys.stderr)
-        return 2
-    try:
-        versions = image_names.read_versions()
-    except (image_names.ImageError, OSError) as err:
-        print("error: {}".format(err), file=sys.stderr)
-        return 2
+def examine(names: Sequence[str], versions: Dict[str, str], region: str, role: Optional[str],
+            timeout: float) -> Findings:
+    """Runs the host's checks and those of the named stacks' builds, each part once."""
     parent = os.environ.get("PARENT", "")
     stacks = [pf.Stack(n, versions, parent) for n in names]
     merged = {}  # type: Dict[str, Check]
     per_stack = {}  # type: Dict[str, List[Check]]
-    limit = 2 * args.timeout + 1
+    limit = 2 * timeout + 1
     for stack in stacks:
         mine = []
-        for check in [pf.base_check(stack, args.timeout, limit)] + pf.stack_checks(stack, args.timeout):
+        for check in [pf.base_check(stack, timeout, limit)] + pf.stack_checks(stack, timeout):
             check = merged.setdefault(check.key, check)
             check.stacks.append(stack.name)
             mine.append(check)
         per_stack[stack.name] = mine
-    host = host_checks(args.timeout) + aws_checks(args.region, args.role, args.timeout)
+    host = host_checks(timeout) + aws_checks(region, role, timeout)
     pf.run_checks(host + list(merged.values()))
     settle_aws(host)
     for stack in stacks:
         pf.settle(stack, per_stack[stack.name])
+    return Findings(host, list(merged.values()), stacks, per_stack)
+
+
+def report(findings: Findings) -> str:
+    """The table: one row per check (stack, part, what, status, detail)."""
     rows = [["stack", "part", "what", "status", "detail"]]
-    for check in host:
+    for check in findings.host:
         rows.append(["-", check.part, check.what, status_of(check.result), check.result.detail])
-    for check in merged.values():
+    for check in findings.parts:
         rows.append([",".join(check.stacks), check.part, check.what, status_of(check.result), check.result.detail])
-    print(table(rows), flush=True)
-    failed = [c for c in host + list(merged.values()) if c.result.level == ERROR]
-    warned = [c for c in host + list(merged.values()) if c.result.level == WARN]
+    return table(rows)
+
+
+def verdict(findings: Findings) -> Tuple[bool, List[str]]:
+    """Whether every required check passed, and the lines that say so (or which failed, per stack)."""
+    failed = [c for c in findings.every() if c.result.level == ERROR]
+    warned = [c for c in findings.every() if c.result.level == WARN]
     if failed:
-        print("doctor: {} required check{} failed (the FAIL rows)".format(
-            len(failed), "" if len(failed) == 1 else "s"), file=sys.stderr)
-        for stack in stacks:
-            line = pf.error_line(stack, per_stack[stack.name], others=False)
+        lines = ["doctor: {} required check{} failed (the FAIL rows)".format(len(failed), "" if len(failed) == 1 else "s")]
+        for stack in findings.stacks:
+            line = pf.error_line(stack, findings.per_stack[stack.name], others=False)
             if line:
-                print(line.replace("error: preflight:", "doctor:", 1), file=sys.stderr)
-        return 1
-    skipped = [c for c in host + list(merged.values()) if c.result.level == SKIP]
+                lines.append(line.replace("error: preflight:", "doctor:", 1))
+        return False, lines
+    skipped = [c for c in findings.every() if c.result.level == SKIP]
     extra = ["{} warning{}".format(len(warned), "" if len(warned) == 1 else "s")] if warned else []
     extra += ["{} not checked".format(len(skipped))] if skipped else []
-    print("doctor: every required check passes{}".format(" ({})".format(", ".join(extra)) if extra else ""),
-          file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return True, ["doctor: every required check passes{}".format(" ({})".format(", ".join(extra)) if extra else "")]

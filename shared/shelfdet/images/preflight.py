@@ -1,6 +1,6 @@
 """Preflight of an image build: is every external part a stack's base image fetches reachable?
 
-    PYTHONPATH=shared python3 -m shelfdet.images.preflight <stack>   # make build-base runs this first
+    PYTHONPATH=shared python3 -m shelfdet.commands.preflight <stack>   # make build-base runs this first
 
 The parts come from versions.env (SHELFDET_VERSIONS_ENV overrides, as for image_names.py): the
 parent images, the apt repositories, the CUDA compiler's sources, the torch wheels and
@@ -9,20 +9,18 @@ timeout, so a host that reaches nothing learns it in seconds, not after an hour 
 building. A missing part stops with one line naming it and what else would work;
 SHELFDET_PREFLIGHT=0 skips the whole check. When the stack's base image is already
 built (its content-hash tag is in Docker), nothing is fetched and nothing is checked.
-`make doctor` (shelfdet.images.doctor) shows the same checks as a table.
+`make doctor` (shelfdet.commands.doctor) shows the same checks as a table.
 
 Standard library only: it runs before any virtual environment exists.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -541,51 +539,24 @@ def skipped() -> bool:
     return (os.environ.get("SHELFDET_PREFLIGHT") or "1").strip().lower() in ("0", "no", "false", "off")
 
 
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="shelfdet preflight", description=__doc__.splitlines()[0])
-    p.add_argument("stack", help="one of: " + ", ".join(all_stacks()))
-    p.add_argument("--timeout", type=float, default=default_timeout(),
-                   help="seconds per connect or read (default {:g}; SHELFDET_PREFLIGHT_TIMEOUT)".format(TIMEOUT))
-    args = p.parse_args(argv)
-    if skipped():
-        say("preflight: skipped (SHELFDET_PREFLIGHT=0)")
-        return 0
-    if args.stack not in all_stacks():
-        say("error: preflight: unknown stack '{}' (one of: {})".format(args.stack, ", ".join(all_stacks())))
-        return 2
-    try:
-        versions = image_names.read_versions()
-    except (image_names.ImageError, OSError) as err:
-        say("error: preflight: {}".format(err))
-        return 2
+def check(name: str, versions: Dict[str, str], timeout: float, say: Callable[[str], None]) -> bool:
+    """Whether every external part of the stack's build answers (or its base is built, so the build
+    fetches nothing); ``say`` hears the one-line verdict, an ``error:`` line when a part fails."""
     t0 = time.monotonic()
-    stack = Stack(args.stack, versions, os.environ.get("PARENT", ""))
-    checks = stack_checks(stack, args.timeout)
-    base = base_check(stack, args.timeout, 2 * args.timeout + 1)
+    stack = Stack(name, versions, os.environ.get("PARENT", ""))
+    checks = stack_checks(stack, timeout)
+    base = base_check(stack, timeout, 2 * timeout + 1)
     if not run_checks([base] + checks, first=base, stop=lambda r: r.status == "built"):
         say("preflight: stack {}: {} is built, its build fetches nothing".format(stack.name, base.result.detail))
-        return 0
+        return True
     settle(stack, checks)
     line = error_line(stack, checks)
     if line:
         say(line)
-        return 1
-    for check in checks:
-        if check.result.note:
-            say("preflight: note: " + " ".join(check.result.note.split()))
+        return False
+    for c in checks:
+        if c.result.note:
+            say("preflight: note: " + " ".join(c.result.note.split()))
     say("preflight: stack {}: {} external parts reachable ({:.1f} s)".format(
         stack.name, len(checks), time.monotonic() - t0))
-    return 0
-
-
-if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Checks still in flight (a built base stops the rest) are daemon threads inside DNS or
-    # socket calls; interpreter finalization under them has crashed Python (SIGSEGV, seen in CI).
-    os._exit(code)
+    return True

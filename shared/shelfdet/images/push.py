@@ -9,32 +9,18 @@ The base is pushed so that a team builds training and serving on it later
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import shutil
 import subprocess
-import sys
 from typing import List, Optional
 
 from shelfdet.launch import aws, image_names
-from shelfdet.images import codebuild
 from shelfdet.launch.aws import LaunchError, note
 
 # image_names.KINDS are the kinds that are launched; the base is only pushed.
 KINDS = ("base",) + tuple(image_names.KINDS)
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet push", description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=KINDS)
-    # No argparse choices: image_names.image() refuses an unknown or test-only stack in one line.
-    p.add_argument("--stack",
-                   help="image stack: {} (default: {}, the design card's)".format(" | ".join(image_names.STACKS), image_names.CARD_STACK))
-    p.add_argument("--no-build", action="store_true", help="fail instead of building a missing image")
-    codebuild.add_arguments(p)
-    aws.add_common(p, stack=False)
-    return p
 
 
 def image_of(kind: str, stack: str) -> image_names.Image:
@@ -112,35 +98,26 @@ def repository_request(image: image_names.Image) -> dict:
             "tags": [{"Key": "project", "Value": "shelfdet"}]}
 
 
-def _main(argv: List[str]) -> int:
-    args = parser().parse_args(argv)
-    if args.stack is None:
-        args.stack = image_names.CARD_STACK
-        note("STACK not given: the design card's {} (STACK=<stack> pushes another)".format(args.stack))
-    try:
-        image = image_of(args.kind, args.stack)
-    except image_names.ImageError as err:
-        raise LaunchError(str(err)) from None
-    cloud = aws.Aws.from_args(args)
-    if args.builder == "codebuild":
-        return codebuild.push(args, cloud, image)
-    if args.dry_run:
-        uri = image.ecr_uri(cloud.account(), args.region)
+def push(cloud: aws.Aws, image: image_names.Image, no_build: bool = False) -> Optional[str]:
+    """Builds the image if missing (unless ``no_build``), creates its ECR repository if missing, logs in and
+    pushes: the pushed URI (None: a dry run, whose requests ``cloud`` shows)."""
+    if cloud.dry_run:
+        uri = image.ecr_uri(cloud.account(), cloud.region)
         note("# would run: {0} image inspect {1} (build it with tools/images.sh if missing); ECR login to {2}; "
-             "{0} tag {1} {3}; {0} push {3}".format(docker_exe(), image.local, image.registry(cloud.account(), args.region), uri))
+             "{0} tag {1} {3}; {0} push {3}".format(docker_exe(), image.local, image.registry(cloud.account(), cloud.region), uri))
         note("# the request below is sent only when the repository is missing")
         cloud.send("ecr", "create_repository", repository_request(image))
-        return 0
+        return None
     if shutil.which(docker_exe()) is None:
         raise LaunchError("docker not found (install Docker, or set DOCKER=<docker command>)")
     account = cloud.account()
-    uri = image.ecr_uri(account, args.region)
-    registry = image.registry(account, args.region)
+    uri = image.ecr_uri(account, cloud.region)
+    registry = image.registry(account, cloud.region)
     logged_in = set()  # type: set
     if not exists_locally(image.local):
-        if args.no_build:
-            raise LaunchError("{} is not built: make build-{} STACK={}".format(image.local, args.kind, args.stack))
-        base = image_names.parse_ecr_uri(os.environ.get("BASE_IMAGE") or "") if args.kind != "base" else None
+        if no_build:
+            raise LaunchError("{} is not built: make build-{} STACK={}".format(image.local, image.kind, image.stack))
+        base = image_names.parse_ecr_uri(os.environ.get("BASE_IMAGE") or "") if image.kind != "base" else None
         if base:  # tools/images.sh pulls BASE_IMAGE, and ECR wants a login first
             base_registry = "{}.dkr.ecr.{}.{}".format(base["account"], base["region"], image_names.domain(base["region"]))
             login(cloud, base_registry)
@@ -157,9 +134,4 @@ def _main(argv: List[str]) -> int:
     check(docker(["tag", image.local, uri]), "docker tag")
     check(docker(["push", uri], capture=False), "docker push")
     note("pushed {}".format(uri))
-    print(uri, flush=True)
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)
+    return uri

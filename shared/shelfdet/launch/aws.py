@@ -9,12 +9,11 @@ print as ``<placeholders>`` unless the flags already determine them.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import json
+import logging
 import re
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_PREFIX = "detectron2/data"
@@ -28,20 +27,6 @@ class LaunchError(RuntimeError):
 
 
 # ---- arguments -------------------------------------------------------------------
-
-def add_common(parser: argparse.ArgumentParser, stack: bool = True) -> None:
-    """The flags the Makefile's AWS_FLAGS (and --stack) pass to every target."""
-    parser.add_argument("--region", required=True, help="AWS region, e.g. us-east-2")
-    parser.add_argument("--dry-run", action="store_true", help="print the API requests as JSON and call nothing")
-    parser.add_argument("--role", help="SageMaker execution role: ARN or name (default: found by name)")
-    parser.add_argument("--bucket", help="S3 bucket holding the uploaded data and the outputs")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="S3 prefix of the uploaded data")
-    parser.add_argument("--kms-key", help="KMS key (ID, ARN, alias/<name> or its ARN) for volumes, outputs and uploads")
-    if stack:
-        parser.add_argument("--stack", default=None,
-                            help="image stack: cpu, cu101 or cu12 (default: from the instance type)")
-        parser.add_argument("--image-uri", help="use this image instead of ours from ECR")
-
 
 def split_hp(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     """argv before ``--`` (launcher flags) and after it (hyperparameters)."""
@@ -121,8 +106,16 @@ def sse_kms(kms_key: Optional[str]) -> Dict[str, str]:
     return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key}
 
 
+log = logging.getLogger("shelfdet.launch")
+
+
 def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A progress line for the user: the command shows this logger's lines on stderr."""
+    log.info(message)
+
+
+def _logged(text: str) -> None:
+    log.info(text)
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,17 +150,15 @@ def to_json(request: Dict[str, Any]) -> str:
 class Aws:
     """Clients and look-ups for one region. In dry-run mode it never touches the network."""
 
-    def __init__(self, region: str, dry_run: bool = False) -> None:
+    def __init__(self, region: str, dry_run: bool = False, show: Callable[[str], None] = _logged) -> None:
+        """``show`` gets each request a dry run prints (the command's stdout)."""
         check_region(region)
         self.region = region
         self.dry_run = dry_run
+        self.show = show
         self._session = None  # type: Any
         self._clients = {}  # type: Dict[str, Any]
         self._account = None  # type: Optional[str]
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Aws":
-        return cls(args.region, dry_run=args.dry_run)
 
     # -- plumbing
     def client(self, service: str) -> Any:
@@ -185,7 +176,7 @@ class Aws:
         """Prints the request (dry run) or sends exactly it. ``operation`` is the boto3 method name."""
         if self.dry_run:
             note("# {} {} (dry run: not sent)".format(service, _api_name(operation)))
-            print(to_json(request), flush=True)
+            self.show(to_json(request))
             return None
         return getattr(self.client(service), operation)(**request)
 
@@ -324,39 +315,3 @@ def find_execution_role(iam: Any) -> Optional[str]:
         return None
     trusted.sort(key=lambda r: ("execution" in r["RoleName"].lower(), str(r.get("CreateDate", ""))), reverse=True)
     return trusted[0]["Arn"]
-
-
-# ---- errors ------------------------------------------------------------------------
-
-def run(body: Callable[[List[str]], int], argv: Sequence[str]) -> int:
-    """Runs a launcher; a missing prerequisite or an AWS error becomes one line on stderr and exit 1."""
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError,
-                                     NoRegionError, PartialCredentialsError)
-
-    from shelfdet.core.hyperparameters import HyperparameterError
-
-    try:
-        return int(body(list(argv)) or 0)
-    except (LaunchError, HyperparameterError) as err:
-        message = str(err)
-    except (NoCredentialsError, PartialCredentialsError):
-        message = NO_CREDENTIALS
-    except NoRegionError:
-        message = "no region: pass REGION=<region>"
-    except EndpointConnectionError as err:
-        message = "cannot reach {} (check REGION and the network)".format(getattr(err, "kwargs", {}).get("endpoint_url", "AWS"))
-    except ClientError as err:
-        info = err.response.get("Error", {})
-        op = getattr(err, "operation_name", "request")
-        code, text = info.get("Code", "Error"), info.get("Message", "")
-        if code in ("InvalidClientTokenId", "UnrecognizedClientException", "ExpiredToken", "ExpiredTokenException",
-                    "SignatureDoesNotMatch"):
-            message = "AWS rejected the credentials ({}): {}; refresh them (`aws sso login`, new keys)".format(code, text)
-        else:
-            message = "{} failed: {}: {}".format(op, code, text)
-    except BotoCoreError as err:
-        message = str(err)
-    except KeyboardInterrupt:
-        message = "interrupted (jobs already created keep running; see the SageMaker console)"
-    print("error: " + " ".join(message.split()), file=sys.stderr, flush=True)
-    return 1

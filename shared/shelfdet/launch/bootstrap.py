@@ -16,25 +16,15 @@ Prints the CodeBuild role's ARN on stdout; ``--dry-run`` prints the requests ins
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from shelfdet.launch import aws, image_names
-from shelfdet.launch.aws import LaunchError, note
+from shelfdet.launch.aws import note
 
 SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
 SCALING_ROLE = "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
 SCALING_PATH = "/aws-service-role/{}/".format(SCALING_SERVICE)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet bootstrap", description=__doc__.splitlines()[0])
-    p.add_argument("--project", default=image_names.PROJECT, help="CodeBuild project whose logs the role writes (default: %(default)s)")
-    aws.add_common(p, stack=False)
-    return p
-
 
 def role_requests(region: str, account: str, bucket: str, prefix: str, project: str,
                   repos: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -115,19 +105,13 @@ def scaling_role(cloud: aws.Aws) -> None:
             raise
 
 
-def _main(argv: List[str]) -> int:
-    args = parser().parse_args(argv)
-    cloud = aws.Aws.from_args(args)
+def bootstrap(cloud: aws.Aws, bucket: Optional[str], prefix: Optional[str], project: str) -> str:
+    """The CodeBuild role (its policy set again) and the scaling service-linked role: the CodeBuild role's ARN."""
     account = cloud.account()
-    bucket = args.bucket or image_names.default_bucket(cloud.region, account)
-    requests = role_requests(cloud.region, account, bucket, image_names.zip_prefix(args.prefix), args.project, image_repositories())
+    bucket = bucket or image_names.default_bucket(cloud.region, account)
+    requests = role_requests(cloud.region, account, bucket, image_names.zip_prefix(prefix), project, image_repositories())
     arn = codebuild_role(cloud, requests)
     scaling_role(cloud)
     if not cloud.dry_run:
         note("bootstrap done: day-to-day users need only the policy `make policy` prints (docs/aws.md)")
-        print(arn, flush=True)
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)
+    return arn

@@ -9,11 +9,9 @@ registered once the endpoint is in service, and recorded like the rest.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from shelfdet.serving import limits
 from shelfdet.launch import aws, training
@@ -35,40 +33,6 @@ INVOCATIONS_TARGET = 30.0
 # A new instance takes minutes to start: scaling in waits longer, so a short lull does not cost a cold start.
 SCALE_IN_COOLDOWN = 600
 SCALE_OUT_COOLDOWN = 300
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model.tar.gz S3 URI or training job name (default: the newest completed detectron2-* job)")
-    parser.add_argument("--instance-count", type=int, default=1)
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="container environment (repeatable)")
-    parser.add_argument("--output-prefix", default="detectron2/output", help="S3 prefix training wrote artefacts to")
-    training.add_network_flags(parser, "the serving container needs none (SageMaker itself reads the model and S3)")
-    aws.add_common(parser)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet deploy", description=__doc__.splitlines()[0])
-    p.add_argument("--endpoint", help="endpoint name (default: generated)")
-    p.add_argument("--instance-type", default="ml.g4dn.xlarge")
-    p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created")
-    p.add_argument("--record-dir", default=RECORD_DIR)
-    p.add_argument("--async", dest="async_inference", action="store_true",
-                   help="asynchronous endpoint: inputs and results on S3 under --bucket, scales to zero")
-    p.add_argument("--async-prefix", default=ASYNC_PREFIX,
-                   help="S3 prefix of the async endpoint's folders: <prefix>/<endpoint>/{input,output,failure}/")
-    p.add_argument("--max-concurrent", type=int, default=ASYNC_CONCURRENCY,
-                   help="async: MaxConcurrentInvocationsPerInstance")
-    p.add_argument("--sns-success", help="async: SNS topic (ARN or name) told of each result")
-    p.add_argument("--sns-error", help="async: SNS topic (ARN or name) told of each failure")
-    p.add_argument("--min-instances", type=int, help="scale down to this many (async default: 0)")
-    p.add_argument("--max-instances", type=int, help="scale up to this many (default: the larger of "
-                   "--min-instances and --instance-count)")
-    p.add_argument("--target-backlog", type=float, default=BACKLOG_TARGET,
-                   help="async: ApproximateBacklogSizePerInstance target tracking keeps")
-    p.add_argument("--target-invocations", type=float, default=INVOCATIONS_TARGET,
-                   help="real-time: SageMakerVariantInvocationsPerInstance (per minute) target tracking keeps")
-    add_model_flags(p)
-    return p
 
 
 def latest_job(cloud: aws.Aws) -> str:
@@ -126,7 +90,7 @@ def environment(pairs: List[str]) -> Dict[str, str]:
 
 
 def model_request(name: str, image: str, data: str, role: str, env: Dict[str, str], tags: List[Dict[str, str]],
-                  args: Optional[argparse.Namespace] = None) -> Dict[str, Any]:
+                  args: Optional[Any] = None) -> Dict[str, Any]:
     """CreateModel; ``args`` brings VPC_SUBNETS/VPC_SECURITY_GROUPS (VpcConfig) and NETWORK_ISOLATION."""
     container = {"Image": image, "ModelDataUrl": data}  # type: Dict[str, Any]
     if env:
@@ -140,7 +104,7 @@ def model_request(name: str, image: str, data: str, role: str, env: Dict[str, st
     return request
 
 
-def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
+def build_requests(args: Any, cloud: aws.Aws) -> List[Any]:
     """[(operation, request), ...] in the order they are sent."""
     training.check_vpc(args)
     stamp = aws.timestamp()
@@ -176,7 +140,7 @@ def build_requests(args: argparse.Namespace, cloud: aws.Aws) -> List[Any]:
     ]
 
 
-def async_config(args: argparse.Namespace, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
+def async_config(args: Any, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
     if not args.bucket:
         raise LaunchError("ASYNC=1 needs BUCKET=<bucket>: requests and results go to s3://<bucket>/{}/{}/".format(
             args.async_prefix.strip("/"), endpoint))
@@ -197,7 +161,7 @@ def async_config(args: argparse.Namespace, cloud: aws.Aws, endpoint: str) -> Dic
     return {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": args.max_concurrent}, "OutputConfig": output}
 
 
-def scaling_range(args: argparse.Namespace) -> Optional[Tuple[int, int]]:
+def scaling_range(args: Any) -> Optional[Tuple[int, int]]:
     """(min, max) instances, or None: a real-time endpoint scales only when asked to."""
     if not args.async_inference and args.min_instances is None and args.max_instances is None:
         return None
@@ -220,7 +184,7 @@ def alarm_name(endpoint: str) -> str:
     return endpoint + "-has-backlog-without-capacity"
 
 
-def scaling_requests(args: argparse.Namespace, endpoint: str) -> List[Tuple[str, str, Dict[str, Any]]]:
+def scaling_requests(args: Any, endpoint: str) -> List[Tuple[str, str, Dict[str, Any]]]:
     """[(service, operation, request), ...] that scale the endpoint, in order; [] when it does not scale.
 
     Async: target tracking on the backlog per instance cannot leave zero instances (no instance, no
@@ -279,18 +243,17 @@ def record_path(record_dir: str, endpoint: str) -> str:
     return os.path.join(record_dir, endpoint + ".json")
 
 
-def _main(argv: List[str]) -> int:
-    args = parser().parse_args(argv)
-    cloud = aws.Aws.from_args(args)
+def create(args: Any, cloud: aws.Aws) -> str:
+    """The model, endpoint config and endpoint (and its scaling, once in service), each recorded as it is
+    made so that a failure half way still lets undeploy clean up: the endpoint's name."""
     requests = build_requests(args, cloud)
     scaling = scaling_requests(args, requests[-1][1]["EndpointName"])
+    endpoint = requests[-1][1]["EndpointName"]
     created = {"region": args.region}  # type: Dict[str, Any]
 
     def record() -> None:
-        # After each step, so a failure half way still lets undeploy clean up.
         if not cloud.dry_run:
             os.makedirs(args.record_dir, exist_ok=True)
-            endpoint = requests[-1][1]["EndpointName"]
             with open(record_path(args.record_dir, endpoint), "w") as f:
                 json.dump(dict(created, endpoint=endpoint), f, indent=2)
 
@@ -301,41 +264,45 @@ def _main(argv: List[str]) -> int:
     if cloud.dry_run:
         for service, operation, request in scaling:
             cloud.send(service, operation, request)
-        return 0
-    endpoint = requests[-1][1]["EndpointName"]
+        return endpoint
     note("creating endpoint {}\n  {}".format(endpoint, training.console_url(args.region, "endpoints", endpoint)))
     if not args.no_wait:
-        sm = cloud.client("sagemaker")
-        from botocore.exceptions import WaiterError
-
-        try:
-            sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": max(1, int(training.poll_seconds())), "MaxAttempts": 120})
-        except WaiterError:
-            reason = sm.describe_endpoint(EndpointName=endpoint).get("FailureReason", "not in service in time")
-            raise LaunchError("endpoint {} failed: {} (`make undeploy ENDPOINT={}` cleans up)".format(endpoint, reason, endpoint)) from None
-        step_arn = None
-        for service, operation, request in scaling:
-            if operation == "put_metric_alarm":
-                request["AlarmActions"] = [step_arn]
-            answer = cloud.send(service, operation, request) or {}
-            if operation == "register_scalable_target":
-                created["scalable_target"] = request["ResourceId"]
-            elif operation == "put_scaling_policy":
-                created.setdefault("scaling_policies", []).append(request["PolicyName"])
-                if request["PolicyType"] == "StepScaling":
-                    step_arn = answer["PolicyARN"]
-            else:
-                created.setdefault("alarms", []).append(request["AlarmName"])
-            record()
-        if scaling:
-            low, high = scaling[0][2]["MinCapacity"], scaling[0][2]["MaxCapacity"]
-            note("endpoint {} scales between {} and {} instances ({})".format(endpoint, low, high, ", ".join(
-                created["scaling_policies"] + created.get("alarms", []))))
+        wait_in_service(cloud, endpoint)
+        scale(cloud, endpoint, scaling, created, record)
         note("endpoint {} is in service: make predict ENDPOINT={} IMAGE=<image{}>".format(
             endpoint, endpoint, " or folder" if args.async_inference else ""))
-    print(endpoint, flush=True)
-    return 0
+    return endpoint
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)
+def wait_in_service(cloud: aws.Aws, endpoint: str) -> None:
+    from botocore.exceptions import WaiterError
+
+    sm = cloud.client("sagemaker")
+    try:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": max(1, int(training.poll_seconds())), "MaxAttempts": 120})
+    except WaiterError:
+        reason = sm.describe_endpoint(EndpointName=endpoint).get("FailureReason", "not in service in time")
+        raise LaunchError("endpoint {} failed: {} (`make undeploy ENDPOINT={}` cleans up)".format(endpoint, reason, endpoint)) from None
+
+
+def scale(cloud: aws.Aws, endpoint: str, scaling: List[Tuple[str, str, Dict[str, Any]]], created: Dict[str, Any],
+          record: Callable[[], None]) -> None:
+    """Registers the endpoint's scaling (target, policies, alarm), recording each step in ``created``."""
+    step_arn = None
+    for service, operation, request in scaling:
+        if operation == "put_metric_alarm":
+            request["AlarmActions"] = [step_arn]
+        answer = cloud.send(service, operation, request) or {}
+        if operation == "register_scalable_target":
+            created["scalable_target"] = request["ResourceId"]
+        elif operation == "put_scaling_policy":
+            created.setdefault("scaling_policies", []).append(request["PolicyName"])
+            if request["PolicyType"] == "StepScaling":
+                step_arn = answer["PolicyARN"]
+        else:
+            created.setdefault("alarms", []).append(request["AlarmName"])
+        record()
+    if scaling:
+        low, high = scaling[0][2]["MinCapacity"], scaling[0][2]["MaxCapacity"]
+        note("endpoint {} scales between {} and {} instances ({})".format(endpoint, low, high, ", ".join(
+            created["scaling_policies"] + created.get("alarms", []))))

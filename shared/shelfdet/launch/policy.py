@@ -9,14 +9,12 @@ must have a value. Nothing is called on AWS except, without ``--account``, STS's
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from shelfdet.launch import aws, bootstrap
+from shelfdet.launch import aws, bootstrap, image_names
 from shelfdet.launch.aws import LaunchError
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z]+)\}")
@@ -26,20 +24,6 @@ KMS_KEY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
 
 Value = Union[str, List[str]]
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet policy", description=__doc__.splitlines()[0])
-    p.add_argument("--template", required=True, help="the policy template (docs/iam-policy.json or docs/iam-bootstrap.json)")
-    p.add_argument("--region", required=True, help="AWS region the project runs in")
-    p.add_argument("--account", help="AWS account ID (default: the one the credentials belong to)")
-    p.add_argument("--bucket", help="S3 bucket of the data, outputs and build zips (BUCKET)")
-    p.add_argument("--role", help="SageMaker execution role: ARN or name (ROLE)")
-    p.add_argument("--codebuild-role", default=image_names.ROLE_NAME,
-                   help="CodeBuild service role: ARN or name (default: %(default)s, made by make bootstrap)")
-    p.add_argument("--kms-key", help="KMS key ID or key ARN (KMS_KEY; its statements are left out without one)")
-    return p
-
 
 def role_arn(role: str, account: str, partition: str) -> str:
     return role if aws.ROLE_ARN.match(role) else "arn:{}:iam::{}:role/{}".format(partition, account, role)
@@ -117,23 +101,17 @@ def fill(template: Dict[str, Any], values: Dict[str, Optional[Value]]) -> Dict[s
     return dict(template, Statement=kept)
 
 
-def _main(argv: List[str]) -> int:
-    args = parser().parse_args(argv)
-    aws.check_region(args.region)
-    path = Path(args.template)
+def filled(template_path: str, region: str, account: Optional[str], bucket: Optional[str], role: Optional[str],
+           codebuild_role: str, kms_key: Optional[str]) -> Any:
+    """The policy template with this account's values (the account: the credentials' own when not given)."""
+    aws.check_region(region)
+    path = Path(template_path)
     try:
         template = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise LaunchError("cannot read the policy template {}: {}".format(path, err)) from None
-    account = args.account
     if not account:
-        account = aws.Aws(args.region).account()
+        account = aws.Aws(region).account()
     elif not re.match(r"^\d{12}$", account):
         raise LaunchError("ACCOUNT={}: an AWS account ID is 12 digits".format(account))
-    values = parameters(args.region, account, args.bucket, args.role, args.codebuild_role, args.kms_key)
-    print(json.dumps(fill(template, values), indent=2), flush=True)
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)
+    return fill(template, parameters(region, account, bucket, role, codebuild_role, kms_key))

@@ -5,10 +5,8 @@ The request pieces (channels, hyperparameters, resources) are shared with tuning
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from shelfdet.core import hyperparameters as hp
@@ -27,48 +25,18 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 WAITER_ATTEMPTS = 120
 
 
-def add_job_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by training and tuning."""
-    parser.add_argument("--algo", default="faster_rcnn", choices=hp.ALGORITHMS)
-    parser.add_argument("--instance-type", required=True)
-    parser.add_argument("--instance-count", type=int, default=1)
-    parser.add_argument("--spot", action="store_true", help="managed spot training (checkpoints resume it)")
-    parser.add_argument("--max-run", type=int, default=24 * 3600, help="seconds of training at most")
-    parser.add_argument("--max-wait", type=int, help="seconds including waiting for spot capacity (default 2 x max-run)")
-    parser.add_argument("--volume-size", type=int, default=100, help="GB of EBS per instance (the data is copied there)")
-    parser.add_argument("--weights", help="initial weights: zoo, none, an https URL or an s3:// URI")
-    parser.add_argument("--input-mode", default="File", choices=INPUT_MODES,
-                        help="File copies the channels to EBS first; FastFile streams them from S3 at the same paths")
-    add_network_flags(parser, "weights=zoo then needs --pretrained")
-    parser.add_argument("--pretrained", help="s3:// prefix holding the model zoo's checkpoints (`make weights`): "
-                                             "weights=zoo is read from it, not downloaded")
-    parser.add_argument("--no-encrypt-traffic", action="store_true",
-                        help="with several instances, leave the traffic between them unencrypted (faster)")
-    parser.add_argument("--output-prefix", default="detectron2/output", help="S3 prefix of model artefacts")
-    parser.add_argument("--checkpoint-prefix", default="detectron2/checkpoints", help="S3 prefix of checkpoints")
-    parser.add_argument("--job-name", help="explicit job name (default: generated, unique)")
-    aws.add_common(parser)
-
-
-def add_network_flags(parser: argparse.ArgumentParser, isolation: str) -> None:
-    """VPC and network isolation: for training and tuning jobs, and for the models of endpoints and transforms."""
-    parser.add_argument("--network-isolation", action="store_true", help="no network in the container: " + isolation)
-    parser.add_argument("--vpc-subnets", default="", help="subnet IDs (comma- or space-separated) for VpcConfig")
-    parser.add_argument("--vpc-security-groups", default="", help="security group IDs for VpcConfig")
-
-
-def check_vpc(args: argparse.Namespace) -> None:
+def check_vpc(args: Any) -> None:
     if bool(_ids(args.vpc_subnets)) != bool(_ids(args.vpc_security_groups)):
         raise LaunchError("VPC_SUBNETS and VPC_SECURITY_GROUPS go together: a VpcConfig needs both")
 
 
-def vpc_config(args: argparse.Namespace) -> Optional[Dict[str, List[str]]]:
+def vpc_config(args: Any) -> Optional[Dict[str, List[str]]]:
     if not _ids(args.vpc_subnets):
         return None
     return {"SecurityGroupIds": _ids(args.vpc_security_groups), "Subnets": _ids(args.vpc_subnets)}
 
 
-def encrypt_traffic(args: argparse.Namespace) -> bool:
+def encrypt_traffic(args: Any) -> bool:
     """EnableInterContainerTrafficEncryption: on for several instances unless ENCRYPT_TRAFFIC=0."""
     if args.instance_count <= 1:
         return False
@@ -76,20 +44,6 @@ def encrypt_traffic(args: argparse.Namespace) -> bool:
         note("note: ENCRYPT_TRAFFIC=0: the traffic between the {} instances is not encrypted".format(args.instance_count))
         return False
     return True
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet train", description=__doc__.splitlines()[0])
-    add_job_flags(p)
-    p.add_argument("--wait", action="store_true", help="follow the job and its logs to the end")
-    p.add_argument("--keep-alive", type=int, default=0,
-                   help="seconds the instances stay in a warm pool for the next matching job (at most 3600)")
-    p.add_argument("--tensorboard-prefix", default="detectron2/tensorboard",
-                   help="S3 prefix the job's TensorBoard event files are synced to (one folder per job)")
-    # Local-training flags, accepted so the Makefile's argv passes through unchanged.
-    p.add_argument("--data-dir", help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", help=argparse.SUPPRESS)
-    return p
 
 
 def hyperparameters(algo: str, hp_argv: Sequence[str], extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -145,11 +99,11 @@ def _ids(text: Optional[str]) -> List[str]:
     return [t for t in re.split(r"[,\s]+", text or "") if t]
 
 
-def effective_weights(args: argparse.Namespace, hp_argv: Sequence[str]) -> str:
+def effective_weights(args: Any, hp_argv: Sequence[str]) -> str:
     return args.weights or hyperparameters(args.algo, hp_argv)["weights"]
 
 
-def check_locked_down(args: argparse.Namespace, hp_argv: Sequence[str]) -> None:
+def check_locked_down(args: Any, hp_argv: Sequence[str]) -> None:
     """What a job without network or in a VPC would only find out after it started; no AWS call."""
     check_vpc(args)
     if not args.network_isolation:
@@ -164,7 +118,7 @@ def check_locked_down(args: argparse.Namespace, hp_argv: Sequence[str]) -> None:
                           "its s3:// URI".format(weights))
 
 
-def pretrained_input(cloud: aws.Aws, args: argparse.Namespace, hp_argv: Sequence[str]) -> Optional[Dict[str, Any]]:
+def pretrained_input(cloud: aws.Aws, args: Any, hp_argv: Sequence[str]) -> Optional[Dict[str, Any]]:
     """The ``pretrained`` channel: the folder of zoo checkpoints the container reads weights=zoo from."""
     if not args.pretrained:
         return None
@@ -192,7 +146,7 @@ def pretrained_input(cloud: aws.Aws, args: argparse.Namespace, hp_argv: Sequence
 MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
-def tracking_environment(args: argparse.Namespace) -> Dict[str, str]:
+def tracking_environment(args: Any) -> Dict[str, str]:
     """MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME) of this shell, for the job's container, where
     the job can reach it; without a user, password or token (see redact.uri)."""
     from shelfdet.core import redact
@@ -221,7 +175,7 @@ def tracking_environment(args: argparse.Namespace) -> Dict[str, str]:
     return env
 
 
-def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str,
+def job_pieces(args: Any, cloud: aws.Aws, checkpoint_name: str,
                hp_argv: Sequence[str] = ()) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The parts a training job and a tuning job's definition have in common, and hyperparameters they imply."""
     if args.instance_count < 1:
@@ -276,7 +230,7 @@ def job_pieces(args: argparse.Namespace, cloud: aws.Aws, checkpoint_name: str,
     return pieces, ({"weights": weights_hp} if weights_hp else {})
 
 
-def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+def build_request(args: Any, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
     if not 0 <= args.keep_alive <= MAX_KEEP_ALIVE:
         raise LaunchError("KEEP_ALIVE={}: seconds from 0 to {} (SageMaker's warm pool limit)".format(
             args.keep_alive, MAX_KEEP_ALIVE))
@@ -300,11 +254,11 @@ def console_url(region: str, kind: str, name: str) -> str:
 # ---- following a job -------------------------------------------------------------
 
 class LogStreamer:
-    """Prints a job's CloudWatch log lines once each, across its hosts' streams."""
+    """Hands a job's CloudWatch log lines to ``say`` once each, across its hosts' streams."""
 
-    def __init__(self, cloud: aws.Aws, group: str, job: str) -> None:
+    def __init__(self, cloud: aws.Aws, group: str, job: str, say: Callable[[str], None] = note) -> None:
         self.logs = cloud.client("logs")
-        self.group, self.job = group, job
+        self.group, self.job, self.say = group, job, say
         self.tokens = {}  # type: Dict[str, Optional[str]]
 
     def poll(self) -> None:
@@ -321,7 +275,7 @@ class LogStreamer:
                 out = self.logs.get_log_events(**kwargs)
                 for event in out.get("events", []):
                     host = name[len(self.job) + 1:].split("/")[0]
-                    print("[{}] {}".format(host, event.get("message", "").rstrip()), flush=True)
+                    self.say("[{}] {}".format(host, event.get("message", "").rstrip()))
                 token = out.get("nextForwardToken")
                 if not token or token == self.tokens.get(name):
                     break
@@ -374,9 +328,9 @@ def follow(cloud: aws.Aws, waiter: str, params: Dict[str, str], status_key: str,
         sm.meta.events.unregister(event, described)
 
 
-def wait(cloud: aws.Aws, name: str) -> Dict[str, Any]:
-    """Follows the job (status changes and logs) until it ends; returns the last description."""
-    logs = LogStreamer(cloud, "/aws/sagemaker/TrainingJobs", name)
+def wait(cloud: aws.Aws, name: str, say: Callable[[str], None] = note) -> Dict[str, Any]:
+    """Follows the job (status changes, and its log lines to ``say``) until it ends; returns the last description."""
+    logs = LogStreamer(cloud, "/aws/sagemaker/TrainingJobs", name, say)
     seen = []  # type: List[Tuple[str, Optional[str]]]
 
     def show(desc: Dict[str, Any]) -> None:
@@ -389,19 +343,18 @@ def wait(cloud: aws.Aws, name: str) -> Dict[str, Any]:
     return follow(cloud, "training_job_completed_or_stopped", {"TrainingJobName": name}, "TrainingJobStatus", show)
 
 
-def report(desc: Dict[str, Any]) -> None:
+def report(desc: Dict[str, Any]) -> List[str]:
+    """What an ended job left: its model artefact, metrics and bill; a job that did not complete raises."""
     name, status = desc["TrainingJobName"], desc["TrainingJobStatus"]
     if status != "Completed":
         raise LaunchError("training job {} {}: {}".format(name, status.lower(), desc.get("FailureReason") or "no reason given"))
-    print("model artefact: {}".format(desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", "?")))
+    lines = ["model artefact: {}".format(desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", "?"))]
     metrics = desc.get("FinalMetricDataList", [])
-    for m in metrics:
-        print("metric {}: {}".format(m.get("MetricName"), m.get("Value")))
+    lines += ["metric {}: {}".format(m.get("MetricName"), m.get("Value")) for m in metrics]
     if not metrics:
-        print("metrics: none reported")
+        lines.append("metrics: none reported")
     line = bill(desc)
-    if line:
-        print(line)
+    return lines + [line] if line else lines
 
 
 def bill(desc: Dict[str, Any]) -> Optional[str]:
@@ -420,23 +373,3 @@ def bill(desc: Dict[str, Any]) -> Optional[str]:
     elif desc.get("EnableManagedSpotTraining"):
         line += "; spot savings unknown (no training time reported)"
     return line
-
-
-def _main(argv: List[str]) -> int:
-    own, hp_argv = aws.split_hp(argv)
-    args = parser().parse_args(own)
-    cloud = aws.Aws.from_args(args)
-    request = build_request(args, hp_argv, cloud)
-    cloud.send("sagemaker", "create_training_job", request)
-    if args.dry_run:
-        return 0
-    name = request["TrainingJobName"]
-    note("started training job {}\n  {}".format(name, console_url(args.region, "jobs", name)))
-    print(name, flush=True)
-    if args.wait:
-        report(wait(cloud, name))
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)

@@ -1,13 +1,11 @@
 """``make tune``: a SageMaker hyperparameter tuning job over the table's ``tune`` ranges."""
 from __future__ import annotations
 
-import argparse
 import datetime
-import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-from shelfdet.core import hyperparameters as hp
+from shelfdet.core import hyperparameters
 from shelfdet.launch import aws, training
 from shelfdet.launch.aws import LaunchError, note
 
@@ -19,19 +17,6 @@ ONLY_FOR = {"RetinaNet:": ("retinanet",), "Faster R-CNN:": ("faster_rcnn", "casc
 SHORT = {"faster_rcnn": "frcnn", "retinanet": "retina", "cascade_rcnn": "cascade"}
 RANGE_KEYS = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges"}
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet tune", description=__doc__.splitlines()[0])
-    training.add_job_flags(p)
-    p.add_argument("--objective", default="validation:ap", choices=sorted(OBJECTIVES))
-    p.add_argument("--max-jobs", type=int, default=8)
-    p.add_argument("--max-parallel", type=int, default=2)
-    p.add_argument("--early-stopping", default="Auto", choices=("Auto", "Off"))
-    p.add_argument("--strategy", default="Bayesian", choices=("Bayesian", "Random"))
-    p.add_argument("--wait", action="store_true", help="follow the tuning job to the end and print the best job")
-    return p
-
-
 def tuning_name(algo: str) -> str:
     # Tuning job names are limited to 32 characters: d2-frcnn-251127-223000-123 is 26.
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -41,7 +26,7 @@ def tuning_name(algo: str) -> str:
 def parameter_ranges(algo: str, pinned: Sequence[str]) -> Dict[str, List[Dict[str, str]]]:
     """The table's tune ranges for this detector, minus those HP pins to a value."""
     ranges = {key: [] for key in ("ContinuousParameterRanges", "IntegerParameterRanges", "CategoricalParameterRanges")}
-    for p in hp.TABLE:
+    for p in hyperparameters.PARAMS:
         if p.tune is None or p.name in pinned:
             continue
         owners = next((a for prefix, a in ONLY_FOR.items() if p.help.startswith(prefix)), (algo,))
@@ -52,16 +37,16 @@ def parameter_ranges(algo: str, pinned: Sequence[str]) -> Dict[str, List[Dict[st
     return ranges
 
 
-def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+def build_request(args: Any, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
     if not 1 <= args.max_parallel <= args.max_jobs:
         raise LaunchError("MAX_PARALLEL ({}) must be between 1 and MAX_JOBS ({})".format(args.max_parallel, args.max_jobs))
     name = args.job_name or tuning_name(args.algo)
     if len(name) > 32:
         raise LaunchError("tuning job name '{}' is longer than 32 characters".format(name))
-    pinned = [k.replace("_", "-") for k in hp.parse_cli(hp_argv)]
+    pinned = [k.replace("_", "-") for k in hyperparameters.parse_cli(hp_argv)]
     extra = {}
     if args.objective == "validation:ap":
-        if "val-ap" in pinned and not hp.BY_NAME["val-ap"].parse(hp.parse_cli(hp_argv).get("val-ap", "true")):
+        if "val-ap" in pinned and not hyperparameters.BY_NAME["val-ap"].parse(hyperparameters.parse_cli(hp_argv).get("val-ap", "true")):
             raise LaunchError("OBJECTIVE=validation:ap needs val-ap true (the job prints validation_ap only then)")
         extra["val-ap"] = "true"
     pieces, implied = training.job_pieces(args, cloud, name, hp_argv)
@@ -84,7 +69,8 @@ def build_request(args: argparse.Namespace, hp_argv: Sequence[str], cloud: aws.A
     }
 
 
-def wait(cloud: aws.Aws, name: str) -> None:
+def wait(cloud: aws.Aws, name: str) -> List[str]:
+    """Follows the tuning job to its end: the lines that name its best training job."""
     # A loop, not a waiter: botocore's SageMaker waiters (waiters-2.json) have none for
     # DescribeHyperParameterTuningJob; training and transform use theirs (training.follow).
     sm = cloud.client("sagemaker")
@@ -103,28 +89,7 @@ def wait(cloud: aws.Aws, name: str) -> None:
         raise LaunchError("tuning job {} {}: {}".format(name, status.lower(), desc.get("FailureReason") or "no reason given"))
     best = desc.get("BestTrainingJob") or {}
     metric = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
-    print("best training job: {}".format(best.get("TrainingJobName", "none")))
+    lines = ["best training job: {}".format(best.get("TrainingJobName", "none"))]
     if metric:
-        print("objective {}: {}".format(metric.get("MetricName"), metric.get("Value")))
-    for key, value in sorted((best.get("TunedHyperParameters") or {}).items()):
-        print("  {} = {}".format(key, value))
-
-
-def _main(argv: List[str]) -> int:
-    own, hp_argv = aws.split_hp(argv)
-    args = parser().parse_args(own)
-    cloud = aws.Aws.from_args(args)
-    request = build_request(args, hp_argv, cloud)
-    cloud.send("sagemaker", "create_hyper_parameter_tuning_job", request)
-    if args.dry_run:
-        return 0
-    name = request["HyperParameterTuningJobName"]
-    note("started tuning job {}\n  {}".format(name, training.console_url(args.region, "hyper-tuning-jobs", name)))
-    print(name, flush=True)
-    if args.wait:
-        wait(cloud, name)
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)
+        lines.append("objective {}: {}".format(metric.get("MetricName"), metric.get("Value")))
+    return lines + ["  {} = {}".format(key, value) for key, value in sorted((best.get("TunedHyperParameters") or {}).items())]

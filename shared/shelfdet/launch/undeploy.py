@@ -5,28 +5,16 @@ would outlive the endpoint, and a new endpoint of the same name would inherit it
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from shelfdet.launch import aws, deploy
 from shelfdet.launch.aws import LaunchError, note
 
 # How SageMaker and Application Auto Scaling say that something is not there.
 GONE = ("could not find", "does not exist", "no scaling policy found", "no scalable target found")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet undeploy", description=__doc__.splitlines()[0])
-    p.add_argument("--endpoint", help="endpoint name (default: the newest one deploy recorded for REGION)")
-    p.add_argument("--record-dir", default=deploy.RECORD_DIR)
-    p.add_argument("--force", action="store_true", help="also delete an endpoint deploy did not create")
-    aws.add_common(p, stack=False)
-    return p
-
 
 def newest_record(record_dir: str, region: str) -> Optional[Dict[str, Any]]:
     records = []
@@ -79,7 +67,7 @@ def scaling_from_aws(cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
     return found
 
 
-def plan(args: argparse.Namespace, cloud: aws.Aws) -> Dict[str, Any]:
+def plan(args: Any, cloud: aws.Aws) -> Dict[str, Any]:
     if args.endpoint:
         record = read_record(args.record_dir, args.endpoint)
     else:
@@ -122,10 +110,8 @@ def delete_scaling(cloud: aws.Aws, record: Dict[str, Any]) -> bool:
     return bool(target or policies or alarms)
 
 
-def _main(argv: List[str]) -> int:
-    args = parser().parse_args(argv)
-    cloud = aws.Aws.from_args(args)
-    record = plan(args, cloud)
+def remove(cloud: aws.Aws, record: Dict[str, Any], record_dir: str) -> None:
+    """Deletes what the deploy record names (scaling first), then the record."""
     endpoint = record["endpoint"]
     models = record.get("model") or []
     models = [models] if isinstance(models, str) else models
@@ -136,12 +122,7 @@ def _main(argv: List[str]) -> int:
     for model in models:
         delete(cloud, "delete_model", {"ModelName": model})
     if not cloud.dry_run:
-        path = deploy.record_path(args.record_dir, endpoint)
+        path = deploy.record_path(record_dir, endpoint)
         if os.path.exists(path):
             os.remove(path)
         note("deleted endpoint {}, its config and model{}".format(endpoint, " and its scaling" if scaled else ""))
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)

@@ -12,16 +12,14 @@ from that channel (``config.pretrained_file``).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 from typing import List, Optional, Tuple
 
-from shelfdet.core import hyperparameters as hp
+from shelfdet.core import compat, hyperparameters
 from shelfdet.launch import aws
 from shelfdet.launch.aws import LaunchError, note, s3_uri, split_s3
 
@@ -31,23 +29,15 @@ CACHE = os.path.join(os.path.expanduser("~"), ".cache", "shelfdet", "weights")
 MIRROR_VARIABLE = "SHELFDET_ZOO_MIRROR"
 MD5_IN_NAME = re.compile(r"_([0-9a-f]{6})\.pkl$")
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shelfdet weights", description=__doc__.splitlines()[0])
-    p.add_argument("--algo", nargs="+", default=["faster_rcnn"], choices=hp.ALGORITHMS)
-    p.add_argument("--weights-prefix", default=DEFAULT_PREFIX, help="S3 prefix the checkpoints go under")
-    p.add_argument("--cache", default=CACHE, help="where downloads are kept")
-    aws.add_common(p, stack=False)
-    return p
-
-
 def needed(algos: List[str], hp_argv: List[str]) -> List[str]:
     """The zoo URL each algorithm's weights=zoo starts from, with HP's backbone and schedule (SageMaker defaults)."""
+    compat.apply()  # the zoo's paths come from Detectron2's model_zoo, imported with the config
     from shelfdet.core.config import ConfigError, zoo_weights
 
     urls = []
     for algo in algos:
-        values = hp.parse({**{k.replace("_", "-"): v for k, v in hp.parse_cli(hp_argv).items()}, "model-type": algo})
+        values = hyperparameters.parse({**{k.replace("_", "-"): v for k, v in hyperparameters.parse_cli(hp_argv).items()},
+                                        "model-type": algo})
         try:
             url = zoo_weights(algo, values.backbone, values.lr_schedule)
         except ConfigError as err:
@@ -59,6 +49,7 @@ def needed(algos: List[str], hp_argv: List[str]) -> List[str]:
 
 def source(url: str) -> Tuple[str, str]:
     """(the path below the zoo's host, the URL to download it from)."""
+    compat.apply()  # the zoo's paths come from Detectron2's model_zoo, imported with the config
     from shelfdet.core.config import ZOO_HOST, zoo_key
 
     key = zoo_key(url)
@@ -107,22 +98,20 @@ def verify(path: str) -> str:
     return "md5 {}... as its name says".format(m.group(1))
 
 
-def _main(argv: List[str]) -> int:
-    own, hp_argv = aws.split_hp(argv)
-    args = parser().parse_args(own)
-    cloud = aws.Aws.from_args(args)
-    urls = needed(args.algo, hp_argv)
-    bucket = cloud.check_bucket(args.bucket)
-    prefix = s3_uri(bucket, args.weights_prefix)
+def upload(cloud: aws.Aws, algos: List[str], hp_argv: List[str], bucket: Optional[str], weights_prefix: str,
+           cache: str, kms_key: Optional[str] = None) -> str:
+    """Each algorithm's zoo checkpoint, downloaded to ``cache`` and checked, into S3 unless there: their prefix."""
+    urls = needed(algos, hp_argv)
+    prefix = s3_uri(cloud.check_bucket(bucket), weights_prefix)
     for url in urls:
         key, fetch_from = source(url)
-        path = os.path.join(args.cache, key)
+        path = os.path.join(cache, key)
         if not os.path.isfile(path):
             note("downloading {}".format(fetch_from))
             download(fetch_from, path)
         checked = verify(path)
         target = prefix + key
-        if args.dry_run:
+        if cloud.dry_run:
             note("# would upload {} to {}".format(path, target))
             continue
         s3 = cloud.client("s3")
@@ -135,12 +124,6 @@ def _main(argv: List[str]) -> int:
         if present:
             note("{}: already in {} ({})".format(key, target, checked))
             continue
-        s3.upload_file(path, b, k, ExtraArgs=aws.sse_kms(args.kms_key) or None)
+        s3.upload_file(path, b, k, ExtraArgs=aws.sse_kms(kms_key) or None)
         note("{}: uploaded to {} ({:.0f} MB, {})".format(key, target, size / 1e6, checked))
-    print("PRETRAINED={}".format(prefix))
-    note("pass it with NETWORK_ISOLATION=1: make train INSTANCE_TYPE=... NETWORK_ISOLATION=1 PRETRAINED={}".format(prefix))
-    return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    return aws.run(_main, sys.argv[1:] if argv is None else argv)
+    return prefix

@@ -9,75 +9,37 @@ would still take.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import uvicorn
 
-from shelfdet.core import artefacts
 from shelfdet.serving import limits
 
 DEFAULT_MODEL_DIR = "/opt/ml/model"
+log = logging.getLogger("shelfdet.serving")
 
 
-def _default_port() -> str:
-    return os.environ.get("SAGEMAKER_BIND_TO_PORT") or "8080"
+class Options(NamedTuple):
+    """How ``serve`` runs the app: the model folder, where it listens, and uvicorn's settings."""
+    model_dir: str
+    port: int
+    host: str = "127.0.0.1"
+    device: Optional[str] = None
+    threads: Optional[int] = None  # default: max(4, MaxConcurrentTransforms)
+    graceful_timeout: float = 30.0
+    log_level: str = "info"
+    access_log: bool = True
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="shelfdet serve", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR,
-                    help="model folder with artefacts.json (default: $SM_MODEL_DIR or /opt/ml/model)")
-    ap.add_argument("--port", default=_default_port(), help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
-    ap.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default 127.0.0.1: this machine only; the serving image "
-                         "passes 0.0.0.0, as SageMaker requires)")
-    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="inference thread pool size (default: max(4, MaxConcurrentTransforms))")
-    ap.add_argument("--graceful-timeout", type=float, default=30.0,
-                    help="seconds in-flight requests get to finish after SIGTERM; then the rest are cut, exit 1")
-    ap.add_argument("--body-timeout", type=float, default=None,
-                    help="seconds a request's body may take to arrive before it is answered 408 "
-                         "(default: $SHELFDET_BODY_TIMEOUT or {:g})".format(limits.DEFAULT_BODY_TIMEOUT))
-    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    ap.add_argument("--no-access-log", action="store_true")
-    return ap.parse_args(argv)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        port = int(args.port)
-        if not 0 < port < 65536:
-            raise ValueError
-    except ValueError:
-        print("error: port {!r} is not a TCP port number (--port or SAGEMAKER_BIND_TO_PORT)".format(args.port),
-              file=sys.stderr)
-        return 2
-    if not args.model_dir:
-        print("error: no model folder: MODEL_DIR is empty and no runs/*/model has an artefacts.json; "
-              "make train writes one, make train RUN_DIR=runs/<job> finishes an interrupted run", file=sys.stderr)
-        return 2
-    try:
-        # Fail fast on a folder that is not a model; weights load in the background.
-        artefacts.read(args.model_dir)
-        settings = limits.settings_from_env()
-        if args.body_timeout is not None:
-            settings = settings._replace(body_timeout=limits.check_body_timeout(args.body_timeout, "--body-timeout"))
-    except (artefacts.ArtefactError, limits.LimitError) as err:
-        print("error: {}".format(err), file=sys.stderr)
-        return 2
-
+def serve(options: Options, settings: limits.Settings, fail: Callable[[str], None]) -> int:
+    """Runs the app until a stop: the exit status. ``fail`` hears why a run ends badly (the model did not
+    load, or the graceful timeout cut requests: then the process exits 1 at once)."""
     from shelfdet.serving.app import create_app
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = args.threads or max(4, settings.max_concurrent_transforms)
+    threads = options.threads or max(4, settings.max_concurrent_transforms)
     failed: List[str] = []
     cut: List[str] = []
     server: Optional[_Server] = None
@@ -87,32 +49,37 @@ def main(argv: Optional[List[str]] = None) -> int:
         if server is not None:
             server.should_exit = True  # read by uvicorn's main loop; exits with status 1 below
 
-    app = create_app(args.model_dir, device=args.device, settings=settings, threads=threads,
+    app = create_app(options.model_dir, device=options.device, settings=settings, threads=threads,
                      on_load_error=on_load_error, on_cut=cut.append)
-    config = uvicorn.Config(app, host=args.host, port=port, workers=1, lifespan="on", log_level=args.log_level,
-                            access_log=not args.no_access_log, timeout_graceful_shutdown=args.graceful_timeout,
-                            log_config=None)
+    config = uvicorn.Config(app, host=options.host, port=options.port, workers=1, lifespan="on",
+                            log_level=options.log_level, access_log=options.access_log,
+                            timeout_graceful_shutdown=options.graceful_timeout, log_config=None)
     server = _Server(config)
-    from shelfdet.core import runtime
-
-    logging.getLogger("shelfdet.serving").info(runtime.summary())
-    logging.getLogger("shelfdet.serving").info(
-        "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), %.0f MP decoded in "
-        "flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, bodies within %g s, %s)", args.model_dir, args.host,
-        port, threads, app.state.work.queue, "" if settings.max_queue is not None else ": from the threads and free memory",
-        app.state.budget.total / 1e6, "" if settings.pixels_in_flight is not None else ": half the free memory",
-        settings.max_payload_mb, settings.body_timeout, settings.batch_strategy)
+    _log_start(options, settings, app, threads)
     server.run()
     if cut:
-        print("error: {}".format(cut[0]), file=sys.stderr)
+        fail(cut[0])
         sys.stderr.flush()
         logging.shutdown()
         # The cut jobs' threads still run their forward passes, and Python's exit would join them.
         os._exit(1)
     if failed:
-        print("error: {}".format(failed[0]), file=sys.stderr)
+        fail(failed[0])
         return 1
     return 0 if server.started else 1
+
+
+def _log_start(options: Options, settings: limits.Settings, app: Any, threads: int) -> None:
+    from shelfdet.core import runtime
+
+    log.info(runtime.summary())
+    log.info(
+        "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), %.0f MP decoded in "
+        "flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, bodies within %g s, %s)", options.model_dir,
+        options.host, options.port, threads, app.state.work.queue,
+        "" if settings.max_queue is not None else ": from the threads and free memory",
+        app.state.budget.total / 1e6, "" if settings.pixels_in_flight is not None else ": half the free memory",
+        settings.max_payload_mb, settings.body_timeout, settings.batch_strategy)
 
 
 class _Server(uvicorn.Server):
