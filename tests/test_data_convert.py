@@ -109,7 +109,7 @@ def test_fast_and_slow_csv_paths_agree(tmp_path):
     path.write_text(text)
     rows, probs, seen = csvrows.read([str(path)])
     assert probs == [] and seen == 4
-    assert [rows.names[i] for i in rows.image] == ["a_1.jpg", "a_1.jpg", "a_2.jpg", "a_2.jpg"]
+    assert [rows.names[i] for i in rows.photo] == ["a_1.jpg", "a_1.jpg", "a_2.jpg", "a_2.jpg"]
     assert rows.line.tolist() == [1, 2, 3, 5]
     assert rows.values[:, 0].tolist() == [1, 1, 1.5, 12345678]
     assert rows.values[2, 1] == -2

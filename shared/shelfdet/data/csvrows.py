@@ -25,7 +25,7 @@ NUMERIC = (1, 2, 3, 4, 6, 7)  # column indices, in the order of Rows.values
 class Rows(NamedTuple):
     """Parsed rows: ``values`` is (n, 6) float64: x1, y1, x2, y2, csv width, csv height."""
 
-    image: np.ndarray  # int32 index into names
+    photo: np.ndarray  # int32 index into names
     values: np.ndarray
     file: np.ndarray  # int16 index into files
     line: np.ndarray  # int32, 1-based: there is no header line
@@ -143,7 +143,7 @@ def _parse_block(buf: bytes, first_line: int) -> Tuple[List[str], np.ndarray, np
         good &= ok
     fast_good = fast[good]
     values = values[good]
-    # Rows come grouped by image: decode one name per run, not one per row.
+    # Rows come grouped by photo: decode one name per run, not one per row.
     ns, ne = fstart[good, 0], fend[good, 0]
     run_starts = np.flatnonzero(~_same_as_previous(words, ns, ne))
     run_names = [buf[ns[i]:ne[i]].decode("utf-8", "replace") for i in run_starts]
@@ -174,7 +174,7 @@ BLOCK = 8 << 20  # bytes; a few blocks per worker keep both cores busy
 def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
     """Returns (rows that parsed, problems for those that did not, number of non-blank rows seen)."""
     index: Dict[str, int] = {}
-    images, values, files, lines = [], [], [], []
+    photos, values, files, lines = [], [], [], []
     problems: List[Dict[str, Any]] = []
     seen = 0
     slow_rows = False
@@ -198,7 +198,7 @@ def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
                             extra_vals.append(v)
                             extra_lines.append(ln)
                             slow_rows = True
-                    images += [ids, np.array(extra_ids, np.int32)]
+                    photos += [ids, np.array(extra_ids, np.int32)]
                     values += [vals, np.array(extra_vals, np.float64).reshape(-1, len(NUMERIC))]
                     lines += [lns, np.array(extra_lines, np.int64)]
                     files.append(np.full(len(ids) + len(extra_ids), fid, dtype=np.int16))
@@ -209,10 +209,10 @@ def read(paths: List[str]) -> Tuple[Rows, List[Dict[str, Any]], int]:
     def cat(parts: List[np.ndarray], dtype: Any, shape: Tuple[int, ...] = (0,)) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
 
-    rows = Rows(cat(images, np.int32), cat(values, np.float64, (0, 6)), cat(files, np.int16),
+    rows = Rows(cat(photos, np.int32), cat(values, np.float64, (0, 6)), cat(files, np.int16),
                 cat(lines, np.int32), names, list(paths))
     if slow_rows:  # they were appended after their block's fast rows: restore file order
         order = np.lexsort((rows.line, rows.file))
-        rows = rows._replace(image=rows.image[order], values=rows.values[order], file=rows.file[order],
+        rows = rows._replace(photo=rows.photo[order], values=rows.values[order], file=rows.file[order],
                              line=rows.line[order])
     return rows, problems, seen

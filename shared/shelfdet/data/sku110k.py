@@ -95,11 +95,11 @@ class _Photos(NamedTuple):
     unsafe: Dict[int, str]  # photo index -> why its name is refused
 
 
-def _photos(rows: csvrows.Rows, img_dir: str, sizes_from_csv: bool, workers: Optional[int]) -> _Photos:
+def _photos(rows: csvrows.Rows, photo_dir: str, sizes_from_csv: bool, workers: Optional[int]) -> _Photos:
     names = list(rows.names)
     index = {n: i for i, n in enumerate(names)}
-    files = [] if sizes_from_csv else sorted(f for f in os.listdir(img_dir) if f.lower().endswith(PHOTO_EXTENSIONS)) \
-        if os.path.isdir(img_dir) else []
+    files = [] if sizes_from_csv else sorted(f for f in os.listdir(photo_dir) if f.lower().endswith(PHOTO_EXTENSIONS)) \
+        if os.path.isdir(photo_dir) else []
     for f in files:
         if f not in index:
             index[f] = len(names)
@@ -111,22 +111,22 @@ def _photos(rows: csvrows.Rows, img_dir: str, sizes_from_csv: bool, workers: Opt
     unsafe: Dict[int, str] = {}
     for i, name in enumerate(names):
         try:
-            safepath.inside(img_dir, name, links=True)
+            safepath.inside(photo_dir, name, links=True)
         except safepath.UnsafeName as err:
             unsafe[i] = str(err)
             reason[i] = PHOTO_REASONS.index("unsafe_name")
     files = [f for f in files if index[f] not in unsafe]
     if sizes_from_csv:
-        first = np.unique(rows.image, return_index=True)[1]
-        width[rows.image[first]] = rows.values[first, 4]
-        height[rows.image[first]] = rows.values[first, 5]
+        first = np.unique(rows.photo, return_index=True)[1]
+        width[rows.photo[first]] = rows.values[first, 4]
+        height[rows.photo[first]] = rows.values[first, 5]
     else:
         present = np.zeros(len(names), bool)
-        checked = photo_files.check_all([os.path.join(img_dir, f) for f in files], workers)
+        checked = photo_files.check_all([os.path.join(photo_dir, f) for f in files], workers)
         for f in files:
             i = index[f]
             present[i] = True
-            c = checked[os.path.join(img_dir, f)]
+            c = checked[os.path.join(photo_dir, f)]
             if c.error:
                 reason[i] = PHOTO_REASONS.index("image_corrupted")
                 corrupted.append({"image": f, "channel": channel_of(f), "reason": c.error})
@@ -138,59 +138,59 @@ def _photos(rows: csvrows.Rows, img_dir: str, sizes_from_csv: bool, workers: Opt
     return _Photos(names, files, width, height, reason, corrupted, unsafe)
 
 
-def _first_per_photo(idx: np.ndarray, img: np.ndarray) -> List[int]:
+def _first_per_photo(idx: np.ndarray, photo_of: np.ndarray) -> List[int]:
     if not len(idx):
         return []
-    return [int(idx[j]) for j in np.unique(img[idx], return_index=True)[1]]
+    return [int(idx[j]) for j in np.unique(photo_of[idx], return_index=True)[1]]
 
 
-def _photo_problems(rows: csvrows.Rows, photos: _Photos, img_dir: str, sizes_from_csv: bool) -> List[Dict[str, Any]]:
+def _photo_problems(rows: csvrows.Rows, photos: _Photos, photo_dir: str, sizes_from_csv: bool) -> List[Dict[str, Any]]:
     """One problem per photo whose rows are dropped (with their count), then per CSV size mismatch."""
-    img = rows.image
-    row_reason = photos.reason[img]
+    photo_of = rows.photo
+    row_reason = photos.reason[photo_of]
 
     def where(i: int) -> Dict[str, Any]:
-        return {"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": photos.names[img[i]]}
+        return {"file": rows.files[rows.file[i]], "line": int(rows.line[i]), "image": photos.names[photo_of[i]]}
 
     out = []
-    for i in _first_per_photo(np.flatnonzero(row_reason == PHOTO_REASONS.index("unsafe_name")), img):
+    for i in _first_per_photo(np.flatnonzero(row_reason == PHOTO_REASONS.index("unsafe_name")), photo_of):
         out.append(checks.problem(field="image_name", kind="unsafe_name", action="dropped",
-                                  message="{}: its boxes are dropped".format(photos.unsafe[int(img[i])]),
-                                  rows=int(np.count_nonzero(img == img[i])), **where(i)))
+                                  message="{}: its boxes are dropped".format(photos.unsafe[int(photo_of[i])]),
+                                  rows=int(np.count_nonzero(photo_of == photo_of[i])), **where(i)))
     messages = {"image_corrupted": checks.PHOTO_CORRUPTED,
-                "image_missing": "no such file in {}: its boxes are dropped".format(img_dir),
+                "image_missing": "no such file in {}: its boxes are dropped".format(photo_dir),
                 "unknown_split": checks.NO_PREFIX}
     for kind, message in messages.items():
         idx = np.flatnonzero(row_reason == PHOTO_REASONS.index(kind))
-        counts = Counter(img[idx].tolist())
-        for i in _first_per_photo(idx, img):
+        counts = Counter(photo_of[idx].tolist())
+        for i in _first_per_photo(idx, photo_of):
             out.append(checks.problem(field="image_name", kind=kind, action="dropped", message=message,
-                                      rows=counts[int(img[i])], **where(i)))
-    W, H = photos.width[img], photos.height[img]
+                                      rows=counts[int(photo_of[i])], **where(i)))
+    W, H = photos.width[photo_of], photos.height[photo_of]
     csv_w, csv_h = rows.values[:, 4], rows.values[:, 5]
     mismatch = (row_reason == 0) & ((csv_w != W) | (csv_h != H))
-    for i in _first_per_photo(np.flatnonzero(mismatch), img):
+    for i in _first_per_photo(np.flatnonzero(mismatch), photo_of):
         out.append(checks.problem(
             field="image_width" if csv_w[i] != W[i] else "image_height", kind="size_mismatch", action="kept",
             message=checks.size_mismatch("CSV says", (csv_w[i], csv_h[i]), (W[i], H[i]),
                                          "CSV sizes only" if sizes_from_csv else "image file",
                                          "first row" if sizes_from_csv else "file"),
-            rows=int(np.count_nonzero(mismatch & (img == img[i]))), **where(i)))
+            rows=int(np.count_nonzero(mismatch & (photo_of == photo_of[i]))), **where(i)))
     return out
 
 
 def _check_rows(rows: csvrows.Rows, photos: _Photos) -> checks.Checked:
-    img = rows.image
+    photo_of = rows.photo
     x1, y1, x2, y2 = rows.values.T[:4]
-    return checks.check_boxes(x1, y1, x2, y2, photos.width[img], photos.height[img],
-                              usable=photos.reason[img] == 0)
+    return checks.check_boxes(x1, y1, x2, y2, photos.width[photo_of], photos.height[photo_of],
+                              usable=photos.reason[photo_of] == 0)
 
 
 def _box_problems(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked) -> List[Dict[str, Any]]:
     x1, y1, x2, y2 = rows.values.T[:4]
 
     def where(i: int) -> Any:
-        return rows.files[rows.file[i]], int(rows.line[i]), photos.names[rows.image[i]]
+        return rows.files[rows.file[i]], int(rows.line[i]), photos.names[rows.photo[i]]
 
     def field(i: int, kind: str) -> str:
         if kind != "degenerate":
@@ -200,26 +200,26 @@ def _box_problems(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked) 
     return [p for _, p in checks.box_problems(checked, where, field)]
 
 
-def _entries(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked, img_dir: str, max_side: Optional[int],
+def _entries(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked, photo_dir: str, max_side: Optional[int],
              ) -> Tuple[Dict[str, List[str]], Dict[str, List[Entry]], List[Dict[str, Any]]]:
     """Kept boxes grouped by photo, in CSV order, as JSON number strings; the photos' sizes in the
     manifests; each channel's entries; and the photos left out (with why)."""
-    img, n_img = rows.image, len(photos.names)
+    photo_of, n_photos = rows.photo, len(photos.names)
     k = np.flatnonzero(checked.kept)
-    k = k[np.lexsort((rows.line[k], rows.file[k], img[k]))]
+    k = k[np.lexsort((rows.line[k], rows.file[k], photo_of[k]))]
     cx1, cy1, cx2, cy2 = checked.clipped_boxes
     coords = np.column_stack([cx1[k], cy1[k], cx2[k] - cx1[k], cy2[k] - cy1[k]])
     out_w, out_h = photos.width.copy(), photos.height.copy()
     if max_side:
-        for i in range(n_img):
+        for i in range(n_photos):
             if not photos.reason[i]:
                 out_w[i], out_h[i] = photo_files.fit(int(photos.width[i]), int(photos.height[i]), max_side)
         # Boxes scale with their photo; two decimals are far below a pixel of the resized photo.
-        sx = (out_w / np.maximum(photos.width, 1))[img[k]]
-        sy = (out_h / np.maximum(photos.height, 1))[img[k]]
+        sx = (out_w / np.maximum(photos.width, 1))[photo_of[k]]
+        sy = (out_h / np.maximum(photos.height, 1))[photo_of[k]]
         coords = np.round(coords * np.column_stack([sx, sy, sx, sy]), 2)
     flat = _numbers(coords)
-    counts = np.bincount(img[k], minlength=n_img)
+    counts = np.bincount(photo_of[k], minlength=n_photos)
     offsets = np.concatenate([[0], np.cumsum(counts)]) * 4
     dropped: List[Dict[str, Any]] = []
     per_channel: Dict[str, List[Entry]] = {c: [] for c in CHANNELS}
@@ -232,8 +232,9 @@ def _entries(rows: csvrows.Rows, photos: _Photos, checked: checks.Checked, img_d
                             "message": "no usable box in any CSV: left out of the manifest"})
         else:
             boxes[name] = flat[offsets[i]:offsets[i + 1]]
-            per_channel[channel_of(name)].append(Entry(
-                name, os.path.join(img_dir, name), (int(out_w[i]), int(out_h[i])), (int(photos.width[i]), int(photos.height[i])), int(counts[i])))
+            own = (int(photos.width[i]), int(photos.height[i]))
+            per_channel[channel_of(name)].append(Entry(name, os.path.join(photo_dir, name),
+                                                       (int(out_w[i]), int(out_h[i])), own, int(counts[i])))
     return boxes, per_channel, dropped
 
 
@@ -251,15 +252,15 @@ def convert(root: str, data_dir: str, bucket: Optional[str] = None, prefix: str 
     if max_side and sizes_from_csv:
         raise ValueError("max_side needs the images; sizes_from_csv reads none")
     t = [time.time()]
-    img_dir = os.path.join(root, "images")
+    photo_dir = os.path.join(root, "images")
     rows, problems, n_rows = csvrows.read(find_csvs(root))
     t.append(time.time())
-    photos = _photos(rows, img_dir, sizes_from_csv, workers)
+    photos = _photos(rows, photo_dir, sizes_from_csv, workers)
     t.append(time.time())
     checked = _check_rows(rows, photos)
-    problems += _box_problems(rows, photos, checked) + _photo_problems(rows, photos, img_dir, sizes_from_csv)
+    problems += _box_problems(rows, photos, checked) + _photo_problems(rows, photos, photo_dir, sizes_from_csv)
     t.append(time.time())
-    boxes, per_channel, dropped = _entries(rows, photos, checked, img_dir, max_side)
+    boxes, per_channel, dropped = _entries(rows, photos, checked, photo_dir, max_side)
     fmt = _Manifest(label)
 
     def line(ch: str, e: Entry) -> str:
