@@ -1,4 +1,4 @@
-"""Only JPEG and PNG are decoded (photos.open_image): other formats are refused before any decoder of
+"""Only JPEG and PNG are decoded (photos.open_photo): other formats are refused before any decoder of
 theirs runs, in the photo decoder, in `make data` (dropped and reported like a corrupt image) and in the
 training mapper (both of its paths). The HTTP 415 is in tests/test_serving_http.py."""
 from __future__ import annotations
@@ -61,7 +61,7 @@ def test_a_camera_mpo_is_decoded_as_the_jpeg_it_starts_with():
     mpo, jpeg = io.BytesIO(), io.BytesIO()
     first.save(mpo, "MPO", save_all=True, append_images=[second])
     first.save(jpeg, "JPEG")
-    with photos.open_image(io.BytesIO(mpo.getvalue())) as im:
+    with photos.open_photo(io.BytesIO(mpo.getvalue())) as im:
         assert im.format == "MPO"
     assert np.array_equal(photos.decode(mpo.getvalue()), photos.decode(jpeg.getvalue()))
 

@@ -10,7 +10,7 @@ then Detectron2's resize, then the orientation. Damaged JPEG data is caught on
 the way (``photo_files.load_checked``) and reported, not refused.
 
 Every photo shelfdet opens, from a request, a data folder or a training
-channel, goes through :func:`open_image` (in :mod:`shelfdet.core.photo_files`),
+channel, goes through :func:`open_photo` (in :mod:`shelfdet.core.photo_files`),
 which lets Pillow try its JPEG and PNG openers and no other.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from PIL import Image
 from shelfdet.core import photo_files
 # The opener and its errors live with the file checks that use them; their public names stay here too.
 from shelfdet.core.photo_files import (  # noqa: F401
-    ACCEPTED_FORMATS, OPENED_FORMATS, FormatNotAccepted, ImageDecodeError, open_image)
+    ACCEPTED_FORMATS, OPENED_FORMATS, FormatNotAccepted, ImageDecodeError, open_image, open_photo)
 
 # Shelf photos are up to ~12 MP; 60 MP leaves room and still caps memory at ~180 MB per image.
 MAX_PIXELS = 60_000_000
@@ -54,7 +54,7 @@ def inference_size(height: int, width: int, min_size: int, max_size: int) -> Tup
 
 def _open(fp, name: str) -> Image.Image:
     try:
-        img = open_image(fp, name)
+        img = open_photo(fp, name)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as err:  # PIL's own cap, far above ours: say ours
