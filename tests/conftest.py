@@ -155,6 +155,14 @@ import aws_record  # noqa: E402
 MOTO_TESTS_ONLY = "SHELFDET_MOTO_TESTS_ONLY"
 
 
+def pytest_configure(config):
+    """The tests' process entry: Detectron2's release differences are patched (compat.apply) before
+    any test module imports Detectron2 or a shelfdet module that does."""
+    from shelfdet.core import compat
+
+    compat.apply()
+
+
 def pytest_collection_modifyitems(config, items):
     if not os.environ.get(MOTO_TESTS_ONLY):
         return

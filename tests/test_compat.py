@@ -10,13 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from detectron2.modeling import build_model
 
 from shelfdet.core import compat, hyperparameters
 from shelfdet.core.config import build_config
-
-compat.apply()
-
-from detectron2.modeling import build_model  # noqa: E402
 
 
 def _tiny_cfg(algo: str):

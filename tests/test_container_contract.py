@@ -118,11 +118,12 @@ def test_train_without_network_reads_zoo_weights_from_the_channel_and_caches_in_
     lay_out_opt_ml(tmp_path, dict(TINY, **{"backbone": "R_50_FPN", "weights": "zoo", "num-iter": 2, "lr": "0.0001"}))
     # The zoo's own format (a pickle of numpy arrays with an author), written by the image's own numpy
     # and Detectron2: a pickle from the host's numpy 2 does not load in numpy 1.
-    script = ("import json, pickle, os, argparse; from shelfdet.core import hyperparameters as H; "
+    script = ("import dataclasses, json, pickle, os; from shelfdet.core import compat; compat.apply(); "
+              "from shelfdet.core import hyperparameters as table; "
               "from shelfdet.core.config import build_config, zoo_key, zoo_weights; "
               "from detectron2.modeling import build_model; "
-              "hp = H.parse(json.load(open('/opt/ml/input/config/hyperparameters.json'))); "
-              "cfg = build_config(argparse.Namespace(**dict(vars(hp), weights='none')), ['SKU'], 't', 'v', '/tmp'); "
+              "hp = table.parse(json.load(open('/opt/ml/input/config/hyperparameters.json'))); "
+              "cfg = build_config(dataclasses.replace(hp, weights='none'), ['SKU'], 't', 'v', '/tmp'); "
               "p = '/opt/ml/input/data/pretrained/' + zoo_key(zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule)); "
               "os.makedirs(os.path.dirname(p)); "
               "pickle.dump({'model': {k: v.numpy() for k, v in build_model(cfg).state_dict().items()}, "

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from shelfdet.commands import launch_train
-from shelfdet.core import hyperparameters as hp
+from shelfdet.core import hyperparameters
 from shelfdet.launch import training
 from shelfdet.core.metrics import METRIC_DEFINITIONS
 from test_launch_support import (BUCKET, PREFIX, REGION, ROLE_ARN, account, client, describes, fast_sessions,  # noqa: F401,E501
@@ -50,10 +50,10 @@ def test_training_job_as_created(account, wire, capsys):
     assert channels["annotation"]["S3Uri"] == "s3://{}/{}/annotations/".format(BUCKET, PREFIX)
 
     hps = job["HyperParameters"]
-    assert set(hps) == {p.name for p in hp.TABLE if p.default is not None}
+    assert set(hps) == {p.name for p in hyperparameters.PARAMS if p.default is not None}
     assert hps["model-type"] == "retinanet" and hps["lr"] == "0.01" and hps["num-iter"] == "500"
     assert hps["det-per-img"] == "300" and all(isinstance(v, str) for v in hps.values())
-    hp.parse(hps)  # what the container will parse back
+    hyperparameters.parse(hps)  # what the container will parse back
 
     # moto answers DescribeTrainingJob with its own metric list: the request is the truth.
     (request,) = sent(wire, "CreateTrainingJob")

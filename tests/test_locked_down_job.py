@@ -2,7 +2,7 @@
 channel instead of downloaded, and the download caches kept in a warm pool's folder. Real training."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import pickle
 
@@ -24,11 +24,11 @@ def zoo_checkpoint(root, tmp_path):
     """A checkpoint in the zoo's own format (a pickle of numpy arrays with an author) of the run's very
     model, where the `pretrained` channel of /opt/ml-shaped ``root`` has it; returns its path."""
     hp = _hp(root)
-    from shelfdet.core.config import build_config  # first: its compat shims come before Detectron2's modeling
+    from detectron2.modeling import build_model
 
-    from detectron2.modeling import build_model  # noqa: I100
+    from shelfdet.core.config import build_config
 
-    cfg = build_config(argparse.Namespace(**dict(vars(hp), weights="none")), ["SKU"], "train", "val", str(tmp_path))
+    cfg = build_config(dataclasses.replace(hp, weights="none"), ["SKU"], "train", "val", str(tmp_path))
     state = {k: v.detach().numpy() for k, v in build_model(cfg).state_dict().items()}
     path = _zoo_file(root, hp)
     path.parent.mkdir(parents=True)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import torch
 import yaml
+from detectron2.modeling import build_model
 
 from _serving_support import make_tiny_model
 from conftest import free_port, wait_for_port
@@ -22,8 +23,6 @@ from shelfdet.core import artefacts, compat, hyperparameters, safeweights
 from shelfdet.core.checkpoint import CheckpointMismatch, Checkpointer, load_exact
 from shelfdet.core.config import ConfigError, _set, build_config
 from shelfdet.core.inference import Detector, load_config
-
-from detectron2.modeling import build_model  # noqa: E402  (after shelfdet applied compat)
 
 
 @pytest.fixture(scope="module")

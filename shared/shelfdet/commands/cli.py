@@ -1,7 +1,9 @@
 """``python -m shelfdet <command> ...``: the one front door behind the Makefile.
 
 Each command lives in its own module and is imported only when used, so a
-launcher command does not pay for importing torch.
+launcher command does not pay for importing torch. A command marked ``D2`` runs
+Detectron2: this process entry patches the release's differences
+(``compat.apply``) before its module, and so Detectron2, is imported.
 """
 from __future__ import annotations
 
@@ -9,20 +11,24 @@ import importlib
 import sys
 from typing import List, Optional
 
+from shelfdet.core import compat
+
+D2 = True  # the command imports Detectron2
+
 COMMANDS = {
     "data": ("shelfdet.commands.data", "build the dataset (synthetic or SKU-110K) into manifests"),
     "data-stats": ("shelfdet.commands.data_stats", "objects per image and box sizes of a built dataset (docs/data.md's table)"),
     "upload": ("shelfdet.commands.upload", "upload a built dataset to S3"),
-    "visualize": ("shelfdet.commands.visualize", "PNGs of ground-truth (and predicted) boxes"),
+    "visualize": ("shelfdet.commands.visualize", "PNGs of ground-truth (and predicted) boxes", D2),
     "train": ("shelfdet.commands.train", "train locally in a SageMaker-shaped run folder, or launch on SageMaker"),
     "tensorboard": ("shelfdet.commands.tensorboard", "TensorBoard over local runs or a SageMaker job's event files"),
     "runs": ("shelfdet.commands.runs:main_runs", "table of local runs (and SageMaker jobs with --remote): AP, count error, time, status"),
     "compare": ("shelfdet.commands.runs:main_compare", "runs' loss and validation curves on one PNG, results.csv per run"),
-    "sm-train": ("shelfdet.training.entry", "the SageMaker training entrypoint (inside the image)"),
-    "serve": ("shelfdet.commands.serve", "run the SageMaker hosting app"),
+    "sm-train": ("shelfdet.commands.sm_train", "the SageMaker training entrypoint (inside the image)", D2),
+    "serve": ("shelfdet.commands.serve", "run the SageMaker hosting app", D2),
     "predict": ("shelfdet.commands.predict", "predict one photo (local model or endpoint)"),
-    "evaluate": ("shelfdet.commands.evaluate", "score predictions against a manifest (faster-coco-eval; pycocotools gives the same numbers)"),
-    "convert-model": ("shelfdet.commands.convert_model", "rewrite an old model folder's .pth weights as safetensors (--trust-pickle)"),
+    "evaluate": ("shelfdet.commands.evaluate", "score predictions against a manifest (faster-coco-eval; pycocotools gives the same numbers)", D2),
+    "convert-model": ("shelfdet.commands.convert_model", "rewrite an old model folder's .pth weights as safetensors (--trust-pickle)", D2),
     "tune": ("shelfdet.commands.tune", "SageMaker hyperparameter tuning job"),
     "weights": ("shelfdet.commands.weights", "the model zoo's checkpoints into S3, for jobs without network"),
     "deploy": ("shelfdet.commands.deploy", "SageMaker real-time endpoint"),
@@ -41,7 +47,7 @@ COMMANDS = {
 def usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: python -m shelfdet <command> [options]", "", "commands:"]
-    lines += ["  {}  {}".format(c.ljust(width), h) for c, (_, h) in COMMANDS.items()]
+    lines += ["  {}  {}".format(c.ljust(width), row[1]) for c, row in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -54,5 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in COMMANDS:
         print("error: unknown command '{}'\n\n{}".format(name, usage()), file=sys.stderr)
         return 2
-    module, _, function = COMMANDS[name][0].partition(":")
+    target, _help, *marks = COMMANDS[name]
+    if D2 in marks:
+        compat.apply()
+    module, _, function = target.partition(":")
     return int(getattr(importlib.import_module(module), function or "main")(rest) or 0)

@@ -14,8 +14,9 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from shelfdet.core import hyperparameters
+from shelfdet.core import compat, hyperparameters
 from shelfdet.core.catalog import CHANNELS
+from shelfdet.core.hyperparameters import Hyperparameters
 
 
 def _split_hp(argv: List[str]):
@@ -28,7 +29,7 @@ def _split_hp(argv: List[str]):
 HP_FILE = os.path.join("input", "config", "hyperparameters.json")
 
 
-def resumed_hyperparameters(run_dir: str, saved_file: str, given: Dict[str, str]):
+def resumed_hyperparameters(run_dir: str, saved_file: str, given: Dict[str, str]) -> Hyperparameters:
     """The run's own hyperparameters; ALGO/HP/WEIGHTS given again must agree with them.
 
     A resume that silently took today's defaults would train a RetinaNet
@@ -38,11 +39,16 @@ def resumed_hyperparameters(run_dir: str, saved_file: str, given: Dict[str, str]
     with open(saved_file) as f:
         saved = json.load(f)
     hp = hyperparameters.parse(dict(saved, **given))
+    own = hyperparameters.parse(saved)
     now = hyperparameters.as_strings(hp)
     source = {"model-type": "ALGO", "weights": "WEIGHTS"}
     differ = []
     for key in sorted(k.replace("_", "-") for k in given):
-        if now.get(key) != saved.get(key):
+        # The values, not their spelling: a run saved before its string form was normalised agrees too.
+        same = (hyperparameters.value(hp, key) == hyperparameters.value(own, key)
+                if key in saved and key in hyperparameters.BY_NAME
+                else now.get(key) == saved.get(key))
+        if not same:
             differ.append("{} {} is {} in the run".format(source.get(key, "HP --" + key), now.get(key, "(none)"),
                                                           saved.get(key, "(none)")))
     if differ:
@@ -118,6 +124,10 @@ def lay_out(run_dir: str, data_dir: str, hps: Dict[str, str]) -> None:
         json.dump({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}, f, indent=2)
 
 
+def report_line(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--instance-type" in argv:
@@ -171,10 +181,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("[train] run folder {} (SageMaker layout); hyperparameters in input/config/hyperparameters.json".format(run_dir),
           flush=True)
 
+    # This process trains from here on: Detectron2's release differences patched before it is imported
+    # (here, not at the top: with --instance-type the command only launches, without torch).
+    compat.apply()
     from shelfdet.training import entry
 
     start = time.time()
-    rc = entry.run(run_dir)
+    rc = entry.run(run_dir, report_line)
     if rc:
         return rc
     with open(os.path.join(run_dir, "model", "metrics.json")) as f:

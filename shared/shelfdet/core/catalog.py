@@ -126,7 +126,7 @@ def read_manifest(manifest: str, image_dir: str, label: str = "sku",
 
 def dataset_dicts(records: List[Record]) -> List[Dict[str, Any]]:
     """Records -> new Detectron2 dataset dicts (XYWH_ABS boxes); every call builds fresh ones."""
-    compat.apply()
+    # Detectron2 here, not at the top: reading and checking manifests needs neither it nor torch.
     from detectron2.structures import BoxMode
 
     mode = BoxMode.XYWH_ABS
@@ -152,7 +152,6 @@ def load_manifest(manifest: str, image_dir: str, label: str = "sku",
 
 
 def _register(name: str, records: List[Record], names: List[str], manifest: str, image_dir: str) -> None:
-    compat.apply()
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     if name in DatasetCatalog.list():

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
 from shelfdet.core import compat, safeweights
-
-compat.apply()
-
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 
 
 class CheckpointMismatch(RuntimeError):

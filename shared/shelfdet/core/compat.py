@@ -10,7 +10,12 @@ ops (Faster R-CNN and RetinaNet only need torchvision's); ``apply`` then gives
 only when an op is called. The GPU images compile the real ops, and then
 ``apply`` changes nothing there.
 
-Call :func:`apply` before importing any ``detectron2`` module.
+Call :func:`apply` before importing any ``detectron2`` module, once at each process
+entry: ``shelfdet.commands.cli`` for the commands that run Detectron2, the Python API
+(``shelfdet.load``/``shelfdet.Detector``), tests/conftest.py, bench/_common.py, and the
+training processes Detectron2's launch spawns. It is idempotent, and a second call costs
+nothing. No shelfdet module calls it when imported: this one imports torch, PIL and
+Detectron2 inside its functions, so that a launcher importing it loads none of them.
 """
 from __future__ import annotations
 

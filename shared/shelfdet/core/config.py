@@ -6,23 +6,17 @@ decay steps fall inside the run (the reference's steps lay beyond it).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
 
-from shelfdet.core import compat
-
-compat.apply()
-
-from detectron2 import model_zoo  # noqa: E402
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
-
-from shelfdet.core import anchors, hyperparameters  # noqa: E402
-from shelfdet.core.hyperparameters import MAX_AUTO_WORKERS  # noqa: E402
-from shelfdet.core.modeling import LEVEL_NORM_RETINANET  # noqa: E402
+from shelfdet.core import anchors, compat, hyperparameters, runtime
+from shelfdet.core.hyperparameters import MAX_AUTO_WORKERS, Hyperparameters, Inference
+from shelfdet.core.modeling import LEVEL_NORM_RETINANET
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +97,7 @@ def zoo_key(url: str) -> str:
     raise ConfigError("{} is not a model-zoo checkpoint".format(url))
 
 
-def pretrained_file(hp: argparse.Namespace, folder: str) -> str:
+def pretrained_file(hp: Hyperparameters, folder: str) -> str:
     """``weights=zoo`` read from a folder holding the zoo's files at their zoo paths (the ``pretrained``
     channel, for jobs that cannot download: network isolation)."""
     key = zoo_key(zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule))
@@ -114,13 +108,13 @@ def pretrained_file(hp: argparse.Namespace, folder: str) -> str:
     return path
 
 
-def inference_sizes(hp: argparse.Namespace, train_dicts: Optional[Sequence[Mapping[str, Any]]]) -> Tuple[int, int]:
+def inference_sizes(hp: Hyperparameters, train_dicts: Optional[Sequence[Mapping[str, Any]]]) -> Tuple[int, int]:
     """``min-size``/``max-size``, with ``auto`` (crop training) resolved: the training images' median
     shorter and longer sides times the crops' geometric middle scale, so the test sees products at the
     size training saw them. Without the training set (a check before launch) auto stands in as 800/1333."""
     if "auto" not in (hp.min_size, hp.max_size):
         return int(hp.min_size), int(hp.max_size)
-    low, high = hyperparameters.scales(hp.crop_scales)
+    low, high = hp.crop_scales
     middle = (low * high) ** 0.5
     if train_dicts:
         sides = np.array([sorted((float(d["height"]), float(d["width"]))) for d in train_dicts])
@@ -132,8 +126,8 @@ def inference_sizes(hp: argparse.Namespace, train_dicts: Optional[Sequence[Mappi
     return max(32, min_size), max(32, min_size, max_size)
 
 
-def lr_steps(num_iter: int, fractions: str) -> Tuple[int, ...]:
-    steps = sorted({int(round(float(f) * num_iter)) for f in fractions.split(",") if f.strip()})
+def lr_steps(num_iter: int, fractions: Sequence[float]) -> Tuple[int, ...]:
+    steps = sorted({int(round(f * num_iter)) for f in fractions})
     return tuple(s for s in steps if 0 < s < num_iter)
 
 
@@ -148,13 +142,11 @@ def num_workers(value: object, procs_per_host: int = 1, cpus: Optional[int] = No
     if value != "auto":
         return int(value)  # type: ignore[call-overload]
     if cpus is None:
-        from shelfdet.core.runtime import available_cpus
-
-        cpus = available_cpus()
+        cpus = runtime.available_cpus()
     return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, procs_per_host) - 1))
 
 
-def set_inference(cfg: CfgNode, hp: argparse.Namespace, names: Optional[Iterable[str]] = None) -> None:
+def set_inference(cfg: CfgNode, hp: Union[Hyperparameters, Inference], names: Optional[Iterable[str]] = None) -> None:
     """The config keys of the inference hyperparameters ``names`` (default: all of them); training sets
     them all, serving or ``make evaluate`` set the ones INFER= gives again on a saved config."""
     names = set(hyperparameters.INFERENCE if names is None else names)
@@ -168,21 +160,37 @@ def set_inference(cfg: CfgNode, hp: argparse.Namespace, names: Optional[Iterable
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = candidates(hp)
 
 
-def candidates(hp: argparse.Namespace) -> int:
+def candidates(hp: Union[Hyperparameters, Inference]) -> int:
     """``proposals``; auto: the zoo's 1000, or twice the detections kept so dense shelves can fill them."""
     return int(hp.proposals) if hp.proposals != "auto" else max(1000, 2 * hp.det_per_img)
 
 
-def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: str, val_dataset: Optional[str],
+def build_config(hp: Hyperparameters, class_names: Sequence[str], train_dataset: str, val_dataset: Optional[str],
                  output_dir: str, device: str = "cpu", world_size: int = 1, procs_per_host: int = 1,
                  train_dicts: Optional[Sequence[Mapping[str, Any]]] = None) -> CfgNode:
     """``procs_per_host``: training processes on this host (GPUs used; 1 on CPU), for ``num-workers=auto``;
     ``train_dicts``: the training set, which ``anchors=auto`` fits the anchors to (None: not fitted)."""
+    cfg = _zoo_config(hp)
+    weights = _set_weights(cfg, hp, device, world_size)
+    _set_heads(cfg, hp, len(class_names))
+    _set_input(cfg, hp, train_dicts)
+    cfg.DATASETS.TRAIN = (train_dataset,)
+    cfg.DATASETS.TEST = (val_dataset,) if val_dataset else ()
+    cfg.DATALOADER.NUM_WORKERS = num_workers(hp.num_workers, procs_per_host)
+    _set_solver(cfg, hp, bool(weights), device)
+    cfg.TEST.EVAL_PERIOD = hp.eval_period
+    cfg.SEED = hp.seed
+    cfg.MODEL.DEVICE = device
+    cfg.OUTPUT_DIR = output_dir
+    _set_last(cfg, hp, train_dicts)
+    return cfg
+
+
+def _zoo_config(hp: Hyperparameters) -> CfgNode:
+    """The model zoo's config for the detector and backbone, with what the zoo has no file for."""
     cfg = get_cfg()
     zoo_name, _ = zoo_config_name(hp.model_type, hp.backbone, hp.lr_schedule)
     cfg.merge_from_file(model_zoo.get_config_file(zoo_name))
-    retina = hp.model_type == "retinanet"
-
     if hp.backbone == "R_18_FPN":
         # A light from-scratch model for CPUs: R-18 needs 64 res2 channels;
         # narrower FPN and box head keep an iteration around a second on 2 cores.
@@ -190,9 +198,13 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
         cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
                              "MODEL.FPN.OUT_CHANNELS", 128, "MODEL.ROI_BOX_HEAD.FC_DIM", 512,
                              "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", 2])
-    if retina and hp.backbone == "X_101_32x8d_FPN":
+    if hp.model_type == "retinanet" and hp.backbone == "X_101_32x8d_FPN":
         cfg.merge_from_list(_X101)
+    return cfg
 
+
+def _set_weights(cfg: CfgNode, hp: Hyperparameters, device: str, world_size: int) -> str:
+    """The initial weights and the backbone norm that goes with them; returns the weights ('' from scratch)."""
     weights = hp.weights
     if weights == "zoo":
         weights = zoo_weights(hp.model_type, hp.backbone, hp.lr_schedule)
@@ -207,11 +219,15 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     if not weights:
         # Frozen stages of a random network never learn.
         cfg.MODEL.BACKBONE.FREEZE_AT = 0
-        if retina:
+        if hp.model_type == "retinanet":
             # From scratch, RetinaNet's head needs a norm: measured on the synthetic set
             # (R-18, 300 iterations), AP 0.04 without, 0.66 with per-level BN.
             _set(cfg, "MODEL.RETINANET.NORM", "SyncBN" if norm == "SyncBN" else "BN")
+    return weights
 
+
+def _set_heads(cfg: CfgNode, hp: Hyperparameters, num_classes: int) -> None:
+    """The heads: classes, sampling, losses, and what they keep at inference."""
     if hp.model_type == "cascade_rcnn":
         # Detectron2's Cascade R-CNN settings (its Misc/cascade_mask_rcnn configs): three stages,
         # class-agnostic boxes, 2000 training proposals.
@@ -219,9 +235,8 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
         cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
         cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
 
-    n = len(class_names)
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = n
-    cfg.MODEL.RETINANET.NUM_CLASSES = n
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = hp.num_rpn
     cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = hp.bbox_head_pos_fraction
     cfg.MODEL.RPN.POSITIVE_FRACTION = hp.rpn_pos_fraction
@@ -233,6 +248,9 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA = hp.focal_loss_alpha
     set_inference(cfg, hp)
 
+
+def _set_input(cfg: CfgNode, hp: Hyperparameters, train_dicts: Optional[Sequence[Mapping[str, Any]]]) -> None:
+    """Image sizes at test and training time, and the flip."""
     min_size, max_size = inference_sizes(hp, train_dicts)
     cfg.INPUT.MIN_SIZE_TEST = min_size
     cfg.INPUT.MAX_SIZE_TEST = max_size
@@ -247,10 +265,9 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
     cfg.INPUT.RANDOM_FLIP = "none" if hp.augment == "none" else "horizontal"
 
-    cfg.DATASETS.TRAIN = (train_dataset,)
-    cfg.DATASETS.TEST = (val_dataset,) if val_dataset else ()
-    cfg.DATALOADER.NUM_WORKERS = num_workers(hp.num_workers, procs_per_host)
 
+def _set_solver(cfg: CfgNode, hp: Hyperparameters, pretrained: bool, device: str) -> None:
+    """Batch, learning-rate schedule, checkpoints, mixed precision, clipping."""
     cfg.SOLVER.IMS_PER_BATCH = hp.batch_size
     cfg.SOLVER.BASE_LR = hp.lr
     cfg.SOLVER.MAX_ITER = hp.num_iter
@@ -258,15 +275,16 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     cfg.SOLVER.WARMUP_ITERS = min(hp.warmup_iters, hp.num_iter // 10)
     cfg.SOLVER.CHECKPOINT_PERIOD = hp.checkpoint_period
     _set(cfg, "SOLVER.AMP.ENABLED", bool(hp.amp and device == "cuda"))
-    if not weights:
+    if not pretrained:
         # From scratch, early gradients spike; clipping keeps BN training stable.
         cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
         cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
         cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 5.0
-    cfg.TEST.EVAL_PERIOD = hp.eval_period
-    cfg.SEED = hp.seed
-    cfg.MODEL.DEVICE = device
-    cfg.OUTPUT_DIR = output_dir
+
+
+def _set_last(cfg: CfgNode, hp: Hyperparameters, train_dicts: Optional[Sequence[Mapping[str, Any]]]) -> None:
+    """What reads the finished config: anchors fitted at its test size, the expert's d2-opts over
+    everything, and the per-level RetinaNet for whatever norm that left."""
     if hp.anchors == "auto" and train_dicts is not None:
         try:
             anchors.apply(cfg, train_dicts)
@@ -283,4 +301,3 @@ def build_config(hp: argparse.Namespace, class_names: List[str], train_dataset: 
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and cfg.MODEL.RETINANET.NORM in _BATCH_NORMS:
         # Never a BN shared across levels (v0.4.1's RetinaNetHead): same model, per-level head.
         cfg.MODEL.META_ARCHITECTURE = LEVEL_NORM_RETINANET
-    return cfg

@@ -5,13 +5,17 @@ launcher, the tuner and ``make train HP='--lr 0.01'`` use the same names.
 Two default columns: ``default`` is for SageMaker GPU jobs starting from the
 model zoo's pretrained weights; ``local`` is for from-scratch CPU runs on this
 kind of laptop, where pretrained weights cannot be downloaded.
+
+Strings are read once, where they come in (the CLI, a job's hyperparameters.json, a
+saved model's record), into a frozen :class:`Hyperparameters` that is passed down as
+is; :func:`as_strings` writes them back only where SageMaker or a record needs strings.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import difflib
 import json
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 ALGORITHMS = ("faster_rcnn", "retinanet", "cascade_rcnn")
 # R_18_FPN is not in the model zoo: a from-scratch backbone for CPU runs.
@@ -34,7 +38,11 @@ def _bool(text: str) -> bool:
     raise ValueError("expected true/false")
 
 
-def _classes(text: str) -> Optional[List[str]]:
+def _bool_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _classes(text: str) -> Optional[Tuple[str, ...]]:
     if text.strip() in ("", "auto"):
         return None
     try:
@@ -43,7 +51,11 @@ def _classes(text: str) -> Optional[List[str]]:
         value = [c.strip() for c in text.split(",") if c.strip()]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ValueError("expected a JSON list of class names, e.g. [\"SKU\"]")
-    return value
+    return tuple(value)
+
+
+def _list_text(value: Sequence[str]) -> str:
+    return json.dumps(list(value))
 
 
 def _schedule(text: str) -> str:
@@ -83,7 +95,7 @@ _min_size = _auto_or_int(32, 4096, "pixels")
 _max_size = _auto_or_int(32, 8192, "pixels")
 
 
-def _scales(text: str) -> str:
+def _scales(text: str) -> Tuple[float, float]:
     """``low,high``: scale factors on the stored image size (``1``: one value, a fixed scale)."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -93,15 +105,33 @@ def _scales(text: str) -> str:
         values *= 2
     if len(values) != 2 or not 0.05 <= values[0] <= values[1] <= 8.0:
         raise ValueError("expected low,high scale factors from 0.05 to 8 with low <= high, e.g. 0.5,0.8")
-    return "{:g},{:g}".format(*values)
-
-
-def scales(text: str) -> Tuple[float, float]:
-    low, high = _scales(text).split(",")
+    # The saved form keeps six digits ({:g}): the value trained on is the one a resumed run reads back.
+    low, high = ("{:g}".format(v) for v in values)
     return float(low), float(high)
 
 
+def _scales_text(value: Tuple[float, float]) -> str:
+    return "{:g},{:g}".format(*value)
+
+
+def _fractions(text: str) -> Tuple[float, ...]:
+    """``lr-steps``: increasing fractions of num-iter inside (0, 1), comma-separated (empty: no decay)."""
+    try:
+        fractions = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise HyperparameterError("hyperparameter 'lr-steps': {!r} is not a list of fractions".format(text)) from None
+    if any(not 0.0 < f < 1.0 for f in fractions) or list(fractions) != sorted(fractions):
+        raise HyperparameterError("hyperparameter 'lr-steps': {!r} must be increasing fractions inside (0, 1)".format(text))
+    return fractions
+
+
+def _fractions_text(value: Tuple[float, ...]) -> str:
+    return ",".join(repr(f) for f in value)
+
+
 class Param(NamedTuple):
+    """One hyperparameter: ``parse`` reads its string form (SageMaker's) into the typed value,
+    ``text`` writes it back; ``default``/``local`` are as the table shows them."""
     name: str
     parse: Callable[[str], Any]
     default: Any
@@ -110,13 +140,14 @@ class Param(NamedTuple):
     choices: Optional[Tuple[str, ...]] = None
     low: Optional[float] = None
     high: Optional[float] = None
-    # Tuning range (SPEC §5): (kind, low, high, scaling)
+    # Tuning range: (kind, low, high, scaling)
     tune: Optional[Tuple[str, float, float, str]] = None
+    text: Callable[[Any], str] = str
 
 
 SAME = object()  # the local default equals the SageMaker default
 
-TABLE: Tuple[Param, ...] = (
+PARAMS: Tuple[Param, ...] = (
     Param("model-type", str, "faster_rcnn", SAME, "Detector: faster_rcnn, retinanet or cascade_rcnn (Cascade R-CNN: "
           "three box stages at IoU 0.5/0.6/0.7; FPN backbones).", ALGORITHMS),
     Param("recipe", str, "none", SAME, "A named set of defaults, each overridable: dense = crop training at native scale "
@@ -131,7 +162,8 @@ TABLE: Tuple[Param, ...] = (
     Param("lr", float, 0.005, {"faster_rcnn": 0.02, "retinanet": 0.01, "cascade_rcnn": 0.02}, "Base learning rate (for the whole batch).", low=1e-7, high=1.0, tune=("continuous", 0.0005, 0.1, "Logarithmic")),
     Param("num-iter", int, 3000, {"faster_rcnn": 120, "retinanet": 300, "cascade_rcnn": 120}, "Training iterations.", low=1, high=10_000_000),
     Param("warmup-iters", int, 100, 50, "Linear warm-up iterations (capped at a tenth of num-iter).", low=0),
-    Param("lr-steps", str, "0.67,0.89", SAME, "LR decay points as fractions of num-iter (x0.1 each)."),
+    Param("lr-steps", _fractions, "0.67,0.89", SAME, "LR decay points as fractions of num-iter (x0.1 each).",
+          text=_fractions_text),
     Param("batch-size", int, 16, 4, "Images per iteration over all GPUs and hosts.", low=1, high=4096),
     Param("num-workers", _workers, "auto", SAME, "Data-loader workers per training process (one process per GPU, one per "
           "CPU host); auto = the host's CPUs divided by its training processes, minus one for the training loop "
@@ -172,25 +204,27 @@ TABLE: Tuple[Param, ...] = (
           "resized by a random factor in crop-scales, each around a random box; the test sees the whole image.",
           low=0, high=4096),
     Param("crop-scales", _scales, "0.5,1", SAME, "Crop training: the range of scale factors on the stored image size "
-          "(log-uniform), e.g. 0.5,0.8."),
+          "(log-uniform), e.g. 0.5,0.8.", text=_scales_text),
     Param("crop-min-visible", float, 0.5, SAME, "Crop training: a box cut by the crop is kept when at least this "
           "fraction of its area is inside, else dropped.", low=0.0, high=1.0),
-    Param("amp", _bool, True, False, "Mixed precision (GPU only; ignored on CPU)."),
+    Param("amp", _bool, True, False, "Mixed precision (GPU only; ignored on CPU).", text=_bool_text),
     Param("evaluation-type", str, "fast", SAME, "Final evaluation: fast (faster-coco-eval, C++; on every stack, "
           "else the job stops at start), coco (pycocotools; same numbers, slower), none.", ("coco", "fast", "none")),
     Param("eval-period", int, 500, 100, "Iterations between validation-loss passes (0: only at the end).", low=0),
     Param("val-samples", int, 64, 16, "Fixed validation images used for the validation loss.", low=1),
-    Param("val-ap", _bool, False, SAME, "Also compute validation AP every eval-period (printed as validation_ap: x; tuning objective)."),
+    Param("val-ap", _bool, False, SAME, "Also compute validation AP every eval-period (printed as validation_ap: x; tuning objective).",
+          text=_bool_text),
     Param("checkpoint-period", int, 500, 100, "Iterations between checkpoints in the checkpoint dir.", low=1),
     Param("log-period", int, 20, 10, "Iterations between log lines.", low=1),
-    Param("classes", _classes, None, SAME, "Class names as a JSON list; default: the manifest's class map."),
+    Param("classes", _classes, None, SAME, "Class names as a JSON list; default: the manifest's class map.",
+          text=_list_text),
     Param("dataset-name", str, "sku110k", SAME, "Prefix of the registered Detectron2 datasets."),
     Param("label-name", str, "sku", SAME, "Label attribute name in the augmented manifests."),
     Param("d2-opts", str, "", SAME, "Expert escape hatch: Detectron2 'KEY VALUE ...' pairs merged last, as tools/train_net.py's opts."),
     Param("seed", int, 42, SAME, "Random seed (-1: random).", low=-1),
     Param("dist-port", int, 55555, SAME, "TCP port of the distributed rendezvous on the first host.", low=1024, high=65535),
 )
-BY_NAME: Dict[str, Param] = {p.name: p for p in TABLE}
+BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
 
 # Named sets of defaults (hyperparameter ``recipe``), each value (SageMaker, local); None leaves that
 # profile's own default. ``dense`` is the
@@ -223,7 +257,97 @@ def recipe_values(name: str, profile: str = "sagemaker") -> Dict[str, str]:
 
 
 def attr(name: str) -> str:
+    """The field of :class:`Hyperparameters` that holds hyperparameter ``name``."""
     return name.replace("-", "_")
+
+
+# A number, or the word "auto" (num-workers, proposals, min-size, max-size).
+AutoInt = Union[int, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameters:
+    """Every hyperparameter of :data:`PARAMS`, typed and validated; built by :func:`parse` where the
+    values come in (CLI, hyperparameters.json) and passed down unchanged (``dataclasses.replace``
+    derives a changed copy). Field ``a_b`` holds hyperparameter ``a-b``; the fields are the table's
+    rows in its order (checked below)."""
+    model_type: str
+    recipe: str
+    backbone: str
+    lr_schedule: str
+    weights: str
+    norm: str
+    lr: float
+    num_iter: int
+    warmup_iters: int
+    lr_steps: Tuple[float, ...]
+    batch_size: int
+    num_workers: AutoInt
+    num_rpn: int
+    rpn_pos_fraction: float
+    bbox_head_pos_fraction: float
+    reg_loss_type: str
+    bbox_reg_loss_weight: float
+    focal_loss_gamma: float
+    focal_loss_alpha: float
+    det_per_img: int
+    proposals: AutoInt
+    anchors: str
+    nms_thr: float
+    nms: str
+    soft_nms_sigma: float
+    tile_size: int
+    tile_overlap: float
+    pred_thr: float
+    min_size: AutoInt
+    max_size: AutoInt
+    augment: str
+    crop_size: int
+    crop_scales: Tuple[float, float]
+    crop_min_visible: float
+    amp: bool
+    evaluation_type: str
+    eval_period: int
+    val_samples: int
+    val_ap: bool
+    checkpoint_period: int
+    log_period: int
+    classes: Optional[Tuple[str, ...]]
+    dataset_name: str
+    label_name: str
+    d2_opts: str
+    seed: int
+    dist_port: int
+
+
+# Read at inference from the model's saved hyperparameters; serving, `make predict` and
+# `make evaluate` may override them (INFER=) without retraining.
+INFERENCE = ("det-per-img", "proposals", "nms-thr", "pred-thr", "nms", "soft-nms-sigma", "tile-size", "tile-overlap")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+    """A saved model's :data:`INFERENCE` hyperparameters (:func:`inference_of`), typed as in
+    :class:`Hyperparameters`, which has the same fields."""
+    det_per_img: int
+    proposals: AutoInt
+    nms_thr: float
+    pred_thr: float
+    nms: str
+    soft_nms_sigma: float
+    tile_size: int
+    tile_overlap: float
+
+
+def _check_fields(cls: type, names: Iterable[str]) -> None:
+    fields = tuple(f.name for f in dataclasses.fields(cls))
+    wanted = tuple(attr(n) for n in names)
+    if fields != wanted:
+        raise TypeError("{}'s fields {} are not the table's {}".format(cls.__name__, fields, wanted))
+
+
+_check_fields(Hyperparameters, (p.name for p in PARAMS))
+_check_fields(Inference, INFERENCE)
 
 
 def _local(p: Param, algo: str) -> Any:
@@ -233,23 +357,23 @@ def _local(p: Param, algo: str) -> Any:
     return p.default if value is SAME else value
 
 
+def _typed(p: Param, value: Any) -> Any:
+    """A table default as its typed value (the table writes some in their string form)."""
+    return p.parse(value) if isinstance(value, str) else value
+
+
 def defaults(profile: str = "sagemaker", algo: str = "faster_rcnn") -> Dict[str, Any]:
-    """Every hyperparameter's default; ``local`` = from-scratch CPU runs, per algorithm."""
+    """Every hyperparameter's default, typed; ``local`` = from-scratch CPU runs, per algorithm."""
     if profile not in ("sagemaker", "local"):
         raise ValueError(profile)
-    out = {p.name: (_local(p, algo) if profile == "local" else p.default) for p in TABLE}
+    out = {p.name: _typed(p, _local(p, algo) if profile == "local" else p.default) for p in PARAMS}
     out["model-type"] = algo
     return out
 
 
-# Read at inference from the model's saved hyperparameters; serving, `make predict` and
-# `make evaluate` may override them (INFER=) without retraining.
-INFERENCE = ("det-per-img", "proposals", "nms-thr", "pred-thr", "nms", "soft-nms-sigma", "tile-size", "tile-overlap")
-
-
-def parse_inference(text: str, where: str = "INFER") -> Dict[str, str]:
-    """``--tile-size 512 --nms soft`` (or ``tile-size=512 nms=soft``) into validated inference
-    hyperparameters (strings); anything else is an error that names it and ``where`` it came from."""
+def parse_inference(text: str, where: str = "INFER") -> Dict[str, Any]:
+    """``--tile-size 512 --nms soft`` (or ``tile-size=512 nms=soft``) into validated, typed inference
+    hyperparameters; anything else is an error that names it and ``where`` it came from."""
     try:
         raw = parse_cli(text.split()) if text and text.strip() else {}
     except HyperparameterError as err:
@@ -258,14 +382,29 @@ def parse_inference(text: str, where: str = "INFER") -> Dict[str, str]:
     for key, value in raw.items():
         name = key.replace("_", "-")
         try:
-            convert(name, value)
+            typed = convert(name, value)
         except HyperparameterError as err:
             raise HyperparameterError("{}: {}".format(where, err)) from None
         if name not in INFERENCE:
             raise HyperparameterError("{}: '{}' is a training hyperparameter; at inference only {} apply".format(
                 where, name, ", ".join(INFERENCE)))
-        out[name] = value
+        out[name] = typed
     return out
+
+
+def inference_of(saved: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Inference:
+    """The inference hyperparameters of a model: its saved record's (strings), then ``overrides``
+    (:func:`parse_inference`'s); one saved before an option existed gets the option's default (what it
+    did then)."""
+    overrides = overrides or {}
+    values = {}
+    for name in INFERENCE:
+        raw = overrides[name] if name in overrides else saved.get(name)
+        if raw is None:
+            values[name] = _typed(BY_NAME[name], BY_NAME[name].default)
+        else:
+            values[name] = convert(name, raw) if isinstance(raw, str) else raw
+    return Inference(**{attr(k): v for k, v in values.items()})
 
 
 def convert(name: str, raw: Any) -> Any:
@@ -285,9 +424,11 @@ def _convert(p: Param, raw: Any) -> Any:
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raw = json.dumps(raw) if isinstance(raw, list) else str(raw)
+        raw = json.dumps(raw) if isinstance(raw, list) else p.text(raw) if isinstance(raw, (tuple, bool)) else str(raw)
     try:
         value = p.parse(raw)
+    except HyperparameterError:
+        raise
     except (TypeError, ValueError) as err:
         kind = {int: "an integer", float: "a number"}.get(p.parse, "valid")
         detail = "" if kind != "valid" else ": {}".format(err)
@@ -301,8 +442,24 @@ def _convert(p: Param, raw: Any) -> Any:
     return value
 
 
-def parse(raw: Mapping[str, Any], profile: str = "sagemaker") -> argparse.Namespace:
-    """Validates a mapping of hyperparameter strings; returns a namespace with every name set."""
+def _check_combination(values: Mapping[str, Any]) -> None:
+    """What no single value shows: the detector, backbone and test size must fit together."""
+    if values["model-type"] == "cascade_rcnn" and values["backbone"] not in CASCADE_BACKBONES:
+        raise HyperparameterError(
+            "hyperparameter 'backbone': Cascade R-CNN needs an FPN backbone; use one of {}".format(
+                ", ".join(CASCADE_BACKBONES)))
+    if "auto" in (values["min-size"], values["max-size"]) and not values["crop-size"]:
+        raise HyperparameterError("hyperparameters 'min-size'/'max-size': auto follows the crops; set crop-size "
+                                  "(or RECIPE=dense), or give the test size in pixels")
+    if values["model-type"] == "retinanet" and values["backbone"] not in RETINANET_BACKBONES:
+        raise HyperparameterError(
+            "hyperparameter 'backbone': {} has no RetinaNet config; use one of {}".format(
+                values["backbone"], ", ".join(RETINANET_BACKBONES)))
+
+
+def parse(raw: Mapping[str, Any], profile: str = "sagemaker") -> Hyperparameters:
+    """Every hyperparameter from a mapping of their string forms (hyperparameters.json, :func:`parse_cli`),
+    validated; the rest from ``profile``'s defaults and the recipe's."""
     algo = str(raw.get("model-type", raw.get("model_type", "faster_rcnn")))
     values = defaults(profile, algo if algo in ALGORITHMS else "faster_rcnn")
     recipe = raw.get("recipe")
@@ -317,54 +474,33 @@ def parse(raw: Mapping[str, Any], profile: str = "sagemaker") -> argparse.Namesp
             continue  # set by SageMaker itself (job name, tuning objective, ...)
         _check_known(name, key)
         values[name] = _convert(BY_NAME[name], text)
-    if values["model-type"] == "cascade_rcnn" and values["backbone"] not in CASCADE_BACKBONES:
-        raise HyperparameterError(
-            "hyperparameter 'backbone': Cascade R-CNN needs an FPN backbone; use one of {}".format(
-                ", ".join(CASCADE_BACKBONES)))
-    if "auto" in (values["min-size"], values["max-size"]) and not values["crop-size"]:
-        raise HyperparameterError("hyperparameters 'min-size'/'max-size': auto follows the crops; set crop-size "
-                                  "(or RECIPE=dense), or give the test size in pixels")
-    if values["model-type"] == "retinanet" and values["backbone"] not in RETINANET_BACKBONES:
-        raise HyperparameterError(
-            "hyperparameter 'backbone': {} has no RetinaNet config; use one of {}".format(
-                values["backbone"], ", ".join(RETINANET_BACKBONES)))
-    steps = values["lr-steps"]
-    try:
-        fractions = [float(s) for s in str(steps).split(",") if s.strip()]
-    except ValueError:
-        raise HyperparameterError("hyperparameter 'lr-steps': {!r} is not a list of fractions".format(steps)) from None
-    if any(not 0.0 < f < 1.0 for f in fractions) or fractions != sorted(fractions):
-        raise HyperparameterError("hyperparameter 'lr-steps': {!r} must be increasing fractions inside (0, 1)".format(steps))
-    return argparse.Namespace(**{attr(k): v for k, v in values.items()})
+    _check_combination(values)
+    return Hyperparameters(**{attr(k): v for k, v in values.items()})
 
 
-def recipe_line(hp: argparse.Namespace) -> str:
+def value(hp: Hyperparameters, name: str) -> Any:
+    """Hyperparameter ``name``'s typed value in ``hp``."""
+    return getattr(hp, attr(name))
+
+
+def text(name: str, typed: Any) -> str:
+    """Hyperparameter ``name``'s value in its string form (what :func:`parse` reads back)."""
+    return BY_NAME[name].text(typed)
+
+
+def recipe_line(hp: Hyperparameters) -> str:
     """What the run's recipe set, as printed at start (empty without one)."""
     if hp.recipe == "none":
         return ""
     names = RECIPES[hp.recipe]
     return "recipe {}: {} (each overridable: HP='--name value')".format(
-        hp.recipe, ", ".join("{} {}".format(n, getattr(hp, attr(n))) for n in names))
+        hp.recipe, ", ".join("{} {}".format(n, text(n, value(hp, n))) for n in names))
 
 
-def to_strings(values: Mapping[str, Any]) -> Dict[str, str]:
-    """The SageMaker form: every value a string (lists as JSON)."""
-    out = {}
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            out[key] = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            out[key] = json.dumps(list(value))
-        else:
-            out[key] = str(value)
-    return out
-
-
-def as_strings(hp: argparse.Namespace) -> Dict[str, str]:
-    """A parsed namespace back to the hyperparameters.json form."""
-    return to_strings({k.replace("_", "-"): v for k, v in vars(hp).items()})
+def as_strings(hp: Hyperparameters) -> Dict[str, str]:
+    """The hyperparameters.json form SageMaker passes (every value a string; lists as JSON; unset
+    ones left out); :func:`parse` reads it back to ``hp``."""
+    return {p.name: p.text(value(hp, p.name)) for p in PARAMS if value(hp, p.name) is not None}
 
 
 def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
@@ -394,7 +530,7 @@ def parse_cli(argv: Sequence[str]) -> Dict[str, str]:
 
 def markdown_table() -> str:
     rows = ["| name | SageMaker default | local default | meaning |", "|---|---|---|---|"]
-    for p in TABLE:
+    for p in PARAMS:
         if isinstance(p.local, dict):
             local = ", ".join("{}: {}".format(a, _local(p, a)) for a in ALGORITHMS)
         else:

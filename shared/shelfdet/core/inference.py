@@ -1,27 +1,23 @@
 """Batched inference on raw images, shared by evaluation, ``make predict`` and serving."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import threading
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
+import torch
+import yaml
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
 
-from shelfdet.core import compat, photos
-
-compat.apply()
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-
-from shelfdet.core import artefacts, hyperparameters, modeling, postprocess  # noqa: E402,F401  (modeling registers our architectures)
-from shelfdet.core.checkpoint import load_exact  # noqa: E402
+from shelfdet.core import artefacts, compat, hyperparameters, modeling, photos, postprocess  # noqa: F401  (modeling registers our architectures)
+from shelfdet.core.checkpoint import load_exact
+from shelfdet.core.config import set_inference
+from shelfdet.core.hyperparameters import Hyperparameters, Inference
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +39,18 @@ class Options(NamedTuple):
         return self.nms == "hard" and not self.tile_size
 
 
-def inference_hyperparameters(saved: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> argparse.Namespace:
-    """The inference hyperparameters (``hyperparameters.INFERENCE``) of a model: its saved ones, then
-    ``overrides``; one saved before an option existed gets the option's default (what it did then)."""
-    values = {}
-    for name in hyperparameters.INFERENCE:
-        raw = (overrides or {}).get(name, saved.get(name))
-        values[name] = hyperparameters.BY_NAME[name].default if raw is None else hyperparameters.convert(name, raw)
-    return argparse.Namespace(**{hyperparameters.attr(k): v for k, v in values.items()})
+def inference_hyperparameters(saved: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Inference:
+    """The inference hyperparameters of a model: its saved record's, then ``overrides``
+    (``hyperparameters.inference_of``)."""
+    return hyperparameters.inference_of(saved, overrides)
 
 
-def options_of(hp: argparse.Namespace) -> Options:
+def options_of(hp: Union[Hyperparameters, Inference]) -> Options:
     return Options(hp.nms, float(hp.soft_nms_sigma), int(hp.tile_size), float(hp.tile_overlap))
 
 
 def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[Iterable[str]] = None,
-                inference: Optional[argparse.Namespace] = None, names: Iterable[str] = ()) -> CfgNode:
+                inference: Optional[Inference] = None, names: Iterable[str] = ()) -> CfgNode:
     """The saved config on this release's defaults; a key this release lacks is an error
     unless the model left it at its default (see ``compat.merge_saved_config``).
     ``inference``, ``names``: inference hyperparameters whose config keys are set again (``config.set_inference``)."""
@@ -73,8 +65,6 @@ def load_config(path: str, device: Optional[str] = None, changed_keys: Optional[
     cfg.MODEL.DEVICE = device or default_device()
     names = list(names)
     if inference is not None and names:
-        from shelfdet.core.config import set_inference
-
         set_inference(cfg, inference, names)
     cfg.freeze()
     return cfg

@@ -12,16 +12,12 @@ from __future__ import annotations
 import math
 from typing import List
 
-from shelfdet.core import compat
-
-compat.apply()
-
-import torch  # noqa: E402
-from detectron2.layers import ShapeSpec, get_norm  # noqa: E402
-from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
-from detectron2.modeling.anchor_generator import build_anchor_generator  # noqa: E402
-from detectron2.modeling.meta_arch.retinanet import RetinaNet  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from detectron2.layers import ShapeSpec, get_norm
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from torch import nn
 
 LEVEL_NORM_RETINANET = "LevelNormRetinaNet"
 

@@ -7,12 +7,15 @@ import platform
 from collections import Counter
 from typing import Optional, Sequence
 
+from shelfdet.core import compat
+
+# torch and Detectron2 where summary and details ask for them: the CPU and memory counts serve processes
+# (the server before its model loads) that have not imported torch.
+
 
 def summary(hosts: Optional[Sequence[str]] = None, current_host: Optional[str] = None) -> str:
     """``environment: python 3.11.2, torch 2.5.1+cu124, CUDA 12.4, cuDNN 90100, 8x NVIDIA H100 ..., ...``"""
     import torch
-
-    from shelfdet.core import compat
 
     parts = ["python " + platform.python_version(), "torch " + torch.__version__]
     if torch.cuda.is_available():

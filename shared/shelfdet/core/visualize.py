@@ -13,8 +13,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from shelfdet.core import compat
-
 
 GT_COLOUR = (0.1, 0.85, 0.1)
 PRED_COLOUR = (0.95, 0.15, 0.1)
@@ -29,7 +27,6 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 def draw(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], out_png: str,
          scores: Optional[Sequence[float]] = None, gt_boxes: Optional[Sequence[Sequence[float]]] = None) -> str:
     """Draws XYXY pixel ``boxes`` (predictions, red) and ``gt_boxes`` (green) on the image; writes out_png."""
-    compat.apply()
     from detectron2.utils.visualizer import Visualizer
 
     vis = Visualizer(image_bgr[:, :, ::-1], scale=max(1.0, 640.0 / max(image_bgr.shape[:2])))
@@ -84,7 +81,6 @@ def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxe
 def _titled(image_bgr: np.ndarray, title: str, rows: int) -> Tuple[Any, Any, int, float]:
     """A Visualizer on the image under a white band of ``rows`` text rows, the title in the first, so
     the text hides no box. Returns (visualizer, box shifter into the band's frame, row height, font points)."""
-    compat.apply()
     from detectron2.utils.visualizer import Visualizer
 
     h, w = image_bgr.shape[:2]

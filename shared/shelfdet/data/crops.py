@@ -16,18 +16,13 @@ the header and decodes only the window (``images.decode_crop``).
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import NamedTuple, Optional, Tuple
 
-from shelfdet.core import compat
+import numpy as np
+from detectron2.data import transforms as T
 
-compat.apply()
-
-import numpy as np  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-
-from shelfdet.core import hyperparameters  # noqa: E402
+from shelfdet.core.hyperparameters import Hyperparameters
 
 
 class Crop(NamedTuple):
@@ -36,11 +31,11 @@ class Crop(NamedTuple):
     min_visible: float
 
 
-def crop_of(hp: argparse.Namespace) -> Optional[Crop]:
+def crop_of(hp: Hyperparameters) -> Optional[Crop]:
     """The run's crop settings, or None without crop training."""
     if not hp.crop_size:
         return None
-    return Crop(int(hp.crop_size), hyperparameters.scales(hp.crop_scales), float(hp.crop_min_visible))
+    return Crop(hp.crop_size, hp.crop_scales, hp.crop_min_visible)
 
 
 class ObjectCrop(T.Augmentation):

@@ -30,22 +30,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from shelfdet.core import compat
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.utils.file_io import PathManager
 
-compat.apply()
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.config import configurable  # noqa: E402
-from detectron2.data import DatasetMapper  # noqa: E402
-from detectron2.data import detection_utils as utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
-from detectron2.utils.file_io import PathManager  # noqa: E402
-
-from shelfdet.core import photos  # noqa: E402
-from shelfdet.data.crops import ObjectCrop  # noqa: E402
-from shelfdet.core.photo_files import SWAPS_SIDES, decode_crop, decode_resized, exif_transpose_method  # noqa: E402
+from shelfdet.core import photos
+from shelfdet.data.crops import ObjectCrop
+from shelfdet.core.photo_files import SWAPS_SIDES, decode_crop, decode_resized, exif_transpose_method
 
 # Augmentations whose transforms depend on the image size only, so they can be sampled from the header.
 SHAPE_ONLY_AUGMENTATIONS = (T.ResizeShortestEdge, T.RandomFlip)

@@ -9,7 +9,8 @@ import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from shelfdet.core import hyperparameters as hp
+from shelfdet.core import compat
+from shelfdet.core import hyperparameters as hyper
 from shelfdet.core import CHANNELS
 from shelfdet.core.metrics import METRIC_DEFINITIONS
 from shelfdet.launch import aws
@@ -48,13 +49,12 @@ def encrypt_traffic(args: Any) -> bool:
 
 def hyperparameters(algo: str, hp_argv: Sequence[str], extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Every hyperparameter of the table, validated, as SageMaker's strings; HP args override defaults."""
-    raw = {k.replace("_", "-"): v for k, v in hp.parse_cli(hp_argv).items()}
+    raw = {k.replace("_", "-"): v for k, v in hyper.parse_cli(hp_argv).items()}
     if raw.get("model-type", algo) != algo:
         raise LaunchError("HP sets model-type {} but ALGO is {}: set ALGO only".format(raw["model-type"], algo))
     raw["model-type"] = algo
     raw.update(extra or {})
-    ns = hp.parse(raw)
-    return hp.to_strings({p.name: getattr(ns, hp.attr(p.name)) for p in hp.TABLE})
+    return hyper.as_strings(hyper.parse(raw))
 
 
 def channel(name: str, uri: str, mode: str = "File") -> Dict[str, Any]:
@@ -125,6 +125,7 @@ def pretrained_input(cloud: aws.Aws, args: Any, hp_argv: Sequence[str]) -> Optio
     if effective_weights(args, hp_argv) != "zoo":
         note("note: PRETRAINED is unused: the weights are not zoo")
         return None
+    compat.apply()  # the zoo's paths come from Detectron2's model_zoo, imported with the config
     from shelfdet.core.config import ConfigError, zoo_key, zoo_weights
 
     hps = hyperparameters(args.algo, hp_argv)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+
+from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time endpoints' own request limit
 # An asynchronous endpoint hands /invocations its S3 input whole, up to 1 GB (make deploy ASYNC=1 sets this).
@@ -34,8 +36,8 @@ class Settings(NamedTuple):
     max_payload_mb: float
     max_concurrent_transforms: int
     batch_strategy: str
-    # SHELFDET_INFER: inference hyperparameters over the model's own (tiles, Soft-NMS, ...).
-    inference: Mapping[str, str] = {}
+    # SHELFDET_INFER: inference hyperparameters over the model's own (tiles, Soft-NMS, ...), typed.
+    inference: Mapping[str, Any] = {}
     # SHELFDET_MAX_QUEUE: requests waiting for a thread beyond those computing; None: see queue_size.
     max_queue: Optional[int] = None
     # SHELFDET_PIXELS_IN_FLIGHT: decoded pixels all requests may hold together; None: see pixels_in_flight.
@@ -71,8 +73,6 @@ def settings_from_env(env: Optional[Mapping[str, str]] = None) -> Settings:
     strategy = BATCH_STRATEGIES.get(raw.replace("_", "").replace("-", "").lower())
     if strategy is None:
         raise LimitError("SAGEMAKER_BATCH_STRATEGY={!r}: expected SINGLE_RECORD or MULTI_RECORD".format(raw))
-    from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
-
     try:
         inference = parse_inference(env.get("SHELFDET_INFER") or "", "SHELFDET_INFER")
     except HyperparameterError as err:

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
-from shelfdet.core import photos
+from shelfdet.core import compat, photos
 from shelfdet.serving import limits
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
@@ -42,6 +42,8 @@ def predict_local(model_dir: str, data: bytes, name: str, score_threshold: Optio
     from shelfdet.core.artefacts import ArtefactError
     from shelfdet.core.checkpoint import CheckpointMismatch
     from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
+
+    compat.apply()  # a local model: Detectron2 runs in this process from here (an endpoint needs none)
     from shelfdet.core.inference import Detector
 
     try:
@@ -87,6 +89,7 @@ def photo_files(path: str) -> List[str]:
 def write_outputs(outputs: Outputs, path: str, photo: Any, pred: Dict[str, Any],
                   say: Callable[[str], None] = _quiet) -> List[str]:
     """``<out>/<photo file>.json`` and ``.png``; ``photo`` is the decoded photo (the server's pixels)."""
+    compat.apply()  # the drawing is Detectron2's Visualizer
     from shelfdet.core.visualize import DEFAULT_SCORE_THRESHOLD, default_score_threshold, draw_counted
 
     os.makedirs(outputs.out, exist_ok=True)

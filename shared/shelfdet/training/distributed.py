@@ -5,14 +5,10 @@ import logging
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from shelfdet.core import compat
-
-compat.apply()
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from detectron2.engine import launch as d2_launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+import torch
+import torch.distributed as dist
+from detectron2.engine import launch as d2_launch
+from detectron2.utils import comm
 
 log = logging.getLogger("shelfdet.training")
 TIMEOUT = timedelta(minutes=30)

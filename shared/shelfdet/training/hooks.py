@@ -13,18 +13,16 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from shelfdet.core import compat
+import torch
+from detectron2.data import transforms as T
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 
-compat.apply()
-
-import torch  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.engine import HookBase  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-
-from shelfdet.core import evaluation, metrics  # noqa: E402
-from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
+from shelfdet.core import evaluation, metrics
+from shelfdet.core.inference import Detector, Options
+from shelfdet.data.mapper import FastDatasetMapper
+from shelfdet.training.distributed import broadcast_buffers
 
 log = logging.getLogger("shelfdet.training")
 
@@ -110,9 +108,6 @@ class ValidationAP(HookBase):
     def after_step(self) -> None:
         if not _is_due(self.trainer, self.period):
             return
-        from shelfdet.core.inference import Detector, Options
-        from shelfdet.training.distributed import broadcast_buffers
-
         # Every rank predicts its share with its own replica, given rank 0's buffers; rank 0 scores.
         model = _unwrap(self.trainer.model)
         broadcast_buffers(model)

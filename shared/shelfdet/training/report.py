@@ -6,6 +6,9 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Sequence
 
+from shelfdet.core import photos
+from shelfdet.core.visualize import draw_errors
+
 log = logging.getLogger("shelfdet.training")
 
 
@@ -23,6 +26,7 @@ def _read_jsonlines(path: str) -> List[Dict[str, Any]]:
 
 def loss_curve(train_metrics: str, val_history: Sequence[Mapping[str, float]], out_png: str) -> None:
     """Training total_loss (Detectron2's JSONWriter lines) and validation loss against iteration."""
+    # matplotlib where it draws: heavy to import, and its backend is chosen before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,9 +59,6 @@ def prediction_pngs(dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str
     Evaluation keeps every box down to pred-thr for AP; drawn, those bury the picture,
     so the final evaluation passes its count threshold.
     """
-    from shelfdet.core import photos
-    from shelfdet.core.visualize import draw_errors
-
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for d in dicts:

@@ -18,12 +18,12 @@ import platform
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from shelfdet.core import compat, redact
+from detectron2.utils.events import EventWriter, TensorboardXWriter, get_event_storage
 
-compat.apply()
+from shelfdet.core import redact
 
-from detectron2.utils.events import EventWriter, get_event_storage  # noqa: E402
-
+# mlflow (and its SageMaker plugin) and TensorBoard's writer are imported where a run turns them on:
+# optional, slow to import, and a run without MLFLOW_TRACKING_URI never needs mlflow at all.
 log = logging.getLogger("shelfdet.training")
 
 # The validation hooks on the trainer; they keep their results out of the event storage so the printed
@@ -61,7 +61,6 @@ class TensorBoard(EventWriter):
     images/s beside it in ``train``, and the validation hooks' losses and AP in ``validation``."""
 
     def __init__(self, log_dir: str, trainer: Any, images_per_batch: int) -> None:
-        from detectron2.utils.events import TensorboardXWriter
         from torch.utils.tensorboard import SummaryWriter
 
         self.training = TensorboardXWriter(os.path.join(log_dir, "train"))

@@ -5,21 +5,17 @@ import os
 import weakref
 from typing import Any, Dict, List, Optional, Sequence
 
-from shelfdet.core import compat
+import torch
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from torch.nn.parallel import DistributedDataParallel
 
-compat.apply()
-
-import torch  # noqa: E402
-from detectron2.data import build_detection_train_loader  # noqa: E402
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from shelfdet.core.checkpoint import Checkpointer  # noqa: E402
-from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
-from shelfdet.training import tracking  # noqa: E402
-from shelfdet.training.hooks import DataTimeWarning, PauseAfterCheckpoint, ValidationAP, ValidationLoss  # noqa: E402
+from shelfdet.core.checkpoint import Checkpointer
+from shelfdet.data.mapper import FastDatasetMapper
+from shelfdet.training import tracking
+from shelfdet.training.hooks import DataTimeWarning, PauseAfterCheckpoint, ValidationAP, ValidationLoss
 
 
 def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
