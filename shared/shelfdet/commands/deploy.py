@@ -35,10 +35,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def _main(argv: List[str]) -> int:
     args = parser().parse_args(argv)
-    endpoint = deploy.create(args, launching.cloud(args))
+    endpoint = deploy.create(deploy.DeployOptions.of(args), launching.cloud(args))
     if not args.dry_run:
         launching.say(endpoint)
     return 0

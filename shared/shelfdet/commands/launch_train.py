@@ -31,7 +31,7 @@ def _main(argv: List[str]) -> int:
     own, hp_argv = aws.split_hp(argv)
     args = parser().parse_args(own)
     cloud = launching.cloud(args)
-    request = training.build_request(args, hp_argv, cloud)
+    request = training.build_request(training.TrainOptions.of(args), hp_argv, cloud)
     cloud.send("sagemaker", "create_training_job", request)
     if args.dry_run:
         return 0

@@ -42,7 +42,7 @@ def _main(argv: List[str]) -> int:
         raise LaunchError(str(err)) from None
     cloud = launching.cloud(args)
     if args.builder == "codebuild":
-        uri = codebuild.push(args, cloud, image)
+        uri = codebuild.push(codebuild.BuildOptions.of(args), cloud, image)
     else:
         uri = push.push(cloud, image, args.no_build)
     if uri is not None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 from shelfdet.commands import launching
 from shelfdet.launch import training
 from shelfdet.launch.aws import LaunchError, note
-from shelfdet.launch.transform import build_requests, download, evaluate, wait
+from shelfdet.launch.transform import TransformOptions, build_requests, download, evaluate, wait
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def _main(argv: List[str]) -> int:
         # Checked before anything is launched: the job's output would have nothing to be scored against.
         raise LaunchError("test manifest {} not found: pass MANIFEST=<path> (or --no-evaluate)".format(manifest))
     cloud = launching.cloud(args)
-    requests = build_requests(args, cloud)
+    requests = build_requests(TransformOptions.of(args), cloud)
     for operation, request in requests:
         cloud.send("sagemaker", operation, request)
     if args.dry_run:

@@ -8,7 +8,7 @@ from typing import List, Optional
 from shelfdet.commands import launching
 from shelfdet.launch import aws, training
 from shelfdet.launch.aws import note
-from shelfdet.launch.tuning import OBJECTIVES, build_request, wait
+from shelfdet.launch.tuning import OBJECTIVES, TuneOptions, build_request, wait
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def _main(argv: List[str]) -> int:
     own, hp_argv = aws.split_hp(argv)
     args = parser().parse_args(own)
     cloud = launching.cloud(args)
-    request = build_request(args, hp_argv, cloud)
+    request = build_request(TuneOptions.of(args), hp_argv, cloud)
     cloud.send("sagemaker", "create_hyper_parameter_tuning_job", request)
     if args.dry_run:
         return 0

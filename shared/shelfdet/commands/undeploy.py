@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
 def _main(argv: List[str]) -> int:
     args = parser().parse_args(argv)
     cloud = launching.cloud(args)
-    undeploy.remove(cloud, undeploy.plan(args, cloud), args.record_dir)
+    undeploy.remove(cloud, undeploy.plan(undeploy.UndeployOptions.of(args), cloud), args.record_dir)
     return 0
 
 

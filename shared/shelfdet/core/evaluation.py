@@ -35,8 +35,8 @@ class BackendError(RuntimeError):
 def _backend(fast: bool):
     """faster-coco-eval (C++, same algorithm and numbers) when ``fast``, else pycocotools.
 
-    pycocotools' per-image matching is Python loops: 483 s for SKU-110K's test set
-    at 300 detections per image, 25 s with faster-coco-eval. Every stack installs
+    pycocotools' per-photo matching is Python loops: 483 s for SKU-110K's test set
+    at 300 detections per photo, 25 s with faster-coco-eval. Every stack installs
     it (versions.env), so a missing one is an error, never a silent fallback that
     turns a 25 s evaluation into minutes; callers check at start with
     :func:`require_backend`.
@@ -65,7 +65,7 @@ def require_backend(fast: bool) -> None:
 
 def _count_inputs(gt_dicts: Sequence[Mapping[str, Any]],
                   predictions: Mapping[str, Mapping[str, Any]]) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """Ground-truth box count and predicted scores of every image (no prediction entry: no scores)."""
+    """Ground-truth box count and predicted scores of every photo (no prediction entry: no scores)."""
     gt = np.array([len(d["annotations"]) for d in gt_dicts], dtype=np.int64)
     scores = []
     for d in gt_dicts:
@@ -77,10 +77,10 @@ def _count_inputs(gt_dicts: Sequence[Mapping[str, Any]],
 
 def count_errors(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
                  threshold: float) -> Tuple[float, float]:
-    """(MAE, relative error) of the per-image count of boxes scoring >= ``threshold``.
+    """(MAE, relative error) of the per-photo count of boxes scoring >= ``threshold``.
 
     MAE = mean |count - gt|; relative error = mean |count - gt| / max(gt, 1)
-    (an image without products weighs as one with a single product).
+    (a photo without products weighs as one with a single product).
     """
     gt, scores = _count_inputs(gt_dicts, predictions)
     if not len(gt):
@@ -95,7 +95,7 @@ def fit_count_threshold(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapp
 
     The count only changes at a predicted score, so the candidates are the
     distinct scores plus one just above them all (count 0 everywhere). Lowering
-    the threshold past the k-th best score of an image with g boxes changes its
+    the threshold past the k-th best score of a photo with g boxes changes its
     |count - g| by +1 if k > g, else -1: one sort and a cumulative sum give every
     candidate's total error (SKU-110K's test set has ~900k scores). Among equal
     errors the highest threshold wins (fewest boxes).
@@ -170,11 +170,11 @@ def match_boxes(gt_boxes: Sequence[Sequence[float]], pred_boxes: Sequence[Sequen
 def score(gt_dicts: Sequence[Mapping[str, Any]], predictions: Mapping[str, Mapping[str, Any]],
           class_names: Sequence[str], max_dets: int = 300, fast: bool = True,
           count_threshold: Optional[float] = None) -> Dict[str, float]:
-    """COCO bbox metrics (fractions 0-1) of predictions (the serving answer's JSON) keyed by image file name,
+    """COCO bbox metrics (fractions 0-1) of predictions (the serving answer's JSON) keyed by photo file name,
     and the count metrics of :func:`count_metrics` at ``count_threshold`` (None: fit on these).
 
     ``gt_dicts`` are Detectron2 dataset dicts (``shelfdet.core.catalog.load_manifest``);
-    an image with no prediction entry counts as having no detections.
+    a photo with no prediction entry counts as having no detections.
     """
     metrics = _coco_metrics(gt_dicts, predictions, class_names, max_dets, fast)
     metrics.update(count_metrics(gt_dicts, predictions, count_threshold))
@@ -243,10 +243,10 @@ def summarize(ev: Any) -> Dict[str, float]:
 
 def predict_dataset(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
                     log_every: int = 20) -> Dict[str, Dict[str, Any]]:
-    """Runs the detector over every image of a dataset; returns predictions keyed by file name.
+    """Runs the detector over every photo of a dataset; returns predictions keyed by file name.
 
-    One image per forward, decoded and run as the endpoint does: in a batch, padding to the
-    largest image shifts boxes slightly, and validation AP would then disagree
+    One photo per forward, decoded and run as the endpoint does: in a batch, padding to the
+    largest photo shifts boxes slightly, and validation AP would then disagree
     with the final evaluation and with serving.
     """
     preds: Dict[str, Dict[str, Any]] = {}
@@ -264,10 +264,10 @@ def predict_shared(detector: Any, gt_dicts: Sequence[Mapping[str, Any]],
                    log_every: int = 20) -> Optional[Dict[str, Dict[str, Any]]]:
     """:func:`predict_dataset` shared by the processes of a distributed job; every process must call it.
 
-    Each predicts every world-size-th image from its rank on with its own detector, and rank 0
+    Each predicts every world-size-th photo from its rank on with its own detector, and rank 0
     gathers them, as Detectron2's ``inference_on_dataset`` and evaluators do: the job's GPUs all
     work, and no process waits for more than the others' share. Returns every prediction on rank 0
-    (one forward per image, so the same as one process), None on the others.
+    (one forward per photo, so the same as one process), None on the others.
     """
     from detectron2.utils import comm
 
@@ -310,7 +310,7 @@ def format_counts(metrics: Mapping[str, float]) -> str:
 
 
 def load_predictions(folder: str) -> Dict[str, Dict[str, Any]]:
-    """Reads ``<image>.out`` (batch transform) or ``<image>.json`` files; key = image file name."""
+    """Reads ``<photo>.out`` (batch transform) or ``<photo>.json`` files; key = photo file name."""
     if not os.path.isdir(folder):
         raise FileNotFoundError("predictions folder not found: {}".format(folder))
     preds = {}
@@ -324,7 +324,7 @@ def load_predictions(folder: str) -> Dict[str, Dict[str, Any]]:
                 body = json.load(f)
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError("{}: not a prediction JSON ({})".format(path, err)) from None
-        if isinstance(body, list):  # a JSON batch of one image
+        if isinstance(body, list):  # a JSON batch of one photo
             if len(body) != 1:
                 raise ValueError("{}: holds {} predictions, expected one image".format(path, len(body)))
             body = body[0]
@@ -336,7 +336,7 @@ def load_predictions(folder: str) -> Dict[str, Dict[str, Any]]:
     return preds
 
 
-def _images_of(manifest: str) -> str:
+def _photos_of(manifest: str) -> str:
     """``DATA_DIR/annotations/<channel>.manifest`` -> ``DATA_DIR/<channel>``, the layout ``make data`` writes."""
     channel = os.path.splitext(os.path.basename(manifest))[0]
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(manifest))), channel)
@@ -363,7 +363,7 @@ def _model_predictions(model_dir: str, device: Optional[str], infer: str, out_di
     val_manifest = os.path.join(os.path.dirname(manifest), "validation.manifest")
     if count_threshold is None and os.path.abspath(val_manifest) != os.path.abspath(manifest) \
             and os.path.isfile(val_manifest):
-        val, _ = catalog.load_manifest(val_manifest, _images_of(val_manifest), label)
+        val, _ = catalog.load_manifest(val_manifest, _photos_of(val_manifest), label)
         threshold = fit_count_threshold(val, predict_dataset(detector, val))
     facts = {"model_dir": model_dir, "inference": overrides, "seconds_per_image": round(seconds / max(1, len(gt)), 4),
              "max_dets": detector.max_detections}
@@ -389,7 +389,7 @@ class Evaluation(NamedTuple):
 
 
 def gather(manifest: str, predictions: Optional[str] = None, model_dir: Optional[str] = None,
-           images: Optional[str] = None, infer: str = "", device: Optional[str] = None,
+           photo_dir: Optional[str] = None, infer: str = "", device: Optional[str] = None,
            out_dir: str = os.path.join("predictions", "evaluation"), label: str = "sku",
            count_threshold: Optional[float] = None, fast: bool = True) -> Evaluation:
     """The ground truth and the predictions: prediction files (matched by file name), or a model folder's
@@ -398,8 +398,8 @@ def gather(manifest: str, predictions: Optional[str] = None, model_dir: Optional
 
     # The scorer first: with a model folder, a missing one would otherwise fail after predicting every photo.
     require_backend(fast)
-    image_dir = (images or _images_of(manifest)) if model_dir else os.path.dirname(manifest)
-    gt, names = catalog.load_manifest(manifest, image_dir, label, check_images=bool(model_dir))
+    folder = (photo_dir or _photos_of(manifest)) if model_dir else os.path.dirname(manifest)
+    gt, names = catalog.load_manifest(manifest, folder, label, check_images=bool(model_dir))
     fit_on = "given"
     facts = {}  # type: Dict[str, Any]
     if model_dir:

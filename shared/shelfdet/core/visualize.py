@@ -16,7 +16,7 @@ import numpy as np
 
 GT_COLOUR = (0.1, 0.85, 0.1)
 PRED_COLOUR = (0.95, 0.15, 0.1)
-MAX_SCORE_LABELS = 40  # more labels than this hide the image
+MAX_SCORE_LABELS = 40  # more labels than this hide the photo
 # Error pictures. Blue for misses stays apart from both green and red for red-green colour blindness.
 TP_COLOUR = GT_COLOUR
 FP_COLOUR = PRED_COLOUR
@@ -24,12 +24,12 @@ FN_COLOUR = (0.15, 0.55, 1.0)
 DEFAULT_SCORE_THRESHOLD = 0.5
 
 
-def draw(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], out_png: str,
+def draw(photo_bgr: np.ndarray, boxes: Sequence[Sequence[float]], out_png: str,
          scores: Optional[Sequence[float]] = None, gt_boxes: Optional[Sequence[Sequence[float]]] = None) -> str:
-    """Draws XYXY pixel ``boxes`` (predictions, red) and ``gt_boxes`` (green) on the image; writes out_png."""
+    """Draws XYXY pixel ``boxes`` (predictions, red) and ``gt_boxes`` (green) on the photo; writes out_png."""
     from detectron2.utils.visualizer import Visualizer
 
-    vis = Visualizer(image_bgr[:, :, ::-1], scale=max(1.0, 640.0 / max(image_bgr.shape[:2])))
+    vis = Visualizer(photo_bgr[:, :, ::-1], scale=max(1.0, 640.0 / max(photo_bgr.shape[:2])))
     width = max(0.5, vis.output.scale * 0.6)
     for b in gt_boxes or []:
         vis.draw_box(list(b), edge_color=GT_COLOUR, line_style="-", alpha=0.9)
@@ -49,7 +49,7 @@ def error_title(name: str, match: Any, score_threshold: float) -> str:
                                                               score_threshold)
 
 
-def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]],
+def draw_errors(photo_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]],
                 scores: Sequence[float], out_png: str, score_threshold: float, name: str) -> Tuple[Any, str]:
     """Draws true positives, false positives and misses of the predictions scoring >= ``score_threshold``
     (matched as :func:`shelfdet.core.evaluation.match_boxes`), a title with their counts and a legend; writes
@@ -61,7 +61,7 @@ def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxe
     title = error_title(name, match, score_threshold)
     from matplotlib.lines import Line2D
 
-    vis, down, row, points = _titled(image_bgr, title, rows=2)
+    vis, down, row, points = _titled(photo_bgr, title, rows=2)
     # Errors drawn last, on top: a duplicate detection would otherwise hide under its match.
     for k in match.tp:
         vis.draw_box(down(boxes[k]), edge_color=TP_COLOUR, alpha=0.9)
@@ -72,23 +72,23 @@ def draw_errors(image_bgr: np.ndarray, gt_boxes: Sequence[Sequence[float]], boxe
     handles = [Line2D([], [], color=c, linewidth=max(2.0, points / 4)) for c in (TP_COLOUR, FP_COLOUR, FN_COLOUR)]
     # Axes fractions count from the bottom; the second row's centre is 1.5 rows below the top.
     vis.output.ax.legend(handles, ["matched (TP)", "false positive (FP)", "missed (FN)"], loc="center left",
-                         bbox_to_anchor=(0.0, 1.0 - 1.5 * row / (image_bgr.shape[0] + 2 * row)), ncol=3,
+                         bbox_to_anchor=(0.0, 1.0 - 1.5 * row / (photo_bgr.shape[0] + 2 * row)), ncol=3,
                          fontsize=points * 0.85, frameon=False, borderaxespad=0.0, handlelength=1.5, columnspacing=1.2)
     _save_titled(vis, out_png, title)
     return match, title
 
 
-def _titled(image_bgr: np.ndarray, title: str, rows: int) -> Tuple[Any, Any, int, float]:
-    """A Visualizer on the image under a white band of ``rows`` text rows, the title in the first, so
+def _titled(photo_bgr: np.ndarray, title: str, rows: int) -> Tuple[Any, Any, int, float]:
+    """A Visualizer on the photo under a white band of ``rows`` text rows, the title in the first, so
     the text hides no box. Returns (visualizer, box shifter into the band's frame, row height, font points)."""
     from detectron2.utils.visualizer import Visualizer
 
-    h, w = image_bgr.shape[:2]
+    h, w = photo_bgr.shape[:2]
     scale = max(1.0, 640.0 / max(h, w))
-    # Sizes are in image pixels (the Visualizer scales them).
+    # Sizes are in photo pixels (the Visualizer scales them).
     row = int(np.ceil(max(20.0, 0.03 * max(h, w) * scale) / scale))
     band = rows * row
-    canvas = np.concatenate([np.full((band, w, 3), 255, dtype=np.uint8), image_bgr[:, :, ::-1]], axis=0)
+    canvas = np.concatenate([np.full((band, w, 3), 255, dtype=np.uint8), photo_bgr[:, :, ::-1]], axis=0)
     vis = Visualizer(canvas, scale=scale)
 
     def down(b: Sequence[float]) -> List[float]:
@@ -106,24 +106,24 @@ def _save_titled(vis: Any, out_png: str, title: str) -> None:
     vis.output.fig.savefig(out_png, metadata={"Title": title})
 
 
-def draw_counted(image_bgr: np.ndarray, boxes: Sequence[Sequence[float]], scores: Sequence[float], out_png: str,
+def draw_counted(photo_bgr: np.ndarray, boxes: Sequence[Sequence[float]], scores: Sequence[float], out_png: str,
                  score_threshold: float, name: str, source: str) -> str:
     """The boxes scoring >= ``score_threshold`` (the count a user reads), the count in the title;
     ``source`` says where the threshold came from. Returns the title."""
     keep = [k for k, s in enumerate(scores) if float(s) >= score_threshold]
     title = "{}  {} boxes at score >= {:.2f} ({}; {} in the JSON)".format(name, len(keep), score_threshold, source,
                                                                           len(scores))
-    vis, down, _, _ = _titled(image_bgr, title, rows=1)
+    vis, down, _, _ = _titled(photo_bgr, title, rows=1)
     for k in keep:
         vis.draw_box(down(boxes[k]), edge_color=PRED_COLOUR, alpha=0.9)
     _save_titled(vis, out_png, title)
     return title
 
 
-def find_prediction(pred_dir: str, image_name: str) -> Optional[str]:
-    """``<image>.json`` / ``<image>.out`` (batch transform), with or without the image's extension."""
-    stem = os.path.splitext(image_name)[0]
-    for name in (image_name + ".json", image_name + ".out", stem + ".json", stem + ".out"):
+def find_prediction(pred_dir: str, photo_name: str) -> Optional[str]:
+    """``<photo>.json`` / ``<photo>.out`` (batch transform), with or without the photo's extension."""
+    stem = os.path.splitext(photo_name)[0]
+    for name in (photo_name + ".json", photo_name + ".out", stem + ".json", stem + ".out"):
         path = os.path.join(pred_dir, name)
         if os.path.isfile(path):
             return path

@@ -18,6 +18,7 @@ As sagemaker-studio-image-build does from SageMaker Studio, it
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import os
@@ -364,7 +365,16 @@ def check_pushed(cloud: aws.Aws, image: image_names.Image, uri: str, build_id: s
 
 # ---- the command ---------------------------------------------------------------------
 
-def push(args: Any, cloud: aws.Aws, image: image_names.Image) -> Optional[str]:
+@dataclasses.dataclass
+class BuildOptions(aws.Options):
+    """A push built on CodeBuild: the kind and stack of the image, the project and its machine."""
+    kind: str = ""
+    project: str = image_names.PROJECT
+    compute_type: str = COMPUTE_TYPE
+    build_image: str = BUILD_IMAGE
+
+
+def push(args: BuildOptions, cloud: aws.Aws, image: image_names.Image) -> Optional[str]:
     """``shelfdet push <kind> --builder codebuild`` once the image is named: the pushed URI (None: a dry run)."""
     if os.environ.get("CODEBUILD_BUILD_ID"):
         raise LaunchError("BUILDER=codebuild inside a CodeBuild build: the buildspec builds here (BUILDER=docker)")

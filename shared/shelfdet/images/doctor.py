@@ -71,7 +71,7 @@ def _client(region: str, service: str, timeout: float) -> Any:
 
 
 def _aws_failure(err: Exception) -> str:
-    """One line, as aws.run words them."""
+    """One line, as commands.launching.run words them."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     from shelfdet.launch import aws

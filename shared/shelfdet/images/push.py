@@ -22,7 +22,6 @@ from shelfdet.launch.aws import LaunchError, note
 KINDS = ("base",) + tuple(image_names.KINDS)
 
 
-
 def image_of(kind: str, stack: str) -> image_names.Image:
     """image_names.image(), and the base's Image the same way (image_names.image() names launched kinds only)."""
     if kind != "base":

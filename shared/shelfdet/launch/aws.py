@@ -9,6 +9,7 @@ print as ``<placeholders>`` unless the flags already determine them.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -27,6 +28,24 @@ class LaunchError(RuntimeError):
 
 
 # ---- arguments -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Options:
+    """What every AWS command is given (the Makefile's AWS_FLAGS, and STACK where an image is used)."""
+    region: str = ""
+    dry_run: bool = False
+    role: Optional[str] = None  # the SageMaker execution role: ARN or name (default: found by name)
+    bucket: Optional[str] = None
+    prefix: str = DEFAULT_PREFIX  # of the uploaded data
+    kms_key: Optional[str] = None
+    stack: Optional[str] = None  # default: from the instance type
+    image_uri: Optional[str] = None  # instead of ours from ECR
+
+    @classmethod
+    def of(cls: Any, values: Any) -> Any:
+        """These options read off ``values`` (a command's parsed flags); those it lacks keep their defaults."""
+        return cls(**{f.name: getattr(values, f.name) for f in dataclasses.fields(cls) if hasattr(values, f.name)})
+
 
 def split_hp(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     """argv before ``--`` (launcher flags) and after it (hyperparameters)."""

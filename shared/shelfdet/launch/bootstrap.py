@@ -26,6 +26,7 @@ SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
 SCALING_ROLE = "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
 SCALING_PATH = "/aws-service-role/{}/".format(SCALING_SERVICE)
 
+
 def role_requests(region: str, account: str, bucket: str, prefix: str, project: str,
                   repos: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """create_role and put_role_policy for the CodeBuild role: only what a push from a zip needs."""

@@ -9,6 +9,7 @@ registered once the endpoint is in service, and recorded like the rest.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -33,6 +34,33 @@ INVOCATIONS_TARGET = 30.0
 # A new instance takes minutes to start: scaling in waits longer, so a short lull does not cost a cold start.
 SCALE_IN_COOLDOWN = 600
 SCALE_OUT_COOLDOWN = 300
+
+
+@dataclasses.dataclass
+class ModelOptions(training.NetworkOptions):
+    """The model an endpoint or a transform serves, and where it runs."""
+    model: Optional[str] = None  # model.tar.gz S3 URI or training job name (default: the newest completed one)
+    instance_type: str = ""
+    instance_count: int = 1
+    env: List[str] = dataclasses.field(default_factory=list)  # KEY=VALUE
+    output_prefix: str = "detectron2/output"  # where training wrote its artefacts
+
+
+@dataclasses.dataclass
+class DeployOptions(ModelOptions):
+    endpoint: Optional[str] = None  # default: generated
+    instance_type: str = "ml.g4dn.xlarge"
+    no_wait: bool = False
+    record_dir: str = RECORD_DIR
+    async_inference: bool = False
+    async_prefix: str = ASYNC_PREFIX
+    max_concurrent: int = ASYNC_CONCURRENCY
+    sns_success: Optional[str] = None
+    sns_error: Optional[str] = None
+    min_instances: Optional[int] = None
+    max_instances: Optional[int] = None
+    target_backlog: float = BACKLOG_TARGET
+    target_invocations: float = INVOCATIONS_TARGET
 
 
 def latest_job(cloud: aws.Aws) -> str:
@@ -90,7 +118,7 @@ def environment(pairs: List[str]) -> Dict[str, str]:
 
 
 def model_request(name: str, image: str, data: str, role: str, env: Dict[str, str], tags: List[Dict[str, str]],
-                  args: Optional[Any] = None) -> Dict[str, Any]:
+                  args: Optional[training.NetworkOptions] = None) -> Dict[str, Any]:
     """CreateModel; ``args`` brings VPC_SUBNETS/VPC_SECURITY_GROUPS (VpcConfig) and NETWORK_ISOLATION."""
     container = {"Image": image, "ModelDataUrl": data}  # type: Dict[str, Any]
     if env:
@@ -104,7 +132,7 @@ def model_request(name: str, image: str, data: str, role: str, env: Dict[str, st
     return request
 
 
-def build_requests(args: Any, cloud: aws.Aws) -> List[Any]:
+def build_requests(args: DeployOptions, cloud: aws.Aws) -> List[Any]:
     """[(operation, request), ...] in the order they are sent."""
     training.check_vpc(args)
     stamp = aws.timestamp()
@@ -140,7 +168,7 @@ def build_requests(args: Any, cloud: aws.Aws) -> List[Any]:
     ]
 
 
-def async_config(args: Any, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
+def async_config(args: DeployOptions, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
     if not args.bucket:
         raise LaunchError("ASYNC=1 needs BUCKET=<bucket>: requests and results go to s3://<bucket>/{}/{}/".format(
             args.async_prefix.strip("/"), endpoint))
@@ -161,7 +189,7 @@ def async_config(args: Any, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
     return {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": args.max_concurrent}, "OutputConfig": output}
 
 
-def scaling_range(args: Any) -> Optional[Tuple[int, int]]:
+def scaling_range(args: DeployOptions) -> Optional[Tuple[int, int]]:
     """(min, max) instances, or None: a real-time endpoint scales only when asked to."""
     if not args.async_inference and args.min_instances is None and args.max_instances is None:
         return None
@@ -184,7 +212,7 @@ def alarm_name(endpoint: str) -> str:
     return endpoint + "-has-backlog-without-capacity"
 
 
-def scaling_requests(args: Any, endpoint: str) -> List[Tuple[str, str, Dict[str, Any]]]:
+def scaling_requests(args: DeployOptions, endpoint: str) -> List[Tuple[str, str, Dict[str, Any]]]:
     """[(service, operation, request), ...] that scale the endpoint, in order; [] when it does not scale.
 
     Async: target tracking on the backlog per instance cannot leave zero instances (no instance, no
@@ -243,7 +271,7 @@ def record_path(record_dir: str, endpoint: str) -> str:
     return os.path.join(record_dir, endpoint + ".json")
 
 
-def create(args: Any, cloud: aws.Aws) -> str:
+def create(args: DeployOptions, cloud: aws.Aws) -> str:
     """The model, endpoint config and endpoint (and its scaling, once in service), each recorded as it is
     made so that a failure half way still lets undeploy clean up: the endpoint's name."""
     requests = build_requests(args, cloud)

@@ -25,6 +25,7 @@ KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-
 
 Value = Union[str, List[str]]
 
+
 def role_arn(role: str, account: str, partition: str) -> str:
     return role if aws.ROLE_ARN.match(role) else "arn:{}:iam::{}:role/{}".format(partition, account, role)
 

@@ -5,6 +5,7 @@ The request pieces (channels, hyperparameters, resources) are shared with tuning
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,18 +27,51 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 WAITER_ATTEMPTS = 120
 
 
-def check_vpc(args: Any) -> None:
+@dataclasses.dataclass
+class NetworkOptions(aws.Options):
+    """VPC and network isolation: of training and tuning jobs, and of the models of endpoints and transforms."""
+    network_isolation: bool = False
+    vpc_subnets: str = ""  # IDs, comma- or space-separated
+    vpc_security_groups: str = ""
+
+
+@dataclasses.dataclass
+class JobOptions(NetworkOptions):
+    """A training job's (and a tuning job's training jobs') settings."""
+    algo: str = "faster_rcnn"
+    instance_type: str = ""
+    instance_count: int = 1
+    spot: bool = False
+    max_run: int = 24 * 3600
+    max_wait: Optional[int] = None  # default: 2 x max_run
+    volume_size: int = 100
+    weights: Optional[str] = None  # zoo, none, an https URL or an s3:// URI
+    input_mode: str = "File"
+    pretrained: Optional[str] = None  # the s3:// prefix `make weights` filled
+    no_encrypt_traffic: bool = False
+    output_prefix: str = "detectron2/output"
+    checkpoint_prefix: str = "detectron2/checkpoints"
+    job_name: Optional[str] = None  # default: generated, unique
+
+
+@dataclasses.dataclass
+class TrainOptions(JobOptions):
+    keep_alive: int = 0  # seconds in a warm pool
+    tensorboard_prefix: str = "detectron2/tensorboard"
+
+
+def check_vpc(args: NetworkOptions) -> None:
     if bool(_ids(args.vpc_subnets)) != bool(_ids(args.vpc_security_groups)):
         raise LaunchError("VPC_SUBNETS and VPC_SECURITY_GROUPS go together: a VpcConfig needs both")
 
 
-def vpc_config(args: Any) -> Optional[Dict[str, List[str]]]:
+def vpc_config(args: NetworkOptions) -> Optional[Dict[str, List[str]]]:
     if not _ids(args.vpc_subnets):
         return None
     return {"SecurityGroupIds": _ids(args.vpc_security_groups), "Subnets": _ids(args.vpc_subnets)}
 
 
-def encrypt_traffic(args: Any) -> bool:
+def encrypt_traffic(args: JobOptions) -> bool:
     """EnableInterContainerTrafficEncryption: on for several instances unless ENCRYPT_TRAFFIC=0."""
     if args.instance_count <= 1:
         return False
@@ -99,11 +133,11 @@ def _ids(text: Optional[str]) -> List[str]:
     return [t for t in re.split(r"[,\s]+", text or "") if t]
 
 
-def effective_weights(args: Any, hp_argv: Sequence[str]) -> str:
+def effective_weights(args: JobOptions, hp_argv: Sequence[str]) -> str:
     return args.weights or hyperparameters(args.algo, hp_argv)["weights"]
 
 
-def check_locked_down(args: Any, hp_argv: Sequence[str]) -> None:
+def check_locked_down(args: JobOptions, hp_argv: Sequence[str]) -> None:
     """What a job without network or in a VPC would only find out after it started; no AWS call."""
     check_vpc(args)
     if not args.network_isolation:
@@ -118,7 +152,7 @@ def check_locked_down(args: Any, hp_argv: Sequence[str]) -> None:
                           "its s3:// URI".format(weights))
 
 
-def pretrained_input(cloud: aws.Aws, args: Any, hp_argv: Sequence[str]) -> Optional[Dict[str, Any]]:
+def pretrained_input(cloud: aws.Aws, args: JobOptions, hp_argv: Sequence[str]) -> Optional[Dict[str, Any]]:
     """The ``pretrained`` channel: the folder of zoo checkpoints the container reads weights=zoo from."""
     if not args.pretrained:
         return None
@@ -147,7 +181,7 @@ def pretrained_input(cloud: aws.Aws, args: Any, hp_argv: Sequence[str]) -> Optio
 MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
-def tracking_environment(args: Any) -> Dict[str, str]:
+def tracking_environment(args: NetworkOptions) -> Dict[str, str]:
     """MLFLOW_TRACKING_URI (and MLFLOW_EXPERIMENT_NAME) of this shell, for the job's container, where
     the job can reach it; without a user, password or token (see redact.uri)."""
     from shelfdet.core import redact
@@ -176,7 +210,7 @@ def tracking_environment(args: Any) -> Dict[str, str]:
     return env
 
 
-def job_pieces(args: Any, cloud: aws.Aws, checkpoint_name: str,
+def job_pieces(args: JobOptions, cloud: aws.Aws, checkpoint_name: str,
                hp_argv: Sequence[str] = ()) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """The parts a training job and a tuning job's definition have in common, and hyperparameters they imply."""
     if args.instance_count < 1:
@@ -231,7 +265,7 @@ def job_pieces(args: Any, cloud: aws.Aws, checkpoint_name: str,
     return pieces, ({"weights": weights_hp} if weights_hp else {})
 
 
-def build_request(args: Any, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+def build_request(args: TrainOptions, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
     if not 0 <= args.keep_alive <= MAX_KEEP_ALIVE:
         raise LaunchError("KEEP_ALIVE={}: seconds from 0 to {} (SageMaker's warm pool limit)".format(
             args.keep_alive, MAX_KEEP_ALIVE))

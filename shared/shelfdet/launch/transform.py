@@ -5,16 +5,28 @@ downloaded to a local folder and scored against the test manifest.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from shelfdet.launch import aws, deploy, training
 from shelfdet.launch.aws import LaunchError, note
 
-def build_requests(args: Any, cloud: aws.Aws) -> List[Any]:
+
+@dataclasses.dataclass
+class TransformOptions(deploy.ModelOptions):
+    instance_type: str = "ml.p3.2xlarge"
+    job_name: Optional[str] = None  # default: generated, unique
+    batch_strategy: str = "SingleRecord"
+    max_payload: int = 16  # MB per request
+    max_concurrent: Optional[int] = None  # per instance (default: the container's)
+    transform_prefix: str = "detectron2/transform"
+
+
+def build_requests(args: TransformOptions, cloud: aws.Aws) -> List[Any]:
     training.check_vpc(args)
     name = args.job_name or aws.job_name("detectron2-transform", aws.timestamp())
     role = cloud.role_arn(args.role)

@@ -1,6 +1,7 @@
 """``make tune``: a SageMaker hyperparameter tuning job over the table's ``tune`` ranges."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from typing import Any, Dict, List, Sequence
@@ -16,6 +17,15 @@ OBJECTIVES = {"validation:ap": "Maximize", "validation:loss": "Minimize"}
 ONLY_FOR = {"RetinaNet:": ("retinanet",), "Faster R-CNN:": ("faster_rcnn", "cascade_rcnn")}
 SHORT = {"faster_rcnn": "frcnn", "retinanet": "retina", "cascade_rcnn": "cascade"}
 RANGE_KEYS = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges"}
+
+
+@dataclasses.dataclass
+class TuneOptions(training.JobOptions):
+    objective: str = "validation:ap"  # one of OBJECTIVES
+    max_jobs: int = 8
+    max_parallel: int = 2
+    early_stopping: str = "Auto"
+    strategy: str = "Bayesian"
 
 def tuning_name(algo: str) -> str:
     # Tuning job names are limited to 32 characters: d2-frcnn-251127-223000-123 is 26.
@@ -37,7 +47,7 @@ def parameter_ranges(algo: str, pinned: Sequence[str]) -> Dict[str, List[Dict[st
     return ranges
 
 
-def build_request(args: Any, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
+def build_request(args: TuneOptions, hp_argv: Sequence[str], cloud: aws.Aws) -> Dict[str, Any]:
     if not 1 <= args.max_parallel <= args.max_jobs:
         raise LaunchError("MAX_PARALLEL ({}) must be between 1 and MAX_JOBS ({})".format(args.max_parallel, args.max_jobs))
     name = args.job_name or tuning_name(args.algo)

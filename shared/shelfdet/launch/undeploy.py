@@ -5,6 +5,7 @@ would outlive the endpoint, and a new endpoint of the same name would inherit it
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -15,6 +16,7 @@ from shelfdet.launch.aws import LaunchError, note
 
 # How SageMaker and Application Auto Scaling say that something is not there.
 GONE = ("could not find", "does not exist", "no scaling policy found", "no scalable target found")
+
 
 def newest_record(record_dir: str, region: str) -> Optional[Dict[str, Any]]:
     records = []
@@ -67,7 +69,14 @@ def scaling_from_aws(cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:
     return found
 
 
-def plan(args: Any, cloud: aws.Aws) -> Dict[str, Any]:
+@dataclasses.dataclass
+class UndeployOptions(aws.Options):
+    endpoint: Optional[str] = None  # default: the newest one deploy recorded for the region
+    record_dir: str = deploy.RECORD_DIR
+    force: bool = False  # also an endpoint deploy did not create
+
+
+def plan(args: UndeployOptions, cloud: aws.Aws) -> Dict[str, Any]:
     if args.endpoint:
         record = read_record(args.record_dir, args.endpoint)
     else:

@@ -29,6 +29,7 @@ CACHE = os.path.join(os.path.expanduser("~"), ".cache", "shelfdet", "weights")
 MIRROR_VARIABLE = "SHELFDET_ZOO_MIRROR"
 MD5_IN_NAME = re.compile(r"_([0-9a-f]{6})\.pkl$")
 
+
 def needed(algos: List[str], hp_argv: List[str]) -> List[str]:
     """The zoo URL each algorithm's weights=zoo starts from, with HP's backbone and schedule (SageMaker defaults)."""
     compat.apply()  # the zoo's paths come from Detectron2's model_zoo, imported with the config

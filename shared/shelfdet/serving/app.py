@@ -37,7 +37,7 @@ JSON_TYPE = "application/json"
 ACCEPTED_TYPES = RAW_TYPES + (JSON_TYPE,)
 MAX_BATCH_IMAGES = 64
 # Decoded pixels per request: bounds memory when a small payload holds many
-# highly compressible large images (each is already capped by photos.MAX_PIXELS).
+# highly compressible large photos (each is already capped by photos.MAX_PIXELS).
 MAX_BATCH_PIXELS = 2 * photos.MAX_PIXELS
 DEFAULT_THREADS = 4
 
@@ -144,7 +144,7 @@ class InferencePool:
 
 
 class PixelBudget:
-    """Decoded pixels in flight across requests: a request's images wait until they fit.
+    """Decoded pixels in flight across requests: a request's photos wait until they fit.
 
     A request takes what its image headers declare, all at once, so two batches
     never each hold a part and wait for the rest; one larger than the whole
@@ -218,7 +218,21 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
     memory = runtime.available_memory()
     work = InferencePool(threads, limits.queue_size(settings, threads, memory))
     budget = PixelBudget(limits.pixels_in_flight(settings, memory, MAX_BATCH_PIXELS))
+    load = _loading(model_dir, device, loader, holder, on_load_error)
+    app = FastAPI(title="shelfdet", lifespan=_lifespan(load, work, on_cut), docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.model = holder
+    app.state.settings = settings
+    app.state.work = work
+    app.state.budget = budget
+    _add_error_handlers(app)
+    _add_routes(app, holder, settings, work, budget)
+    return app
 
+
+def _loading(model_dir: str, device: Optional[str], loader: Callable[[str, Optional[str]], Any], holder: ModelHolder,
+             on_load_error: Optional[Callable[[str], None]]) -> Callable[[], None]:
+    """What the loader thread runs: the model into ``holder``, or its failure into ``holder.error``."""
     def load() -> None:
         start = time.time()
         try:
@@ -235,6 +249,11 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
                  getattr(detector, "device", "?"), holder.loaded_at - start,
                  detector.min_score, detector.max_detections, _describe(getattr(detector, "options", None)))
 
+    return load
+
+
+def _lifespan(load: Callable[[], None], work: InferencePool, on_cut: Optional[Callable[[str], None]]) -> Any:
+    """Loads the model in the background at startup; at shutdown, cuts what the graceful timeout left."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         threading.Thread(target=load, name="model-loader", daemon=True).start()
@@ -250,12 +269,10 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
                 if on_cut is not None:
                     on_cut(message)
 
-    app = FastAPI(title="shelfdet", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.model = holder
-    app.state.settings = settings
-    app.state.work = work
-    app.state.budget = budget
+    return lifespan
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
@@ -265,6 +282,10 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error: {}".format(type(exc).__name__))
 
+
+def _add_routes(app: FastAPI, holder: ModelHolder, settings: limits.Settings, work: InferencePool,
+                budget: PixelBudget) -> None:
+    """The SageMaker hosting contract: /ping, /execution-parameters and /invocations."""
     @app.get("/ping")
     async def ping() -> Response:
         if holder.ready:
@@ -300,8 +321,6 @@ def create_app(model_dir: str, device: Optional[str] = None, settings: Optional[
                 log.warning("invocation refused: %s", err.message)
             return error_response(err.status, err.message, err.headers, **err.extra)
         return Response(content=content, media_type=JSON_TYPE)
-
-    return app
 
 
 def _content_kind(header: Optional[str]) -> str:
@@ -383,15 +402,15 @@ def _handle(detector: Any, kind: str, body: bytes, thr: Optional[float], cap: Op
     """Runs in the thread pool: decode, predict, encode, within the pixel budget."""
     if kind == "raw":
         with budget.hold(_declared(body, "image")):
-            image = _decode(detector, body, "image")
-            result: Any = detector.predict([image], thr, cap)[0]
+            photo = _decode(detector, body, "image")
+            result: Any = detector.predict([photo], thr, cap)[0]
     else:
         items = _batch_items(body)
         with budget.hold(_batch_pixels(items)):
-            images = _decode_batch(detector, items)
-            # One forward pass per image: Detectron2 pads a batch to its largest
-            # image, so batching would make an image's boxes depend on its neighbours.
-            result = [detector.predict([im], thr, cap)[0] for im in images]
+            decoded = _decode_batch(detector, items)
+            # One forward pass per photo: Detectron2 pads a batch to its largest
+            # photo, so batching would make a photo's boxes depend on its neighbours.
+            result = [detector.predict([photo], thr, cap)[0] for photo in decoded]
     return json.dumps(result).encode("utf-8")
 
 
@@ -432,7 +451,7 @@ def _decode_batch(detector: Any, items: List[bytes]) -> List[Any]:
 
 
 def _batch_items(body: bytes) -> List[bytes]:
-    """The images of a JSON batch, base64-decoded (not yet decoded as images)."""
+    """The photos of a JSON batch, base64-decoded (not yet decoded as pixels)."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
