@@ -4,13 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from detectron2.data import DatasetCatalog
+from detectron2.structures import BoxMode
 
-from shelfdet.core import catalog, compat
-
-compat.apply()
-
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
+from shelfdet.core import catalog
 
 
 def line(name, anns, width=100, height=80, label="sku"):

@@ -5,13 +5,10 @@ import json
 import shutil
 
 import pytest
+from detectron2.data import DatasetCatalog
 
 from conftest import make_ml_root, run_train
-from shelfdet.core import catalog, compat
-
-compat.apply()
-
-from detectron2.data import DatasetCatalog  # noqa: E402
+from shelfdet.core import catalog
 
 
 def line(name, class_map):

@@ -13,19 +13,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
 from PIL import Image, JpegImagePlugin
 
-from shelfdet.core import compat
-
-compat.apply()
-
-from detectron2.data import DatasetMapper  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
-
 from shelfdet.core import photo_files
-from shelfdet.data import synthetic  # noqa: E402
-from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
+from shelfdet.data import synthetic
+from shelfdet.data.mapper import FastDatasetMapper
 
 PHOTO = (2448, 3264)  # width, height, as SKU-110K's portrait photos
 # Mean absolute pixel difference allowed on a photo decoded at reduced scale (grey levels, 0-255):

@@ -4,14 +4,9 @@ from __future__ import annotations
 import types
 
 import pytest
+from detectron2.utils.events import EventStorage
 
-from shelfdet.core import compat
-
-compat.apply()
-
-from detectron2.utils.events import EventStorage  # noqa: E402
-
-from shelfdet.training import hooks  # noqa: E402
+from shelfdet.training import hooks
 
 
 class Clock:

@@ -11,16 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
 from PIL import Image
 
-from shelfdet.core import compat, photos
-
-compat.apply()
-
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
-
-from shelfdet.data.mapper import FastDatasetMapper  # noqa: E402
+from shelfdet.core import photos
+from shelfdet.data.mapper import FastDatasetMapper
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,10 +36,10 @@ def add_network_flags(parser: argparse.ArgumentParser, isolation: str) -> None:
 
 def add_job_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by training and tuning."""
-    from shelfdet.core import hyperparameters as hp
+    from shelfdet.core.hyperparameters import ALGORITHMS
     from shelfdet.launch.training import INPUT_MODES
 
-    parser.add_argument("--algo", default="faster_rcnn", choices=hp.ALGORITHMS)
+    parser.add_argument("--algo", default="faster_rcnn", choices=ALGORITHMS)
     parser.add_argument("--instance-type", required=True)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--spot", action="store_true", help="managed spot training (checkpoints resume it)")
