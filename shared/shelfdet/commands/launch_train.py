@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from shelfdet.commands import launching
-from shelfdet.launch import aws, training
+from shelfdet.launch import training
 from shelfdet.launch.aws import note
 
 
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: List[str]) -> int:
-    own, hp_argv = aws.split_hp(argv)
+    own, hp_argv = launching.split_hp(argv)
     args = parser().parse_args(own)
     cloud = launching.cloud(args)
     request = training.build_request(training.TrainOptions.of(args), hp_argv, cloud)

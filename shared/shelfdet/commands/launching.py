@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Sequence, Tuple
 
 from shelfdet.launch import aws
 from shelfdet.launch.aws import LaunchError, NO_CREDENTIALS
@@ -71,6 +71,15 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # ---- output --------------------------------------------------------------------------
+
+def split_hp(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """argv before ``--`` (the command's own flags) and after it (hyperparameters)."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
 
 def say(text: str) -> None:
     """A result line on stdout (what a script reads: a job name, a URI, a dry run's requests)."""

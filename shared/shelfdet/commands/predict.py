@@ -47,7 +47,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def note(message: str) -> None:
+def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> List[str]:
                                "(make deploy INFER=...)")
         request = endpoint.Request(args.endpoint, args.region, args.score_threshold, args.max_detections,
                                    args.resize, args.test_size, args.timeout)
-        return endpoint.predict_photos(args.image, request, outputs, endpoint.Reporter(say, note))
+        return endpoint.predict_photos(args.image, request, outputs, endpoint.Reporter(say, progress))
     if args.resize and os.path.isfile(args.image) and args.model_dir:
         raise PredictError("RESIZE applies to an endpoint (ENDPOINT=); a local model resizes the photo itself")
     return predict_file(args.image, args.model_dir, outputs, args.score_threshold, args.max_detections, args.device,

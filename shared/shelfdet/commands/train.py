@@ -15,15 +15,9 @@ import time
 from typing import Dict, List, Optional
 
 from shelfdet.core import compat, hyperparameters
-from shelfdet.core.catalog import CHANNELS
+from shelfdet.commands import launching
+from shelfdet.core import CHANNELS
 from shelfdet.core.hyperparameters import Hyperparameters
-
-
-def _split_hp(argv: List[str]):
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
 
 
 HP_FILE = os.path.join("input", "config", "hyperparameters.json")
@@ -134,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from shelfdet.commands import launch_train as remote
 
         return int(remote.main(argv) or 0)
-    own, hp_args = _split_hp(argv)
+    own, hp_args = launching.split_hp(argv)
     ap = argparse.ArgumentParser(prog="shelfdet train", description=__doc__)
     ap.add_argument("--algo", default=None, choices=hyperparameters.ALGORITHMS,
                     help="faster_rcnn (default for a new run) or retinanet; a resumed run keeps its own")

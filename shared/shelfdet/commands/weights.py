@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from shelfdet.commands import launching
 from shelfdet.core import hyperparameters
-from shelfdet.launch import aws, weights
+from shelfdet.launch import weights
 from shelfdet.launch.aws import note
 
 
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: List[str]) -> int:
-    own, hp_argv = aws.split_hp(argv)
+    own, hp_argv = launching.split_hp(argv)
     args = parser().parse_args(own)
     cloud = launching.cloud(args)
     prefix = weights.upload(cloud, args.algo, hp_argv, args.bucket, args.weights_prefix, args.cache, args.kms_key)

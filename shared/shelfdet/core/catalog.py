@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from shelfdet.core import CHANNELS, compat  # noqa: F401 - CHANNELS: read here by training and commands
+from shelfdet.core import CHANNELS  # noqa: F401 - read as catalog.CHANNELS beside the datasets it names
 
 
 class ManifestError(ValueError):

@@ -47,15 +47,6 @@ class Options:
         return cls(**{f.name: getattr(values, f.name) for f in dataclasses.fields(cls) if hasattr(values, f.name)})
 
 
-def split_hp(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """argv before ``--`` (launcher flags) and after it (hyperparameters)."""
-    argv = list(argv)
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
-
-
 def timestamp() -> str:
     # Milliseconds keep two launches in the same second apart.
     now = datetime.datetime.now(datetime.timezone.utc)
