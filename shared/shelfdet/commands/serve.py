@@ -1,12 +1,5 @@
-"""``serve``: the hosting app under uvicorn, one process and one model.
-
-One process because a second would hold a second copy of the model (and on
-GPU, a second CUDA context); concurrency comes from the app's thread pool.
-SIGTERM stops accepting connections, lets in-flight requests finish (up to
-``--graceful-timeout`` seconds) and exits 0; when the timeout cuts requests,
-it says how many and exits 1 at once, however long their forward passes
-would still take.
-"""
+"""``serve``: the hosting server's flags and environment (``SHELFDET_*``, ``SAGEMAKER_*``);
+``shelfdet.serving.server`` says how it runs and stops."""
 from __future__ import annotations
 
 import argparse
