@@ -13,7 +13,7 @@ from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time endpoints' own request limit
 # An asynchronous endpoint hands /invocations its S3 input whole, up to 1 GB (make deploy ASYNC=1 sets this).
-# 200 MB holds any image the decoder takes (60 MP as uncompressed 8-bit RGB is 180 MB) while four
+# 200 MB holds any photo the decoder takes (60 MP as uncompressed 8-bit RGB is 180 MB) while four
 # concurrent bodies stay well inside an instance's memory; a larger body is a 413 in the failure object.
 ASYNC_MAX_PAYLOAD_MB = 200
 MAX_PAYLOAD_MB = 1024  # asynchronous inference's maximum; batch transform's is 100, real-time's 6
@@ -117,7 +117,7 @@ def queue_size(settings: Settings, threads: int, memory_bytes: Optional[int]) ->
     """How many requests may wait for one of ``threads`` busy inference threads.
 
     A waiting request holds its body (at most the payload limit); a computing
-    one also its decoded images. A quarter of the memory left at start-up goes
+    one also its decoded photos. A quarter of the memory left at start-up goes
     to waiting bodies, with at most four waiting per thread: beyond that a
     caller learns sooner from a 503 than from a request that times out.
     """

@@ -45,13 +45,13 @@ def _setup_logging(rank: int = 0) -> None:
     setup_logger(distributed_rank=rank, name="fvcore")
 
 
-def _channel_images(env: Environment) -> Dict[str, str]:
+def _channel_photo_dirs(env: Environment) -> Dict[str, str]:
     return {c: env.channels[c] for c in catalog.CHANNELS if c in env.channels}
 
 
 def _register(env: Environment, hp: Hyperparameters) -> Dict[str, Any]:
     """Registers every present channel; returns names, class names and the dicts hooks need."""
-    names = catalog.register_channels(hp.dataset_name, env.channels["annotation"], _channel_images(env),
+    names = catalog.register_channels(hp.dataset_name, env.channels["annotation"], _channel_photo_dirs(env),
                                       hp.label_name, list(hp.classes) if hp.classes else None)
     classes = MetadataCatalog.get(names["training"]).thing_classes
     val = DatasetCatalog.get(names["validation"])
@@ -262,7 +262,7 @@ def _check_before_launch(env: Environment, hp: Hyperparameters) -> int:
     second, not after setup), the model's config, the scorer. Returns the validation and test images."""
     eval_images = 0
     # Class maps too (read_channels): with GPUs, registration runs again in each spawned process.
-    for c, (_, records, _) in catalog.read_channels(env.channels["annotation"], _channel_images(env),
+    for c, (_, records, _) in catalog.read_channels(env.channels["annotation"], _channel_photo_dirs(env),
                                                     hp.label_name).items():
         if c in ("validation", "test"):
             eval_images += len(records)

@@ -46,34 +46,34 @@ def _validation_rows(trainer: Any, written: Dict[str, int]) -> List[Tuple[int, s
     return rows
 
 
-def _images_per_second(images_per_batch: int, after: int) -> Optional[Tuple[int, float]]:
+def _photos_per_second(photos_per_batch: int, after: int) -> Optional[Tuple[int, float]]:
     """(step, images/s over the last 20 iterations) when the storage has a step past ``after``."""
     storage = get_event_storage()
     if "time" not in storage.histories():
         return None
     history = storage.history("time")
     step, seconds = int(history.values()[-1][1]), history.median(20)
-    return (step, images_per_batch / seconds) if step > after and seconds > 0 else None
+    return (step, photos_per_batch / seconds) if step > after and seconds > 0 else None
 
 
 class TensorBoard(EventWriter):
     """Detectron2's TensorboardXWriter for what the event storage holds (losses, lr, time, data_time), plus
     images/s beside it in ``train``, and the validation hooks' losses and AP in ``validation``."""
 
-    def __init__(self, log_dir: str, trainer: Any, images_per_batch: int) -> None:
+    def __init__(self, log_dir: str, trainer: Any, photos_per_batch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.training = TensorboardXWriter(os.path.join(log_dir, "train"))
         self.rate = SummaryWriter(os.path.join(log_dir, "train"), filename_suffix=".images_per_second")
         self.validation = SummaryWriter(os.path.join(log_dir, "validation"))
         self.trainer = trainer
-        self.images_per_batch = images_per_batch
+        self.photos_per_batch = photos_per_batch
         self.written: Dict[str, int] = {}
         self.last_rate = -1
 
     def write(self) -> None:
         self.training.write()
-        rate = _images_per_second(self.images_per_batch, self.last_rate)
+        rate = _photos_per_second(self.photos_per_batch, self.last_rate)
         if rate:
             self.rate.add_scalar("images_per_second", rate[1], rate[0])
             self.last_rate = rate[0]
@@ -88,12 +88,12 @@ class TensorBoard(EventWriter):
         self.validation.close()
 
 
-def tensorboard(log_dir: Optional[str], trainer: Any, images_per_batch: int) -> Optional[TensorBoard]:
+def tensorboard(log_dir: Optional[str], trainer: Any, photos_per_batch: int) -> Optional[TensorBoard]:
     """The writer, or None with one warning where the release's SummaryWriter cannot be imported."""
     if not log_dir:
         return None
     try:
-        writer = TensorBoard(log_dir, trainer, images_per_batch)
+        writer = TensorBoard(log_dir, trainer, photos_per_batch)
     except ImportError as err:
         log.warning("no TensorBoard event files: %s (the tensorboard package is missing)", err)
         return None
@@ -154,7 +154,7 @@ class MLflow(EventWriter):
         # Smoothed as Detectron2's JSONWriter and TensorboardXWriter write them (median of 20 for losses).
         rows = [(int(step), name, float(value)) for name, (value, step) in storage.latest_with_smoothing_hint(20).items()
                 if int(step) > self.last_step and isinstance(value, numbers.Number)]
-        rate = _images_per_second(self.trainer.cfg.SOLVER.IMS_PER_BATCH, self.last_step)
+        rate = _photos_per_second(self.trainer.cfg.SOLVER.IMS_PER_BATCH, self.last_step)
         if rate:
             rows.append((rate[0], "images_per_second", rate[1]))
         rows += [(step, "validation_" + key, value) for step, key, value in _validation_rows(self.trainer, self.written)]
