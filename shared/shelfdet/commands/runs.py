@@ -19,23 +19,17 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-HP_FILE = os.path.join("input", "config", "hyperparameters.json")
+from shelfdet.core.metrics import RUN_COMPLETE as COMPLETE_FILE
+from shelfdet.core.metrics import RUN_FINAL_METRICS as FINAL_FILE
+from shelfdet.core.metrics import RUN_HYPERPARAMETERS as HP_FILE
+from shelfdet.core.metrics import read_json as _json
+
 LOG_FILE = os.path.join("checkpoints", "metrics.json")
-FINAL_FILE = os.path.join("model", "metrics.json")
-COMPLETE_FILE = os.path.join("model", "artefacts.json")
 EVENTS = os.path.join("output", "tensorboard", "validation")
 # A run whose log moved this recently is taken to be training now.
 RUNNING_WITHIN_S = 300
 COLUMNS = ["run", "algorithm", "recipe", "iterations", "AP", "AP50", "count MAE", "wall time", "status", "resume"]
 BILL_COLUMNS = ["billable s", "instance-h", "spot saved"]
-
-
-def _json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def logged(run: str) -> List[Dict[str, Any]]:

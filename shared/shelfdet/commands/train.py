@@ -18,9 +18,10 @@ from shelfdet.core import compat, hyperparameters
 from shelfdet.commands import launching
 from shelfdet.core import CHANNELS
 from shelfdet.core.hyperparameters import Hyperparameters
+from shelfdet.core.metrics import RUN_HYPERPARAMETERS
 
 
-HP_FILE = os.path.join("input", "config", "hyperparameters.json")
+HP_FILE = RUN_HYPERPARAMETERS
 
 
 def resumed_hyperparameters(run_dir: str, saved_file: str, given: Dict[str, str]) -> Hyperparameters:

@@ -42,25 +42,29 @@ def format_validation(losses: Dict[str, float]) -> str:
 
 
 # A run folder is laid out as SageMaker's /opt/ml: what it was asked, and its final evaluation.
+# A run folder's files (the SageMaker layout), read by read_run, `make runs` and a resumed `make train`.
 RUN_HYPERPARAMETERS = os.path.join("input", "config", "hyperparameters.json")
 RUN_FINAL_METRICS = os.path.join("model", "metrics.json")
 RUN_COMPLETE = os.path.join("model", "artefacts.json")
+
+
+def read_json(path: str) -> Dict[str, Any]:
+    """The file's JSON object, or {} while it is missing or half-written (a run still training)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def read_run(run_dir: str) -> Dict[str, Any]:
     """A run's results: ``run``, ``algorithm``, ``complete`` and, once complete, its final evaluation
     (``AP``, ``AP50``, ``AP75``, ``AR``, ``count_mae``, ``iterations``, ``train_seconds``, ... as in
     ``model/metrics.json``). A run that has not finished has no evaluation: ``complete`` is False."""
-    def _json(name: str) -> Dict[str, Any]:
-        try:
-            with open(os.path.join(run_dir, name)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
     complete = os.path.isfile(os.path.join(run_dir, RUN_COMPLETE))
     result: Dict[str, Any] = {"run": os.path.basename(os.path.normpath(run_dir)),
-                              "algorithm": _json(RUN_HYPERPARAMETERS).get("model-type"), "complete": complete}
+                              "algorithm": read_json(os.path.join(run_dir, RUN_HYPERPARAMETERS)).get("model-type"),
+                              "complete": complete}
     if complete:
-        result.update(_json(RUN_FINAL_METRICS))
+        result.update(read_json(os.path.join(run_dir, RUN_FINAL_METRICS)))
     return result
