@@ -62,7 +62,11 @@ MODEL_DIR      ?= $(patsubst %/artefacts.json,%,$(shell ls -t runs/*/model/artef
 IMAGE          ?=
 ENDPOINT       ?=
 # deploy: ASYNC=1 asynchronous endpoint (S3 in/out under BUCKET, scales to zero); MIN_/MAX_INSTANCES: autoscaling.
+# SERVERLESS=1: serverless endpoint on the slim image (an exported model), MEMORY MB (1024-6144) and MAX_CONCURRENCY.
 ASYNC          ?=
+SERVERLESS     ?=
+MEMORY         ?=
+MAX_CONCURRENCY ?=
 MIN_INSTANCES  ?=
 MAX_INSTANCES  ?=
 SNS_SUCCESS    ?=
@@ -78,6 +82,9 @@ SCORE          ?=
 COUNT_THRESHOLD ?=
 # Inference hyperparameters over the model's own, e.g. INFER='--tile-size 512 --nms soft' (serve, predict, evaluate, deploy, transform).
 INFER          ?=
+# What runs the model in serve, predict and evaluate (SHELFDET_RUNTIME): auto (the folder's export, OpenVINO
+# first, then ONNX; else the eager model) | openvino | onnx | torch.
+RUNTIME        ?=
 EVAL_OUT       ?=
 BENCH          ?=
 ROLE           ?=
@@ -101,6 +108,7 @@ PYTEST_ARGS    ?=
 NET_FLAGS = $(if $(filter 1 true yes,$(NETWORK_ISOLATION)),--network-isolation) \
   $(if $(VPC_SUBNETS),--vpc-subnets '$(VPC_SUBNETS)') $(if $(VPC_SECURITY_GROUPS),--vpc-security-groups '$(VPC_SECURITY_GROUPS)')
 JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(NET_FLAGS) $(if $(filter 0 false no,$(ENCRYPT_TRAFFIC)),--no-encrypt-traffic)
+RUNTIME_ENV = $(if $(RUNTIME),SHELFDET_RUNTIME='$(RUNTIME)')
 AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX) $(if $(KMS_KEY),--kms-key '$(KMS_KEY)')
 
 .PHONY: help setup lock data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model tune deploy undeploy transform \
@@ -119,10 +127,10 @@ help: ## this list
 	@echo "  INPUT_MODE=$(INPUT_MODE) (FastFile: stream from S3)  NETWORK_ISOLATION=$(NETWORK_ISOLATION)  PRETRAINED=$(PRETRAINED) (s3:// zoo weights, from make weights)  VPC_SUBNETS=$(VPC_SUBNETS)  VPC_SECURITY_GROUPS=$(VPC_SECURITY_GROUPS)  KEEP_ALIVE=$(KEEP_ALIVE) (warm pool seconds, <= 3600)"
 	@echo "  KMS_KEY=$(KMS_KEY) (KMS key: job volumes and outputs, endpoints, transform, uploads)  ENCRYPT_TRAFFIC=$(ENCRYPT_TRAFFIC) (0: no inter-container encryption when INSTANCE_COUNT>1)"
 	@echo "  RUNS=$(RUNS)  JOB=$(JOB)  TB_PORT=$(TB_PORT) (make tensorboard, make compare)  REMOTE=$(REMOTE) (make runs: SageMaker jobs too)"
-	@echo "  INFER='$(INFER)' (inference hyperparameters over the model's, e.g. INFER='--tile-size 512 --nms soft')  EVAL_OUT=$(EVAL_OUT) (make evaluate without PREDICTIONS: its output folder)  TRUST_PICKLE=$(TRUST_PICKLE) (make convert-model: 1 says you trust the .pth)"
+	@echo "  INFER='$(INFER)' (inference hyperparameters over the model's, e.g. INFER='--tile-size 512 --nms soft')  EVAL_OUT=$(EVAL_OUT) (make evaluate without PREDICTIONS: its output folder)  RUNTIME=$(RUNTIME) (serve, predict, evaluate: auto | openvino | onnx | torch; empty: auto, the export when the model folder has one)  TRUST_PICKLE=$(TRUST_PICKLE) (make convert-model: 1 says you trust the .pth)"
 	@echo "  MODEL_DIR=$(MODEL_DIR) (default: the newest complete runs/*/model)  IMAGE=$(IMAGE)  ENDPOINT=$(ENDPOINT)  PORT=$(PORT)  HOST=$(SERVE_HOST) (make serve: 127.0.0.1 unless HOST= is on the command line)  PREDICTIONS=$(PREDICTIONS)  MANIFEST=$(MANIFEST)  COUNT_THRESHOLD=$(COUNT_THRESHOLD) (empty: fit on PREDICTIONS)"
-	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
-	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu; default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
+	@echo "  ASYNC=$(ASYNC)  MIN_INSTANCES=$(MIN_INSTANCES)  MAX_INSTANCES=$(MAX_INSTANCES)  SNS_SUCCESS=$(SNS_SUCCESS)  SNS_ERROR=$(SNS_ERROR)  SERVERLESS=$(SERVERLESS)  MEMORY=$(MEMORY) (6144)  MAX_CONCURRENCY=$(MAX_CONCURRENCY) (5) (deploy)  RESIZE=$(RESIZE)  TEST_SIZE=$(TEST_SIZE) (predict ENDPOINT=, e.g. 800/1333)"
+	@echo "  CHANNEL=$(CHANNEL)  N=$(N)  SCORE=$(SCORE) (empty: count_threshold of PREDICTIONS/metrics.json, else 0.5)  STACK=$(STACK) (cpu | cu101 | cu12 | cu101cpu | cpu-slim (a serving image only, for exported models); default: cpu to build, $(CARD_STACK) to push, from INSTANCE_TYPE to launch)  OBJECTIVE=$(OBJECTIVE)  MAX_JOBS=$(MAX_JOBS)  MAX_PARALLEL=$(MAX_PARALLEL)"
 	@echo "  BUILDER=$(BUILDER) (push-*: docker builds here; codebuild builds on AWS CodeBuild, zip in s3://BUCKET or sagemaker-<region>-<account>/shelfdet/codebuild, ROLE= its service role)"
 	@echo "  ACCOUNT=$(ACCOUNT)  CODEBUILD_ROLE=$(CODEBUILD_ROLE) (make policy, bootstrap-policy: default the credentials' account, shelfdet-codebuild)"
 	@echo "  PARENT=$(PARENT) (make build: debootstrap: stand-in parents; nvidia: cu12 on NVIDIA's CUDA images)  BASE_IMAGE=$(BASE_IMAGE) (make build: on a base pushed earlier, make push-base)"
@@ -177,21 +185,22 @@ tune: $(SETUP_STAMP) ## SageMaker hyperparameter tuning job
 
 # ---- serving -----------------------------------------------------------------
 serve: $(SETUP_STAMP) ## serve MODEL_DIR on 127.0.0.1:PORT, or HOST:PORT (the serving image's app)
-	SHELFDET_INFER="$(INFER)" $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --host '$(SERVE_HOST)' --port $(PORT)
+	SHELFDET_INFER="$(INFER)" $(RUNTIME_ENV) $(SHELFDET) serve --model-dir "$(MODEL_DIR)" --host '$(SERVE_HOST)' --port $(PORT)
 
 predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT (also a folder; RESIZE=1): predictions/<image file>.json + .png
-	$(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)") $(if $(SCORE),--score $(SCORE)) \
+	$(RUNTIME_ENV) $(SHELFDET) predict --image "$(IMAGE)" $(if $(ENDPOINT),--endpoint $(ENDPOINT) --region $(REGION),--model-dir "$(MODEL_DIR)") $(if $(INFER),--infer="$(INFER)") $(if $(SCORE),--score $(SCORE)) \
 	  $(if $(filter 1 true yes,$(RESIZE)),--resize $(if $(TEST_SIZE),--test-size "$(TEST_SIZE)",$(if $(filter-out default file,$(origin MODEL_DIR)),--test-size "$(MODEL_DIR)")))
 
 evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir), or MODEL_DIR run with INFER, against MANIFEST: COCO AP and count error
-	$(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))
+	$(RUNTIME_ENV) $(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))
 
 convert-model: $(SETUP_STAMP) ## rewrite an old MODEL_DIR's model_final.pth (a pickle) as model_final.safetensors; TRUST_PICKLE=1 says you trust it
 	$(SHELFDET) convert-model "$(MODEL_DIR)" $(if $(filter 1 true yes,$(TRUST_PICKLE)),--trust-pickle)
 
-deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name); ASYNC=1 asynchronous, MIN_/MAX_INSTANCES autoscaling
-	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) --instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) $(NET_FLAGS) \
-	  $(if $(filter 1 true yes,$(ASYNC)),--async) $(if $(MIN_INSTANCES),--min-instances $(MIN_INSTANCES)) $(if $(MAX_INSTANCES),--max-instances $(MAX_INSTANCES)) $(if $(SNS_SUCCESS),--sns-success $(SNS_SUCCESS)) $(if $(SNS_ERROR),--sns-error $(SNS_ERROR))
+deploy: $(SETUP_STAMP) ## SageMaker endpoint from MODEL (S3 URI or training job name); ASYNC=1 asynchronous, MIN_/MAX_INSTANCES autoscaling, SERVERLESS=1 serverless
+	$(SHELFDET) deploy $(if $(MODEL),--model $(MODEL)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(if $(filter 1 true yes,$(SERVERLESS)),$(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)),--instance-type $(or $(INSTANCE_TYPE),ml.g4dn.xlarge)) $(if $(STACK),--stack $(STACK)) $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) $(NET_FLAGS) \
+	  $(if $(filter 1 true yes,$(ASYNC)),--async) $(if $(MIN_INSTANCES),--min-instances $(MIN_INSTANCES)) $(if $(MAX_INSTANCES),--max-instances $(MAX_INSTANCES)) $(if $(SNS_SUCCESS),--sns-success $(SNS_SUCCESS)) $(if $(SNS_ERROR),--sns-error $(SNS_ERROR)) \
+	  $(if $(filter 1 true yes,$(SERVERLESS)),--serverless) $(if $(MEMORY),--memory $(MEMORY)) $(if $(MAX_CONCURRENCY),--max-concurrency $(MAX_CONCURRENCY))
 
 undeploy: $(SETUP_STAMP) ## delete the endpoint, its config, model and scaling
 	$(SHELFDET) undeploy $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(AWS_FLAGS)
@@ -200,7 +209,7 @@ transform: $(SETUP_STAMP) ## SageMaker batch transform over the test channel, th
 	$(SHELFDET) transform $(if $(MODEL),--model $(MODEL)) --instance-type $(or $(INSTANCE_TYPE),ml.p3.2xlarge) $(if $(STACK),--stack $(STACK)) --manifest "$(MANIFEST)" $(if $(INFER),--env "SHELFDET_INFER=$(INFER)") $(AWS_FLAGS) $(NET_FLAGS)
 
 # ---- images ------------------------------------------------------------------
-build: build-training build-serving ## all images for STACK
+build: $(if $(filter cpu-slim,$(STACK)),,build-training) build-serving ## all images for STACK (cpu-slim: its serving image)
 
 build-base: ## the base image for STACK (after a preflight of everything its build fetches)
 	bash tools/images.sh build base $(or $(STACK),cpu)
@@ -208,7 +217,7 @@ build-base: ## the base image for STACK (after a preflight of everything its bui
 build-training: build-base ## training image for STACK
 	bash tools/images.sh build training $(or $(STACK),cpu)
 
-build-serving: build-base ## serving image for STACK
+build-serving: $(if $(filter cpu-slim,$(STACK)),,build-base) ## serving image for STACK (STACK=cpu-slim: no torch, exported models only)
 	bash tools/images.sh build serving $(or $(STACK),cpu)
 
 tag: ## print the image tags for STACK

@@ -7,13 +7,16 @@ from typing import List, Optional
 
 from shelfdet.commands import launching
 from shelfdet.launch import deploy
-from shelfdet.launch.deploy import ASYNC_CONCURRENCY, ASYNC_PREFIX, BACKLOG_TARGET, INVOCATIONS_TARGET, RECORD_DIR
+from shelfdet.launch.deploy import (ASYNC_CONCURRENCY, ASYNC_PREFIX, BACKLOG_TARGET, DEFAULT_INSTANCE_TYPE,
+                                    INVOCATIONS_TARGET, RECORD_DIR, SERVERLESS_CONCURRENCY, SERVERLESS_MEMORY,
+                                    SERVERLESS_STACK)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfdet deploy", description=__doc__.splitlines()[0])
     p.add_argument("--endpoint", help="endpoint name (default: generated)")
-    p.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    p.add_argument("--instance-type", default=None,
+                   help="default: {} (none with --serverless)".format(DEFAULT_INSTANCE_TYPE))
     p.add_argument("--no-wait", action="store_true", help="return once the endpoint is being created")
     p.add_argument("--record-dir", default=RECORD_DIR)
     p.add_argument("--async", dest="async_inference", action="store_true",
@@ -31,6 +34,13 @@ def parser() -> argparse.ArgumentParser:
                    help="async: ApproximateBacklogSizePerInstance target tracking keeps")
     p.add_argument("--target-invocations", type=float, default=INVOCATIONS_TARGET,
                    help="real-time: SageMakerVariantInvocationsPerInstance (per minute) target tracking keeps")
+    p.add_argument("--serverless", action="store_true",
+                   help="serverless endpoint (no instances, CPU only) on the {} serving image: the model must hold "
+                   "an OpenVINO or ONNX export".format(SERVERLESS_STACK))
+    p.add_argument("--memory", type=int, default=SERVERLESS_MEMORY,
+                   help="serverless: MemorySizeInMB, 1024 to 6144 in steps of 1024 (default: %(default)s)")
+    p.add_argument("--max-concurrency", type=int, default=SERVERLESS_CONCURRENCY,
+                   help="serverless: MaxConcurrency, concurrent invocations, 1 to 200 (default: %(default)s)")
     launching.add_model_flags(p)
     return p
 

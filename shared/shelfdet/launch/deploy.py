@@ -4,6 +4,8 @@ What it creates is tagged ``shelfdet:deployment=<endpoint>`` and recorded in
 ``runs/deployments/<endpoint>.json``, so ``make undeploy`` removes exactly that.
 ``--async`` makes an asynchronous endpoint (requests and results on S3) that
 scales to zero; ``--min-instances``/``--max-instances`` scale a real-time one.
+``--serverless`` makes a serverless endpoint (``ServerlessConfig``: memory and concurrency, no
+instances) on the slim serving image, for a model that holds an export.
 Scaling is Application Auto Scaling (and, for async, one CloudWatch alarm),
 registered once the endpoint is in service, and recorded like the rest.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tarfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from shelfdet.serving import limits
@@ -34,6 +37,19 @@ INVOCATIONS_TARGET = 30.0
 # A new instance takes minutes to start: scaling in waits longer, so a short lull does not cost a cold start.
 SCALE_IN_COOLDOWN = 600
 SCALE_OUT_COOLDOWN = 300
+DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"
+# Serverless Inference: CPU only, 1-6 GB of memory in 1 GB steps, 1-200 concurrent invocations per endpoint.
+SERVERLESS_STACK = "cpu-slim"  # no torch, no Detectron2: it serves only exported models
+SERVERLESS_MEMORY = 6144  # the most: SageMaker gives a serverless endpoint CPU in proportion to its memory
+SERVERLESS_MEMORY_RANGE = (1024, 6144, 1024)
+# The SageMaker Python SDK's default. Each concurrent invocation is a container of its own, started cold
+# when none is idle, and billed while it runs: a handful serves a shop's users while capping what a
+# runaway client can spend (the account's serverless concurrency quota is shared by all its endpoints).
+SERVERLESS_CONCURRENCY = 5
+SERVERLESS_MAX_CONCURRENCY = 200
+# What the slim image runs: TorchScript needs torch, which it lacks. core.exported names all formats.
+SERVERLESS_FORMATS = ("openvino", "onnx")
+EXPORT_FORMATS = ("openvino", "onnx", "torchscript")
 
 
 @dataclasses.dataclass
@@ -49,7 +65,7 @@ class ModelOptions(training.NetworkOptions):
 @dataclasses.dataclass
 class DeployOptions(ModelOptions):
     endpoint: Optional[str] = None  # default: generated
-    instance_type: str = "ml.g4dn.xlarge"
+    instance_type: Optional[str] = None  # default: DEFAULT_INSTANCE_TYPE; none with serverless
     no_wait: bool = False
     record_dir: str = RECORD_DIR
     async_inference: bool = False
@@ -61,6 +77,9 @@ class DeployOptions(ModelOptions):
     max_instances: Optional[int] = None
     target_backlog: float = BACKLOG_TARGET
     target_invocations: float = INVOCATIONS_TARGET
+    serverless: bool = False
+    memory: int = SERVERLESS_MEMORY
+    max_concurrency: int = SERVERLESS_CONCURRENCY
 
 
 def latest_job(cloud: aws.Aws) -> str:
@@ -75,6 +94,13 @@ def latest_job(cloud: aws.Aws) -> str:
 
 def model_data(cloud: aws.Aws, model: Optional[str], bucket: Optional[str], output_prefix: str) -> str:
     """MODEL as the S3 URI of a model.tar.gz: given, or a training job's artefact."""
+    return model_source(cloud, model, bucket, output_prefix)[0]
+
+
+def model_source(cloud: aws.Aws, model: Optional[str], bucket: Optional[str],
+                 output_prefix: str) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """MODEL's model.tar.gz S3 URI, and the description of the training job that made it (None for an
+    s3:// MODEL, and in a dry run)."""
     if model and model.startswith("s3://"):
         if not cloud.dry_run:
             b, key = aws.split_s3(model)
@@ -82,12 +108,12 @@ def model_data(cloud: aws.Aws, model: Optional[str], bucket: Optional[str], outp
                 cloud.client("s3").head_object(Bucket=b, Key=key)
             except cloud.client("s3").exceptions.ClientError:
                 raise LaunchError("model {} not found in S3".format(model)) from None
-        return model
+        return model, None
     if cloud.dry_run:
         if model and bucket:
             # Where our training jobs put it (see training.py's OutputDataConfig).
-            return aws.s3_uri(bucket, output_prefix, model, "output").rstrip("/") + "/model.tar.gz"
-        return "<ModelArtifacts of training job {}>".format(model or "(newest completed detectron2-*)")
+            return aws.s3_uri(bucket, output_prefix, model, "output").rstrip("/") + "/model.tar.gz", None
+        return "<ModelArtifacts of training job {}>".format(model or "(newest completed detectron2-*)"), None
     job = model or latest_job(cloud)
     sm = cloud.client("sagemaker")
     try:
@@ -97,7 +123,60 @@ def model_data(cloud: aws.Aws, model: Optional[str], bucket: Optional[str], outp
     if desc["TrainingJobStatus"] != "Completed":
         raise LaunchError("training job {} is {}, not Completed: no model to deploy".format(job, desc["TrainingJobStatus"]))
     note("model from training job {}".format(job))
-    return desc["ModelArtifacts"]["S3ModelArtifacts"]
+    return desc["ModelArtifacts"]["S3ModelArtifacts"], desc
+
+
+def export_of_job(desc: Dict[str, Any]) -> str:
+    """The export a training job made at its end: its ``export`` hyperparameter (none when it has none)."""
+    value = (desc.get("HyperParameters") or {}).get("export", "none")
+    # The SageMaker Python SDK sends hyperparameters JSON-encoded ("\"openvino\"").
+    return value.strip().strip('"').strip().lower() or "none"
+
+
+def exports_in_tar(cloud: aws.Aws, uri: str) -> List[str]:
+    """The formats under export/<format>/record.json in the model.tar.gz at ``uri``, read as a stream
+    and stopped at the first one serverless can serve (a model's weights need not all come down)."""
+    bucket, key = aws.split_s3(uri)
+    body = cloud.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    found = []  # type: List[str]
+    try:
+        with tarfile.open(fileobj=body, mode="r|gz") as tar:
+            for member in tar:
+                parts = member.name.lstrip("./").split("/") if member.isfile() else []
+                if len(parts) == 3 and parts[0] == "export" and parts[2] == "record.json" and parts[1] in EXPORT_FORMATS:
+                    found.append(parts[1])
+                    if parts[1] in SERVERLESS_FORMATS:
+                        break
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        raise LaunchError("model {} is not a readable model.tar.gz ({}): pass the model.tar.gz a training job "
+                          "wrote".format(uri, err)) from None
+    finally:
+        body.close()
+    return found
+
+
+def require_export(cloud: aws.Aws, model: Optional[str], data: str, job: Optional[Dict[str, Any]]) -> None:
+    """Refuses a model the slim serving image cannot run: one without an OpenVINO or ONNX export."""
+    fix = ("train with HP='--export openvino', or run `make export MODEL_DIR=<its model folder>` and deploy that "
+           "folder packed as MODEL=s3://.../model.tar.gz")
+    if cloud.dry_run:
+        note("# dry run: whether {} holds an export the slim image runs (export/<{}>/record.json, or a training "
+             "job's export hyperparameter) was not checked".format(model or data, "|".join(SERVERLESS_FORMATS)))
+        return
+    if job is not None:
+        made = export_of_job(job)
+        if made not in SERVERLESS_FORMATS:
+            raise LaunchError("SERVERLESS=1 serves an exported model, and training job {} made {} (export={}): "
+                              "{}".format(job["TrainingJobName"], "no export" if made == "none" else "a " + made + " export, "
+                                          "which needs torch", made, fix))
+        note("training job {} exported its model to {}".format(job["TrainingJobName"], made))
+        return
+    found = exports_in_tar(cloud, data)
+    if not found or found[-1] not in SERVERLESS_FORMATS:
+        raise LaunchError("SERVERLESS=1 serves an exported model, and {} has {} (no export/<{}>/record.json): {}".format(
+            data, "only a " + " and ".join(found) + " export, which needs torch" if found else "no export",
+            "|".join(SERVERLESS_FORMATS), fix))
+    note("{} holds an export ({})".format(data, found[-1]))
 
 
 def environment(pairs: List[str]) -> Dict[str, str]:
@@ -135,26 +214,28 @@ def model_request(name: str, image: str, data: str, role: str, env: Dict[str, st
 def build_requests(args: DeployOptions, cloud: aws.Aws) -> List[Any]:
     """[(operation, request), ...] in the order they are sent."""
     training.check_vpc(args)
+    check_serverless(args)
     stamp = aws.timestamp()
     endpoint = args.endpoint or aws.job_name("detectron2", stamp)
     tags = [{"Key": TAG, "Value": endpoint}]
     role = cloud.role_arn(args.role)
-    image = cloud.image_uri("serving", args.stack or aws.default_stack(args.instance_type), args.image_uri)
-    data = model_data(cloud, args.model, args.bucket, args.output_prefix)
+    instance_type = "" if args.serverless else args.instance_type or DEFAULT_INSTANCE_TYPE
+    stack = args.stack or (SERVERLESS_STACK if args.serverless else aws.default_stack(instance_type))
+    image = cloud.image_uri("serving", stack, args.image_uri)
+    data, job = model_source(cloud, args.model, args.bucket, args.output_prefix)
+    if args.serverless:
+        require_export(cloud, args.model, data, job)
     if not cloud.dry_run and endpoint_exists(cloud, endpoint):
         raise LaunchError("endpoint {} exists: `make undeploy ENDPOINT={}` first, or choose another ENDPOINT".format(endpoint, endpoint))
     # Named after the endpoint (no timestamp) so a dry run prints the names that will be sent.
     model_name = aws.job_name(endpoint[:56], "model")
     config_name = aws.job_name(endpoint[:56], "config")
     env = environment(args.env)
-    scale = scaling_range(args)
-    initial = args.instance_count if scale is None else min(max(args.instance_count, scale[0], 1), scale[1])
-    config = {
-        "EndpointConfigName": config_name,
-        "ProductionVariants": [{"VariantName": VARIANT, "ModelName": model_name,
-                                "InstanceType": args.instance_type, "InitialInstanceCount": initial}],
-        "Tags": tags}  # type: Dict[str, Any]
-    storage_key = aws.volume_key(args.kms_key, args.instance_type, "the endpoint config's KmsKeyId")
+    config = {"EndpointConfigName": config_name, "ProductionVariants": [variant(args, model_name, instance_type)],
+              "Tags": tags}  # type: Dict[str, Any]
+    # Serverless: SageMaker's key for the image it stores (it has no instance volume).
+    storage_key = args.kms_key if args.serverless else aws.volume_key(
+        args.kms_key, instance_type, "the endpoint config's KmsKeyId")
     if storage_key:
         config["KmsKeyId"] = storage_key
     if args.async_inference:
@@ -166,6 +247,48 @@ def build_requests(args: DeployOptions, cloud: aws.Aws) -> List[Any]:
         ("create_endpoint_config", config),
         ("create_endpoint", {"EndpointName": endpoint, "EndpointConfigName": config_name, "Tags": tags}),
     ]
+
+
+def variant(args: DeployOptions, model_name: str, instance_type: str) -> Dict[str, Any]:
+    """The endpoint config's one production variant: its instances, or its serverless memory and concurrency."""
+    if args.serverless:
+        return {"VariantName": VARIANT, "ModelName": model_name,
+                "ServerlessConfig": {"MemorySizeInMB": args.memory, "MaxConcurrency": args.max_concurrency}}
+    scale = scaling_range(args)
+    initial = args.instance_count if scale is None else min(max(args.instance_count, scale[0], 1), scale[1])
+    return {"VariantName": VARIANT, "ModelName": model_name, "InstanceType": instance_type,
+            "InitialInstanceCount": initial}
+
+
+def check_serverless(args: DeployOptions) -> None:
+    """What SageMaker Serverless Inference refuses, refused here before anything is created, each naming its fix."""
+    if not args.serverless:
+        return
+    low, high, step = SERVERLESS_MEMORY_RANGE
+    if not low <= args.memory <= high or args.memory % step:
+        sizes = [str(m) for m in range(low, high + 1, step)]
+        raise LaunchError("MEMORY={}: a serverless endpoint has {} or {} MB: pass one of them".format(
+            args.memory, ", ".join(sizes[:-1]), sizes[-1]))
+    if not 1 <= args.max_concurrency <= SERVERLESS_MAX_CONCURRENCY:
+        raise LaunchError("MAX_CONCURRENCY={}: a serverless endpoint takes 1 to {} concurrent invocations".format(
+            args.max_concurrency, SERVERLESS_MAX_CONCURRENCY))
+    clashes = [
+        (args.async_inference, "ASYNC=1", "an asynchronous endpoint runs on instances: drop one of SERVERLESS=1 and ASYNC=1"),
+        (args.min_instances is not None or args.max_instances is not None, "MIN_INSTANCES/MAX_INSTANCES",
+         "a serverless endpoint scales itself, up to MAX_CONCURRENCY: drop MIN_INSTANCES/MAX_INSTANCES"),
+        (bool(args.instance_type), "INSTANCE_TYPE",
+         "SageMaker picks a serverless endpoint's CPUs from MEMORY: drop INSTANCE_TYPE"),
+        (args.instance_count != 1, "INSTANCE_COUNT", "a serverless endpoint has no instances: drop INSTANCE_COUNT"),
+        (bool(args.vpc_subnets or args.vpc_security_groups), "VPC_SUBNETS/VPC_SECURITY_GROUPS",
+         "SageMaker serverless endpoints have no VPC configuration: drop them, or deploy on instances"),
+        (args.network_isolation, "NETWORK_ISOLATION=1",
+         "SageMaker serverless endpoints have no network isolation: drop it, or deploy on instances"),
+        (bool(args.stack) and args.stack != SERVERLESS_STACK, "STACK={}".format(args.stack),
+         "a serverless endpoint is CPU only and runs the slim image: drop STACK (or STACK={})".format(SERVERLESS_STACK)),
+    ]
+    for clash, what, why in clashes:
+        if clash:
+            raise LaunchError("SERVERLESS=1 with {}: {}".format(what, why))
 
 
 def async_config(args: DeployOptions, cloud: aws.Aws, endpoint: str) -> Dict[str, Any]:

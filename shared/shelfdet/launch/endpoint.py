@@ -1,7 +1,7 @@
 """The client of a deployed endpoint: photos through ``make deploy``'s endpoints, whichever kind.
 
-A real-time endpoint takes a photo of at most 6 MB (RESIZE: sent at the model's test scale, boxes
-scaled back); an asynchronous one gets each photo through S3, beside its results, and the outputs
+A real-time endpoint takes a photo of at most 6 MB, a serverless one 4 MB, answered within 60 s
+(RESIZE: sent at the model's test scale, boxes scaled back); an asynchronous one gets each photo through S3, beside its results, and the outputs
 are written as each result arrives, as a local model's are (``shelfdet.serving.predict``).
 """
 from __future__ import annotations
@@ -22,6 +22,11 @@ from shelfdet.serving.predict import CONTENT_TYPES, Outputs, PredictError, photo
 
 # Real-time endpoints take 6 MB a request (SageMaker's limit, and the container's default cap).
 REALTIME_MAX_BYTES = limits.DEFAULT_MAX_PAYLOAD_MB * 1024 * 1024
+SERVERLESS_MAX_BYTES = limits.SERVERLESS_MAX_PAYLOAD_MB * 1024 * 1024
+# SageMaker ends a serverless invocation at 60 s; a cold start (the container pulled and started, the model
+# loaded) comes before it. botocore's default read timeout, 60 s, would give up on an answer still coming.
+SERVERLESS_INVOCATION_S = 60
+SERVERLESS_READ_TIMEOUT = 180
 
 Say = Callable[[str], None]
 
@@ -102,40 +107,84 @@ def predict_photos(path: str, request: Request, outputs: Outputs, reporter: Repo
         raise PredictError("endpoint {}: {}".format(request.endpoint, err)) from None
 
 
+class Kind(NamedTuple):
+    """A synchronous endpoint's request limit, as its error lines say it."""
+    name: str
+    max_mb: int
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_mb * 1024 * 1024
+
+
+REALTIME = Kind("real-time", limits.DEFAULT_MAX_PAYLOAD_MB)
+SERVERLESS = Kind("serverless", limits.SERVERLESS_MAX_PAYLOAD_MB)
+
+
+def endpoint_kind(config: Dict[str, Any]) -> Kind:
+    """Serverless when a production variant has a ServerlessConfig, else real-time."""
+    serverless = any(v.get("ServerlessConfig") for v in config.get("ProductionVariants", []))
+    return SERVERLESS if serverless else REALTIME
+
+
 def _predict_photos(request: Request, outputs: Outputs, paths: List[str], scale: Optional[Tuple[int, int, int]],
                     reporter: Reporter) -> List[str]:
     session = aws.make_session(request.region)
     sm = session.client("sagemaker")
     config = sm.describe_endpoint_config(
         EndpointConfigName=sm.describe_endpoint(EndpointName=request.endpoint)["EndpointConfigName"])
+    kind = endpoint_kind(config)
     if scale is not None:
-        refuse_tiles(sm, config, scale[2])
+        refuse_tiles(sm, config, scale[2], kind)
     asynchronous = config.get("AsyncInferenceConfig")
     if asynchronous:
         return predict_async(session, request, outputs, paths, scale, asynchronous["OutputConfig"]["S3OutputPath"],
                              reporter)
     if scale is None:
-        over = [p for p in paths if os.path.getsize(p) > REALTIME_MAX_BYTES]
+        over = [p for p in paths if os.path.getsize(p) > kind.max_bytes]
         if over:
-            raise PredictError(too_big(over[0], os.path.getsize(over[0]), len(over), len(paths)))
-    client = session.client("sagemaker-runtime")
+            raise PredictError(too_big(over[0], os.path.getsize(over[0]), len(over), len(paths), kind))
+    client = runtime_client(session, kind)
     written = []  # type: List[str]
     for path in paths:
         upload = prepare(path, scale, reporter.note)
-        if len(upload.body) > REALTIME_MAX_BYTES:
-            raise PredictError("{} is {:.1f} MB even at the model's test scale, over the {} MB a real-time endpoint "
+        if len(upload.body) > kind.max_bytes:
+            raise PredictError("{} is {:.1f} MB even at the model's test scale, over the {} MB a {} endpoint "
                                "takes: deploy with ASYNC=1 (asynchronous, up to 1 GB)".format(
-                                   path, len(upload.body) / 1024 / 1024, limits.DEFAULT_MAX_PAYLOAD_MB))
-        pred = predict_endpoint(client, request.endpoint, upload.body, upload.content_type, request.score_threshold,
-                                request.max_detections)
-        written += finish(outputs, upload, pred, reporter.say)
+                                   path, len(upload.body) / 1024 / 1024, kind.max_mb, kind.name))
+        written += finish(outputs, upload, invoke(client, request, upload, kind), reporter.say)
     return written
 
 
-def too_big(path: str, size: int, over: int, total: int) -> str:
-    limit = "the {} MB a real-time endpoint takes".format(limits.DEFAULT_MAX_PAYLOAD_MB)
+def invoke(client: Any, request: Request, upload: Upload, kind: Kind) -> Dict[str, Any]:
+    from botocore.exceptions import ClientError
+
+    try:
+        return predict_endpoint(client, request.endpoint, upload.body, upload.content_type, request.score_threshold,
+                                request.max_detections)
+    except ClientError as err:
+        if kind is not SERVERLESS or "timed out" not in str(err).lower():
+            raise
+        raise PredictError("{}: endpoint {} did not answer within the {} s a serverless invocation has ({}): pass "
+                           "RESIZE=1 to send it at the model's test scale, or deploy on instances".format(
+                               upload.path, request.endpoint, SERVERLESS_INVOCATION_S,
+                               err.response.get("Error", {}).get("Message", ""))) from None
+
+
+def runtime_client(session: Any, kind: Kind) -> Any:
+    if kind is not SERVERLESS:
+        return session.client("sagemaker-runtime")
+    from botocore.config import Config
+
+    return session.client("sagemaker-runtime", config=Config(read_timeout=SERVERLESS_READ_TIMEOUT))
+
+
+def too_big(path: str, size: int, over: int, total: int, kind: Kind = REALTIME) -> str:
+    limit = "the {} MB a {} endpoint takes".format(kind.max_mb, kind.name)
     what = ("{} is {:.1f} MB, over {}".format(path, size / 1024 / 1024, limit) if total == 1 else
             "{} of {} photos are over {} (first: {}, {:.1f} MB)".format(over, total, limit, path, size / 1024 / 1024))
+    if kind is SERVERLESS:
+        return what + ": pass RESIZE=1 to send them at the model's test scale, or deploy with ASYNC=1 (asynchronous, up to 1 GB)"
     return what + ": deploy with ASYNC=1 (asynchronous, up to 1 GB), or pass RESIZE=1 to send them at the model's test scale"
 
 
@@ -162,7 +211,7 @@ def model_test_size(value: Optional[str]) -> Tuple[int, int, int]:
                        "MODEL_DIR=<the model folder deployed>{}".format(", not {!r}".format(value) if text else ""))
 
 
-def refuse_tiles(sm: Any, config: Dict[str, Any], tile: int) -> None:
+def refuse_tiles(sm: Any, config: Dict[str, Any], tile: int, kind: Kind = REALTIME) -> None:
     """Tiles are photo pixels: a resized photo would be cut into other tiles than the whole one."""
     from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
@@ -175,8 +224,7 @@ def refuse_tiles(sm: Any, config: Dict[str, Any], tile: int) -> None:
         tile = int(infer.get("tile-size", tile))
     if tile:
         raise PredictError("RESIZE=1 would change the tiles the endpoint's model cuts (tile-size {}, in image "
-                           "pixels): send photos whole (ASYNC=1 for those over {} MB)".format(
-                               tile, limits.DEFAULT_MAX_PAYLOAD_MB))
+                           "pixels): send photos whole (ASYNC=1 for those over {} MB)".format(tile, kind.max_mb))
 
 
 def prepare(path: str, scale: Optional[Tuple[int, int, int]], note: Say = _quiet) -> Upload:

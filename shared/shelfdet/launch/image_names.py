@@ -19,6 +19,8 @@ CARD_STACK = "cu101"
 # GPU stacks' software where there is no GPU, so nothing pushes or launches them.
 TEST_STACKS = ("cu101cpu",)
 KINDS = ("training", "serving")
+# Stacks of one kind only: cpu-slim serves exported models (no torch, no Detectron2; make deploy SERVERLESS=1).
+KIND_STACKS = {"cpu-slim": ("serving",)}
 
 
 class ImageError(RuntimeError):
@@ -103,7 +105,9 @@ def image(kind: str, stack: str, versions: Optional[Dict[str, str]] = None) -> I
     if stack in TEST_STACKS:
         raise ImageError("stack '{}' is a CPU twin for tests, never pushed or launched (one of: {})".format(
             stack, ", ".join(STACKS)))
-    if stack not in STACKS:
+    if stack in KIND_STACKS and kind not in KIND_STACKS[stack]:
+        raise ImageError("stack '{}' has no {} image (only: {})".format(stack, kind, ", ".join(KIND_STACKS[stack])))
+    if stack not in STACKS and stack not in KIND_STACKS:
         raise ImageError("unknown stack '{}' (one of: {})".format(stack, ", ".join(STACKS)))
     v = versions if versions is not None else read_versions()
     key = "IMAGE_REPO_" + kind.upper()

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker real-time endpoints' own request limit
+SERVERLESS_MAX_PAYLOAD_MB = 4  # SageMaker serverless endpoints' request limit (make deploy SERVERLESS=1)
 # An asynchronous endpoint hands /invocations its S3 input whole, up to 1 GB (make deploy ASYNC=1 sets this).
 # 200 MB holds any photo the decoder takes (60 MP as uncompressed 8-bit RGB is 180 MB) while four
 # concurrent bodies stay well inside an instance's memory; a larger body is a 413 in the failure object.
