@@ -252,3 +252,19 @@ def test_serverless_predict_sends_a_small_photo_and_waits_past_60_s(account, sag
     # SageMaker gives a serverless invocation 60 s after its cold start; botocore's default read timeout is 60 s.
     runtime = endpoint.runtime_client(aws.make_session(REGION), endpoint.SERVERLESS)
     assert runtime.meta.config.read_timeout >= endpoint.SERVERLESS_INVOCATION_S + 60
+
+
+def test_a_serverless_invocation_ended_at_60_s_names_resize(account, sagemaker, capsys, tmp_path):
+    from _serving_support import encode, shelf_image
+
+    serverless_endpoint("shelf-sls")
+    timed_out = {"__type": "ModelError", "message": "Received server error (0) from primary with message "
+                 "\"Your invocation timed out while waiting for a response from container primary.\""}
+    sagemaker.answer = lambda body, ctype, attributes: (424, json.dumps(timed_out).encode())
+    photo = tmp_path / "shelf.png"
+    photo.write_bytes(encode(shelf_image(9, 40, 30), "PNG"))
+    rc, _, err = cli(capsys, "predict", "--image", str(photo), "--endpoint", "shelf-sls", "--region", REGION)
+    line = one_error_line(err)
+    assert rc == 2 and line.startswith("error: {}: endpoint shelf-sls did not answer within the 60 s a serverless "
+                                       "invocation has (Received server error (0)".format(photo))
+    assert line.endswith("pass RESIZE=1 to send it at the model's test scale, or deploy on instances")

@@ -6,8 +6,8 @@ Outputs are named after the whole photo file name (``shelf.jpg`` ->
 photo file name, and an output never overwrites its input.
 
 With ENDPOINT, IMAGE may also be a folder. A real-time endpoint takes a photo of
-at most 6 MB (RESIZE: sent at the model's test scale, boxes scaled back); an
-asynchronous one gets each photo through S3, beside its results, and the
+at most 6 MB, a serverless one 4 MB (RESIZE: sent at the model's test scale,
+boxes scaled back); an asynchronous one gets each photo through S3, beside its results, and the
 outputs are written as each result arrives.
 """
 from __future__ import annotations

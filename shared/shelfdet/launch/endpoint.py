@@ -1,8 +1,9 @@
 """The client of a deployed endpoint: photos through ``make deploy``'s endpoints, whichever kind.
 
-A real-time endpoint takes a photo of at most 6 MB, a serverless one 4 MB, answered within 60 s
-(RESIZE: sent at the model's test scale, boxes scaled back); an asynchronous one gets each photo through S3, beside its results, and the outputs
-are written as each result arrives, as a local model's are (``shelfdet.serving.predict``).
+A real-time endpoint takes a photo of at most 6 MB, a serverless one 4 MB answered within 60 s
+(RESIZE: sent at the model's test scale, boxes scaled back); an asynchronous one gets each photo
+through S3, beside its results, and the outputs are written as each result arrives, as a local
+model's are (``shelfdet.serving.predict``).
 """
 from __future__ import annotations
 
