@@ -15,7 +15,8 @@ say() { printf '[setup] %s\n' "$*"; }
   || { echo "error: Python >= 3.10 is needed for the local stack ($PY is $("$PY" -V 2>&1))" >&2; exit 2; }
 
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# No cache: torch and its CUDA libraries are several GB, kept once in the venv is enough (disks are shared).
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-cache-dir -q)
 
 # --isolated skips the machine's find-links folder, whose CPU-only torch has no
 # matching torchvision; PyPI's (CUDA) pair runs on the CPU too.

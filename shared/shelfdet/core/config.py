@@ -157,12 +157,7 @@ def set_inference(cfg: CfgNode, hp: Union[Hyperparameters, Inference], names: Op
     if "det-per-img" in names:
         cfg.TEST.DETECTIONS_PER_IMAGE = hp.det_per_img
     if names & {"det-per-img", "proposals"}:
-        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = candidates(hp)
-
-
-def candidates(hp: Union[Hyperparameters, Inference]) -> int:
-    """``proposals``; auto: the zoo's 1000, or twice the detections kept so dense shelves can fill them."""
-    return int(hp.proposals) if hp.proposals != "auto" else max(1000, 2 * hp.det_per_img)
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = hyperparameters.candidates(hp)
 
 
 def build_config(hp: Hyperparameters, class_names: Sequence[str], train_dataset: str, val_dataset: Optional[str],

@@ -407,6 +407,11 @@ def inference_of(saved: Mapping[str, Any], overrides: Optional[Mapping[str, Any]
     return Inference(**{attr(k): v for k, v in values.items()})
 
 
+def candidates(hp: Union[Hyperparameters, Inference]) -> int:
+    """``proposals``; auto: the zoo's 1000, or twice the detections kept so dense shelves can fill them."""
+    return int(hp.proposals) if hp.proposals != "auto" else max(1000, 2 * hp.det_per_img)
+
+
 def convert(name: str, raw: Any) -> Any:
     """One hyperparameter's value from its string form, validated; the error names it."""
     _check_known(name, name)

@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, Instances
 
 from shelfdet.core import artefacts, compat, hyperparameters, modeling, photos, postprocess  # noqa: F401  (modeling registers our architectures)
 from shelfdet.core.checkpoint import load_exact
+from shelfdet.core.exported import Options
 from shelfdet.core.config import set_inference
 from shelfdet.core.hyperparameters import Hyperparameters, Inference
 
@@ -24,19 +25,6 @@ log = logging.getLogger(__name__)
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class Options(NamedTuple):
-    """What happens after the model's own forward (hyperparameters ``nms``, ``soft-nms-sigma``,
-    ``tile-size``, ``tile-overlap``); the defaults are the model's plain output."""
-    nms: str = "hard"
-    soft_nms_sigma: float = 0.5
-    tile_size: int = 0
-    tile_overlap: float = 0.25
-
-    @property
-    def plain(self) -> bool:
-        return self.nms == "hard" and not self.tile_size
 
 
 def inference_hyperparameters(saved: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Inference:
@@ -139,6 +127,8 @@ class Detector:
     ``predict`` is safe to call from several threads: the forward pass is
     serialised by a lock (one model, one device), pre/post-processing is not.
     """
+
+    runtime = "torch"  # what serving logs name (core.exported.ExportedDetector names its own)
 
     def __init__(self, cfg: CfgNode, weights: str, class_names: Sequence[str], model: Optional[torch.nn.Module] = None,
                  options: Options = Options()):
