@@ -111,7 +111,7 @@ JOB_FLAGS = --input-mode $(INPUT_MODE) $(if $(PRETRAINED),--pretrained $(PRETRAI
 RUNTIME_ENV = $(if $(RUNTIME),SHELFDET_RUNTIME='$(RUNTIME)')
 AWS_FLAGS = --region $(REGION) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run) $(if $(ROLE),--role $(ROLE)) $(if $(BUCKET),--bucket $(BUCKET)) --prefix $(PREFIX) $(if $(KMS_KEY),--kms-key '$(KMS_KEY)')
 
-.PHONY: help setup lock data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model tune deploy undeploy transform \
+.PHONY: help setup lock data upload visualize train tensorboard runs compare weights serve predict evaluate convert-model export tune deploy undeploy transform \
         build build-base build-training build-serving tag doctor push-base push-training push-serving \
         policy bootstrap-policy bootstrap test targets-doc bench clean
 
@@ -120,7 +120,7 @@ help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (default):"
-	@echo "  ALGO=$(ALGO) (faster_rcnn | retinanet | cascade_rcnn)  DATA_DIR=$(DATA_DIR) (data-hard with PRESET=hard)  SRC=$(SRC) (folder, tarball or URL; empty: the synthetic set)  FORMAT=$(FORMAT) (coco | voc | yolo | gt; empty: SKU-110K's CSVs)"
+	@echo "  ALGO=$(ALGO) (faster_rcnn | retinanet | cascade_rcnn)  DATA_DIR=$(DATA_DIR) (data-hard with PRESET=hard)  SRC=$(SRC) (folder, tarball or URL; empty: the synthetic set)  FORMAT=$(FORMAT) (make data: coco | voc | yolo | gt, empty: SKU-110K's CSVs; make export: openvino | onnx | torchscript, empty: openvino)"
 	@echo "  PRESET=$(PRESET) (hard: the SKU-110K-like synthetic set, in data-hard)  MAX_SIDE=$(MAX_SIDE) (empty: images as they are)  BUCKET=$(BUCKET)  PREFIX=$(PREFIX)  REGION=$(REGION)"
 	@echo "  INSTANCE_TYPE=$(INSTANCE_TYPE) (empty: train locally)  INSTANCE_COUNT=$(INSTANCE_COUNT)  SPOT=$(SPOT)  WAIT=$(WAIT)  DRY_RUN=$(DRY_RUN)"
 	@echo "  HP='$(HP)' (e.g. HP='--lr 0.01 --num-iter 500')  RECIPE=$(RECIPE) (dense: crop training at native scale; each value overridable in HP)  WEIGHTS=$(WEIGHTS)  RUN_DIR=$(RUN_DIR) (resume that run)  ROLE=$(ROLE)  MODEL=$(MODEL)"
@@ -193,6 +193,9 @@ predict: $(SETUP_STAMP) ## predict IMAGE with MODEL_DIR or ENDPOINT (also a fold
 
 evaluate: $(SETUP_STAMP) ## score PREDICTIONS (dir), or MODEL_DIR run with INFER, against MANIFEST: COCO AP and count error
 	$(RUNTIME_ENV) $(SHELFDET) evaluate $(if $(PREDICTIONS),--predictions "$(PREDICTIONS)",--model-dir "$(MODEL_DIR)" $(if $(INFER),--infer="$(INFER)")) --manifest "$(MANIFEST)" $(if $(COUNT_THRESHOLD),--count-threshold $(COUNT_THRESHOLD)) $(if $(EVAL_OUT),--out-dir $(EVAL_OUT))
+
+export: $(SETUP_STAMP) ## MODEL_DIR as a graph serving runs without torch: MODEL_DIR/export/<FORMAT>/ (openvino | onnx | torchscript), checked on DATA_DIR/test
+	$(SHELFDET) export --model-dir "$(MODEL_DIR)" --format $(or $(FORMAT),openvino) --photos "$(DATA_DIR)/test"
 
 convert-model: $(SETUP_STAMP) ## rewrite an old MODEL_DIR's model_final.pth (a pickle) as model_final.safetensors; TRUST_PICKLE=1 says you trust it
 	$(SHELFDET) convert-model "$(MODEL_DIR)" $(if $(filter 1 true yes,$(TRUST_PICKLE)),--trust-pickle)

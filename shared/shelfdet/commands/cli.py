@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": ("shelfdet.commands.serve", "run the SageMaker hosting app", D2),
     "predict": ("shelfdet.commands.predict", "predict one photo (local model or endpoint)"),
     "evaluate": ("shelfdet.commands.evaluate", "score predictions against a manifest (faster-coco-eval; pycocotools gives the same numbers)", D2),
+    "export": ("shelfdet.commands.export", "the model as an OpenVINO, ONNX or TorchScript graph (MODEL_DIR/export/<format>/)", D2),
     "convert-model": ("shelfdet.commands.convert_model", "rewrite an old model folder's .pth weights as safetensors (--trust-pickle)", D2),
     "tune": ("shelfdet.commands.tune", "SageMaker hyperparameter tuning job"),
     "weights": ("shelfdet.commands.weights", "the model zoo's checkpoints into S3, for jobs without network"),
