@@ -210,6 +210,9 @@ PARAMS: Tuple[Param, ...] = (
     Param("amp", _bool, True, False, "Mixed precision (GPU only; ignored on CPU).", text=_bool_text),
     Param("evaluation-type", str, "fast", SAME, "Final evaluation: fast (faster-coco-eval, C++; on every stack, "
           "else the job stops at start), coco (pycocotools; same numbers, slower), none.", ("coco", "fast", "none")),
+    Param("export", str, "none", SAME, "After training, also write the model as a graph that serves without torch "
+          "(model/export/<format>/, as make export does; checked on validation photos): none, openvino, onnx or "
+          "torchscript.", ("none", "openvino", "onnx", "torchscript")),
     Param("eval-period", int, 500, 100, "Iterations between validation-loss passes (0: only at the end).", low=0),
     Param("val-samples", int, 64, 16, "Fixed validation images used for the validation loss.", low=1),
     Param("val-ap", _bool, False, SAME, "Also compute validation AP every eval-period (printed as validation_ap: x; tuning objective).",
@@ -307,6 +310,7 @@ class Hyperparameters:
     crop_min_visible: float
     amp: bool
     evaluation_type: str
+    export: str
     eval_period: int
     val_samples: int
     val_ap: bool

@@ -22,7 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from shelfdet.core import artefacts, catalog, compat, evaluation, hyperparameters, runtime, safeweights
+from shelfdet.core import artefacts, catalog, compat, evaluation, hyperparameters, photos, runtime, safeweights
 from shelfdet.core.config import ConfigError, build_config, pretrained_file
 from shelfdet.core.hyperparameters import Hyperparameters
 from shelfdet.core.inference import Detector, load_config, options_of
@@ -214,7 +214,26 @@ def finish(env: Environment, hp: Hyperparameters, cfg: Any, trainer: Any, reg: D
     if not comm.is_main_process():
         return None
     _write_records(env, hp, reg, metrics, history, d2)
+    if hp.export != "none":
+        _export(env, hp, reg, metrics)
     return metrics
+
+
+def _export(env: Environment, hp: Hyperparameters, reg: Dict[str, Any], metrics: Dict[str, Any]) -> None:
+    """``export=<format>``: the model folder's export, checked on a few validation photos (core.export)."""
+    from shelfdet.core import export
+
+    checked = [photos.read(d["file_name"]) for d in reg["val"][:export.CHECK_PHOTOS]]
+    try:
+        _, agreement = export.export(env.model_dir, hp.export, checked)
+    except export.ExportError as err:
+        # The trained model is the job's result and is kept: the export can be made again from it.
+        log.warning("export=%s failed, the model folder has no export (make export retries it): %s", hp.export, err)
+        metrics["export"] = {"format": hp.export, "error": str(err)}
+    else:
+        metrics["export"] = {"format": hp.export, "agreement": agreement}
+    with open(os.path.join(env.model_dir, artefacts.METRICS), "w") as f:
+        json.dump(metrics, f, indent=2)
 
 
 def _write_records(env: Environment, hp: Hyperparameters, reg: Dict[str, Any], metrics: Dict[str, Any],
@@ -275,6 +294,14 @@ def _check_before_launch(env: Environment, hp: Hyperparameters) -> int:
         evaluation.require_backend(hp.evaluation_type == "fast" or (hp.evaluation_type == "none" and hp.val_ap))
     except evaluation.BackendError as err:
         raise ContractError(str(err)) from None
+    if hp.export != "none":  # export= after hours of training would fail on a missing package: fail now
+        from shelfdet.core import export
+
+        missing = export.missing_packages(hp.export)
+        if missing:
+            raise ContractError("export={} needs {}, which this image lacks (the cu101 stack's Python 3.8 has no "
+                                "OpenVINO or ONNX release): train with export=none and run `make export` on the "
+                                "model folder".format(hp.export, " and ".join(missing)))
     return eval_images
 
 
