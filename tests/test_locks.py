@@ -51,10 +51,10 @@ def requirement(pin):
     return re.sub(r"\[.*\]", "", re.sub(r"[-_.]+", "-", name).lower()), version
 
 
-@pytest.mark.parametrize("stack", ("cpu", "cu101", "cu101cpu", "cu12"))
+@pytest.mark.parametrize("stack", ("cpu", "cu101", "cu101cpu", "cu12", "cpu-slim"))
 def test_each_stack_lock_holds_its_pins_at_their_versions(stack):
     pins = env_file()
-    up = "STACK_{}_".format(stack.upper())
+    up = "STACK_{}_".format(stack.upper().replace("-", "_"))
     locked = dict(requirement(l.split()[0]) for l in lock_lines(stack) if "==" in l.split()[0])
     wanted = pins[up + "REQUIREMENTS"].split() + pins["PIP_PIN"].split() + pins[up + "CUDA_PIP"].split()
     wanted += [p for p in pins[up + "TORCH_PIP"].split() if "://" not in p]
@@ -68,6 +68,12 @@ def test_each_stack_lock_holds_its_pins_at_their_versions(stack):
     for url in pins[up + "TORCH_PIP"].split():
         if "://" in url:
             assert any(l.split()[:3] == [l.split()[0], "@", url] for l in lock_lines(stack)), url
+
+
+def test_slim_lock_has_the_runtimes_and_nothing_of_the_eager_stack():
+    slim = {l.split("==")[0] for l in lock_lines("cpu-slim")}
+    assert {"openvino", "onnxruntime", "numpy", "pillow", "fastapi", "uvicorn"} <= slim
+    assert not slim & {"torch", "torchvision", "detectron2", "pycocotools", "opencv-python-headless", "fvcore"}
 
 
 def test_test_lock_adds_only_what_the_cpu_image_lacks():
@@ -116,7 +122,9 @@ def test_a_lock_change_changes_the_tag():
     test_args = dict(line.split("=", 1) for line in images_sh("buildargs", "test", "cpu").splitlines())
     both = (ROOT / "locks" / "test.txt").read_bytes() + (ROOT / "locks" / "mlflow-server.txt").read_bytes()
     assert test_args["TEST_LOCK_SHA256"] == hashlib.sha256(both).hexdigest()
-    assert lock.NAMES == ("cpu", "cu101", "cu101cpu", "cu12", "test", "mlflow-server")
+    assert lock.NAMES == ("cpu", "cu101", "cu101cpu", "cu12", "cpu-slim", "test", "mlflow-server")
+    slim = dict(line.split("=", 1) for line in images_sh("buildargs", "serving", "cpu-slim").splitlines())
+    assert slim["LOCK_SHA256"] == hashlib.sha256((ROOT / "locks" / "cpu-slim.txt").read_bytes()).hexdigest()
 
 
 def test_a_wheel_without_a_pinned_sha256_does_not_stop_the_build(tmp_path):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds and names the project's images from versions.env.
 #   bash tools/images.sh build <base|training|serving|test> <cpu|cu101|cu12|cu101cpu>
+#   bash tools/images.sh build serving cpu-slim   # the slim serving image (images/serving-slim): exported models, no torch
 #   PARENT=nvidia bash tools/images.sh build base cu12   # a stack's parent variant (STACK_CU12_NVIDIA_*)
 #   NO_CACHE=1 bash tools/images.sh build base cu12      # every step again (a cold build's time)
 #   bash tools/images.sh tags <stack>            # the tags `build` gives, one a line (`make tag`)
@@ -42,8 +43,11 @@ PLATFORM=linux/amd64
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
-STACKS="cpu cu101 cu12 cu101cpu"
+STACKS="cpu cu101 cu12 cu101cpu cpu-slim"
 IMAGES="base training serving test"
+# Stacks with a serving image only, from images/serving-slim/Dockerfile (no base: no torch, no Detectron2).
+SLIM_STACKS="cpu-slim"
+SLIM_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME"
 # Build arguments each stack defines (STACK_<STACK>_<KEY> in versions.env).
 STACK_KEYS="BUILDER_IMAGE RUNTIME_IMAGE PYTHON APT_BUILD APT_RUNTIME TORCH_PIP TORCH_INDEX CUDA_PIP CUDA_DEB CUDA_APT CUDA_RUNFILE CUDA_RUNFILE_SHA256 CUDA_KEYRING_SHA256 DETECTRON2 TORCH_CUDA_ARCH_LIST FORCE_CUDA REQUIREMENTS"
 # PARENT=<variant> (e.g. PARENT=nvidia for cu12) takes STACK_<STACK>_<VARIANT>_<KEY>
@@ -56,11 +60,19 @@ command -v python3 >/dev/null 2>&1 || die "python3 is needed to compute image ta
 
 check_stack() { case " $STACKS " in *" $1 "*) ;; *) die "unknown stack '$1' (one of: $STACKS)";; esac; }
 check_image() { case " $IMAGES " in *" $1 "*) ;; *) die "unknown image '$1' (one of: $IMAGES)";; esac; }
+slim() { case " $SLIM_STACKS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+check_pair() {  # check_pair <image> <stack>: a slim stack has its serving image only
+  slim "$2" && [ "$1" != serving ] && die "stack $2 has a serving image only (make build-serving STACK=$2)"
+  return 0
+}
+dockerdir() {  # dockerdir <image> <stack>: the folder under images/ with its Dockerfile
+  if [ "$1" = serving ] && slim "$2"; then echo serving-slim; else echo "$1"; fi
+}
 
 content_hash() {  # content_hash <image> <stack>: what tools/image_hash.py makes of the image's inputs
   local args
   args=$(buildargs "$1" "$2")
-  printf '%s\n' "$args" | python3 "$ROOT/tools/image_hash.py" --root "$ROOT" "$1"
+  printf '%s\n' "$args" | python3 "$ROOT/tools/image_hash.py" --root "$ROOT" "$(dockerdir "$1" "$2")"
 }
 
 name() {  # name <image> <stack>
@@ -79,7 +91,7 @@ name() {  # name <image> <stack>
 
 stack_var() {  # stack_var <stack> <KEY>: the versions.env variable that holds it (PARENT's variant first)
   local up variant
-  up=$(echo "$1" | tr '[:lower:]' '[:upper:]')
+  up=$(echo "$1" | tr '[:lower:]-' '[:upper:]_')
   if [ -n "$PARENT" ]; then
     variant="STACK_${up}_$(echo "$PARENT" | tr '[:lower:]-' '[:upper:]_')_$2"
     if [ -n "${!variant+x}" ]; then echo "$variant"; return 0; fi
@@ -90,12 +102,22 @@ stack_var() {  # stack_var <stack> <KEY>: the versions.env variable that holds i
 check_parent() {  # check_parent <stack>: PARENT names a variant the stack has
   [ -n "$PARENT" ] && [ "$PARENT" != debootstrap ] || return 0
   local prefix
-  prefix="STACK_$(echo "$1" | tr '[:lower:]' '[:upper:]')_$(echo "$PARENT" | tr '[:lower:]-' '[:upper:]_')_"
+  prefix="STACK_$(echo "$1" | tr '[:lower:]-' '[:upper:]_')_$(echo "$PARENT" | tr '[:lower:]-' '[:upper:]_')_"
   grep -q "^${prefix}[A-Z_]*=" versions.env || die "stack $1 has no parent variant '$PARENT' (no ${prefix}* in versions.env)"
 }
 
 buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
   local image=$1 stack=$2 key var parent
+  if slim "$stack"; then
+    for key in $SLIM_KEYS; do
+      var=$(stack_var "$stack" "$key")
+      [ -n "${!var+x}" ] || die "versions.env has no $var"
+      printf '%s=%s\n' "$key" "${!var}"
+    done
+    printf 'STACK=%s\nIMAGE_VERSION=%s\nPIP_PIN=%s\n' "$stack" "$IMAGE_VERSION" "$PIP_PIN"
+    printf 'LOCK_SHA256=%s\n' "$(lock_sha "$stack")"
+    return 0
+  fi
   case $image in
     base)
       for key in $STACK_KEYS; do
@@ -115,6 +137,7 @@ buildargs() {  # buildargs <image> <stack>: one KEY=VALUE a line
 }
 
 locks_of() {  # locks_of <image> <stack>: the lock files (locks/<name>.txt) its pip installs read
+  if slim "$2"; then echo "$2"; return 0; fi
   case $1 in base) echo "$2" ;; test) echo "test mlflow-server" ;; esac
 }
 
@@ -140,7 +163,7 @@ check_locks() {  # check_locks <image> <stack>: its locks match versions.env, el
   done
 }
 
-context() {  # context <image> <file>: the build context as a tar: what the Dockerfile copies, git-tracked files only
+context() {  # context <dockerdir> <file>: the build context as a tar: what the Dockerfile copies, git-tracked files only
   python3 "$ROOT/tools/image_hash.py" --root "$ROOT" --context "$1" \
     | tar -C "$ROOT" -c --null --no-recursion -T - -f "$2" \
     || die "cannot pack the build context of $1"
@@ -295,15 +318,19 @@ lock() {  # lock <name>: one build of a kind at a time (CI prebuilds in the back
   fi
 }
 
-parent_of() { case $1 in training|serving) echo base ;; test) echo training ;; esac; }
+parent_of() {  # parent_of <image> <stack>: the image of ours it starts FROM (empty: public parents only)
+  slim "$2" && return 0
+  case $1 in training|serving) echo base ;; test) echo training ;; esac
+}
 
 build() {  # build <image> <stack>
   local image=$1 stack=$2 tag t0=$SECONDS parent parent_tag
   [ "$image" = test ] && [ "$stack" != cpu ] && die "the test image exists for stack cpu only"
+  check_pair "$image" "$stack"
   [ "$image" = base ] && need_source "$stack"
   # Everything the base's build fetches, checked in seconds before minutes of building (SHELFDET_PREFLIGHT=0 skips).
   if [ "$image" = base ]; then PYTHONPATH="$ROOT/shared" python3 -m shelfdet.commands.preflight "$stack" || return 1; fi
-  parent=$(parent_of "$image")
+  parent=$(parent_of "$image" "$stack")
   if [ "$parent" = base ] && [ -n "$BASE_IMAGE" ]; then  # a base pushed earlier: never rebuilt here
     if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
       say "pulling $BASE_IMAGE ($PLATFORM)"
@@ -323,6 +350,7 @@ build() {  # build <image> <stack>
   lock "$image-$stack"
   host_ca
   if [ "$image" = base ]; then parents "$stack" || return 1; d2_source "$stack"; emulation_note "$stack"; fi
+  if slim "$stack"; then parents "$stack" || return 1; fi
   check_locks "$image" "$stack"
   tag=$(name "$image" "$stack")
   local -a args=()
@@ -334,9 +362,9 @@ build() {  # build <image> <stack>
   # untracked or ignored (.venv, runs/, data/, sources/, a stray file) reaches the daemon.
   local ctx
   ctx=$(mktemp "${TMPDIR:-/tmp}/shelfdet-context.XXXXXX")
-  context "$image" "$ctx"
+  context "$(dockerdir "$image" "$stack")" "$ctx"
   say "building $tag (stack $stack)"
-  if ! docker build "${net[@]}" --platform "$PLATFORM" -f "images/$image/Dockerfile" -t "$tag" \
+  if ! docker build "${net[@]}" --platform "$PLATFORM" -f "images/$(dockerdir "$image" "$stack")/Dockerfile" -t "$tag" \
       --label "shelfdet.stack=$stack" \
       ${PARENT:+--label "shelfdet.parent=$PARENT"} ${NO_CACHE:+--no-cache} \
       "${args[@]}" - <"$ctx" >&2; then
@@ -352,18 +380,22 @@ case "${1:-}" in
          build "$2" "$3" ;;
   tags) [ $# -eq 2 ] || die "usage: $0 tags <stack>"; check_stack "$2"; check_parent "$2"
         for i in base training serving; do
+          slim "$2" && [ "$i" != serving ] && continue
           n=$(name "$i" "$2"); echo "$n"
           SHELFDET_IMAGE_NAMES="${SHELFDET_IMAGE_NAMES:-} $n"  # the base's hash once, not three times
         done ;;
-  name) [ $# -eq 3 ] || die "usage: $0 name <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
+  name) [ $# -eq 3 ] || die "usage: $0 name <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"; check_pair "$2" "$3"
         name "$2" "$3" ;;
-  hash) [ $# -eq 3 ] || die "usage: $0 hash <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"
+  hash) [ $# -eq 3 ] || die "usage: $0 hash <image> <stack>"; check_image "$2"; check_stack "$3"; check_parent "$3"; check_pair "$2" "$3"
         content_hash "$2" "$3" ;;
-  buildargs) check_image "$2"; check_stack "$3"; check_parent "$3"; buildargs "$2" "$3" ;;
-  context) [ $# -eq 3 ] || die "usage: $0 context <image> <stack>"; check_image "$2"; check_stack "$3"
-           python3 "$ROOT/tools/image_hash.py" --root "$ROOT" --context "$2" | tr '\0' '\n' ;;
+  buildargs) check_image "$2"; check_stack "$3"; check_parent "$3"; check_pair "$2" "$3"; buildargs "$2" "$3" ;;
+  context) [ $# -eq 3 ] || die "usage: $0 context <image> <stack>"; check_image "$2"; check_stack "$3"; check_pair "$2" "$3"
+           python3 "$ROOT/tools/image_hash.py" --root "$ROOT" --context "$(dockerdir "$2" "$3")" | tr '\0' '\n' ;;
   parents) [ $# -eq 2 ] || die "usage: $0 parents <stack>"; check_stack "$2"; check_parent "$2"; parents "$2" ;;
   prebuild) check_stack "$2"; check_parent "$2"
-        for i in base training serving $([ "$2" = cpu ] && echo test); do ( build "$i" "$2" >/dev/null ) || exit 1; done ;;
+        for i in base training serving $([ "$2" = cpu ] && echo test); do
+          slim "$2" && [ "$i" != serving ] && continue
+          ( build "$i" "$2" >/dev/null ) || exit 1
+        done ;;
   *) die "usage: $0 build|tags|name|hash|buildargs|context|parents|prebuild ..." ;;
 esac

@@ -43,7 +43,7 @@ import urllib.parse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCKS = os.path.join(ROOT, "locks")
 INDEX = "https://pypi.org/simple"
-STACKS = ("cpu", "cu101", "cu101cpu", "cu12")
+STACKS = ("cpu", "cu101", "cu101cpu", "cu12", "cpu-slim")
 NAMES = STACKS + ("test", "mlflow-server")
 
 
@@ -61,6 +61,11 @@ def read_versions(path=None):
     return values
 
 
+def stack_prefix(stack):
+    """cpu-slim -> STACK_CPU_SLIM_: the prefix of a stack's keys in versions.env."""
+    return "STACK_" + stack.upper().replace("-", "_") + "_"
+
+
 def canonical(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -72,7 +77,7 @@ def req_name(req):
 def inputs(name, v):
     """The versions.env keys a lock is made from, in order (their values go into its header)."""
     if name in STACKS:
-        up = "STACK_" + name.upper() + "_"
+        up = stack_prefix(name)
         keys = ["PIP_PIN", up + "LOCK_TARGET", up + "TORCH_PIP", up + "CUDA_PIP", up + "REQUIREMENTS"]
         if name == "cpu":
             keys.append(up + "SYSTEM_PYTHON")
@@ -172,7 +177,7 @@ def make(name, v):
     """The text of locks/<name>.txt."""
     notes, lines, unpinned = [], [], []
     if name in STACKS:
-        up = "STACK_" + name.upper() + "_"
+        up = stack_prefix(name)
         target = v[up + "LOCK_TARGET"]
         urls, wanted = [], []
         for req in v[up + "TORCH_PIP"].split():
