@@ -25,7 +25,8 @@ COMMANDS = {
     "runs": ("shelfdet.commands.runs:main_runs", "table of local runs (and SageMaker jobs with --remote): AP, count error, time, status"),
     "compare": ("shelfdet.commands.runs:main_compare", "runs' loss and validation curves on one PNG, results.csv per run"),
     "sm-train": ("shelfdet.commands.sm_train", "the SageMaker training entrypoint (inside the image)", D2),
-    "serve": ("shelfdet.commands.serve", "run the SageMaker hosting app", D2),
+    # serve patches Detectron2 where it is installed, in its loader (the slim image has none).
+    "serve": ("shelfdet.commands.serve", "run the SageMaker hosting app"),
     "predict": ("shelfdet.commands.predict", "predict one photo (local model or endpoint)"),
     "evaluate": ("shelfdet.commands.evaluate", "score predictions against a manifest (faster-coco-eval; pycocotools gives the same numbers)", D2),
     "export": ("shelfdet.commands.export", "the model as an OpenVINO, ONNX or TorchScript graph (MODEL_DIR/export/<format>/)", D2),

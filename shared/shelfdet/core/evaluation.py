@@ -347,11 +347,12 @@ def _model_predictions(model_dir: str, device: Optional[str], infer: str, out_di
                        ) -> Tuple[Dict[str, Dict[str, Any]], Optional[float], Dict[str, Any]]:
     """Runs the model folder over the photos of ``gt`` (with INFER overrides); writes each prediction file.
     Returns the predictions, the count threshold fit on the sibling validation manifest, and run facts."""
-    from shelfdet.core import catalog, hyperparameters
-    from shelfdet.core.inference import Detector
+    from shelfdet.core import catalog, exported, hyperparameters
 
     overrides = hyperparameters.parse_inference(infer or "", "--infer")
-    detector = Detector.from_model_dir(model_dir, device, overrides)
+    # The runtime its endpoint would run (SHELFDET_RUNTIME: the folder's export, else the eager model).
+    detector = exported.load(model_dir, runtime=os.environ.get("SHELFDET_RUNTIME"), overrides=overrides,
+                             device=device)
     start = time.time()
     preds = predict_dataset(detector, gt)
     seconds = time.time() - start
@@ -366,8 +367,15 @@ def _model_predictions(model_dir: str, device: Optional[str], infer: str, out_di
         val, _ = catalog.load_manifest(val_manifest, _photos_of(val_manifest), label)
         threshold = fit_count_threshold(val, predict_dataset(detector, val))
     facts = {"model_dir": model_dir, "inference": overrides, "seconds_per_image": round(seconds / max(1, len(gt)), 4),
-             "max_dets": detector.max_detections}
+             "max_dets": _detections_per_image(detector), "runtime": getattr(detector, "runtime", None) or "torch"}
     return preds, threshold, facts
+
+
+def _detections_per_image(detector: Any) -> int:
+    """The eager model's cap, or an exported model's (its settings)."""
+    if hasattr(detector, "max_detections"):
+        return int(detector.max_detections)
+    return int(detector.settings.detections)
 
 
 # What the count line says of its threshold, by where it came from.

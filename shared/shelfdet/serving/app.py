@@ -14,10 +14,12 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import importlib.util
 import itertools
 import json
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple
@@ -40,6 +42,8 @@ MAX_BATCH_IMAGES = 64
 # highly compressible large photos (each is already capped by photos.MAX_PIXELS).
 MAX_BATCH_PIXELS = 2 * photos.MAX_PIXELS
 DEFAULT_THREADS = 4
+# auto (default): the export the model folder has (OpenVINO first, then ONNX), else the eager model.
+RUNTIME_ENV = "SHELFDET_RUNTIME"
 
 
 class RequestError(Exception):
@@ -60,11 +64,20 @@ def error_response(status: int, message: str, headers: Optional[Dict[str, str]] 
 
 
 def load_detector(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> Any:
-    # Imported here: torch + Detectron2 take seconds to import, and the port
-    # should be open (answering 503) meanwhile.
-    from shelfdet.core.inference import Detector
+    """The model folder's exported model where SHELFDET_RUNTIME allows one, else the eager one."""
+    # Imported here: a runtime, or torch + Detectron2 for the eager model, take seconds to
+    # import, and the port should be open (answering 503) meanwhile. The slim image has no
+    # torch: there, a folder without an export fails here, in one line naming `make export`.
+    from shelfdet.core import compat, exported
 
-    return Detector.from_model_dir(model_dir, device, overrides)
+    if importlib.util.find_spec("detectron2") is not None:
+        compat.apply()  # before the eager model imports Detectron2, if no export serves
+    return exported.load(model_dir, runtime=os.environ.get(RUNTIME_ENV), overrides=overrides, device=device)
+
+
+def runtime_of(detector: Any) -> str:
+    """What runs the model, for the logs: the exported model's runtime and precision, or "torch" (eager)."""
+    return getattr(detector, "runtime", None) or "torch"
 
 
 def _describe(options: Any) -> str:
@@ -245,9 +258,9 @@ def _loading(model_dir: str, device: Optional[str], loader: Callable[[str, Optio
             return
         holder.detector = detector
         holder.loaded_at = time.time()
-        log.info("model loaded from %s on %s in %.1fs (score threshold %g, max %d detections%s)", model_dir,
-                 getattr(detector, "device", "?"), holder.loaded_at - start,
-                 detector.min_score, detector.max_detections, _describe(getattr(detector, "options", None)))
+        log.info("model loaded from %s (runtime %s) on %s in %.1fs (score threshold %g, max %d detections%s)",
+                 model_dir, runtime_of(detector), getattr(detector, "device", "cpu"), holder.loaded_at - start,
+                 *limits.model_limits(detector), _describe(getattr(detector, "options", None)))
 
     return load
 
@@ -352,7 +365,7 @@ def _request_params(request: Request, detector: Any) -> Tuple[Optional[float], O
     params.update((k, query[k]) for k in limits.PARAMS if k in query)
     try:
         return limits.check_request_limits(params.get("score_threshold"), params.get("max_detections"),
-                                           detector.min_score, detector.max_detections)
+                                           *limits.model_limits(detector))
     except limits.LimitError as err:
         raise RequestError(400, str(err)) from None
 

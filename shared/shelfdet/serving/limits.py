@@ -154,6 +154,14 @@ def parse_custom_attributes(header: Optional[str]) -> Dict[str, str]:
     return out
 
 
+def model_limits(detector: Any) -> Tuple[float, int]:
+    """The model's own score threshold and detections per image, which a request may only tighten: the eager
+    model's, or an exported model's settings (its record's, or the model folder's inference settings)."""
+    if hasattr(detector, "min_score"):
+        return float(detector.min_score), int(detector.max_detections)
+    return float(detector.settings.score_threshold), int(detector.settings.detections)
+
+
 def check_request_limits(score_threshold: Optional[str], max_detections: Optional[str], min_score: float,
                          max_cap: int) -> Tuple[Optional[float], Optional[int]]:
     """Validates raw parameter strings against the model's limits; None means "the model's own"."""

@@ -17,6 +17,7 @@ from shelfdet.serving import limits
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+RUNTIME_ENV = "SHELFDET_RUNTIME"  # the serving app's too (shelfdet.serving.app, which imports FastAPI)
 
 
 class PredictError(RuntimeError):
@@ -38,21 +39,21 @@ def _quiet(message: str) -> None:
 
 def predict_local(model_dir: str, data: bytes, name: str, score_threshold: Optional[str],
                   max_detections: Optional[str], device: Optional[str], infer: str = "") -> Dict[str, Any]:
-    """The photo's prediction by a local model, decoded as its endpoint decodes it (``Detector.decode``)."""
+    """The photo's prediction by a local model, decoded as its endpoint decodes it (``Detector.decode``), run
+    by the runtime its endpoint would run (SHELFDET_RUNTIME: the folder's export, else the eager model)."""
+    from shelfdet.core import exported
     from shelfdet.core.artefacts import ArtefactError
     from shelfdet.core.checkpoint import CheckpointMismatch
     from shelfdet.core.hyperparameters import HyperparameterError, parse_inference
 
-    compat.apply()  # a local model: Detectron2 runs in this process from here (an endpoint needs none)
-    from shelfdet.core.inference import Detector
-
+    compat.apply()  # a local model: Detectron2 may run in this process from here (an endpoint needs none)
     try:
-        detector = Detector.from_model_dir(model_dir, device, parse_inference(infer, "INFER"))
-    except (ArtefactError, CheckpointMismatch, HyperparameterError) as err:
+        detector = exported.load(model_dir, runtime=os.environ.get(RUNTIME_ENV),
+                                 overrides=parse_inference(infer, "INFER"), device=device)
+    except (ArtefactError, CheckpointMismatch, HyperparameterError, exported.ExportMissing) as err:
         raise PredictError(str(err)) from None
     try:
-        thr, cap = limits.check_request_limits(score_threshold, max_detections, detector.min_score,
-                                               detector.max_detections)
+        thr, cap = limits.check_request_limits(score_threshold, max_detections, *limits.model_limits(detector))
     except limits.LimitError as err:
         raise PredictError(str(err)) from None
     return detector.predict([detector.decode(data, name)], thr, cap)[0]

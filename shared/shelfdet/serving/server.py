@@ -56,7 +56,13 @@ def serve(options: Options, settings: limits.Settings, fail: Callable[[str], Non
                             timeout_graceful_shutdown=options.graceful_timeout, log_config=None)
     server = _Server(config)
     _log_start(options, settings, app, threads)
-    server.run()
+    access = logging.getLogger("uvicorn.access")
+    named = _RuntimeNamed(app.state.model)
+    access.addFilter(named)
+    try:
+        server.run()
+    finally:
+        access.removeFilter(named)
     if cut:
         fail(cut[0])
         sys.stderr.flush()
@@ -70,16 +76,40 @@ def serve(options: Options, settings: limits.Settings, fail: Callable[[str], Non
 
 
 def _log_start(options: Options, settings: limits.Settings, app: Any, threads: int) -> None:
-    from shelfdet.core import runtime
+    import importlib.util
+    import platform
 
-    log.info(runtime.summary())
+    from shelfdet.core import runtime
+    from shelfdet.serving.app import RUNTIME_ENV
+
+    if importlib.util.find_spec("torch") is not None:
+        log.info(runtime.summary())
+    else:  # the slim image: exported models only
+        log.info("environment: python %s, no torch (exported models only), %d CPUs", platform.python_version(),
+                 runtime.available_cpus())
     log.info(
-        "serving %s on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), %.0f MP decoded in "
-        "flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, bodies within %g s, %s)", options.model_dir,
-        options.host, options.port, threads, app.state.work.queue,
+        "serving %s with runtime %s (%s) on %s:%d (%d threads, up to %d more requests waiting (SHELFDET_MAX_QUEUE%s), "
+        "%.0f MP decoded in flight (SHELFDET_PIXELS_IN_FLIGHT%s), max payload %g MB, bodies within %g s, %s)",
+        options.model_dir, os.environ.get(RUNTIME_ENV) or "auto", RUNTIME_ENV, options.host, options.port, threads,
+        app.state.work.queue,
         "" if settings.max_queue is not None else ": from the threads and free memory",
         app.state.budget.total / 1e6, "" if settings.pixels_in_flight is not None else ": half the free memory",
         settings.max_payload_mb, settings.body_timeout, settings.batch_strategy)
+
+
+class _RuntimeNamed(logging.Filter):
+    """Ends each line of uvicorn's access log (one a response) with the runtime that runs the model."""
+
+    def __init__(self, holder: Any):
+        super().__init__()
+        self.holder = holder
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from shelfdet.serving.app import runtime_of
+
+        if self.holder.detector is not None:
+            record.msg = "{} [runtime {}]".format(record.msg, runtime_of(self.holder.detector).replace("%", "%%"))
+        return True
 
 
 class _Server(uvicorn.Server):
