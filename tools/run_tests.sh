@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite.
 # - A Docker daemon answers: build the cpu images (base, training, serving and
-#   the test image = training + pytest/moto), run the suite inside the test
+#   the test image = training + pytest/moto) and the slim serving image
+#   (cpu-slim, SHELFDET_SLIM_SERVING_IMAGE), run the suite inside the test
 #   image with the repo mounted at /src, then the container contract tests
 #   (tests/test_container_*.py: `docker run IMAGE train` / `serve`) from .venv
 #   against the images just built.
@@ -52,11 +53,21 @@ names=$(SHELFDET_IMAGE_NAMES= bash tools/images.sh tags "$STACK") || build_faile
 SHELFDET_IMAGE_NAMES=$(echo "$names" | tr '\n' ' ')
 names=$(bash tools/images.sh name test "$STACK") || build_failed "naming the $STACK test image" "$@"
 SHELFDET_IMAGE_NAMES+="$names"
+# The slim serving image (stack cpu-slim: exported models, no torch): wheels only, no compile.
+SLIM=cpu-slim
+names=$(bash tools/images.sh name serving "$SLIM") || build_failed "naming the $SLIM serving image" "$@"
+SHELFDET_IMAGE_NAMES+=" $names"
+named+=" $SLIM"
 for image in base training serving test; do
   if ! timeout "${SHELFDET_BUILD_TIMEOUT:-1500}" bash tools/images.sh build "$image" "$STACK" >/dev/null; then
     build_failed "building the $STACK $image image" "$@"
   fi
 done
+t1=$SECONDS
+if ! timeout "${SHELFDET_BUILD_TIMEOUT:-1500}" bash tools/images.sh build serving "$SLIM" >/dev/null; then
+  build_failed "building the $SLIM serving image" "$@"
+fi
+say "$SLIM serving image built in $((SECONDS - t1)) s"
 # The GPU stacks' CPU twins (tests/test_container_stacks.py) need their pinned
 # Detectron2 source (docs/images.md, "External parts") and one earlier
 # `make build STACK=<twin>`: this rebuilds them for the current code from the
@@ -82,9 +93,10 @@ for twin in ${SHELFDET_TWINS-cu101cpu cu12}; do
 done
 
 TEST_IMAGE=$(bash tools/images.sh name test "$STACK")
-export SHELFDET_TRAINING_IMAGE SHELFDET_SERVING_IMAGE
+export SHELFDET_TRAINING_IMAGE SHELFDET_SERVING_IMAGE SHELFDET_SLIM_SERVING_IMAGE
 SHELFDET_TRAINING_IMAGE=$(bash tools/images.sh name training "$STACK")
 SHELFDET_SERVING_IMAGE=$(bash tools/images.sh name serving "$STACK")
+SHELFDET_SLIM_SERVING_IMAGE=$(bash tools/images.sh name serving "$SLIM")
 say "cpu images built in $((SECONDS - t0)) s"
 
 t0=$SECONDS
@@ -103,7 +115,7 @@ rc_suite=${PIPESTATUS[0]}
 say "suite in $TEST_IMAGE: exit $rc_suite after $((SECONDS - t0)) s"
 
 t0=$SECONDS
-say "running the container contract tests (.venv -> $SHELFDET_TRAINING_IMAGE, $SHELFDET_SERVING_IMAGE)"
+say "running the container contract tests (.venv -> $SHELFDET_TRAINING_IMAGE, $SHELFDET_SERVING_IMAGE, $SHELFDET_SLIM_SERVING_IMAGE)"
 .venv/bin/python -m pytest -p no:cacheprovider tests/test_container_*.py "$@" 2>&1 | tee "$logs/contract"
 rc_contract=${PIPESTATUS[0]}
 [ $rc_contract -eq 5 ] && rc_contract=0   # all deselected by the caller's -k: not a failure
