@@ -44,6 +44,8 @@ CLASSES = {"ArtefactError", "BackendError", "CheckpointMismatch", "CompiledOpsMi
 INTERNAL = {
     ("core/inference.py", "expected an HxWx3 image"),          # Detector.predict's own callers decode first
     ("core/inference.py", "tiles are cut from the photo"),     # the tiled path decodes at full size itself
+    ("core/exported.py", "expected an HxWx3 image"),           # as core/inference.py's, for exported models
+    ("core/exported.py", "tiles are cut from the photo"),
     ("core/modeling.py", "expected <?> feature levels"),       # the FPN gives one map per level
     ("core/modeling.py", "<?> needs MODEL.RETINANET.NORM"),    # the recipe sets the norm with the head
     ("core/modeling.py", "every pyramid level needs"),         # the anchor generator is built per level

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from shelfdet.core import exported, photos
 
-CHECK_PHOTOS = 4
+CHECK_PHOTOS = 4  # the same as training's export= (core.export.CHECK_PHOTOS), without importing torch for --help
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
