@@ -44,9 +44,16 @@ def __dir__() -> "list":
     return sorted(set(globals()) | {"Detector"})
 
 
-def load(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Detector":
+def load(model_dir: str, device: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
+         runtime: str = "torch") -> "Detector":
     """The model of a model folder (``runs/<run>/model``) as trained; ``device`` defaults to a GPU when one
-    is there; ``overrides``: inference hyperparameters over the model's own, e.g. ``{"nms": "soft"}``."""
+    is there; ``overrides``: inference hyperparameters over the model's own, e.g. ``{"nms": "soft"}``.
+    ``runtime``: ``"openvino"``, ``"onnx"`` or ``"auto"`` run the folder's export (``make export``) instead,
+    with the same ``decode``/``read``/``predict``."""
+    if runtime != "torch":
+        from shelfdet.core import exported
+
+        return exported.load(model_dir, runtime, overrides, device)
     _detectron2_ready()
     from shelfdet.core.inference import Detector
 
