@@ -169,6 +169,9 @@ def test_the_runtime_choice_and_its_refusals(models, monkeypatch):
     monkeypatch.delenv(exported.RUNTIME_ENV, raising=False)
     assert exported.load(model_dir).runtime == "openvino f32"  # auto: OpenVINO, in f32 unless the record allows less
     assert isinstance(exported.load(model_dir, "torch", device="cpu"), Detector)
+    import shelfdet
+
+    assert shelfdet.load(model_dir, runtime="auto").runtime == "openvino f32"  # the Python API's way in
     monkeypatch.setenv(exported.RUNTIME_ENV, "torch")
     assert exported.load(model_dir).runtime == "torch"
     with pytest.raises(exported.ExportMissing, match="make export MODEL_DIR=.* FORMAT=onnx"):
