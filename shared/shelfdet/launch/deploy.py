@@ -17,6 +17,7 @@ import os
 import tarfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from shelfdet.core import exported
 from shelfdet.serving import limits
 from shelfdet.launch import aws, training
 from shelfdet.launch.aws import LaunchError, note
@@ -47,9 +48,8 @@ SERVERLESS_MEMORY_RANGE = (1024, 6144, 1024)
 # runaway client can spend (the account's serverless concurrency quota is shared by all its endpoints).
 SERVERLESS_CONCURRENCY = 5
 SERVERLESS_MAX_CONCURRENCY = 200
-# What the slim image runs: TorchScript needs torch, which it lacks. core.exported names all formats.
+# What the slim image runs: TorchScript needs torch, which it lacks (exported.FORMATS names all formats).
 SERVERLESS_FORMATS = ("openvino", "onnx")
-EXPORT_FORMATS = ("openvino", "onnx", "torchscript")
 
 
 @dataclasses.dataclass
@@ -143,7 +143,7 @@ def exports_in_tar(cloud: aws.Aws, uri: str) -> List[str]:
         with tarfile.open(fileobj=body, mode="r|gz") as tar:
             for member in tar:
                 parts = member.name.lstrip("./").split("/") if member.isfile() else []
-                if len(parts) == 3 and parts[0] == "export" and parts[2] == "record.json" and parts[1] in EXPORT_FORMATS:
+                if len(parts) == 3 and parts[0] == exported.EXPORT_DIR and parts[2] == exported.RECORD and parts[1] in exported.FORMATS:
                     found.append(parts[1])
                     if parts[1] in SERVERLESS_FORMATS:
                         break
