@@ -353,7 +353,28 @@ def choose(model_dir: str, runtime: str) -> Optional[str]:
     return next((f for f in ("openvino", "onnx") if f in have and _installed(PACKAGES[f])), None)
 
 
-class ExportedDetector:
+class Decoding:
+    """Photo bytes as a detector reads them (``options``, ``min_size``, ``max_size``: the detector's)."""
+    options: Options
+    min_size: int
+    max_size: int
+
+    def decode(self, data: bytes, name: str = "image") -> photos.Decoded:
+        """Image bytes -> the photo at this model's test scale (``photos.decode_scaled``), for ``predict``.
+
+        Tiles are cut from the photo at full size, each then resized as a
+        whole photo is: a tiled model gets every pixel.
+        """
+        if self.options.tile_size:
+            return photos.decode_scaled(data, 0, 0, name)
+        return photos.decode_scaled(data, self.min_size, self.max_size, name)
+
+    def read(self, path: str) -> photos.Decoded:
+        with open(path, "rb") as f:
+            return self.decode(f.read(), path)
+
+
+class ExportedDetector(Decoding):
     """An exported model with its test-time resize and post-processing: ``core.inference.Detector``'s
     ``decode``/``read``/``predict`` for serving, ``make predict`` and ``make evaluate``."""
 
@@ -404,16 +425,6 @@ class ExportedDetector:
         saved = artefacts.read_manifest(model_dir).get("hyperparameters") or {}
         return cls.from_folder(os.path.join(model_dir, EXPORT_DIR, fmt), fmt,
                                hyperparameters.inference_of(saved, overrides))
-
-    def decode(self, data: bytes, name: str = "image") -> photos.Decoded:
-        """Image bytes -> the photo at this model's test scale (full size when tiled)."""
-        if self.options.tile_size:
-            return photos.decode_scaled(data, 0, 0, name)
-        return photos.decode_scaled(data, self.min_size, self.max_size, name)
-
-    def read(self, path: str) -> photos.Decoded:
-        with open(path, "rb") as f:
-            return self.decode(f.read(), path)
 
     def _forward(self, pixels: np.ndarray, height: int, width: int, all_boxes: bool
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances
 
 from shelfdet.core import artefacts, compat, hyperparameters, modeling, photos, postprocess  # noqa: F401  (modeling registers our architectures)
 from shelfdet.core.checkpoint import load_exact
-from shelfdet.core.exported import Options
+from shelfdet.core.exported import Decoding, Options
 from shelfdet.core.config import set_inference
 from shelfdet.core.hyperparameters import Hyperparameters, Inference
 
@@ -121,7 +121,7 @@ def as_decoded(image: Photo) -> photos.Decoded:
     return photos.Decoded(image, image.shape[0], image.shape[1])
 
 
-class Detector:
+class Detector(Decoding):
     """A Detectron2 model in eval mode with its test-time resize.
 
     ``predict`` is safe to call from several threads: the forward pass is
@@ -165,20 +165,6 @@ class Detector:
     @property
     def device(self) -> str:
         return str(self.cfg.MODEL.DEVICE)
-
-    def decode(self, data: bytes, name: str = "image") -> photos.Decoded:
-        """Image bytes -> the photo at this model's test scale (``photos.decode_scaled``), for ``predict``.
-
-        Tiles are cut from the photo at full size, each then resized as a
-        whole photo is: a tiled model gets every pixel.
-        """
-        if self.options.tile_size:
-            return photos.decode_scaled(data, 0, 0, name)
-        return photos.decode_scaled(data, self.min_size, self.max_size, name)
-
-    def read(self, path: str) -> photos.Decoded:
-        with open(path, "rb") as f:
-            return self.decode(f.read(), path)
 
     def _inputs(self, image: Photo) -> Dict[str, Any]:
         photo = as_decoded(image)
