@@ -353,6 +353,24 @@ def choose(model_dir: str, runtime: str) -> Optional[str]:
     return next((f for f in ("openvino", "onnx") if f in have and _installed(PACKAGES[f])), None)
 
 
+def _given_again(folder: str, settings: Settings, options: Options, hp: hyperparameters.Inference,
+                 names: set) -> Tuple[Settings, Options]:
+    """The recorded settings with the hyperparameters ``names`` given again (INFER=, SHELFDET_INFER)."""
+    candidates = settings.candidates
+    if names & {"det-per-img", "proposals"}:
+        candidates = hyperparameters.candidates(hp)
+        if candidates != settings.candidates:
+            # RPN's post-NMS cap and RetinaNet's per-level top-k are inside the graph.
+            raise ExportMissing("{}: the export keeps {} candidates per photo, these settings want {} (proposals, "
+                                "det-per-img): export again with them, or {}=torch".format(
+                                    folder, settings.candidates, candidates, RUNTIME_ENV))
+    settings = Settings(float(hp.pred_thr) if "pred-thr" in names else settings.score_threshold,
+                        float(hp.nms_thr) if "nms-thr" in names else settings.nms_threshold,
+                        int(hp.det_per_img) if "det-per-img" in names else settings.detections, candidates)
+    # The eager model takes these from its hyperparameters (inference.options_of), given again or not.
+    return settings, Options(hp.nms, float(hp.soft_nms_sigma), int(hp.tile_size), float(hp.tile_overlap))
+
+
 class Decoding:
     """Photo bytes as a detector reads them (``options``, ``min_size``, ``max_size``: the detector's)."""
     options: Options
@@ -393,25 +411,18 @@ class ExportedDetector(Decoding):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_folder(cls, folder: str, fmt: str, inference: Optional[hyperparameters.Inference] = None
-                    ) -> "ExportedDetector":
-        """``inference``: the model's inference hyperparameters (default: the record's, as exported)."""
+    def from_folder(cls, folder: str, fmt: str, inference: Optional[hyperparameters.Inference] = None,
+                    names: Sequence[str] = ()) -> "ExportedDetector":
+        """The export as recorded; ``inference``, ``names``: hyperparameters given again over it (the eager
+        model sets the same ones again on its saved config, ``config.set_inference``)."""
         record = read_record(folder)
         post = record["postprocess"]
-        if inference is None:
-            settings = Settings(float(post["score_threshold"]), float(post["nms_threshold"]),
-                                int(post["detections_per_image"]), int(post["candidates"]))
-            options = Options(str(post["nms"]), float(post["soft_nms_sigma"]), int(post["tile_size"]),
-                              float(post["tile_overlap"]))
-        else:
-            wanted = hyperparameters.candidates(inference)
-            if wanted != int(post["candidates"]):
-                raise ExportMissing("{}: the export keeps {} candidates per photo, these settings want {} (proposals, "
-                                    "det-per-img): export again with them, or {}=torch".format(
-                                        folder, post["candidates"], wanted, RUNTIME_ENV))
-            settings = Settings(float(inference.pred_thr), float(inference.nms_thr), int(inference.det_per_img), wanted)
-            options = Options(inference.nms, float(inference.soft_nms_sigma), int(inference.tile_size),
-                              float(inference.tile_overlap))
+        settings = Settings(float(post["score_threshold"]), float(post["nms_threshold"]),
+                            int(post["detections_per_image"]), int(post["candidates"]))
+        options = Options(str(post["nms"]), float(post["soft_nms_sigma"]), int(post["tile_size"]),
+                          float(post["tile_overlap"]))
+        if inference is not None:
+            settings, options = _given_again(folder, settings, options, inference, set(names))
         runner, runtime = RUNNERS[fmt](os.path.join(folder, GRAPH_FILES[fmt]), record.get("precisions") or ["f32"])
         return cls(folder, record, settings, options, runner, runtime)
 
@@ -424,7 +435,7 @@ class ExportedDetector(Decoding):
                 model_dir, model_dir))
         saved = artefacts.read_manifest(model_dir).get("hyperparameters") or {}
         return cls.from_folder(os.path.join(model_dir, EXPORT_DIR, fmt), fmt,
-                               hyperparameters.inference_of(saved, overrides))
+                               hyperparameters.inference_of(saved, overrides), list(overrides or ()))
 
     def _forward(self, pixels: np.ndarray, height: int, width: int, all_boxes: bool
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
