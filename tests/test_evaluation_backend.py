@@ -35,10 +35,12 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_every_stack_pins_faster_coco_eval():
-    """fast is the default evaluation-type: every image stack and the local venv install its scorer."""
+    """fast is the default evaluation-type: every stack that trains, and the local venv, install its scorer
+    (cpu-slim serves exported models only: no training, no evaluation)."""
     lines = (Path(__file__).resolve().parents[1] / "versions.env").read_text().splitlines()
     requirements = {k: v.split() for k, _, v in (line.partition("=") for line in lines)
-                    if k == "LOCAL_REQUIREMENTS" or (k.startswith("STACK_") and k.endswith("_REQUIREMENTS"))}
+                    if k == "LOCAL_REQUIREMENTS" or (k.startswith("STACK_") and k.endswith("_REQUIREMENTS")
+                                                     and k != "STACK_CPU_SLIM_REQUIREMENTS")}
     assert len(requirements) >= 5, sorted(requirements)  # local, cpu, cu101, cu101cpu, cu12
     unpinned = [k for k, reqs in requirements.items() if not any(r.startswith("faster-coco-eval==") for r in reqs)]
     assert not unpinned, "no faster-coco-eval==<version> in " + ", ".join(unpinned)

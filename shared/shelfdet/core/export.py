@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -238,10 +239,12 @@ def graph_of(detector: Detector) -> Tuple[nn.Module, str]:
 def _onnx(graph: nn.Module, inputs: Tuple[torch.Tensor, torch.Tensor], kind: str, path: str) -> None:
     dynamic = {"image": {2: "height", 3: "width"}}
     dynamic.update({name: {0: "candidates"} for name in OUTPUTS[kind]})
+    # The TorchScript-based exporter, the one whose graphs OpenVINO and ONNX Runtime take as they are: torch
+    # 2.9 and later default to the dynamo one (dynamo=False asks for it), earlier releases have no other.
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with _quiet_tracing(), torch.no_grad():
-        # dynamo=False: the TorchScript-based exporter, the one whose graphs OpenVINO and ONNX Runtime take as is.
         torch.onnx.export(graph, inputs, path, input_names=list(INPUTS), output_names=list(OUTPUTS[kind]),
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+                          dynamic_axes=dynamic, opset_version=OPSET, **legacy)
 
 
 def _write_graph(graph: nn.Module, inputs: Tuple[torch.Tensor, torch.Tensor], kind: str, fmt: str, folder: str) -> str:
